@@ -1,0 +1,2 @@
+export { type AgentConfig, commandQueueName, type LoadConfigOptions, loadConfig } from './load.js';
+export { configSchema } from './schema.js';

@@ -1,0 +1,181 @@
+import { z } from 'zod';
+import { strategyName, volumeRef } from './commands.js';
+
+/** Event kinds; the last word of the routing key and of the CloudEvents type. */
+export const EVENT_KINDS = [
+  'accepted',
+  'rejected',
+  'progress',
+  'succeeded',
+  'failed',
+  'started',
+  'stopping',
+] as const;
+export type EventKind = (typeof EVENT_KINDS)[number];
+/** Kinds that end a job: exactly one of them is published per command id. */
+export const TERMINAL_KINDS: ReadonlySet<EventKind> = new Set(['succeeded', 'failed', 'rejected']);
+
+export const eventTypePrefix = 'io.clvm.snapshot-agent.';
+
+const errorInfo = z
+  .object({
+    code: z.string(),
+    message: z.string(),
+    retryable: z.boolean(),
+    field: z.string().optional(),
+    details: z.record(z.string(), z.unknown()).optional(),
+  })
+  .meta({ id: 'ErrorInfo' });
+
+export const acceptedData = z
+  .object({ jobId: z.string(), commandType: z.string(), volume: volumeRef.nullable() })
+  .meta({ id: 'AcceptedData' });
+
+export const rejectedData = z
+  .object({
+    jobId: z.string().nullable().describe('the command id when it could be read'),
+    commandType: z.string().nullable(),
+    error: errorInfo,
+  })
+  .meta({ id: 'RejectedData' });
+
+export const progressData = z
+  .object({
+    jobId: z.string(),
+    step: z.string(),
+    stepIndex: z.number().int().min(0),
+    stepCount: z.number().int().min(1),
+    percent: z.number().min(0).max(100).optional(),
+    bytesDone: z.number().int().min(0).optional(),
+    bytesTotal: z.number().int().min(0).optional(),
+    bytesPerSecond: z.number().min(0).optional(),
+  })
+  .meta({ id: 'ProgressData' });
+
+export const pingResult = z
+  .object({
+    agentVersion: z.string(),
+    hostId: z.string(),
+    tools: z.object({
+      qemuImg: z.string().nullable(),
+      qemu: z.string().nullable(),
+      libvirt: z.string().nullable(),
+      lvm2: z.string().nullable(),
+    }),
+    strategies: z.array(strategyName),
+  })
+  .meta({ id: 'PingResult' });
+
+export const snapshotInfo = z
+  .object({
+    name: z.string(),
+    path: z.string(),
+    parent: z.string().nullable(),
+    kind: z.enum(['full', 'delta']),
+    fullReason: z.string().optional(),
+    physicalSize: z.number().int().min(0),
+    virtualSize: z.number().int().min(0),
+    chainDepth: z.number().int().min(1),
+  })
+  .meta({ id: 'SnapshotInfo' });
+
+export const snapshotCreateResult = z
+  .object({
+    snapshot: snapshotInfo,
+    strategy: z.object({ name: strategyName.exclude(['auto']), reason: z.string() }),
+    vmPauseMs: z.number().min(0),
+    activePath: z.string(),
+    quiesced: z.enum(['yes', 'not-requested', 'unavailable']).optional(),
+    steps: z.array(z.object({ name: z.string(), durationMs: z.number().min(0) })),
+  })
+  .meta({ id: 'SnapshotCreateResult' });
+
+export const succeededData = z
+  .object({
+    jobId: z.string(),
+    commandType: z.string(),
+    durationMs: z.number().min(0),
+    result: z
+      .record(z.string(), z.unknown())
+      .describe('per command type: PingResult, SnapshotCreateResult...'),
+  })
+  .meta({ id: 'SucceededData' });
+
+export const failedData = z
+  .object({
+    jobId: z.string(),
+    commandType: z.string(),
+    durationMs: z.number().min(0),
+    error: errorInfo,
+    rolledBack: z.boolean().describe('every step done was undone: the volume is as before'),
+    retryable: z.boolean().describe('sending the same command again could succeed'),
+    recovered: z.boolean().optional().describe('ended by start-up recovery after an agent crash'),
+  })
+  .meta({ id: 'FailedData' });
+
+export const agentLifecycleData = z
+  .object({ hostId: z.string(), agentVersion: z.string(), reason: z.string().optional() })
+  .meta({ id: 'AgentLifecycleData' });
+
+export const EVENT_DATA = {
+  accepted: acceptedData,
+  rejected: rejectedData,
+  progress: progressData,
+  succeeded: succeededData,
+  failed: failedData,
+  started: agentLifecycleData,
+  stopping: agentLifecycleData,
+} as const satisfies Record<EventKind, z.ZodType>;
+
+export type EventData<K extends EventKind> = z.infer<(typeof EVENT_DATA)[K]>;
+
+/** CloudEvents 1.0 structured JSON, plus the `correlationid` and `sequence` extensions. */
+function cloudEvent<K extends EventKind>(kind: K) {
+  const id = `${kind[0]!.toUpperCase()}${kind.slice(1)}Event`;
+  return z
+    .object({
+      specversion: z.literal('1.0'),
+      id: z.string().min(1),
+      source: z.string().min(1).describe('clvm-snapshot-agent/<hostId>'),
+      type: z.literal(`${eventTypePrefix}${kind}`),
+      subject: z.string().describe('the volume key (see routing keys) or "agent"'),
+      time: z.iso.datetime({ offset: true }),
+      datacontenttype: z.literal('application/json'),
+      correlationid: z.string().describe('the command id (jobId) this event is about'),
+      sequence: z
+        .string()
+        .regex(/^\d{10}$/, 'zero-padded to 10 digits')
+        .describe('per correlationid, from 0000000001'),
+      data: EVENT_DATA[kind],
+    })
+    .meta({ id });
+}
+
+export const eventSchemas = {
+  accepted: cloudEvent('accepted'),
+  rejected: cloudEvent('rejected'),
+  progress: cloudEvent('progress'),
+  succeeded: cloudEvent('succeeded'),
+  failed: cloudEvent('failed'),
+  started: cloudEvent('started'),
+  stopping: cloudEvent('stopping'),
+} as const;
+
+export const eventSchema = z
+  .discriminatedUnion('type', [
+    eventSchemas.accepted,
+    eventSchemas.rejected,
+    eventSchemas.progress,
+    eventSchemas.succeeded,
+    eventSchemas.failed,
+    eventSchemas.started,
+    eventSchemas.stopping,
+  ])
+  .meta({ id: 'Event' });
+export type AgentEvent = z.infer<typeof eventSchema>;
+export type AgentEventOf<K extends EventKind> = z.infer<(typeof eventSchemas)[K]>;
+
+export function eventKindOf(type: string): EventKind | undefined {
+  const kind = type.startsWith(eventTypePrefix) ? type.slice(eventTypePrefix.length) : '';
+  return (EVENT_KINDS as readonly string[]).includes(kind) ? (kind as EventKind) : undefined;
+}

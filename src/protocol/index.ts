@@ -1,0 +1,4 @@
+export * from './commands.js';
+export * from './events.js';
+export * from './names.js';
+export * from './routing.js';
