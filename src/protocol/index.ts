@@ -2,3 +2,4 @@ export * from './commands.js';
 export * from './events.js';
 export * from './names.js';
 export * from './routing.js';
+export * from './signing.js';
