@@ -33,7 +33,7 @@ const PATTERNS: ReadonlyArray<[HostCommandFailureKind, RegExp]> = [
   ],
   [
     'not-found',
-    /No such file|not found|does not exist|Failed to find|no domain with matching|Volume group ".*" not found/i,
+    /No such file|not found|does not exist|Failed to find|no domain with matching|failed to get domain|Volume group ".*" not found/i,
   ],
   ['transient', /Connection refused|Temporary failure|Resource temporarily unavailable|EAGAIN|try again/i],
   [
