@@ -1,0 +1,392 @@
+// The libvirt adapter: every call is `virsh -c <uri> ...` through runTool, with a timeout.
+// QMP goes through `virsh qemu-monitor-command` (JSON in, JSON out); QEMU's errors become QmpError.
+import { HostCommandError, ValidationError } from '../errors/index.js';
+import type { Logger } from '../observability/logger.js';
+import { runTool } from './exec.js';
+import {
+  type BlockdevOptions,
+  type BlockNode,
+  blockInfoMatchesAlias,
+  chainFromGraph,
+  checkHmpOutput,
+  parseQmpReply,
+  type QmpBlockDeviceInfo,
+  type QmpBlockGraph,
+  type QmpBlockInfo,
+} from './qmp.js';
+
+export type { BlockdevOptions, BlockNode } from './qmp.js';
+export { qcow2Blockdev, reopenWithBacking } from './qmp.js';
+
+/** `virsh domstate` names; libvirt may add more, so any string is accepted. */
+export type DomainStateName =
+  | 'running'
+  | 'paused'
+  | 'shut off'
+  | 'crashed'
+  | 'pmsuspended'
+  | 'blocked'
+  | 'idle'
+  | 'in shutdown'
+  | 'shutdown'
+  | 'nostate'
+  | (string & {});
+
+export interface DomainState {
+  state: DomainStateName;
+  /** Why it is in that state: booted, user, unpaused, migration, ioerror, destroyed... */
+  reason: string;
+}
+
+/** One row of `virsh domblklist --details`. */
+export interface DomainDisk {
+  type: 'file' | 'block' | 'network' | 'volume' | (string & {});
+  device: 'disk' | 'cdrom' | (string & {});
+  target: string;
+  /** Path of the top image; `-` when empty (an ejected cdrom). */
+  source: string;
+}
+
+/** Result of a guest filesystem freeze/thaw: a count, or why no guest agent could do it. */
+export type GuestFreezeResult = { frozen: number } | { unavailable: string };
+export type GuestThawResult = { thawed: number } | { unavailable: string };
+
+export interface QemuVersion {
+  major: number;
+  minor: number;
+  micro: number;
+  package: string;
+}
+
+export interface LibvirtOptions {
+  /** libvirt connection URI, e.g. qemu:///system. */
+  uri: string;
+  /** Timeout of each virsh call. */
+  timeoutMs: number;
+  logger?: Logger;
+}
+
+// Errors that mean "no guest agent to talk to", not "the freeze failed".
+const AGENT_UNAVAILABLE =
+  /guest agent is not configured|guest agent is not responding|guest agent is not connected|guest agent not available|agent is not available|command guest-fs\S* (has been disabled|has not been found)|guest-fs\S* not supported/i;
+
+const TARGET_NAME = /^[a-z]+[a-z0-9]*$/;
+
+/**
+ * Talks to libvirt (and through it to QEMU's monitor) for the domains on this host.
+ * Domain arguments are libvirt names, ids or UUIDs; disk targets are names like `vda`.
+ */
+export class Libvirt {
+  readonly uri: string;
+  readonly timeoutMs: number;
+  private readonly logger: Logger | undefined;
+
+  constructor(opts: LibvirtOptions) {
+    this.uri = opts.uri;
+    this.timeoutMs = opts.timeoutMs;
+    this.logger = opts.logger;
+  }
+
+  /** libvirt library version and the hypervisor (QEMU) version; qemu is null if libvirt reports none. */
+  async versions(): Promise<{ libvirt: string; qemu: string | null }> {
+    const { stdout } = await this.virsh(['version']);
+    const libvirt = /Using library: libvirt (\S+)/.exec(stdout)?.[1];
+    if (libvirt === undefined) throw this.unexpected(['version'], stdout, 'no "Using library" line');
+    const qemu = /Running hypervisor: QEMU (\S+)/.exec(stdout)?.[1] ?? null;
+    return { libvirt, qemu };
+  }
+
+  /** State and reason, from `virsh domstate --reason`. */
+  async domainState(domain: string): Promise<DomainState> {
+    const args = ['domstate', '--reason', '--domain', checkDomain(domain)];
+    const { stdout } = await this.virsh(args);
+    const parsed = parseDomState(stdout);
+    if (parsed === null) throw this.unexpected(args, stdout, 'cannot read "state (reason)"');
+    return parsed;
+  }
+
+  async isRunning(domain: string): Promise<boolean> {
+    return (await this.domainState(domain)).state === 'running';
+  }
+
+  /** Pauses the guest's vCPUs (QMP stop). */
+  async suspend(domain: string): Promise<void> {
+    await this.virsh(['suspend', '--domain', checkDomain(domain)]);
+  }
+
+  async resume(domain: string): Promise<void> {
+    await this.virsh(['resume', '--domain', checkDomain(domain)]);
+  }
+
+  /** Disk targets and their current sources, as libvirt knows them. */
+  async disks(domain: string): Promise<DomainDisk[]> {
+    const args = ['domblklist', '--details', '--domain', checkDomain(domain)];
+    const { stdout } = await this.virsh(args);
+    return parseDomBlkList(stdout);
+  }
+
+  /** libvirt's device alias (= QEMU qdev id) of a disk target, e.g. vda → virtio-disk0. Domain must run. */
+  async diskAlias(domain: string, target: string): Promise<string> {
+    const { stdout } = await this.virsh(['dumpxml', '--domain', checkDomain(domain)]);
+    const alias = diskAliasesFromXml(stdout).get(checkTarget(target));
+    if (alias === undefined) {
+      throw new ValidationError(
+        'DISK_TARGET_NOT_FOUND',
+        `domain ${domain} has no disk with target ${target} and a device alias (is it running?)`,
+        { field: 'target' },
+      );
+    }
+    return alias;
+  }
+
+  /** Runs one QMP command and returns its `return` value; QEMU errors throw QmpError. */
+  async qmp<T = unknown>(domain: string, execute: string, args?: object): Promise<T> {
+    const request = JSON.stringify(args === undefined ? { execute } : { execute, arguments: args });
+    const { stdout } = await this.virsh([
+      'qemu-monitor-command',
+      '--domain',
+      checkDomain(domain),
+      '--cmd',
+      request,
+    ]);
+    return parseQmpReply<T>(domain, execute, stdout);
+  }
+
+  /**
+   * Runs a human-monitor (HMP) command line through QMP `human-monitor-command` and returns its
+   * output. HMP reports failures as "Error: ..." text; that becomes a QmpError of class HmpError.
+   */
+  async hmp(domain: string, commandLine: string): Promise<string> {
+    const output = await this.qmp<string>(domain, 'human-monitor-command', { 'command-line': commandLine });
+    return checkHmpOutput(domain, commandLine, output);
+  }
+
+  /** QMP commands the running QEMU accepts (`query-commands`). */
+  async qmpCommands(domain: string): Promise<Set<string>> {
+    const list = await this.qmp<Array<{ name: string }>>(domain, 'query-commands');
+    return new Set(list.map((c) => c.name));
+  }
+
+  /** Version of the QEMU process that runs the domain (`query-version`). */
+  async qemuVersion(domain: string): Promise<QemuVersion> {
+    const v = await this.qmp<{ qemu: { major: number; minor: number; micro: number }; package: string }>(
+      domain,
+      'query-version',
+    );
+    return { ...v.qemu, package: v.package };
+  }
+
+  /**
+   * The chain of a disk target, top first: format node, protocol node, filename, backing name as
+   * written in the header, driver, read-only. Walks QEMU's block graph (x-debug-query-block-graph,
+   * present since QEMU 4.0) so it stays right after blockdev-snapshot/reopen that libvirt did not see.
+   */
+  async diskChain(domain: string, target: string): Promise<BlockNode[]> {
+    const alias = await this.diskAlias(domain, target);
+    const blocks = await this.qmp<QmpBlockInfo[]>(domain, 'query-block');
+    const block = blocks.find((b) => blockInfoMatchesAlias(b, alias));
+    const top = block?.inserted?.['node-name'];
+    if (top === undefined) {
+      throw new ValidationError(
+        'DISK_TARGET_NOT_FOUND',
+        `domain ${domain}: no inserted block node for ${target} (qdev ${alias})`,
+        { field: 'target' },
+      );
+    }
+    const graph = await this.qmp<QmpBlockGraph>(domain, 'x-debug-query-block-graph');
+    const nodes = await this.qmp<QmpBlockDeviceInfo[]>(domain, 'query-named-block-nodes', { flat: true });
+    return chainFromGraph(domain, top, graph, nodes);
+  }
+
+  /**
+   * Rewrites the backing file name in the header of a running image (QMP change-backing-file).
+   * `device` is the root node (top format node name with -blockdev) that owns `imageNodeName`.
+   */
+  async changeBackingFile(
+    domain: string,
+    opts: { device: string; imageNodeName: string; backingFile: string },
+  ): Promise<void> {
+    await this.qmp(domain, 'change-backing-file', {
+      device: opts.device,
+      'image-node-name': opts.imageNodeName,
+      'backing-file': opts.backingFile,
+    });
+  }
+
+  /**
+   * Switches a disk's writes to an overlay the caller already created (reuse-external), through
+   * libvirt so the domain XML follows: `snapshot-create-as --disk-only --no-metadata --reuse-external`.
+   */
+  async externalSnapshot(
+    domain: string,
+    opts: { target: string; file: string; sourceType: 'file' | 'block' },
+  ): Promise<void> {
+    // virsh splits diskspec on commas; a literal comma in the path is written twice.
+    const diskspec = [
+      checkTarget(opts.target),
+      'snapshot=external',
+      'driver=qcow2',
+      `stype=${opts.sourceType}`,
+      `file=${opts.file.replaceAll(',', ',,')}`,
+    ].join(',');
+    await this.virsh([
+      'snapshot-create-as',
+      '--domain',
+      checkDomain(domain),
+      '--disk-only',
+      '--no-metadata',
+      '--reuse-external',
+      '--atomic',
+      '--diskspec',
+      diskspec,
+    ]);
+  }
+
+  /** Opens a new block node (QMP blockdev-add); see qcow2Blockdev for the usual options. */
+  async blockdevAdd(domain: string, options: BlockdevOptions): Promise<void> {
+    await this.qmp(domain, 'blockdev-add', options);
+  }
+
+  /** Puts `overlay` (added with backing: null) on top of `node`; QEMU drains and flushes `node` first. */
+  async blockdevSnapshot(domain: string, opts: { node: string; overlay: string }): Promise<void> {
+    await this.qmp(domain, 'blockdev-snapshot', { node: opts.node, overlay: opts.overlay });
+  }
+
+  /** Reopens nodes with new options (QMP blockdev-reopen, stable since QEMU 6.1); see reopenWithBacking. */
+  async blockdevReopen(domain: string, options: BlockdevOptions[]): Promise<void> {
+    await this.qmp(domain, 'blockdev-reopen', { options });
+  }
+
+  /** Closes a node that nothing uses any more (QMP blockdev-del). */
+  async blockdevDel(domain: string, nodeName: string): Promise<void> {
+    await this.qmp(domain, 'blockdev-del', { 'node-name': nodeName });
+  }
+
+  /**
+   * Closes one layer of a chain that nothing uses any more: its format node, then its protocol
+   * node if that is still open (libvirt adds the two separately; a protocol node added inline
+   * with its format node goes away with it).
+   */
+  async blockdevDelLayer(domain: string, node: BlockNode): Promise<void> {
+    await this.blockdevDel(domain, node.nodeName);
+    if (node.fileNodeName === null) return;
+    const nodes = await this.qmp<QmpBlockDeviceInfo[]>(domain, 'query-named-block-nodes', { flat: true });
+    if (nodes.some((n) => n['node-name'] === node.fileNodeName)) {
+      await this.blockdevDel(domain, node.fileNodeName);
+    }
+  }
+
+  /**
+   * Freezes the guest's filesystems through the guest agent (`virsh domfsfreeze`).
+   * With no agent configured or connected it returns `{ unavailable }` instead of throwing:
+   * the caller then takes a crash-consistent snapshot. Any other failure throws.
+   */
+  async guestFreeze(domain: string): Promise<GuestFreezeResult> {
+    const result = await this.agentCall(['domfsfreeze', '--domain', checkDomain(domain)]);
+    if ('unavailable' in result) return result;
+    return { frozen: parseFsCount(result.stdout, /Froze (\d+) filesystem/) };
+  }
+
+  /** Thaws what guestFreeze froze (`virsh domfsthaw`); `{ unavailable }` when no agent answers. */
+  async guestThaw(domain: string): Promise<GuestThawResult> {
+    const result = await this.agentCall(['domfsthaw', '--domain', checkDomain(domain)]);
+    if ('unavailable' in result) return result;
+    return { thawed: parseFsCount(result.stdout, /Thawed (\d+) filesystem/) };
+  }
+
+  private async agentCall(args: string[]): Promise<{ stdout: string } | { unavailable: string }> {
+    try {
+      const { stdout } = await this.virsh(args);
+      return { stdout };
+    } catch (error) {
+      if (
+        error instanceof HostCommandError &&
+        error.kind !== 'timeout' &&
+        AGENT_UNAVAILABLE.test(error.stderr)
+      ) {
+        const reason = lastErrorLine(error.stderr);
+        this.logger?.info({ command: args[0], reason }, 'guest agent unavailable');
+        return { unavailable: reason };
+      }
+      throw error;
+    }
+  }
+
+  private virsh(args: string[]) {
+    return runTool('virsh', ['-c', this.uri, ...args], { timeoutMs: this.timeoutMs, logger: this.logger });
+  }
+
+  private unexpected(args: string[], stdout: string, why: string): HostCommandError {
+    return new HostCommandError('failed', `virsh ${args[0]}: unexpected output (${why})`, {
+      command: 'virsh',
+      args: ['-c', this.uri, ...args],
+      exitCode: 0,
+      stderr: stdout,
+    });
+  }
+}
+
+function checkDomain(domain: string): string {
+  // Names, ids and UUIDs; never something virsh could read as an option.
+  if (domain.length === 0 || domain.length > 255 || domain.startsWith('-') || /[/\p{Cc}]/u.test(domain)) {
+    throw new ValidationError(
+      'INVALID_DOMAIN_NAME',
+      `invalid libvirt domain name: ${JSON.stringify(domain)}`,
+      {
+        field: 'domain',
+      },
+    );
+  }
+  return domain;
+}
+
+function checkTarget(target: string): string {
+  if (!TARGET_NAME.test(target)) {
+    throw new ValidationError('INVALID_DISK_TARGET', `invalid disk target: ${JSON.stringify(target)}`, {
+      field: 'target',
+    });
+  }
+  return target;
+}
+
+/** "running (booted)" → { state: 'running', reason: 'booted' }; null when unreadable. */
+export function parseDomState(text: string): DomainState | null {
+  const line = text.trim().split('\n')[0]?.trim() ?? '';
+  const match = /^(.+?) \((.+)\)$/.exec(line);
+  if (match) return { state: match[1]!, reason: match[2]! };
+  return line === '' ? null : { state: line, reason: 'unknown' };
+}
+
+/** Rows of `virsh domblklist --details` (header and rule skipped). */
+export function parseDomBlkList(text: string): DomainDisk[] {
+  const disks: DomainDisk[] = [];
+  for (const line of text.split('\n')) {
+    const match = /^\s*(\S+)\s+(\S+)\s+(\S+)\s+(\S.*?)\s*$/.exec(line);
+    if (!match || line.trimStart().startsWith('Type ') || /^[\s-]+$/.test(line)) continue;
+    disks.push({ type: match[1]!, device: match[2]!, target: match[3]!, source: match[4]! });
+  }
+  return disks;
+}
+
+/** target dev → alias name for every `<disk>` of a live domain XML. */
+export function diskAliasesFromXml(xml: string): Map<string, string> {
+  const aliases = new Map<string, string>();
+  for (const disk of xml.matchAll(/<disk\b[\s\S]*?<\/disk>/g)) {
+    const target = /<target\b[^>]*\bdev=['"]([^'"]+)['"]/.exec(disk[0])?.[1];
+    const alias = /<alias\b[^>]*\bname=['"]([^'"]+)['"]/.exec(disk[0])?.[1];
+    if (target !== undefined && alias !== undefined) aliases.set(target, alias);
+  }
+  return aliases;
+}
+
+function parseFsCount(stdout: string, pattern: RegExp): number {
+  return Number(pattern.exec(stdout)?.[1] ?? 0);
+}
+
+function lastErrorLine(stderr: string): string {
+  const lines = stderr
+    .trim()
+    .split('\n')
+    .map((l) => l.replace(/^error:\s*/, '').trim());
+  return lines[lines.length - 1] ?? stderr.trim();
+}
