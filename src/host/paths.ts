@@ -1,0 +1,155 @@
+import { lstat, realpath } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve, sep } from 'node:path';
+import { ValidationError } from '../errors/index.js';
+import { fileName } from '../protocol/names.js';
+
+/**
+ * Root confinement (invariant 6): every path a command names must lie under a configured root,
+ * also after symlinks are resolved, and also when the path does not exist yet (then its deepest
+ * existing ancestor is resolved). All checks happen before any host tool runs.
+ *
+ * Error codes (ValidationError): INVALID_PATH (not absolute, not normalised, control characters),
+ * INVALID_NAME (a segment below the root that is not a plain file name), PATH_OUTSIDE_ROOTS.
+ */
+
+/** Segments below a root: the protocol's file-name rule (no spaces, quotes, `;`, `$`, leading `.` or `-`). */
+function nameProblem(name: string): string | undefined {
+  const parsed = fileName.safeParse(name);
+  return parsed.success ? undefined : (parsed.error.issues[0]?.message ?? 'invalid file name');
+}
+
+/**
+ * Checks one file name (a single path segment) and returns it.
+ * @throws ValidationError INVALID_NAME
+ */
+export function checkFileName(name: unknown, field = 'name'): string {
+  if (typeof name !== 'string')
+    throw new ValidationError('INVALID_NAME', `${field} must be a string`, { field });
+  const problem = nameProblem(name);
+  if (problem)
+    throw new ValidationError('INVALID_NAME', `${field} ${JSON.stringify(name)}: ${problem}`, { field });
+  return name;
+}
+
+/**
+ * Checks that `path` is absolute and normalised: no `.`/`..`/empty segments, no control characters.
+ * @throws ValidationError INVALID_PATH
+ */
+export function checkAbsolutePath(path: unknown, field = 'path'): string {
+  if (typeof path !== 'string' || path.length === 0 || path.length > 4096) {
+    throw new ValidationError(
+      'INVALID_PATH',
+      `${field} must be a non-empty string of at most 4096 characters`,
+      {
+        field,
+      },
+    );
+  }
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
+  if (/[\u0000-\u001f\u007f]/.test(path)) {
+    throw new ValidationError('INVALID_PATH', `${field} contains control characters`, { field });
+  }
+  if (!path.startsWith('/')) {
+    throw new ValidationError('INVALID_PATH', `${field} ${JSON.stringify(path)} is not absolute`, { field });
+  }
+  const segments = path === '/' ? [] : path.slice(1).split('/');
+  if (segments.some((s) => s === '' || s === '.' || s === '..')) {
+    throw new ValidationError(
+      'INVALID_PATH',
+      `${field} ${JSON.stringify(path)} is not normalised (no "..", "." or "//")`,
+      { field },
+    );
+  }
+  return path;
+}
+
+/** True when `child` is `root` itself or lies below it (both absolute and normalised). Pure, no I/O. */
+export function isInside(child: string, root: string): boolean {
+  const rel = relative(root, child);
+  return rel === '' || (!rel.startsWith(`..${sep}`) && rel !== '..' && !rel.startsWith(sep));
+}
+
+/** The root (as configured) that `path` lies under lexically, or undefined. */
+export function rootOf(path: string, roots: readonly string[]): string | undefined {
+  return roots.map((r) => resolve(r)).find((root) => isInside(path, root));
+}
+
+/**
+ * Resolves symlinks in `path`. When the path does not exist, the deepest existing ancestor is
+ * resolved and the missing tail appended. A dangling symlink is refused (its target is unknown).
+ */
+export async function realpathAllowMissing(path: string): Promise<string> {
+  const missing: string[] = [];
+  let current = path;
+  for (;;) {
+    try {
+      const real = await realpath(current);
+      return missing.length === 0 ? real : join(real, ...missing.reverse());
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      const link = await lstat(current).catch(() => undefined);
+      if (link?.isSymbolicLink()) {
+        throw new ValidationError('INVALID_PATH', `${current} is a symlink whose target does not exist`, {
+          field: 'path',
+          cause: error,
+        });
+      }
+      const parent = dirname(current);
+      if (parent === current) throw error;
+      missing.push(basename(current));
+      current = parent;
+    }
+  }
+}
+
+/**
+ * Confines `path` to `roots`: checks its form, that it lies under a root lexically with plain
+ * file-name segments below the root, and that its real path (symlinks resolved) is still under
+ * the real path of a root. Returns the real path; use it, not the input, for the tool call.
+ *
+ * @param roots configured roots (absolute). A root that does not exist confines nothing.
+ * @throws ValidationError INVALID_PATH | INVALID_NAME | PATH_OUTSIDE_ROOTS
+ */
+export async function confinePath(path: unknown, roots: readonly string[], field = 'path'): Promise<string> {
+  const checked = checkAbsolutePath(path, field);
+  const root = rootOf(checked, roots);
+  if (root === undefined) {
+    throw new ValidationError(
+      'PATH_OUTSIDE_ROOTS',
+      `${field} ${JSON.stringify(checked)} is not under a configured root (${roots.join(', ')})`,
+      { field },
+    );
+  }
+  const below = relative(root, checked);
+  for (const segment of below === '' ? [] : below.split(sep)) {
+    const problem = nameProblem(segment);
+    if (problem) {
+      throw new ValidationError('INVALID_NAME', `${field}: segment ${JSON.stringify(segment)}: ${problem}`, {
+        field,
+      });
+    }
+  }
+  const real = await realpathAllowMissing(checked);
+  const realRoots = await Promise.all(roots.map((r) => realpathAllowMissing(resolve(r))));
+  if (!realRoots.some((r) => isInside(real, r))) {
+    throw new ValidationError(
+      'PATH_OUTSIDE_ROOTS',
+      `${field} ${JSON.stringify(checked)} resolves to ${real}, outside the configured roots (a symlink points out)`,
+      { field },
+    );
+  }
+  return real;
+}
+
+/**
+ * Joins a checked file name to a directory and confines the result (a name cannot carry `/` or `..`).
+ * @throws ValidationError INVALID_NAME | INVALID_PATH | PATH_OUTSIDE_ROOTS
+ */
+export async function confineChild(
+  directory: string,
+  name: unknown,
+  roots: readonly string[],
+  field = 'name',
+): Promise<string> {
+  return confinePath(join(directory, checkFileName(name, field)), roots, field);
+}
