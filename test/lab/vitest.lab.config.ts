@@ -1,0 +1,21 @@
+import { fileURLToPath } from 'node:url';
+import { defineConfig } from 'vitest/config';
+
+// The lab suites: real device-mapper and LVM, run INSIDE the lab guest by test/lab/run-suites.sh
+// (`npm run test:lab`). On a host without device-mapper the global setup fails and says so.
+export default defineConfig({
+  root: fileURLToPath(new URL('../..', import.meta.url)),
+  // The project folder is a 9p share: keep vite's cache in the guest's own /tmp.
+  cacheDir: '/tmp/vitest-lab-cache',
+  test: {
+    name: 'lab',
+    include: ['test/lab/suites/**/*.test.ts'],
+    globalSetup: ['test/lab/lab-global-setup.ts'],
+    pool: 'forks',
+    maxWorkers: 2,
+    // Node runs 5-10x slower under emulation.
+    testTimeout: 180_000,
+    hookTimeout: 180_000,
+    reporters: ['default'],
+  },
+});
