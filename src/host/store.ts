@@ -1,0 +1,245 @@
+import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
+import type { Logger } from '../observability/logger.js';
+import type { StoreRef } from '../protocol/index.js';
+import { checkAbsolutePath, confineChild, confinePath, isInside, realpathAllowMissing } from './paths.js';
+import type { QemuImg } from './qemu-img.js';
+
+/** One image of a backing chain as read from the headers (`qemu-img info --backing-chain -U`). */
+export interface ChainMember {
+  /** Absolute path qemu-img opened (for store files: resolved from the child's relative backing). */
+  path: string;
+  format: string;
+  virtualSize: number;
+  /** Bytes used on disk; null when qemu-img cannot tell (some block devices). */
+  actualSize: number | null;
+  /** Backing string exactly as written in the header (relative inside the store). */
+  backingFile: string | null;
+  /** The backing resolved to an absolute path. */
+  backingPath: string | null;
+  backingFormat: string | null;
+  /** The configured store root this file lies under (real path), or null (e.g. the active volume). */
+  storeRoot: string | null;
+}
+
+export interface SnapshotStoreOptions {
+  /** Configured store roots (config.store.roots): every path the store touches lies under one. */
+  roots: readonly string[];
+  qemuImg: QemuImg;
+  logger?: Logger;
+}
+
+const PART = /^\..+\.part$/;
+
+/**
+ * The snapshot store (an NFS mount): confined paths, atomic publish of snapshot files, free
+ * space, relative backing names between store files and chain reading. File-system calls only,
+ * except readChain (qemu-img).
+ */
+export class SnapshotStore {
+  readonly roots: readonly string[];
+  private readonly qemuImg: QemuImg;
+  private readonly logger: Logger | undefined;
+
+  constructor(opts: SnapshotStoreOptions) {
+    this.roots = opts.roots.map((r) => resolve(r));
+    this.qemuImg = opts.qemuImg;
+    this.logger = opts.logger;
+  }
+
+  /**
+   * The real path of `<root>/<dir>`. `ref.root` must be one of the configured roots (exactly) and
+   * the result must stay under it after symlinks are resolved. The directory need not exist.
+   * @throws ValidationError PATH_OUTSIDE_ROOTS | INVALID_PATH | INVALID_NAME
+   */
+  async directory(ref: StoreRef): Promise<string> {
+    const root = checkAbsolutePath(ref.root, 'store.root');
+    if (!this.roots.includes(root)) {
+      throw new ValidationError(
+        'PATH_OUTSIDE_ROOTS',
+        `store.root ${JSON.stringify(root)} is not a configured store root (${this.roots.join(', ')})`,
+        { field: 'store.root' },
+      );
+    }
+    if (typeof ref.dir !== 'string' || ref.dir.length === 0 || ref.dir.startsWith('/')) {
+      throw new ValidationError('INVALID_PATH', 'store.dir must be a non-empty relative path', {
+        field: 'store.dir',
+      });
+    }
+    return confinePath(`${root}/${ref.dir}`, [root], 'store.dir');
+  }
+
+  /** Creates the store directory (and parents) if needed and returns its real path. */
+  async ensureDirectory(ref: StoreRef): Promise<string> {
+    const dir = await this.directory(ref);
+    const created = await mkdir(dir, { recursive: true });
+    // A new directory entry must survive a crash like the files in it.
+    if (created !== undefined) await fsyncDirectory(dirname(created));
+    return dir;
+  }
+
+  /** The real path of the snapshot file `name` in the store directory (name checked, confined). */
+  async memberPath(ref: StoreRef, name: string): Promise<string> {
+    return confineChild(await this.directory(ref), name, this.roots, 'snapshot');
+  }
+
+  /** Confines any path to the store roots and returns its real path. */
+  async confine(path: string, field = 'path'): Promise<string> {
+    return confinePath(path, this.roots, field);
+  }
+
+  /** Where a snapshot is written before it is complete: `<dir>/.<name>.part` (hidden, never a chain member). */
+  partPath(finalPath: string): string {
+    return join(dirname(finalPath), `.${basename(finalPath)}.part`);
+  }
+
+  /**
+   * Gives a complete snapshot file its final name (invariant 2): fsync the file, rename it to
+   * `finalPath`, fsync the directory. Refuses to replace an existing file.
+   * @throws PathExistsError when finalPath exists; ValidationError when the paths do not pair up
+   */
+  async publish(partPath: string, finalPath: string): Promise<void> {
+    const started = performance.now();
+    const target = await this.confine(finalPath, 'finalPath');
+    const part = join(
+      await this.confine(dirname(checkAbsolutePath(partPath, 'partPath'))),
+      basename(partPath),
+    );
+    if (part !== this.partPath(target)) {
+      throw new ValidationError('INVALID_PATH', `${partPath} is not the part file of ${finalPath}`, {
+        field: 'partPath',
+      });
+    }
+    if (await exists(target)) throw new PathExistsError(target);
+    const handle = await open(part, 'r+');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(part, target);
+    await fsyncDirectory(dirname(target));
+    this.logger?.debug(
+      { path: target, durationMs: Math.round(performance.now() - started) },
+      'snapshot published',
+    );
+  }
+
+  /** Bytes available to the agent on the filesystem holding `dir` (statfs f_bavail × f_bsize). */
+  async freeBytes(dir: string): Promise<number> {
+    const fs = await statfs(await this.confine(dir, 'dir'));
+    return fs.bavail * fs.bsize;
+  }
+
+  /**
+   * Checks before an export that `bytes` (plus `reserveBytes`, a margin for QCOW2 metadata and
+   * other writers) fit.
+   * @throws InsufficientSpaceError STORE_FULL
+   */
+  async ensureFreeSpace(dir: string, bytes: number, opts: { reserveBytes?: number } = {}): Promise<void> {
+    const needed = bytes + (opts.reserveBytes ?? 0);
+    const free = await this.freeBytes(dir);
+    if (free < needed) throw new InsufficientSpaceError('store', dir, needed, free);
+  }
+
+  /**
+   * The backing string to write into `fromFile` so it points at `toFile`: relative to fromFile's
+   * directory, so the chain survives the store being mounted elsewhere (seed defect 4).
+   * Both must lie under the same store root. Pure: pass confined paths.
+   * @throws ValidationError BACKING_OUTSIDE_STORE
+   */
+  relativeBacking(fromFile: string, toFile: string): string {
+    checkAbsolutePath(fromFile, 'fromFile');
+    checkAbsolutePath(toFile, 'toFile');
+    const root = this.roots.find((r) => isInside(fromFile, r) && isInside(toFile, r));
+    if (root === undefined) {
+      throw new ValidationError(
+        'BACKING_OUTSIDE_STORE',
+        `${fromFile} and ${toFile} are not under the same store root; a relative backing name would not survive a remount`,
+        { field: 'backing' },
+      );
+    }
+    return relative(dirname(fromFile), toFile);
+  }
+
+  /**
+   * Reads the backing chain of `topPath` (which may be outside the store, e.g. the active volume),
+   * top first, with force-share so it works while QEMU holds the top.
+   */
+  async readChain(topPath: string): Promise<ChainMember[]> {
+    const realRoots = await Promise.all(this.roots.map((r) => realpathAllowMissing(r)));
+    const images = await this.qemuImg.chain(checkAbsolutePath(topPath, 'topPath'), { forceShare: true });
+    return images.map((image) => ({
+      path: image.filename,
+      format: image.format,
+      virtualSize: image.virtualSize,
+      actualSize: image.actualSize,
+      backingFile: image.backingFile,
+      backingPath: image.fullBackingFile,
+      backingFormat: image.backingFormat,
+      storeRoot: realRoots.find((r) => isInside(image.filename, r)) ?? null,
+    }));
+  }
+
+  /**
+   * Removes one store file and fsyncs its directory. Checking that nothing references it
+   * (invariant 3) is the caller's job. Returns false when it did not exist (steps are idempotent).
+   */
+  async remove(path: string): Promise<boolean> {
+    const target = await this.confine(path);
+    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    if (info === undefined) return false;
+    if (!info.isFile()) {
+      throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
+    }
+    await unlink(target);
+    await fsyncDirectory(dirname(target));
+    this.logger?.debug({ path: target }, 'store file removed');
+    return true;
+  }
+
+  /** Snapshot file names in a store directory (no part files, no subdirectories), sorted. */
+  async list(ref: StoreRef): Promise<string[]> {
+    const dir = await this.directory(ref);
+    const entries = await readdir(dir, { withFileTypes: true });
+    return entries
+      .filter((e) => e.isFile() && !PART.test(e.name))
+      .map((e) => e.name)
+      .sort();
+  }
+
+  /** Removes `.<name>.part` leftovers of interrupted exports in a store directory; returns their names. */
+  async removeStaleParts(ref: StoreRef): Promise<string[]> {
+    const dir = await this.directory(ref);
+    const parts = (await readdir(dir, { withFileTypes: true })).filter(
+      (e) => e.isFile() && PART.test(e.name),
+    );
+    for (const part of parts) await unlink(join(dir, part.name));
+    if (parts.length > 0) await fsyncDirectory(dir);
+    return parts.map((p) => p.name);
+  }
+}
+
+/** fsync of a directory makes renames, creations and removals in it durable. */
+export async function fsyncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return false;
+      throw e;
+    },
+  );
+}
