@@ -1,0 +1,210 @@
+import { randomBytes } from 'node:crypto';
+import { rename as fsRename, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import {
+  HostCommandError,
+  InsufficientSpaceError,
+  PathExistsError,
+  ReflinkUnsupportedError,
+  ValidationError,
+} from '../errors/index.js';
+import type { Logger } from '../observability/logger.js';
+import { type RunOptions, type RunResult, runTool } from './exec.js';
+import { confineChild, confinePath } from './paths.js';
+import type { BackingRef, QemuImg } from './qemu-img.js';
+import { fsyncDirectory } from './store.js';
+
+export interface FilePoolOptions {
+  /** Configured pool roots (config.pools.fileRoots): every pool and volume lies under one. */
+  roots: readonly string[];
+  qemuImg: QemuImg;
+  /** Timeout of a `cp --reflink=always` (metadata only, but NFS can be slow). */
+  timeoutMs: number;
+  logger?: Logger;
+  /** Defaults to src/host/exec.ts runTool; tests may wrap it to record calls. */
+  run?: (file: string, args: readonly string[], options: RunOptions) => Promise<RunResult>;
+}
+
+/** Whether a directory's filesystem makes reflink clones, and if not, why. */
+export interface ReflinkSupport {
+  supported: boolean;
+  /** The tool's words when unsupported (e.g. "Operation not supported"); null when supported. */
+  reason: string | null;
+}
+
+// cp says "failed to clone"; the errno text says why (EOPNOTSUPP on ext4/tmpfs, EXDEV across filesystems).
+const NO_REFLINK = /failed to clone|Operation not supported|Invalid cross-device link|Inappropriate ioctl/i;
+
+/**
+ * A file pool: volumes are QCOW2 files in a directory under a configured root (CloudStack
+ * SharedMountPoint / local pools). The LVM snapshot of the LVM strategies becomes a reflink
+ * clone here; there is never a silent full copy.
+ */
+export class FilePool {
+  readonly roots: readonly string[];
+  private readonly qemuImg: QemuImg;
+  private readonly timeoutMs: number;
+  private readonly logger: Logger | undefined;
+  private readonly run: NonNullable<FilePoolOptions['run']>;
+
+  constructor(opts: FilePoolOptions) {
+    this.roots = opts.roots.map((r) => resolve(r));
+    this.qemuImg = opts.qemuImg;
+    this.timeoutMs = opts.timeoutMs;
+    this.logger = opts.logger;
+    this.run = opts.run ?? runTool;
+  }
+
+  /**
+   * The real path of an existing pool directory under a root.
+   * @throws ValidationError PATH_OUTSIDE_ROOTS | INVALID_PATH | INVALID_NAME | POOL_NOT_FOUND
+   */
+  async poolDirectory(pool: string): Promise<string> {
+    const dir = await confinePath(pool, this.roots, 'volume.pool');
+    const info = await stat(dir).catch(() => undefined);
+    if (!info?.isDirectory()) {
+      throw new ValidationError('POOL_NOT_FOUND', `file pool ${pool} is not an existing directory`, {
+        field: 'volume.pool',
+      });
+    }
+    return dir;
+  }
+
+  /** The real path of volume `file` in `pool` (the file need not exist). */
+  async volumePath(pool: string, file: string): Promise<string> {
+    return confineChild(await this.poolDirectory(pool), file, this.roots, 'volume.file');
+  }
+
+  /** Confines any path to the pool roots and returns its real path. */
+  async confine(path: string, field = 'path'): Promise<string> {
+    return confinePath(path, this.roots, field);
+  }
+
+  /** True when the (confined) path exists. */
+  async exists(path: string): Promise<boolean> {
+    return exists(await this.confine(path));
+  }
+
+  /**
+   * Creates a QCOW2 volume (standalone or an overlay); never overwrites (qemu-img create would).
+   * @throws PathExistsError
+   */
+  async create(opts: {
+    path: string;
+    sizeBytes?: number;
+    backing?: BackingRef;
+    clusterSize?: number;
+    extendedL2?: boolean;
+    unsafe?: boolean;
+  }): Promise<string> {
+    const path = await this.confine(opts.path);
+    if (await exists(path)) throw new PathExistsError(path);
+    await this.qemuImg.create({ ...opts, path });
+    await fsyncDirectory(dirname(path));
+    return path;
+  }
+
+  /** Removes a volume file; false when it did not exist. Checking that nothing uses it is the caller's job. */
+  async remove(path: string): Promise<boolean> {
+    const target = await this.confine(path);
+    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    if (info === undefined) return false;
+    if (!info.isFile()) throw new ValidationError('INVALID_PATH', `${target} is not a regular file`);
+    await unlink(target);
+    await fsyncDirectory(dirname(target));
+    this.logger?.debug({ path: target }, 'pool volume removed');
+    return true;
+  }
+
+  /**
+   * Renames a volume without replacing anything (a running QEMU keeps its open file).
+   * @throws PathExistsError when `to` exists
+   */
+  async rename(from: string, to: string): Promise<void> {
+    const source = await this.confine(from, 'from');
+    const target = await this.confine(to, 'to');
+    if (await exists(target)) throw new PathExistsError(target);
+    await fsRename(source, target);
+    await fsyncDirectory(dirname(target));
+    if (dirname(source) !== dirname(target)) await fsyncDirectory(dirname(source));
+  }
+
+  /**
+   * Instant copy-on-write clone (`cp --reflink=always`): shares all data extents with `source`,
+   * so it costs no data space and no copy time. Never falls back to a full copy.
+   * @throws ReflinkUnsupportedError REFLINK_UNSUPPORTED when the filesystem cannot (ext4, tmpfs,
+   *   different filesystems); PathExistsError when `target` exists
+   */
+  async reflinkClone(source: string, target: string): Promise<void> {
+    const from = await this.confine(source, 'source');
+    const to = await this.confine(target, 'target');
+    if (await exists(to)) throw new PathExistsError(to);
+    await this.cpReflink(from, to);
+    await fsyncDirectory(dirname(to));
+  }
+
+  /**
+   * Probes whether `dir` (under a root) makes reflink clones: clones a small scratch file, then
+   * removes both. Used by the capability probe and the strategy planner.
+   */
+  async supportsReflink(dir: string): Promise<ReflinkSupport> {
+    const real = await this.confine(dir, 'dir');
+    const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
+    const probe = join(real, `.reflink-probe-${tag}`);
+    const clone = join(real, `.reflink-probe-${tag}.clone`);
+    try {
+      await writeFile(probe, randomBytes(4096));
+      await this.cpReflink(probe, clone);
+      return { supported: true, reason: null };
+    } catch (error) {
+      if (error instanceof ReflinkUnsupportedError)
+        return { supported: false, reason: String(error.details.reason) };
+      throw error;
+    } finally {
+      await rm(probe, { force: true });
+      await rm(clone, { force: true });
+    }
+  }
+
+  /** Bytes available on the filesystem holding `dir` (statfs). */
+  async freeBytes(dir: string): Promise<number> {
+    const fs = await statfs(await this.confine(dir, 'dir'));
+    return fs.bavail * fs.bsize;
+  }
+
+  /** @throws InsufficientSpaceError POOL_FULL when fewer than `bytes` are free. */
+  async ensureFreeSpace(dir: string, bytes: number): Promise<void> {
+    const free = await this.freeBytes(dir);
+    if (free < bytes) throw new InsufficientSpaceError('pool', dir, bytes, free);
+  }
+
+  private async cpReflink(from: string, to: string): Promise<void> {
+    try {
+      await this.run('cp', ['--reflink=always', '--no-target-directory', '--', from, to], {
+        timeoutMs: this.timeoutMs,
+        logger: this.logger,
+      });
+    } catch (error) {
+      // The target did not exist before: whatever cp left there (an empty file) goes.
+      if (error instanceof HostCommandError && error.kind !== 'tool-missing') await rm(to, { force: true });
+      if (error instanceof HostCommandError && NO_REFLINK.test(error.stderr)) {
+        const reason = /:\s*([^:]+)$/.exec(error.stderr.trim())?.[1] ?? error.stderr.trim();
+        throw new ReflinkUnsupportedError(dirname(to), reason, { cause: error });
+      }
+      throw error;
+    }
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return false;
+      throw e;
+    },
+  );
+}
