@@ -22,7 +22,7 @@ export async function sh(
   });
   if (result.timedOut) throw new Error(`${file} ${args.join(' ')} timed out`);
   if (!(opts.okExitCodes ?? [0]).includes(result.exitCode ?? -1)) {
-    throw new Error(`${file} ${args.join(' ')} exited ${result.exitCode}: ${result.stderr}`);
+    throw new Error(`${file} ${args.join(' ')} exited ${result.exitCode}: ${result.stderr}${result.stdout}`);
   }
   return result.stdout;
 }
