@@ -322,9 +322,7 @@ export async function imagesIdentical(a: string, b: string): Promise<boolean> {
 }
 
 /** `qemu-img info -U --output=json` of one image (no chain). */
-export async function imageInfo(
-  path: string,
-): Promise<{
+export async function imageInfo(path: string): Promise<{
   'backing-filename'?: string;
   'backing-filename-format'?: string;
   format: string;
