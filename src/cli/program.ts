@@ -1,0 +1,496 @@
+import { Command as Commander, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { type AgentConfig, loadConfig } from '../config/index.js';
+import { startDashboard } from '../dashboard/server.js';
+import { AgentError } from '../errors/index.js';
+import { type Command, type CommandType, EVENT_KINDS, type EventKind } from '../protocol/index.js';
+import { connectBroker } from './broker-session.js';
+import { buildCommand, parseList, parseVolume } from './command-builder.js';
+import { type DeadLetterDetail, peekDeadLetters, replayDeadLetters, summaryOf } from './dlq.js';
+import { eventLine } from './event-lines.js';
+import { EXIT, type ExitCode, exitCodeOf, usageError } from './exit-codes.js';
+import { formatBytes } from './format.js';
+import { type CliIo, writeJson, writeLine } from './io.js';
+import { createJobProgressView } from './progress-view.js';
+import { sendAndWait, type TerminalEvent } from './send-and-wait.js';
+import { watchEvents } from './watch.js';
+
+/** Options every snapctl command accepts (commander merges them from any position). */
+interface GlobalOptions {
+  config?: string;
+  brokerUrl?: string[];
+  host?: string;
+  signingKey?: string;
+  commandsExchange?: string;
+  eventsExchange?: string;
+  deadLetterQueue?: string;
+  timeout?: number;
+  replyTo?: boolean;
+  id?: string;
+  json?: boolean;
+}
+
+/** Default wait for a terminal event, per command type, in seconds (--timeout overrides). */
+const DEFAULT_TIMEOUT_S: Record<CommandType, number> = {
+  'agent.ping': 30,
+  'job.cancel': 60,
+  'snapshot.create': 3600,
+  'snapshot.delete': 3600,
+  'snapshot.revert': 3600,
+  'chain.verify': 3600,
+};
+
+/**
+ * Runs snapctl with `argv` (without node and script) and returns the exit code. Never throws:
+ * every error becomes one message (no stack trace) and a documented exit code.
+ */
+export async function runSnapctl(
+  argv: readonly string[],
+  io: CliIo,
+  env: NodeJS.ProcessEnv = process.env,
+  stopSignal?: AbortSignal,
+): Promise<ExitCode> {
+  let exitCode: ExitCode = EXIT.ok;
+  const program = buildProgram(io, env, stopSignal, (code) => {
+    exitCode = code;
+  });
+  const json = argv.includes('--json');
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return exitCode;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Commander already printed its message (or the help) through configureOutput.
+      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version') return EXIT.ok;
+      if (json)
+        writeJson(io, { ok: false, exitCode: EXIT.usage, error: { code: 'USAGE', message: error.message } });
+      return EXIT.usage;
+    }
+    const code = exitCodeOf(error);
+    const agentError = error instanceof AgentError ? error : undefined;
+    const message = error instanceof Error ? error.message : String(error);
+    if (json) {
+      writeJson(io, { ok: false, exitCode: code, error: { code: agentError?.code ?? 'ERROR', message } });
+    } else {
+      writeLine(io.stderr, `snapctl: ${message}`);
+      if (code === EXIT.usage) writeLine(io.stderr, '(run snapctl --help, or snapctl <command> --help)');
+    }
+    return code;
+  }
+}
+
+function buildProgram(
+  io: CliIo,
+  env: NodeJS.ProcessEnv,
+  stopSignal: AbortSignal | undefined,
+  setExit: (code: ExitCode) => void,
+): Commander {
+  const program = new Commander('snapctl')
+    .description(
+      'Operate clvm-snapshot-agent: send commands, watch events, handle dead letters, serve the dashboard.',
+    )
+    .exitOverride()
+    .configureOutput({
+      writeOut: (text) => io.stdout.write(text),
+      writeErr: (text) => io.stderr.write(text),
+    })
+    .showHelpAfterError('(run snapctl --help, or snapctl <command> --help)')
+    .option('-c, --config <file>', 'agent config file (default: $AGENT_CONFIG, else built-in defaults)')
+    .option(
+      '--broker-url <url>',
+      'RabbitMQ URL; repeat for fallbacks (default: config broker.urls)',
+      collect,
+      undefined,
+    )
+    .option(
+      '--host <id>',
+      'target host id (default: config hostId; for watch/dlq: all hosts / original host)',
+    )
+    .option('--signing-key <key>', 'HMAC key to sign commands (prefer $AGENT_SIGNING_KEY: flags show in ps)')
+    .option('--commands-exchange <name>', 'commands exchange (default: config topology.commandsExchange)')
+    .option('--events-exchange <name>', 'events exchange (default: config topology.eventsExchange)')
+    .option('--dead-letter-queue <name>', 'dead-letter queue (default: config topology.deadLetterQueue)')
+    .option('--timeout <seconds>', 'how long to wait for the result', positiveNumber)
+    .option('--reply-to', 'also ask for the result as an RPC reply (RabbitMQ direct reply-to)')
+    .option('--id <command-id>', 'command id (default: snapctl-<uuid>); reuse it to ask again idempotently')
+    .option('--json', 'machine-readable output: one JSON document per line on stdout');
+
+  const send = (type: CommandType, params: (opts: Record<string, unknown>) => Record<string, unknown>) =>
+    async function (this: Commander, ...args: unknown[]): Promise<void> {
+      const opts = this.optsWithGlobals<GlobalOptions & Record<string, unknown>>();
+      // Positional arguments come first; keep them under their names for the params builder.
+      const named = { ...opts, args: args.slice(0, -2) };
+      const command = buildCommand(type, params(named), opts.id);
+      setExit(await sendCommand(io, env, opts, command));
+    };
+
+  program
+    .command('ping')
+    .description('ask the agent for its version and tools')
+    .action(send('agent.ping', () => ({})));
+
+  const snapshot = program.command('snapshot').description('create, delete or revert snapshots');
+  snapshot
+    .command('create')
+    .description('take a snapshot of a volume into the snapshot store')
+    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file>')
+    .requiredOption('--store-root <path>', 'snapshot store root (a configured store root)')
+    .requiredOption('--store-dir <dir>', 'directory of this volume under the store root')
+    .requiredOption('--snapshot <name>', 'file name of the new snapshot')
+    .option('--parent <name>', 'the chain so far, oldest first (repeat, or comma-separated)', collect, [])
+    .option('--vm <name>', 'libvirt domain using the volume')
+    .addOption(
+      new Option('--strategy <name>', 'strategy').choices(['auto', 'offline', 'lvm-cow', 'live-rotate']),
+    )
+    .option('--quiesce', 'freeze guest filesystems through the guest agent')
+    .addOption(new Option('--verify <level>', 'check after export').choices(['none', 'metadata', 'full']))
+    .option('--compress', 'compress the exported QCOW2')
+    .option('--max-chain <n>', 'start a full snapshot when the chain is this long', positiveInteger)
+    .action(
+      send('snapshot.create', (o) => ({
+        volume: parseVolume(String(o.volume)),
+        vm: o.vm ?? null,
+        store: { root: o.storeRoot, dir: o.storeDir },
+        parents: parseList(o.parent as string[]),
+        snapshot: o.snapshot,
+        options: definedOnly({
+          strategy: o.strategy,
+          quiesce: o.quiesce,
+          verify: o.verify,
+          compress: o.compress,
+          maxChainLength: o.maxChain,
+        }),
+      })),
+    );
+  snapshot
+    .command('delete')
+    .description('remove one snapshot from a chain (merging it into its neighbour)')
+    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file>')
+    .requiredOption('--store-root <path>', 'snapshot store root')
+    .requiredOption('--store-dir <dir>', 'directory of this volume under the store root')
+    .requiredOption('--chain <names...>', 'the whole chain, oldest first (comma-separated or repeated)')
+    .requiredOption('--snapshot <name>', 'the member of the chain to remove')
+    .option('--vm <name>', 'libvirt domain using the volume')
+    .action(
+      send('snapshot.delete', (o) => ({
+        volume: parseVolume(String(o.volume)),
+        vm: o.vm ?? null,
+        store: { root: o.storeRoot, dir: o.storeDir },
+        chain: parseList(o.chain as string[]),
+        snapshot: o.snapshot,
+      })),
+    );
+  snapshot
+    .command('revert')
+    .description('revert a volume to a snapshot')
+    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file>')
+    .requiredOption('--store-root <path>', 'snapshot store root')
+    .requiredOption('--store-dir <dir>', 'directory of this volume under the store root')
+    .requiredOption('--chain <names...>', 'the whole chain, oldest first')
+    .requiredOption('--snapshot <name>', 'the snapshot to revert to')
+    .option('--vm <name>', 'libvirt domain using the volume')
+    .addOption(
+      new Option('--mode <mode>', 'new overlay on the snapshot, or a flattened copy').choices([
+        'overlay',
+        'flatten',
+      ]),
+    )
+    .action(
+      send('snapshot.revert', (o) => ({
+        volume: parseVolume(String(o.volume)),
+        vm: o.vm ?? null,
+        store: { root: o.storeRoot, dir: o.storeDir },
+        chain: parseList(o.chain as string[]),
+        snapshot: o.snapshot,
+        ...definedOnly({ mode: o.mode }),
+      })),
+    );
+
+  program
+    .command('chain')
+    .description('snapshot chain checks')
+    .command('verify')
+    .description('check a chain in the store (qemu-img check, backing links, optional data compare)')
+    .requiredOption('--store-root <path>', 'snapshot store root')
+    .requiredOption('--store-dir <dir>', 'directory of the chain under the store root')
+    .requiredOption('--chain <names...>', 'the chain, oldest first')
+    .option('--volume <ref>', 'also check that this volume is backed by the chain')
+    .option('--compare-snapshot <name>', 'data-compare this snapshot (through its chain)...')
+    .option('--compare-image <path>', '...against this image')
+    .action(
+      send('chain.verify', (o) => {
+        if ((o.compareSnapshot === undefined) !== (o.compareImage === undefined)) {
+          throw usageError('--compare-snapshot and --compare-image go together');
+        }
+        return {
+          store: { root: o.storeRoot, dir: o.storeDir },
+          chain: parseList(o.chain as string[]),
+          ...(o.volume ? { volume: parseVolume(String(o.volume)) } : {}),
+          ...(o.compareSnapshot ? { compare: { snapshot: o.compareSnapshot, image: o.compareImage } } : {}),
+        };
+      }),
+    );
+
+  program
+    .command('job')
+    .description('job control')
+    .command('cancel')
+    .description('cancel a running job (it stops at the next safe point and rolls back)')
+    .argument('<job-id>', 'the job id (= the command id)')
+    .action(send('job.cancel', (o) => ({ jobId: (o.args as string[])[0] })));
+
+  program
+    .command('watch')
+    .description('follow events live: a progress bar per running job, one line per finished job')
+    .option('--volume <ref>', 'only this volume (lvm:<vg>/<lv> or file:<pool dir>/<file>)')
+    .addOption(new Option('--kind <kind>', 'only this event kind').choices([...EVENT_KINDS]))
+    .action(async function (this: Commander) {
+      const opts = this.optsWithGlobals<GlobalOptions & { volume?: string; kind?: EventKind }>();
+      const config = configFrom(env, opts);
+      const volume = opts.volume ? parseVolume(opts.volume) : undefined;
+      await withConnection(config, async (model) => {
+        await watchEvents(
+          model,
+          io,
+          {
+            eventsExchange: config.topology.eventsExchange,
+            json: Boolean(opts.json),
+            ...(opts.host ? { hostId: opts.host } : {}),
+            ...(volume ? { volume } : {}),
+            ...(opts.kind ? { kind: opts.kind } : {}),
+          },
+          stopSignal ?? interruptSignal(),
+        );
+      });
+    });
+
+  const dlq = program.command('dlq').description('dead-lettered commands (read without losing them, replay)');
+  dlq
+    .command('list')
+    .description('list dead-lettered commands (they stay in the queue)')
+    .option('--limit <n>', 'read at most this many', positiveInteger, 100)
+    .action(async function (this: Commander) {
+      const opts = this.optsWithGlobals<GlobalOptions & { limit: number }>();
+      const config = configFrom(env, opts);
+      const { letters, more } = await withConnection(config, (model) =>
+        peekDeadLetters(model, config.topology.deadLetterQueue, opts.limit),
+      );
+      if (opts.json) {
+        writeJson(io, {
+          ok: true,
+          queue: config.topology.deadLetterQueue,
+          more,
+          letters: letters.map(summaryOf),
+        });
+        return;
+      }
+      writeLine(
+        io.stdout,
+        `${letters.length} dead-lettered command(s) in ${config.topology.deadLetterQueue}${more ? ' (more not shown: raise --limit)' : ''}`,
+      );
+      for (const l of letters) writeLine(io.stdout, deadLetterLine(l));
+    });
+  dlq
+    .command('show')
+    .description('show one dead-lettered command in full (it stays in the queue)')
+    .argument('<message-id>', 'the command id (AMQP messageId)')
+    .option('--limit <n>', 'search at most this many messages', positiveInteger, 1000)
+    .action(async function (this: Commander, messageId: string) {
+      const opts = this.optsWithGlobals<GlobalOptions & { limit: number }>();
+      const config = configFrom(env, opts);
+      const { letters } = await withConnection(config, (model) =>
+        peekDeadLetters(model, config.topology.deadLetterQueue, opts.limit),
+      );
+      const letter = letters.find((l) => l.messageId === messageId);
+      if (!letter) {
+        throw new AgentError(
+          'NOT_FOUND',
+          `no dead-lettered command with id ${messageId} in ${config.topology.deadLetterQueue}`,
+        );
+      }
+      if (opts.json) writeJson(io, { ok: true, letter });
+      else writeLine(io.stdout, JSON.stringify(letter, null, 2));
+    });
+  dlq
+    .command('replay')
+    .description('send dead-lettered commands again (acked only after the broker confirmed the new publish)')
+    .argument('[message-id...]', 'command ids to replay')
+    .option('--all', 'replay every dead letter read (up to --limit)')
+    .option('--limit <n>', 'read at most this many messages', positiveInteger, 1000)
+    .action(async function (this: Commander, ids: string[]) {
+      const opts = this.optsWithGlobals<GlobalOptions & { all?: boolean; limit: number }>();
+      if (!opts.all && ids.length === 0) throw usageError('give message ids to replay, or --all');
+      if (opts.all && ids.length > 0) throw usageError('give message ids or --all, not both');
+      const config = configFrom(env, opts);
+      const result = await withConnection(config, (model) =>
+        replayDeadLetters(model, {
+          queue: config.topology.deadLetterQueue,
+          commandsExchange: config.topology.commandsExchange,
+          select: opts.all ? 'all' : ids,
+          limit: opts.limit,
+          confirmTimeoutMs: config.broker.confirmTimeoutMs,
+          ...(opts.host ? { hostId: opts.host } : {}),
+        }),
+      );
+      const ok = result.missing.length === 0;
+      if (opts.json) writeJson(io, { ok, ...result });
+      else {
+        for (const r of result.replayed)
+          writeLine(io.stdout, `replayed ${r.messageId ?? '(no id)'} to host ${r.hostId}`);
+        for (const id of result.missing)
+          writeLine(io.stderr, `snapctl: not found in the dead-letter queue: ${id}`);
+      }
+      if (!ok) setExit(EXIT.failed);
+    });
+
+  program
+    .command('dashboard')
+    .description('serve the live web dashboard (events over Server-Sent Events)')
+    .option('--port <n>', 'TCP port', portNumber, 8080)
+    .option('--listen <address>', 'address to listen on', '127.0.0.1')
+    .action(async function (this: Commander) {
+      const opts = this.optsWithGlobals<GlobalOptions & { port: number; listen: string }>();
+      const config = configFrom(env, opts);
+      const dashboard = await startDashboard({
+        brokerUrls: config.broker.urls,
+        eventsExchange: config.topology.eventsExchange,
+        connectTimeoutMs: config.broker.connectTimeoutMs,
+        port: opts.port,
+        host: opts.listen,
+      });
+      if (opts.json) writeJson(io, { ok: true, url: dashboard.url });
+      else writeLine(io.stdout, `dashboard on ${dashboard.url} (Ctrl-C to stop)`);
+      const signal = stopSignal ?? interruptSignal();
+      await new Promise<void>((resolve) => {
+        if (signal.aborted) resolve();
+        else signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      await dashboard.close();
+    });
+
+  return program;
+}
+
+/** Loads the agent's configuration with the command-line overrides on top. */
+function configFrom(env: NodeJS.ProcessEnv, opts: GlobalOptions): AgentConfig {
+  const overrides: Record<string, unknown> = {};
+  if (opts.host) overrides.hostId = opts.host;
+  if (opts.brokerUrl) overrides.broker = { urls: opts.brokerUrl };
+  const topology = definedOnly({
+    commandsExchange: opts.commandsExchange,
+    eventsExchange: opts.eventsExchange,
+    deadLetterQueue: opts.deadLetterQueue,
+  });
+  if (Object.keys(topology).length > 0) overrides.topology = topology;
+  if (opts.signingKey) overrides.security = { signingKey: opts.signingKey };
+  return loadConfig({ env, overrides, ...(opts.config ? { file: opts.config } : {}) }).config;
+}
+
+async function withConnection<T>(
+  config: AgentConfig,
+  use: (model: Awaited<ReturnType<typeof connectBroker>>) => Promise<T>,
+): Promise<T> {
+  const model = await connectBroker(config.broker.urls, config.broker.connectTimeoutMs);
+  try {
+    return await use(model);
+  } finally {
+    await model.close().catch(() => {});
+  }
+}
+
+/** Sends one command, shows its progress, prints the outcome; returns the exit code. */
+async function sendCommand(
+  io: CliIo,
+  env: NodeJS.ProcessEnv,
+  opts: GlobalOptions,
+  command: Command,
+): Promise<ExitCode> {
+  const config = configFrom(env, opts);
+  const json = Boolean(opts.json);
+  const view = createJobProgressView(io, { json });
+  let terminal: TerminalEvent;
+  try {
+    terminal = await withConnection(config, (model) =>
+      sendAndWait(model, command, {
+        hostId: config.hostId,
+        commandsExchange: config.topology.commandsExchange,
+        eventsExchange: config.topology.eventsExchange,
+        replyTo: Boolean(opts.replyTo),
+        timeoutMs: (opts.timeout ?? DEFAULT_TIMEOUT_S[command.type]) * 1000,
+        confirmTimeoutMs: config.broker.confirmTimeoutMs,
+        onEvent: (event) => view.onEvent(event),
+        onInvalid: (problem) => {
+          if (!json) writeLine(io.stderr, `snapctl: ignored a message on the events exchange: ${problem}`);
+        },
+        ...(config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
+      }),
+    );
+  } finally {
+    view.stop();
+  }
+  const outcome = terminal.type.slice(terminal.type.lastIndexOf('.') + 1);
+  const exitCode = outcome === 'succeeded' ? EXIT.ok : outcome === 'rejected' ? EXIT.rejected : EXIT.failed;
+  if (json) {
+    writeJson(io, {
+      ok: exitCode === EXIT.ok,
+      outcome,
+      exitCode,
+      command: { id: command.id, type: command.type, host: config.hostId },
+      event: terminal,
+    });
+  } else if (exitCode === EXIT.ok) {
+    writeLine(io.stdout, eventLine(terminal));
+  } else {
+    writeLine(io.stderr, `snapctl: ${eventLine(terminal)}`);
+  }
+  return exitCode;
+}
+
+function deadLetterLine(l: DeadLetterDetail): string {
+  return [
+    `#${l.position}`,
+    l.messageId ?? '(no id)',
+    l.commandType ?? '?',
+    `host=${l.hostId ?? '?'}`,
+    `reason=${l.reason ?? '?'}`,
+    `deaths=${l.deathCount}`,
+    `from=${l.fromQueue ?? '?'}`,
+    `at=${l.deadLetteredAt ?? '?'}`,
+    formatBytes(l.bytes),
+  ].join('  ');
+}
+
+/** Aborts on the first SIGINT or SIGTERM (watch and dashboard stop cleanly: cursor back, queue gone). */
+function interruptSignal(): AbortSignal {
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return controller.signal;
+}
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+function positiveNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('must be a positive number');
+  return n;
+}
+
+function positiveInteger(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+function portNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new InvalidArgumentError('must be a port number (0-65535)');
+  return n;
+}
+
+function definedOnly(values: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(values).filter(([, v]) => v !== undefined));
+}

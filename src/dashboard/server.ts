@@ -1,0 +1,210 @@
+import { readFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import type { ChannelModel } from 'amqplib';
+import { connectBroker, messageOf, subscribeEvents } from '../cli/broker-session.js';
+import type { Logger } from '../observability/logger.js';
+import { silentLogger } from '../observability/logger.js';
+import { DashboardState } from './state.js';
+
+/**
+ * The front end is plain files in src/dashboard/public. The path is resolved from the repository
+ * root so the same files serve from src (tsx) and from dist (tsc copies no assets); the Docker
+ * image copies src/dashboard/public next to dist.
+ */
+const PUBLIC_DIR = fileURLToPath(new URL('../../src/dashboard/public/', import.meta.url));
+
+/** The only files served: a fixed list, so no request path ever reaches the file system. */
+const STATIC_FILES: Readonly<Record<string, { file: string; type: string }>> = {
+  '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
+  '/index.html': { file: 'index.html', type: 'text/html; charset=utf-8' },
+  '/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
+  '/style.css': { file: 'style.css', type: 'text/css; charset=utf-8' },
+};
+
+/** Pushes at most this often to the browsers: progress events can come fast. */
+const PUSH_INTERVAL_MS = 200;
+const KEEPALIVE_MS = 15_000;
+const RECONNECT_MIN_MS = 1_000;
+const RECONNECT_MAX_MS = 15_000;
+
+export interface DashboardOptions {
+  brokerUrls: readonly string[];
+  eventsExchange: string;
+  connectTimeoutMs: number;
+  port: number;
+  host: string;
+  /** Binding on the events exchange (default `#`: every host, volume and kind). */
+  binding?: string;
+  logger?: Logger;
+}
+
+export interface RunningDashboard {
+  url: string;
+  state: DashboardState;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the dashboard: subscribes to the events exchange (the first connection must work:
+ * BROKER_UNREACHABLE / NOT_ROUTED otherwise), then serves the page and an SSE stream of the
+ * state. A lost broker connection is retried in the background and shown on the page.
+ */
+export async function startDashboard(options: DashboardOptions): Promise<RunningDashboard> {
+  const logger = options.logger ?? silentLogger();
+  const state = new DashboardState();
+  const clients = new Set<ServerResponse>();
+  let pushTimer: NodeJS.Timeout | undefined;
+  let closed = false;
+
+  const pushSoon = (): void => {
+    if (pushTimer) return;
+    pushTimer = setTimeout(() => {
+      pushTimer = undefined;
+      const frame = `event: state\ndata: ${JSON.stringify(state.snapshot())}\n\n`;
+      for (const client of clients) client.write(frame);
+    }, PUSH_INTERVAL_MS);
+  };
+
+  let model: ChannelModel | undefined;
+  let reconnectTimer: NodeJS.Timeout | undefined;
+  let reconnectDelay = RECONNECT_MIN_MS;
+  const connectAndSubscribe = async (): Promise<void> => {
+    const connection = await connectBroker(options.brokerUrls, options.connectTimeoutMs);
+    try {
+      await subscribeEvents(
+        connection,
+        options.eventsExchange,
+        [options.binding ?? '#'],
+        (event) => {
+          state.apply(event);
+          pushSoon();
+        },
+        (problem, meta) =>
+          logger.warn({ routingKey: meta.routingKey, problem }, 'dashboard: invalid event ignored'),
+      );
+    } catch (error) {
+      await connection.close().catch(() => {});
+      throw error;
+    }
+    model = connection;
+    reconnectDelay = RECONNECT_MIN_MS;
+    state.setBroker(true);
+    pushSoon();
+    connection.on('close', (error?: Error) => {
+      model = undefined;
+      if (closed) return;
+      state.setBroker(false, error ? messageOf(error) : 'connection closed');
+      pushSoon();
+      scheduleReconnect();
+    });
+  };
+  const scheduleReconnect = (): void => {
+    if (closed || reconnectTimer) return;
+    reconnectTimer = setTimeout(
+      () => {
+        reconnectTimer = undefined;
+        connectAndSubscribe().catch((error: unknown) => {
+          state.setBroker(false, messageOf(error));
+          pushSoon();
+          reconnectDelay = Math.min(RECONNECT_MAX_MS, reconnectDelay * 2);
+          scheduleReconnect();
+        });
+      },
+      reconnectDelay * (0.8 + Math.random() * 0.4),
+    );
+  };
+
+  await connectAndSubscribe();
+
+  const server = createServer((request, response) => {
+    handleRequest(request, response, state, clients).catch((error: unknown) => {
+      logger.error({ err: error }, 'dashboard: request failed');
+      if (!response.headersSent) response.writeHead(500, { 'content-type': 'text/plain' });
+      response.end('internal error\n');
+    });
+  });
+  const keepalive = setInterval(() => {
+    for (const client of clients) client.write(': keepalive\n\n');
+  }, KEEPALIVE_MS);
+  try {
+    await listen(server, options.port, options.host);
+  } catch (error) {
+    clearInterval(keepalive);
+    await model?.close().catch(() => {});
+    throw error;
+  }
+  const address = server.address() as AddressInfo;
+  const hostForUrl = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+
+  return {
+    url: `http://${hostForUrl}:${address.port}/`,
+    state,
+    close: async () => {
+      closed = true;
+      clearInterval(keepalive);
+      clearTimeout(pushTimer);
+      clearTimeout(reconnectTimer);
+      for (const client of clients) client.end();
+      clients.clear();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await model?.close().catch(() => {});
+    },
+  };
+}
+
+async function handleRequest(
+  request: IncomingMessage,
+  response: ServerResponse,
+  state: DashboardState,
+  clients: Set<ServerResponse>,
+): Promise<void> {
+  const path = new URL(request.url ?? '/', 'http://dashboard').pathname;
+  if (request.method !== 'GET' && request.method !== 'HEAD') {
+    response.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' });
+    response.end('method not allowed\n');
+    return;
+  }
+  if (path === '/events') {
+    response.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+    });
+    // The whole state at once, so a new or reconnected browser never waits for the next event.
+    response.write(`retry: 2000\nevent: state\ndata: ${JSON.stringify(state.snapshot())}\n\n`);
+    clients.add(response);
+    request.on('close', () => clients.delete(response));
+    return;
+  }
+  if (path === '/api/state') {
+    response.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-cache' });
+    response.end(JSON.stringify(state.snapshot()));
+    return;
+  }
+  const asset = STATIC_FILES[path];
+  if (!asset) {
+    response.writeHead(404, { 'content-type': 'text/plain' });
+    response.end('not found\n');
+    return;
+  }
+  const body = await readFile(`${PUBLIC_DIR}${asset.file}`);
+  response.writeHead(200, {
+    'content-type': asset.type,
+    'cache-control': 'no-cache',
+    'x-content-type-options': 'nosniff',
+    'content-security-policy': "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'",
+  });
+  response.end(request.method === 'HEAD' ? undefined : body);
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
