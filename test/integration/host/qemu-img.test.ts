@@ -1,4 +1,4 @@
-import { open, stat } from 'node:fs/promises';
+import { mkdir, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -324,6 +324,24 @@ describe('QemuImg', () => {
 
     const absent = new QemuImg({ timeoutMs: 5_000, exportTimeoutMs: 5_000, binary: '/nonexistent/qemu-img' });
     expect(await absent.version().catch((e: unknown) => e)).toMatchObject({ kind: 'tool-missing' });
+  });
+
+  it('classifies a full target filesystem as no-space', async () => {
+    const src = await makeQcow2(p('nospace-src.qcow2'), 16 * MiB);
+    await writePattern(src, 0x77, 0, 8 * MiB);
+    const small = p('small-fs');
+    await mkdir(small);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small], { timeout: 10_000 });
+    try {
+      const error = await qemuImg
+        .convert({ source: src, target: join(small, 'dst.qcow2') })
+        .catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(HostCommandError);
+      expect(error).toMatchObject({ kind: 'no-space', code: 'HOST_NO_SPACE' });
+      expect((error as HostCommandError).stderr).toMatch(/No space left/);
+    } finally {
+      await execa('umount', [small], { timeout: 10_000 });
+    }
   });
 
   it('refuses bad paths and backing names before running anything', async () => {
