@@ -1,0 +1,62 @@
+import { fileURLToPath } from 'node:url';
+import { execa, type ResultPromise } from 'execa';
+import type { Topology } from './fake-agent.js';
+
+const ENTRY = fileURLToPath(new URL('../../../src/cli/snapctl.ts', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+
+/** Environment for snapctl children: no agent settings inherited from the developer's shell. */
+function cleanEnv(extra: Record<string, string>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (value !== undefined && !key.startsWith('AGENT_')) env[key] = value;
+  }
+  return { ...env, ...extra };
+}
+
+/** Flags that point snapctl at one test's broker and topology. */
+export function topologyFlags(url: string, topology: Topology): string[] {
+  return [
+    '--broker-url',
+    url,
+    '--commands-exchange',
+    topology.commandsExchange,
+    '--events-exchange',
+    topology.eventsExchange,
+    '--dead-letter-queue',
+    topology.deadLetterQueue,
+  ];
+}
+
+/** Starts snapctl as a child process (`node --import tsx src/cli/snapctl.ts ...`), stdout/stderr piped. */
+export function startSnapctl(args: readonly string[], env: Record<string, string> = {}): ResultPromise {
+  return execa('node', ['--import', 'tsx', ENTRY, ...args], {
+    cwd: ROOT,
+    env: cleanEnv(env),
+    extendEnv: false,
+    reject: false,
+    timeout: 90_000,
+    stdin: 'ignore',
+  });
+}
+
+export interface SnapctlRun {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs snapctl to the end. */
+export async function snapctl(
+  args: readonly string[],
+  env: Record<string, string> = {},
+): Promise<SnapctlRun> {
+  const result = await startSnapctl(args, env);
+  return { exitCode: result.exitCode ?? -1, stdout: String(result.stdout), stderr: String(result.stderr) };
+}
+
+/** The last stdout line parsed as JSON (what `--json` prints). */
+export function lastJson(stdout: string): Record<string, unknown> {
+  const lines = stdout.trim().split('\n');
+  return JSON.parse(lines[lines.length - 1] ?? 'null') as Record<string, unknown>;
+}
