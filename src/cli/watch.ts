@@ -52,8 +52,8 @@ export async function watchEvents(
     (event) => view.onEvent(event),
     (problem, meta) => view.onInvalid(problem, meta.routingKey),
   );
-  if (!options.json)
-    writeLine(io.stderr, `watching ${options.eventsExchange} with binding ${pattern} (Ctrl-C to stop)`);
+  // On stderr even with --json: scripts read stdout, and the line tells them the binding is live.
+  writeLine(io.stderr, `watching ${options.eventsExchange} with binding ${pattern} (Ctrl-C to stop)`);
   try {
     await new Promise<void>((resolve) => {
       if (signal.aborted) resolve();

@@ -1,0 +1,182 @@
+import { fileURLToPath } from 'node:url';
+import { connect } from 'amqplib';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { brokerUrl } from '../../helpers/broker.js';
+import {
+  type FakeAgent,
+  makeEvent,
+  publishEvent,
+  startFakeAgent,
+  type Topology,
+  uniqueHost,
+  uniqueTopology,
+} from './fake-agent.js';
+import { snapctl, startSnapctl, topologyFlags } from './run-snapctl.js';
+
+// `snapctl watch` on jobs with progress: plain lines when stdout is not a TTY, live bars in a TTY
+// (a pseudo-terminal from util-linux `script`), filters done by the broker binding.
+
+let topology: Topology;
+let hostId: string;
+let agent: FakeAgent;
+
+beforeAll(async () => {
+  topology = uniqueTopology('watch');
+  hostId = uniqueHost('hvw');
+  agent = await startFakeAgent({
+    url: brokerUrl(),
+    hostId,
+    topology,
+    progressSteps: 5,
+    progressGapMs: 200,
+    behaviour: (c) => (c.id.startsWith('fail-') ? 'fail' : 'succeed'),
+  });
+});
+
+afterAll(async () => {
+  await agent?.close();
+});
+
+const createArgs = (name: string) => [
+  'snapshot',
+  'create',
+  '--volume',
+  'file:/var/lib/libvirt/images/vm-1.qcow2',
+  '--store-root',
+  '/mnt/snapstore',
+  '--store-dir',
+  'vm-1',
+  '--snapshot',
+  name,
+];
+
+async function waitFor(what: string, check: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('snapctl watch (not a TTY)', () => {
+  it('prints a line per progress event (step, percent, rate, ETA) and one per finished job; Ctrl-C exits 0', async () => {
+    const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
+    const watch = startSnapctl(['watch', ...flags]);
+    let out = '';
+    let err = '';
+    watch.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    watch.stderr?.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
+    try {
+      await waitFor('watch to subscribe', () => err.includes('watching'));
+      expect(err).toContain(`with binding ${hostId}.*.*`);
+
+      // An event of another host must not show: the binding filters by host.
+      const connection = await connect(brokerUrl());
+      const channel = await connection.createChannel();
+      publishEvent(
+        channel,
+        topology.eventsExchange,
+        makeEvent('started', {
+          hostId: 'other-host',
+          correlationid: 'x',
+          sequence: 1,
+          data: { hostId: 'other-host', agentVersion: '1' },
+        }),
+        null,
+      );
+      await connection.close();
+
+      const ok = await snapctl([...createArgs('snap-w1'), ...flags, '--id', `watch-ok-${hostId}`]);
+      expect(ok.exitCode).toBe(0);
+      const failed = await snapctl([...createArgs('snap-w2'), ...flags, '--id', `fail-watch-${hostId}`]);
+      expect(failed.exitCode).toBe(1);
+      await waitFor('the failed line', () => out.includes(`fail-watch-${hostId} failed`));
+    } finally {
+      watch.kill('SIGINT');
+    }
+    const result = await watch;
+    expect(result.exitCode).toBe(0);
+    const lines = out.trim().split('\n');
+    const progress = lines.filter((l) => l.includes(`watch-ok-${hostId} progress`));
+    expect(progress.length).toBe(5);
+    for (const line of progress) {
+      expect(line).toMatch(/step 2\/3 export {2}\d+\.\d% {2}[\d.]+ MiB of 8\.0 MiB {2}2\.0 MiB\/s {2}ETA \d/);
+    }
+    expect(lines).toContainEqual(
+      expect.stringMatching(
+        new RegExp(`^${hostId} watch-ok-${hostId} succeeded snapshot.create in 42ms: snap-w1 full`),
+      ),
+    );
+    expect(lines).toContainEqual(
+      expect.stringMatching(
+        new RegExp(`^${hostId} fail-watch-${hostId} failed snapshot.create .* NOT_IMPLEMENTED`),
+      ),
+    );
+    expect(out).not.toContain('other-host');
+  });
+
+  it('--kind failed --json: only failed events, one JSON event per line', async () => {
+    const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
+    const watch = startSnapctl(['watch', '--kind', 'failed', '--json', ...flags]);
+    let out = '';
+    let err = '';
+    watch.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    watch.stderr?.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
+    try {
+      await waitFor('watch to subscribe', () => err.includes(`with binding ${hostId}.*.failed`));
+      await snapctl([...createArgs('snap-k1'), ...flags, '--id', `kind-ok-${hostId}`]);
+      await snapctl([...createArgs('snap-k2'), ...flags, '--id', `fail-kind-${hostId}`]);
+      await waitFor('a failed event', () => out.includes(`fail-kind-${hostId}`));
+    } finally {
+      watch.kill('SIGINT');
+    }
+    await watch;
+    const events = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; correlationid: string });
+    expect(events.map((e) => [e.type, e.correlationid])).toEqual([
+      ['io.clvm.snapshot-agent.failed', `fail-kind-${hostId}`],
+    ]);
+  });
+});
+
+describe('snapctl watch (in a TTY)', () => {
+  it('draws a live bar per running job and a line when it finishes', async () => {
+    const entry = fileURLToPath(new URL('../../../src/cli/snapctl.ts', import.meta.url));
+    const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
+    const quoted = ['node', '--import', 'tsx', entry, 'watch', ...flags].map((a) => `'${a}'`).join(' ');
+    // `script` gives the child a pseudo-terminal; `timeout -s INT` plays the operator's Ctrl-C.
+    const tty = execa('script', ['-qefc', `timeout --preserve-status -s INT 8 ${quoted}`, '/dev/null'], {
+      reject: false,
+      timeout: 60_000,
+      env: { ...process.env, COLUMNS: '160', LINES: '40' },
+      stdin: 'ignore',
+    });
+    let out = '';
+    tty.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    await waitFor('watch in the TTY', () => out.includes('watching'));
+    const ok = await snapctl([...createArgs('snap-t1'), ...flags, '--id', `tty-${hostId}`]);
+    expect(ok.exitCode).toBe(0);
+    const result = await tty;
+    expect(result.exitCode).toBe(0);
+    // A bar: host, shortened job id, step, filled and empty cells, percent, rate, ETA.
+    expect(out).toMatch(
+      new RegExp(`${hostId} tty-hvw-\\w+ 2/3 export \\[█+░*\\] \\d+% \\| 2\\.0 MiB/s \\| ETA \\d`),
+    );
+    expect(out).toMatch(new RegExp(`${hostId} tty-${hostId} succeeded snapshot.create in 42ms: snap-t1`));
+    // The cursor is shown again when watch stops.
+    expect(out).toContain('\u001b[?25h');
+  });
+});
