@@ -89,6 +89,7 @@ export const snapshotCreateResult = z
     steps: z.array(z.object({ name: z.string(), durationMs: z.number().min(0) })),
   })
   .meta({ id: 'SnapshotCreateResult' });
+export type SnapshotCreateResult = z.infer<typeof snapshotCreateResult>;
 
 export const succeededData = z
   .object({

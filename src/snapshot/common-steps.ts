@@ -1,0 +1,166 @@
+// Steps shared by strategies: export to a part file, publish, verify, and the volume swap
+// (retire the old active, promote the staging volume, remove the retired one).
+import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
+import type { QemuImg } from '../host/qemu-img.js';
+import { backingOf, pathExists, removeIfUnreferenced, removePart, storeChainProblems } from './chain.js';
+import type { SnapshotDeps } from './deps.js';
+import type { Step, StepIO } from './steps.js';
+import type { CowHealth, VolumeBackend } from './volumes.js';
+
+/** `qemu-img convert` of `source` to the part file: a delta (-B parent, relative) or a full image. */
+export function exportStep(
+  deps: SnapshotDeps,
+  opts: {
+    source: string;
+    partPath: string;
+    parentBacking: string | null;
+    compress: boolean;
+    forceShare: boolean;
+    /** Copy-on-write source: its fill level is watched during the copy; overflow aborts it. */
+    cow?: { volume: string; health: () => Promise<CowHealth> };
+    /** Called with each progress percentage (the mid-export failpoint hooks here). */
+    onProgress?: (percent: number) => void;
+  },
+): Step {
+  const convert = async (io: StepIO, signal: AbortSignal): Promise<void> => {
+    await removePart(deps.store, opts.partPath);
+    await deps.qemuImg.convert({
+      source: opts.source,
+      target: opts.partPath,
+      sourceFormat: 'qcow2',
+      targetFormat: 'qcow2',
+      forceShare: opts.forceShare,
+      ...(opts.parentBacking === null ? {} : { backing: { file: opts.parentBacking, format: 'qcow2' } }),
+      compress: opts.compress ? 'zlib' : false,
+      signal,
+      progress: (p) => {
+        io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
+        opts.onProgress?.(p.percent);
+      },
+    });
+  };
+  return {
+    name: 'export',
+    run: async (io) => {
+      const cow = opts.cow;
+      if (cow === undefined) return convert(io, io.signal);
+      const overflow = new AbortController();
+      let overflowed: CowHealth | null = null;
+      let pollError: unknown = null;
+      const poll = setInterval(() => {
+        cow.health().then(
+          (health) => {
+            if (health.overflowed && overflowed === null) {
+              overflowed = health;
+              overflow.abort();
+            }
+          },
+          (error: unknown) => {
+            pollError = error;
+            overflow.abort();
+          },
+        );
+      }, deps.cowPollMs ?? 1000);
+      try {
+        await convert(io, AbortSignal.any([io.signal, overflow.signal]));
+      } catch (error) {
+        if (pollError !== null) throw pollError;
+        if (overflowed !== null) throw new CowOverflowError(cow.volume, (overflowed as CowHealth).percent);
+        throw error;
+      } finally {
+        clearInterval(poll);
+      }
+      // The copy may have read a snapshot that overflowed at its very end.
+      const health = await cow.health();
+      if (health.overflowed) throw new CowOverflowError(cow.volume, health.percent);
+    },
+    undo: () => removePart(deps.store, opts.partPath),
+  };
+}
+
+/** Gives the snapshot its final name once complete and fsynced (store.publish). */
+export function publishStep(
+  deps: SnapshotDeps,
+  opts: { partPath: string; snapshotPath: string; holders: () => string[] },
+): Step {
+  return {
+    name: 'publish',
+    run: async () => {
+      // Idempotent: a crash right after the rename leaves the final file and no part.
+      if ((await pathExists(opts.snapshotPath)) && !(await pathExists(opts.partPath))) return;
+      await deps.store.publish(opts.partPath, opts.snapshotPath);
+    },
+    undo: async () => {
+      await removePart(deps.store, opts.partPath);
+      await removeIfUnreferenced(deps.store, opts.snapshotPath, opts.holders());
+    },
+  };
+}
+
+/** qemu-img check of the new chain and relative names (metadata); plus a data compare (full). */
+export function verifyStep(
+  deps: SnapshotDeps,
+  opts: { snapshotPath: string; level: 'none' | 'metadata' | 'full'; compareWith: string },
+): Step {
+  return {
+    name: 'verify',
+    run: async (io) => {
+      if (opts.level === 'none') return;
+      const problems = await storeChainProblems(deps.store, deps.qemuImg, opts.snapshotPath, {
+        signal: io.signal,
+      });
+      if (opts.level === 'full' && problems.length === 0) {
+        const result = await deps.qemuImg.compare(opts.snapshotPath, opts.compareWith, {
+          forceShare: true,
+          signal: io.signal,
+        });
+        if (!result.identical) problems.push(`snapshot differs from its source: ${result.message}`);
+      }
+      if (problems.length > 0) throw new ChainInvalidError('the new snapshot failed verification', problems);
+    },
+  };
+}
+
+/** Rewrites only the header of an image nobody holds (`qemu-img rebase -u`), if not already so. */
+export async function setBackingUnsafe(qemuImg: QemuImg, image: string, backing: string): Promise<void> {
+  if ((await backingOf(qemuImg, image)).resolved === backing) return;
+  await qemuImg.rebase({ image, backing: { file: backing, format: 'qcow2' }, unsafe: true });
+}
+
+/**
+ * The volume swap: the old active moves aside, the staging volume takes the active name (the
+ * point of no return: the volume path now opens the new image), the old one is removed after
+ * proving nothing references it.
+ */
+export function swapSteps(
+  backend: VolumeBackend,
+  deps: SnapshotDeps,
+  names: { staging: string; retired: string },
+): Step[] {
+  return [
+    {
+      name: 'retire-active',
+      run: () => backend.retireActive(names.retired),
+      undo: () => backend.restoreActive(names.retired),
+    },
+    {
+      name: 'promote-staging',
+      run: () => backend.promote(names.staging),
+      isDone: async () => !(await backend.exists(names.staging)) && (await pathExists(backend.activePath)),
+    },
+    {
+      name: 'remove-retired',
+      run: async () => {
+        const retired = backend.pathOf(names.retired);
+        if (!(await backend.exists(names.retired))) return;
+        const chain = (await deps.store.readChain(backend.activePath)).map((m) => m.path);
+        if (chain.includes(retired)) {
+          throw new ChainInvalidError('refusing to remove the old active volume', [
+            `${backend.activePath} still has ${retired} in its backing chain`,
+          ]);
+        }
+        await backend.remove(names.retired);
+      },
+    },
+  ];
+}

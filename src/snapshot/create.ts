@@ -1,0 +1,199 @@
+import { stat } from 'node:fs/promises';
+import { AgentError, JobInterruptedError, PathExistsError } from '../errors/index.js';
+import type { JobContext } from '../jobs/types.js';
+import type { SnapshotCreateResult } from '../protocol/index.js';
+import { pathExists } from './chain.js';
+import type { SnapshotDeps } from './deps.js';
+import { Failpoints } from './failpoints.js';
+import { EngineJournal } from './journal.js';
+import { lvmCowSteps } from './lvm-cow.js';
+import { offlineSteps } from './offline.js';
+import type { CreatePlan } from './plan.js';
+import { chooseKind, chooseStrategy } from './planner.js';
+import { type RunEnv, recoverSteps, runSteps, type StepPlan, withOutcome } from './steps.js';
+import { inspectVm, resumeIfPausedByUs, thawIfFrozenByUs } from './vm.js';
+import { FileVolumeBackend, jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
+
+type CreateContext = JobContext<'snapshot.create'>;
+
+/**
+ * snapshot.create: plans (strategy, full/delta, names, capacity), journals the plan, runs the
+ * strategy's steps, and returns the SnapshotCreateResult. With `ctx.recovering` it rebuilds the
+ * steps from the journaled plan and rolls back or finishes (see steps.ts).
+ */
+export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Promise<SnapshotCreateResult> {
+  const journal = new EngineJournal(ctx.journal);
+  let plan = journal.get().plan as CreatePlan | null;
+  try {
+    if (plan === null) {
+      // Nothing was done before the plan was journaled: an interrupted job is simply not done.
+      if (ctx.recovering) throw new JobInterruptedError(null);
+      plan = await makeCreatePlan(ctx, deps);
+      await journal.setPlan(plan);
+    }
+  } catch (error) {
+    throw withOutcome(error, { rolledBack: true, step: null });
+  }
+  const backend = await volumeBackend(ctx.command.params.volume, deps);
+  const env = runEnv(ctx, deps, journal);
+  const steps = createSteps(plan, backend, deps, journal);
+  try {
+    if (ctx.recovering) {
+      await resumeIfPausedByUs(deps.libvirt, journal);
+      await thawIfFrozenByUs(deps.libvirt, journal);
+      await recoverSteps(steps, env);
+    } else {
+      await runSteps(steps, env);
+    }
+  } catch (error) {
+    // Errors from the runner carry rolledBack; anything else happened where we cannot tell.
+    if (error instanceof AgentError && typeof error.details.rolledBack === 'boolean') throw error;
+    throw withOutcome(error, { rolledBack: false, step: null });
+  }
+  return createResult(plan, journal, steps);
+}
+
+/** The job's step list for a plan (offline or lvm-cow), with the failpoints hooked in. */
+export function createSteps(
+  plan: CreatePlan,
+  backend: VolumeBackend,
+  deps: SnapshotDeps,
+  journal: EngineJournal,
+): StepPlan {
+  const failpoints = deps.failpoints ?? Failpoints.none;
+  const hooks = {
+    onExportProgress: (percent: number) => {
+      if (percent > 0 && percent < 100) failpoints.hit(`${plan.strategy}:export:during`);
+    },
+    whilePaused: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
+  };
+  return plan.strategy === 'offline'
+    ? offlineSteps(plan, backend, deps, hooks)
+    : lvmCowSteps(plan, backend, deps, journal, hooks);
+}
+
+function runEnv(ctx: CreateContext, deps: SnapshotDeps, journal: EngineJournal): RunEnv {
+  return {
+    journal,
+    signal: ctx.signal,
+    progress: (u) => ctx.progress(u),
+    failpoints: deps.failpoints ?? Failpoints.none,
+    logger: ctx.logger,
+  };
+}
+
+/** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */
+export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Promise<CreatePlan> {
+  const params = ctx.command.params;
+  const backend = await volumeBackend(params.volume, deps);
+  if (!(await pathExists(backend.activePath))) {
+    throw new AgentError('VOLUME_NOT_FOUND', `volume ${backend.activePath} does not exist`, {
+      details: { path: backend.activePath },
+    });
+  }
+  const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
+  const vmRunning = vm?.running ?? false;
+  const needsReflink =
+    backend.kind === 'file' &&
+    (params.options.strategy === 'lvm-cow' || (params.options.strategy === 'auto' && vmRunning));
+  const reflink =
+    backend instanceof FileVolumeBackend && needsReflink
+      ? await deps.filePool.supportsReflink(backend.dir)
+      : null;
+  const strategy = chooseStrategy({
+    requested: params.options.strategy,
+    vmRunning,
+    poolKind: backend.kind,
+    reflink,
+  });
+
+  // Every backing of the active volume must resolve (the store mounted, seed defect 3) before we start.
+  const activeChain = await deps.store.readChain(backend.activePath);
+  const active = activeChain[0]!;
+  const storeDir = await deps.store.ensureDirectory(params.store);
+  const snapshotPath = await deps.store.memberPath(params.store, params.snapshot);
+  if (await pathExists(snapshotPath)) throw new PathExistsError(snapshotPath);
+
+  const parentName = params.parents.at(-1) ?? null;
+  const parentPath = parentName === null ? null : await deps.store.memberPath(params.store, parentName);
+  const parentExists = parentPath !== null && (await pathExists(parentPath));
+  const parentDepth = parentExists
+    ? (await deps.store.readChain(parentPath)).filter((m) => m.storeRoot !== null).length
+    : 0;
+  const kind = chooseKind({
+    parentName,
+    parentExists,
+    parentDepth,
+    activeBacksOntoParent: parentPath !== null && active.backingPath === parentPath,
+    maxChainLength: params.options.maxChainLength,
+  });
+  const delta = kind.kind === 'delta' && parentPath !== null;
+
+  // Capacity: the export (top layer for a delta, every layer for a full) plus QCOW2 tables.
+  const exportBytes = await deps.qemuImg.allocatedBytes(backend.activePath, {
+    topOnly: delta,
+    forceShare: true,
+  });
+  const metadataBytes = 1024 * 1024 + Math.ceil(active.virtualSize / 8192);
+  await deps.store.ensureFreeSpace(storeDir, exportBytes, { reserveBytes: metadataBytes });
+  await backend.ensureSpace(strategy.name === 'offline' ? 'overlay' : 'cow', active.virtualSize);
+
+  const tag = jobTag(ctx.jobId);
+  return {
+    strategy: strategy.name,
+    strategyReason: strategy.reason,
+    kind: delta ? 'delta' : 'full',
+    fullReason: kind.kind === 'full' ? kind.reason : null,
+    activePath: backend.activePath,
+    vm: params.vm,
+    vmRunning,
+    target: vm?.target ?? null,
+    storeDir,
+    snapshotName: params.snapshot,
+    snapshotPath,
+    partPath: deps.store.partPath(snapshotPath),
+    parentName: delta ? parentName : null,
+    parentPath: delta ? parentPath : null,
+    parentBacking: delta ? deps.store.relativeBacking(snapshotPath, parentPath) : null,
+    chainDepth: delta ? parentDepth + 1 : 1,
+    virtualSize: active.virtualSize,
+    stagingName: backend.tempName('stg', tag),
+    retiredName: backend.tempName('old', tag),
+    cloneName: backend.tempName('cow', tag),
+    verify: params.options.verify,
+    compress: params.options.compress,
+    quiesce: params.options.quiesce,
+  };
+}
+
+/** The succeeded result: built from the plan and the journal, plus the file's size. */
+async function createResult(
+  plan: CreatePlan,
+  journal: EngineJournal,
+  steps: StepPlan,
+): Promise<SnapshotCreateResult> {
+  const record = journal.get();
+  const physicalSize = (await stat(plan.snapshotPath)).blocks * 512;
+  const quiesced = record.facts.quiesced;
+  return {
+    snapshot: {
+      name: plan.snapshotName,
+      path: plan.snapshotPath,
+      parent: plan.parentName,
+      kind: plan.kind,
+      ...(plan.fullReason === null ? {} : { fullReason: plan.fullReason }),
+      physicalSize,
+      virtualSize: plan.virtualSize,
+      chainDepth: plan.chainDepth,
+    },
+    strategy: { name: plan.strategy, reason: plan.strategyReason },
+    vmPauseMs: Math.round(record.pauseMs * 1000) / 1000,
+    activePath: plan.activePath,
+    quiesced: !plan.quiesce
+      ? 'not-requested'
+      : quiesced === 'yes' || quiesced === 'unavailable'
+        ? quiesced
+        : 'unavailable',
+    steps: steps.steps.map((s) => ({ name: s.name, durationMs: record.timings[s.name] ?? 0 })),
+  };
+}

@@ -1,0 +1,19 @@
+import type { FilePool } from '../host/file-pool.js';
+import type { Libvirt } from '../host/libvirt.js';
+import type { Lvm } from '../host/lvm.js';
+import type { QemuImg } from '../host/qemu-img.js';
+import type { SnapshotStore } from '../host/store.js';
+import type { Failpoints } from './failpoints.js';
+
+/** The adapters the snapshot engine composes; plain objects, so lab suites can build them without the agent. */
+export interface SnapshotDeps {
+  qemuImg: QemuImg;
+  store: SnapshotStore;
+  filePool: FilePool;
+  lvm: Lvm;
+  libvirt: Libvirt;
+  /** Test-only fault injection (default: none). */
+  failpoints?: Failpoints;
+  /** How often the CoW fill level is read during an lvm-cow export (default 1000 ms). */
+  cowPollMs?: number;
+}

@@ -1,0 +1,65 @@
+// The snapshot engine: strategies as step lists, the step runner with journal and recovery, the
+// planner, and the delete / revert / verify handlers.
+import type { AgentConfig } from '../config/index.js';
+import { runTool } from '../host/exec.js';
+import { FilePool } from '../host/file-pool.js';
+import { Libvirt } from '../host/libvirt.js';
+import { Lvm } from '../host/lvm.js';
+import { QemuImg } from '../host/qemu-img.js';
+import { SnapshotStore } from '../host/store.js';
+import type { HandlerRegistry } from '../jobs/types.js';
+import type { Logger } from '../observability/logger.js';
+import { createSnapshot } from './create.js';
+import { deleteSnapshot } from './delete.js';
+import type { SnapshotDeps } from './deps.js';
+import { Failpoints } from './failpoints.js';
+import { revertSnapshot } from './revert.js';
+import { verifyChain } from './verify.js';
+
+export { createSnapshot, createSteps, makeCreatePlan } from './create.js';
+export { deleteSnapshot, deleteSteps, makeDeletePlan } from './delete.js';
+export type { SnapshotDeps } from './deps.js';
+export { Failpoints } from './failpoints.js';
+export { EngineJournal, type EngineRecord } from './journal.js';
+export { lvmCowSteps } from './lvm-cow.js';
+export { offlineSteps } from './offline.js';
+export type { CreatePlan } from './plan.js';
+export { chooseKind, chooseStrategy } from './planner.js';
+export { revertSnapshot, revertSteps } from './revert.js';
+export { recoverSteps, runSteps, type Step, type StepPlan } from './steps.js';
+export { verifyChain } from './verify.js';
+export { jobTag, volumeBackend } from './volumes.js';
+
+/** The handlers of snapshot.create, snapshot.delete, snapshot.revert and chain.verify. */
+export function snapshotHandlers(deps: SnapshotDeps): HandlerRegistry {
+  return {
+    'snapshot.create': (ctx) => createSnapshot(ctx, deps),
+    'snapshot.delete': (ctx) => deleteSnapshot(ctx, deps),
+    'snapshot.revert': (ctx) => revertSnapshot(ctx, deps),
+    'chain.verify': (ctx) => verifyChain(ctx, deps),
+  };
+}
+
+/** Builds the engine's adapters from the configuration (failpoints from AGENT_FAILPOINTS, test-only). */
+export function createSnapshotDeps(
+  config: AgentConfig,
+  logger: Logger,
+  failpoints: Failpoints = Failpoints.fromEnv(),
+): SnapshotDeps {
+  const qemuImg = new QemuImg({
+    logger,
+    timeoutMs: config.timeouts.toolMs,
+    exportTimeoutMs: config.timeouts.exportMs,
+    run: failpoints.wrapRunner(runTool),
+  });
+  const store = new SnapshotStore({ roots: config.store.roots, qemuImg, logger });
+  const filePool = new FilePool({
+    roots: config.pools.fileRoots,
+    qemuImg,
+    timeoutMs: config.timeouts.toolMs,
+    logger,
+  });
+  const lvm = new Lvm({ timeoutMs: config.timeouts.toolMs, logger });
+  const libvirt = new Libvirt({ uri: config.libvirt.uri, timeoutMs: config.timeouts.toolMs, logger });
+  return { qemuImg, store, filePool, lvm, libvirt, failpoints };
+}

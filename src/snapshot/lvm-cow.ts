@@ -1,0 +1,125 @@
+// Strategy "lvm-cow" (running VM; also works stopped), see docs/strategies.md:
+//   clone (VM paused for the instant of the clone) → export → publish → verify → remove-clone →
+//   repoint (point of no return: QMP change-backing-file with the VM paused, or rebase -u when stopped)
+import type { GuestFreezeResult } from '../host/libvirt.js';
+import { backingOf } from './chain.js';
+import { exportStep, publishStep, setBackingUnsafe, verifyStep } from './common-steps.js';
+import type { SnapshotDeps } from './deps.js';
+import type { EngineJournal } from './journal.js';
+import type { CreatePlan } from './plan.js';
+import type { StepPlan } from './steps.js';
+import { withVmPaused } from './vm.js';
+import type { VolumeBackend } from './volumes.js';
+
+/** The lvm-cow strategy's steps for one plan. Callable without the agent (lab suites). */
+export function lvmCowSteps(
+  plan: CreatePlan,
+  backend: VolumeBackend,
+  deps: SnapshotDeps,
+  journal: EngineJournal,
+  hooks: { onExportProgress?: (percent: number) => void; whilePaused?: (step: string) => void } = {},
+): StepPlan {
+  const clonePath = backend.pathOf(plan.cloneName);
+  const vm = plan.vmRunning ? plan.vm : null;
+  return {
+    kind: 'lvm-cow',
+    pointOfNoReturn: 'repoint',
+    steps: [
+      {
+        // The VM is paused only for the clone: `stop` flushes QEMU's caches, so the clone is a
+        // consistent image (the seed took the LVM snapshot unflushed: crash-consistent at best).
+        name: 'clone',
+        run: async () => {
+          await backend.remove(plan.cloneName);
+          if (vm === null) {
+            await backend.cowClone(plan.cloneName);
+            return;
+          }
+          const freeze = plan.quiesce ? await freezeGuest(deps, journal, vm) : null;
+          try {
+            await withVmPaused(
+              deps.libvirt,
+              journal,
+              vm,
+              () => backend.cowClone(plan.cloneName),
+              () => hooks.whilePaused?.('clone'),
+            );
+          } finally {
+            if (freeze !== null && 'frozen' in freeze) await thawGuest(deps, journal, vm);
+          }
+        },
+        undo: async () => {
+          await backend.remove(plan.cloneName);
+        },
+      },
+      exportStep(deps, {
+        source: clonePath,
+        partPath: plan.partPath,
+        parentBacking: plan.parentBacking,
+        compress: plan.compress,
+        forceShare: true,
+        cow: { volume: backend.activePath, health: () => backend.cowHealth(plan.cloneName) },
+        onProgress: hooks.onExportProgress,
+      }),
+      publishStep(deps, {
+        partPath: plan.partPath,
+        snapshotPath: plan.snapshotPath,
+        holders: () => [plan.activePath],
+      }),
+      verifyStep(deps, { snapshotPath: plan.snapshotPath, level: plan.verify, compareWith: clonePath }),
+      {
+        name: 'remove-clone',
+        run: async () => {
+          await backend.remove(plan.cloneName);
+        },
+      },
+      {
+        // The active image now names snap-N (absolute: it lives outside the store) as its backing.
+        name: 'repoint',
+        run: async () => {
+          if (vm === null) return setBackingUnsafe(deps.qemuImg, plan.activePath, plan.snapshotPath);
+          if ((await backingOf(deps.qemuImg, plan.activePath)).resolved === plan.snapshotPath) return;
+          const [top] = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
+          if (top === undefined) throw new Error(`no block node for ${plan.target} of ${vm}`);
+          // Never `qemu-img rebase -u` under a running QEMU (seed defect 5): QEMU writes the header itself.
+          await withVmPaused(
+            deps.libvirt,
+            journal,
+            vm,
+            () =>
+              deps.libvirt.changeBackingFile(vm, {
+                device: top.nodeName,
+                imageNodeName: top.nodeName,
+                backingFile: plan.snapshotPath,
+              }),
+            () => hooks.whilePaused?.('repoint'),
+          );
+        },
+        isDone: async () => (await backingOf(deps.qemuImg, plan.activePath)).resolved === plan.snapshotPath,
+      },
+    ],
+  };
+}
+
+async function freezeGuest(
+  deps: SnapshotDeps,
+  journal: EngineJournal,
+  vm: string,
+): Promise<GuestFreezeResult> {
+  await journal.update((r) => {
+    r.facts.frozenByUs = vm;
+  });
+  const result = await deps.libvirt.guestFreeze(vm);
+  await journal.update((r) => {
+    r.facts.quiesced = 'frozen' in result ? 'yes' : 'unavailable';
+    if (!('frozen' in result)) r.facts.frozenByUs = null;
+  });
+  return result;
+}
+
+async function thawGuest(deps: SnapshotDeps, journal: EngineJournal, vm: string): Promise<void> {
+  await deps.libvirt.guestThaw(vm);
+  await journal.update((r) => {
+    r.facts.frozenByUs = null;
+  });
+}

@@ -1,0 +1,70 @@
+// Strategy "offline" (stopped VM), see docs/strategies.md:
+//   create-staging → export → publish → verify → rebase-staging → retire-active →
+//   promote-staging (point of no return) → remove-retired
+import { pathExists } from './chain.js';
+import { exportStep, publishStep, setBackingUnsafe, swapSteps, verifyStep } from './common-steps.js';
+import type { SnapshotDeps } from './deps.js';
+import type { CreatePlan } from './plan.js';
+import type { StepPlan } from './steps.js';
+import type { VolumeBackend } from './volumes.js';
+
+/** The offline strategy's steps for one plan. Callable without the agent (lab suites). */
+export function offlineSteps(
+  plan: CreatePlan,
+  backend: VolumeBackend,
+  deps: SnapshotDeps,
+  hooks: { onExportProgress?: (percent: number) => void } = {},
+): StepPlan {
+  const stagingPath = backend.pathOf(plan.stagingName);
+  const retiredPath = backend.pathOf(plan.retiredName);
+  return {
+    kind: 'offline',
+    pointOfNoReturn: 'promote-staging',
+    steps: [
+      {
+        // An empty overlay on the active image: it becomes the volume once the export is done.
+        name: 'create-staging',
+        run: async () => {
+          await backend.remove(plan.stagingName); // a half-made one from an earlier attempt of this job
+          await backend.createOverlay(
+            plan.stagingName,
+            { file: plan.activePath, format: 'qcow2' },
+            plan.virtualSize,
+          );
+        },
+        undo: async () => {
+          await backend.remove(plan.stagingName);
+        },
+      },
+      exportStep(deps, {
+        source: plan.activePath,
+        partPath: plan.partPath,
+        parentBacking: plan.parentBacking,
+        compress: plan.compress,
+        forceShare: false, // takes the image lock: fails if a VM started meanwhile
+        onProgress: hooks.onExportProgress,
+      }),
+      publishStep(deps, {
+        partPath: plan.partPath,
+        snapshotPath: plan.snapshotPath,
+        holders: () => [plan.activePath, stagingPath, retiredPath],
+      }),
+      verifyStep(deps, { snapshotPath: plan.snapshotPath, level: plan.verify, compareWith: plan.activePath }),
+      {
+        // Header only: the staging overlay now reads snap-N, whose data equals the active image's.
+        name: 'rebase-staging',
+        run: () => setBackingUnsafe(deps.qemuImg, stagingPath, plan.snapshotPath),
+        undo: async () => {
+          if (await backend.exists(plan.stagingName))
+            await setBackingUnsafe(deps.qemuImg, stagingPath, plan.activePath);
+        },
+      },
+      ...swapSteps(backend, deps, { staging: plan.stagingName, retired: plan.retiredName }),
+    ],
+  };
+}
+
+/** True when the staging volume still exists (used by tests to prove no temporary is left). */
+export async function stagingLeft(plan: CreatePlan, backend: VolumeBackend): Promise<boolean> {
+  return pathExists(backend.pathOf(plan.stagingName));
+}

@@ -1,0 +1,31 @@
+import type { ConcreteStrategy } from './planner.js';
+
+/** Everything a snapshot.create job decided before its first step; journaled, so recovery rebuilds the same steps. */
+export interface CreatePlan {
+  [key: string]: unknown;
+  strategy: ConcreteStrategy;
+  strategyReason: string;
+  kind: 'full' | 'delta';
+  fullReason: string | null;
+  activePath: string;
+  vm: string | null;
+  vmRunning: boolean;
+  /** Disk target of the volume in the running VM (vda...). */
+  target: string | null;
+  storeDir: string;
+  snapshotName: string;
+  snapshotPath: string;
+  partPath: string;
+  parentName: string | null;
+  parentPath: string | null;
+  /** Backing name written into the new snapshot: relative to the store dir (seed defect 4). */
+  parentBacking: string | null;
+  chainDepth: number;
+  virtualSize: number;
+  stagingName: string;
+  retiredName: string;
+  cloneName: string;
+  verify: 'none' | 'metadata' | 'full';
+  compress: boolean;
+  quiesce: boolean;
+}

@@ -1,0 +1,134 @@
+// snapshot.revert (VM stopped): the volume becomes a fresh overlay on the snapshot (instant) or a
+// flattened standalone copy of it.
+//   create-staging → retire-active → promote-staging (point of no return) → remove-retired
+import { AgentError, JobInterruptedError, ValidationError, VmStateError } from '../errors/index.js';
+import type { JobContext } from '../jobs/types.js';
+import { pathExists } from './chain.js';
+import { swapSteps } from './common-steps.js';
+import type { SnapshotDeps } from './deps.js';
+import { Failpoints } from './failpoints.js';
+import { EngineJournal } from './journal.js';
+import { type RunEnv, recoverSteps, runSteps, type StepPlan, withOutcome } from './steps.js';
+import { inspectVm } from './vm.js';
+import { jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
+
+type RevertContext = JobContext<'snapshot.revert'>;
+
+export interface RevertPlan {
+  [key: string]: unknown;
+  snapshotName: string;
+  snapshotPath: string;
+  mode: 'overlay' | 'flatten';
+  activePath: string;
+  virtualSize: number;
+  stagingName: string;
+  retiredName: string;
+}
+
+export async function revertSnapshot(
+  ctx: RevertContext,
+  deps: SnapshotDeps,
+): Promise<Record<string, unknown>> {
+  const journal = new EngineJournal(ctx.journal);
+  let plan = journal.get().plan as RevertPlan | null;
+  try {
+    if (plan === null) {
+      if (ctx.recovering) throw new JobInterruptedError(null);
+      plan = await makeRevertPlan(ctx, deps);
+      await journal.setPlan(plan);
+    }
+  } catch (error) {
+    throw withOutcome(error, { rolledBack: true, step: null });
+  }
+  const backend = await volumeBackend(ctx.command.params.volume, deps);
+  const steps = revertSteps(plan, backend, deps);
+  const env: RunEnv = {
+    journal,
+    signal: ctx.signal,
+    progress: (u) => ctx.progress(u),
+    failpoints: deps.failpoints ?? Failpoints.none,
+    logger: ctx.logger,
+  };
+  try {
+    if (ctx.recovering) await recoverSteps(steps, env);
+    else await runSteps(steps, env);
+  } catch (error) {
+    if (error instanceof AgentError && typeof error.details.rolledBack === 'boolean') throw error;
+    throw withOutcome(error, { rolledBack: false, step: null });
+  }
+  return {
+    activePath: plan.activePath,
+    revertedTo: plan.snapshotName,
+    mode: plan.mode,
+    backing: plan.mode === 'overlay' ? plan.snapshotPath : null,
+  };
+}
+
+export async function makeRevertPlan(ctx: RevertContext, deps: SnapshotDeps): Promise<RevertPlan> {
+  const params = ctx.command.params;
+  if (!params.chain.includes(params.snapshot)) {
+    throw new ValidationError('SNAPSHOT_NOT_IN_CHAIN', `${params.snapshot} is not in the given chain`, {
+      field: 'snapshot',
+    });
+  }
+  const backend = await volumeBackend(params.volume, deps);
+  const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
+  if (vm?.running) throw new VmStateError(vm.name, vm.state, 'revert needs the VM stopped');
+  const snapshotPath = await deps.store.memberPath(params.store, params.snapshot);
+  if (!(await pathExists(snapshotPath))) {
+    throw new AgentError('SNAPSHOT_NOT_FOUND', `${snapshotPath} does not exist`, {
+      details: { path: snapshotPath },
+    });
+  }
+  // Every layer under the snapshot must resolve before the volume depends on it.
+  const [top] = await deps.store.readChain(snapshotPath);
+  await backend.ensureSpace(params.mode === 'overlay' ? 'overlay' : 'copy', top!.virtualSize);
+  const tag = jobTag(ctx.jobId);
+  return {
+    snapshotName: params.snapshot,
+    snapshotPath,
+    mode: params.mode,
+    activePath: backend.activePath,
+    virtualSize: top!.virtualSize,
+    stagingName: backend.tempName('stg', tag),
+    retiredName: backend.tempName('old', tag),
+  };
+}
+
+/** The revert steps for one plan. */
+export function revertSteps(plan: RevertPlan, backend: VolumeBackend, deps: SnapshotDeps): StepPlan {
+  const stagingPath = backend.pathOf(plan.stagingName);
+  return {
+    kind: 'revert',
+    pointOfNoReturn: 'promote-staging',
+    steps: [
+      {
+        name: 'create-staging',
+        run: async (io) => {
+          await backend.remove(plan.stagingName);
+          if (plan.mode === 'overlay') {
+            await backend.createOverlay(
+              plan.stagingName,
+              { file: plan.snapshotPath, format: 'qcow2' },
+              plan.virtualSize,
+            );
+            return;
+          }
+          const { targetExists } = await backend.prepareCopyTarget(plan.stagingName, plan.snapshotPath);
+          await deps.qemuImg.convert({
+            source: plan.snapshotPath,
+            target: stagingPath,
+            targetExists,
+            signal: io.signal,
+            progress: (p) =>
+              io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }),
+          });
+        },
+        undo: async () => {
+          await backend.remove(plan.stagingName);
+        },
+      },
+      ...swapSteps(backend, deps, { staging: plan.stagingName, retired: plan.retiredName }),
+    ],
+  };
+}

@@ -1,0 +1,110 @@
+import { realpath } from 'node:fs/promises';
+import { AgentError, HostCommandError } from '../errors/index.js';
+import type { Libvirt } from '../host/libvirt.js';
+import type { EngineJournal } from './journal.js';
+
+/** What the engine needs to know about the VM using a volume. */
+export interface VmView {
+  name: string;
+  state: string;
+  /** A QEMU process exists (running, paused...): it holds the image. */
+  running: boolean;
+  /** Disk target of the volume in the domain (e.g. vda); null when the domain is not running. */
+  target: string | null;
+}
+
+/**
+ * Reads the VM's state and which disk is the volume. A running VM that does not use the volume is
+ * refused: the caller named the wrong VM, and a snapshot strategy chosen for it would be wrong.
+ */
+export async function inspectVm(
+  libvirt: Libvirt,
+  vm: string | null,
+  activePath: string,
+): Promise<VmView | null> {
+  if (vm === null) return null;
+  let state: string;
+  try {
+    state = (await libvirt.domainState(vm)).state;
+  } catch (error) {
+    if (error instanceof HostCommandError && error.kind === 'not-found') {
+      throw new AgentError('VM_NOT_FOUND', `libvirt has no domain ${vm} on this host`, {
+        cause: error,
+        details: { vm },
+      });
+    }
+    throw error;
+  }
+  const running = state !== 'shut off';
+  if (!running) return { name: vm, state, running, target: null };
+  const wanted = await realpath(activePath).catch(() => activePath);
+  const disks = await libvirt.disks(vm);
+  for (const disk of disks) {
+    const source = await realpath(disk.source).catch(() => disk.source);
+    if (source === wanted || disk.source === activePath)
+      return { name: vm, state, running, target: disk.target };
+  }
+  throw new AgentError('VOLUME_NOT_ATTACHED', `VM ${vm} is ${state} but has no disk ${activePath}`, {
+    details: { vm, activePath, disks: disks.map((d) => d.source) },
+  });
+}
+
+/**
+ * Runs `fn` with the VM paused: "paused by us" is journaled before the pause (recovery resumes it),
+ * and the VM is resumed in `finally` whatever happens (invariant 4). Returns fn's result.
+ */
+export async function withVmPaused<T>(
+  libvirt: Libvirt,
+  journal: EngineJournal,
+  vm: string,
+  fn: () => Promise<T>,
+  onPaused?: () => void,
+): Promise<T> {
+  await journal.update((r) => {
+    r.pausedByUs = vm;
+  });
+  const started = performance.now();
+  try {
+    await libvirt.suspend(vm);
+  } catch (error) {
+    await journal.update((r) => {
+      r.pausedByUs = null;
+    });
+    throw error;
+  }
+  try {
+    onPaused?.();
+    return await fn();
+  } finally {
+    await libvirt.resume(vm);
+    const pausedMs = performance.now() - started;
+    await journal.update((r) => {
+      r.pausedByUs = null;
+      r.pauseMs += pausedMs;
+    });
+  }
+}
+
+/** Recovery: resumes a VM the journal says this job paused (only if it is still paused). */
+export async function resumeIfPausedByUs(libvirt: Libvirt, journal: EngineJournal): Promise<void> {
+  const vm = journal.get().pausedByUs;
+  if (vm === null) return;
+  const state = await libvirt.domainState(vm).catch((error: unknown) => {
+    if (error instanceof HostCommandError && error.kind === 'not-found') return null;
+    throw error;
+  });
+  if (state?.state === 'paused') await libvirt.resume(vm);
+  await journal.update((r) => {
+    r.pausedByUs = null;
+  });
+}
+
+/** Recovery: thaws a guest the journal says this job froze. */
+export async function thawIfFrozenByUs(libvirt: Libvirt, journal: EngineJournal): Promise<void> {
+  const vm = journal.get().facts.frozenByUs;
+  if (typeof vm !== 'string') return;
+  await libvirt.guestThaw(vm);
+  await journal.update((r) => {
+    r.facts.frozenByUs = null;
+  });
+}
