@@ -1,0 +1,44 @@
+import { randomBytes } from 'node:crypto';
+import { open, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+/**
+ * Replaces `path` with `data` atomically and durably: write a temp file in the same directory,
+ * fsync it, rename it over `path`, fsync the directory. A crash at any instant leaves either the
+ * old or the new content, never a torn file.
+ */
+export async function writeFileAtomic(path: string, data: string | Buffer): Promise<void> {
+  const dir = dirname(path);
+  const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
+  try {
+    const file = await open(temp, 'wx', 0o600);
+    try {
+      await file.writeFile(data);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(temp, path);
+  } catch (error) {
+    await unlink(temp).catch((unlinkError: NodeJS.ErrnoException) => {
+      if (unlinkError.code !== 'ENOENT') throw unlinkError;
+    });
+    throw error;
+  }
+  await fsyncDir(dir);
+}
+
+/** Makes a rename or unlink in `dir` durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** True for the temp files writeFileAtomic leaves behind when the process dies mid-write. */
+export function isAtomicTempFile(name: string): boolean {
+  return name.startsWith('.') && name.endsWith('.tmp');
+}

@@ -1,0 +1,84 @@
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { writeFileAtomic } from '../../../src/jobs/atomic-file.js';
+import { JobJournal, type JobRecord } from '../../../src/jobs/journal.js';
+
+function record(id: string, over: Partial<JobRecord> = {}): JobRecord {
+  return {
+    version: 1,
+    id,
+    type: 'agent.ping',
+    command: { id, type: 'agent.ping', params: {} },
+    volume: null,
+    lockKey: null,
+    replyTo: null,
+    correlationId: null,
+    state: 'queued',
+    sequence: 1,
+    acceptedAt: new Date().toISOString(),
+    startedAt: null,
+    finishedAt: null,
+    runs: 0,
+    steps: {},
+    stepsWritten: false,
+    terminal: null,
+    ...over,
+  };
+}
+
+describe('JobJournal', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'journal-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('persists records and step facts across a reopen, in write order', async () => {
+    const j = new JobJournal(dir);
+    await j.open();
+    await j.create(record('job-1'));
+    const steps = j.stepJournal('job-1');
+    await Promise.all([steps.write({ a: 1 }), steps.write({ b: 2 }), steps.write({ a: 3 })]);
+    await expect(j.create(record('job-1'))).rejects.toThrow(/already journaled/);
+
+    const again = new JobJournal(dir);
+    await again.open();
+    expect(again.get('job-1')?.steps).toEqual({ a: 3, b: 2 });
+    expect(again.get('job-1')?.stepsWritten).toBe(true);
+    expect(again.stepJournal('job-1').read()).toEqual({ a: 3, b: 2 });
+    const onDisk = JSON.parse(await readFile(join(dir, 'jobs', 'job-1.json'), 'utf8')) as JobRecord;
+    expect(onDisk.steps).toEqual({ a: 3, b: 2 });
+  });
+
+  it('removes temp files of interrupted writes and prunes old finished jobs', async () => {
+    const j = new JobJournal(dir);
+    await j.open();
+    const old = new Date(Date.now() - 10 * 24 * 3600_000).toISOString();
+    await j.create(
+      record('old', {
+        state: 'succeeded',
+        finishedAt: old,
+        terminal: { event: {} as never, routingKey: 'x', published: true },
+      }),
+    );
+    await j.create(record('young'));
+    await writeFile(join(dir, 'jobs', '.young.json.abc.tmp'), '{"torn');
+    const again = new JobJournal(dir);
+    await again.open();
+    expect(again.has('old')).toBe(false);
+    expect(again.has('young')).toBe(true);
+    expect((await readdir(join(dir, 'jobs'))).sort()).toEqual(['young.json']);
+  });
+
+  it('writeFileAtomic leaves no temp file when the target directory is missing', async () => {
+    await expect(writeFileAtomic(join(dir, 'nope', 'x.json'), 'x')).rejects.toThrow(/ENOENT/);
+    await writeFileAtomic(join(dir, 'x.json'), 'one');
+    await writeFileAtomic(join(dir, 'x.json'), 'two');
+    expect(await readFile(join(dir, 'x.json'), 'utf8')).toBe('two');
+    expect(await readdir(dir)).toEqual(['x.json']);
+  });
+});
