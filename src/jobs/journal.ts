@@ -1,6 +1,6 @@
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { JournalError } from '../errors/index.js';
+import { JournalError } from '../errors/journal-error.js';
 import type { AgentEvent, Command, CommandType, VolumeRef } from '../protocol/index.js';
 import { fsyncDir, isAtomicTempFile, writeFileAtomic } from './atomic-file.js';
 import type { StepJournal } from './types.js';
