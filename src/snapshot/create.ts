@@ -160,6 +160,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
     stagingName: backend.tempName('stg', tag),
     retiredName: backend.tempName('old', tag),
     cloneName: backend.tempName('cow', tag),
+    tag,
     verify: params.options.verify,
     compress: params.options.compress,
     quiesce: params.options.quiesce,

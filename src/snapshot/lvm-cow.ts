@@ -1,7 +1,7 @@
 // Strategy "lvm-cow" (running VM; also works stopped), see docs/strategies.md:
 //   clone (VM paused for the instant of the clone) → export → publish → verify → remove-clone →
 //   repoint (point of no return: QMP change-backing-file with the VM paused, or rebase -u when stopped)
-import type { GuestFreezeResult } from '../host/libvirt.js';
+import { type GuestFreezeResult, qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
 import { backingOf } from './chain.js';
 import { exportStep, publishStep, setBackingUnsafe, verifyStep } from './common-steps.js';
 import type { SnapshotDeps } from './deps.js';
@@ -79,23 +79,43 @@ export function lvmCowSteps(
         run: async () => {
           if (vm === null) return setBackingUnsafe(deps.qemuImg, plan.activePath, plan.snapshotPath);
           if ((await backingOf(deps.qemuImg, plan.activePath)).resolved === plan.snapshotPath) return;
-          const [top] = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
+          const chain = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
+          const top = chain[0];
           if (top === undefined) throw new Error(`no block node for ${plan.target} of ${vm}`);
+          const attached = chain.some((n) => n.filename === plan.snapshotPath);
           // Never `qemu-img rebase -u` under a running QEMU (seed defect 5): QEMU writes the header itself.
-          await withVmPaused(
-            deps.libvirt,
-            journal,
-            vm,
-            () =>
-              deps.libvirt.changeBackingFile(vm, {
-                device: top.nodeName,
-                imageNodeName: top.nodeName,
-                backingFile: plan.snapshotPath,
-              }),
-            () => hooks.whilePaused?.('repoint'),
-          );
+          await withVmPaused(deps.libvirt, journal, vm, async () => {
+            hooks.whilePaused?.('repoint');
+            if (chain.length === 1 && !attached) {
+              // QEMU refuses change-backing-file on a node without a backing: open snap-N
+              // read-only and make it the top node's backing first (same data, so invisible).
+              const nodeName = `snap-${plan.tag}`;
+              await deps.libvirt.blockdevAdd(
+                vm,
+                qcow2Blockdev({
+                  nodeName,
+                  filename: plan.snapshotPath,
+                  sourceType: 'file',
+                  readOnly: true,
+                  backing: null,
+                }),
+              );
+              await deps.libvirt.blockdevReopen(vm, [reopenWithBacking(top, nodeName)]);
+            }
+            await deps.libvirt.changeBackingFile(vm, {
+              device: top.nodeName,
+              imageNodeName: top.nodeName,
+              backingFile: plan.snapshotPath,
+            });
+          });
         },
-        isDone: async () => (await backingOf(deps.qemuImg, plan.activePath)).resolved === plan.snapshotPath,
+        // Done once the header names snap-N, or once QEMU reads through snap-N (then finish the header).
+        isDone: async () => {
+          if ((await backingOf(deps.qemuImg, plan.activePath)).resolved === plan.snapshotPath) return true;
+          if (vm === null || !(await deps.libvirt.isRunning(vm))) return false;
+          const chain = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
+          return chain.slice(1).some((n) => n.filename === plan.snapshotPath);
+        },
       },
     ],
   };

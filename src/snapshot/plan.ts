@@ -25,6 +25,8 @@ export interface CreatePlan {
   stagingName: string;
   retiredName: string;
   cloneName: string;
+  /** Short id of the job (temporary names, QEMU node names). */
+  tag: string;
   verify: 'none' | 'metadata' | 'full';
   compress: boolean;
   quiesce: boolean;

@@ -1,0 +1,92 @@
+// lvm-cow strategy on a file pool with reflink (loop-mounted XFS) and a running type='qemu' VM:
+// a chain of 10 snapshots with guest writes (qemu-io inside QEMU through QMP) between them. After
+// every snapshot each snapshot equals the raw reference of its moment and the live disk equals the
+// current one; the VM keeps running; QEMU wrote the new backing (change-backing-file), never qemu-img.
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSnapshot } from '../../../src/snapshot/index.js';
+import { checkExitCode, infoOf } from '../../helpers/images.js';
+import {
+  assertLibvirtReady,
+  Cleanup,
+  createQcow2,
+  guestFlush,
+  guestWrite,
+  startTestDomain,
+  virsh,
+} from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 32 * MiB;
+const cleanup = new Cleanup();
+let h: Harness;
+
+beforeAll(async () => {
+  await assertLibvirtReady();
+  h = await makeHarness('cowchain', { reflink: true });
+  cleanup.add('harness', () => h.cleanup());
+});
+afterAll(() => cleanup.run());
+
+describe('lvm-cow strategy, reflink file pool, running VM', () => {
+  it('builds a 10-snapshot chain of a running VM; data matches references; the VM keeps running', async () => {
+    const active = join(h.pool, 'vol1.qcow2');
+    await createQcow2(active, SIZE / MiB);
+    const dom = await startTestDomain(cleanup, { label: 'cowchain', disk: { type: 'file', path: active } });
+    const live = await ReferenceDisk.create(join(h.base, 'ref-live.raw'), SIZE);
+    const frozen: ReferenceDisk[] = [];
+    const names: string[] = [];
+
+    for (let round = 1; round <= 10; round++) {
+      const writes = roundWrites(round, SIZE);
+      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
+      await live.apply(writes);
+      const name = `snap-${round}`;
+      const cmd = command('snapshot.create', {
+        volume: { kind: 'file', pool: h.pool, file: 'vol1.qcow2' },
+        vm: dom.name,
+        store: { root: h.storeRoot, dir: 'vol1' },
+        parents: names,
+        snapshot: name,
+        options: { strategy: 'auto', verify: round === 5 ? 'full' : 'metadata', quiesce: round === 3 },
+      });
+      const ctx = jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`)));
+      const result = await createSnapshot(ctx, h.deps);
+      names.push(name);
+      frozen.push(await live.freeze(join(h.base, `ref-${round}.raw`)));
+
+      expect(result.strategy.name).toBe('lvm-cow');
+      expect(result.strategy.reason).toMatch(/running/);
+      expect(result.snapshot.kind).toBe(round === 1 ? 'full' : 'delta');
+      expect(result.snapshot.chainDepth).toBe(round);
+      expect(result.vmPauseMs).toBeGreaterThan(0);
+      expect(result.vmPauseMs).toBeLessThan(5000);
+      if (round === 3) expect(result.quiesced).toBe('unavailable'); // no guest agent in a VM without an OS
+      expect(result.steps.map((s) => s.name)).toEqual([
+        'clone',
+        'export',
+        'publish',
+        'verify',
+        'remove-clone',
+        'repoint',
+      ]);
+      expect((await virsh(['domstate', dom.name])).trim()).toBe('running');
+      expect((await infoOf(active))['backing-filename']).toBe(join(h.storeRoot, 'vol1', name));
+      if (round > 1)
+        expect((await infoOf(result.snapshot.path))['backing-filename']).toBe(`snap-${round - 1}`);
+
+      for (const [i, ref] of frozen.entries()) {
+        const path = join(h.storeRoot, 'vol1', `snap-${i + 1}`);
+        expect(await differsFromReference(path, ref)).toBeNull();
+        expect(await checkExitCode(path)).toBe(0);
+      }
+      await guestFlush(dom);
+      expect(await differsFromReference(active, live)).toBeNull();
+    }
+    expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
+    expect((await readdir(join(h.storeRoot, 'vol1'))).sort()).toEqual([...names].sort());
+  });
+});

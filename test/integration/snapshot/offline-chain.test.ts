@@ -1,0 +1,97 @@
+// Offline strategy (stopped VM / no VM) on a file pool: a chain of 12 snapshots with writes between
+// them; after every snapshot each snapshot (through its own chain) equals the reference at its
+// moment and the active disk equals the current data. Oracles: qemu-img compare/check, raw references.
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSnapshot } from '../../../src/snapshot/index.js';
+import { checkExitCode, infoOf, makeQcow2 } from '../../helpers/images.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 32 * MiB;
+let h: Harness;
+
+beforeAll(async () => {
+  h = await makeHarness('offline');
+});
+afterAll(async () => {
+  await h?.cleanup();
+});
+
+async function qemuIoWrite(image: string, writes: ReturnType<typeof roundWrites>): Promise<void> {
+  const commands = writes.flatMap((w) => ['-c', `write -q -P ${w.pattern} ${w.offset} ${w.length}`]);
+  await execa('qemu-io', ['-f', 'qcow2', ...commands, image], { timeout: 60_000 });
+}
+
+describe('offline strategy, file pool, no VM', () => {
+  it('builds a 12-snapshot chain; every snapshot and the active disk match independent references', async () => {
+    const active = join(h.pool, 'vol1.qcow2');
+    await makeQcow2(active, SIZE);
+    const live = await ReferenceDisk.create(join(h.base, 'ref-live.raw'), SIZE);
+    const frozen: ReferenceDisk[] = [];
+    const names: string[] = [];
+    const store = { root: h.storeRoot, dir: 'vol1' };
+
+    for (let round = 1; round <= 12; round++) {
+      const writes = roundWrites(round, SIZE);
+      await qemuIoWrite(active, writes);
+      await live.apply(writes);
+      const name = `snap-${round}`;
+      const cmd = command('snapshot.create', {
+        volume: { kind: 'file', pool: h.pool, file: 'vol1.qcow2' },
+        vm: null,
+        store,
+        parents: names,
+        snapshot: name,
+        options: { strategy: 'auto', verify: round % 4 === 0 ? 'full' : 'metadata', maxChainLength: 8 },
+      });
+      const journal = new FileStepJournal(join(h.base, `${cmd.id}.json`));
+      const ctx = jobContext(cmd, journal);
+      const result = await createSnapshot(ctx, h.deps);
+      names.push(name);
+      frozen.push(await live.freeze(join(h.base, `ref-${round}.raw`)));
+
+      expect(result.strategy.name).toBe('offline');
+      expect(result.activePath).toBe(active);
+      // Full on the first and when the chain reaches maxChainLength (8), delta otherwise.
+      const expectFull = round === 1 || round === 9;
+      expect(result.snapshot.kind).toBe(expectFull ? 'full' : 'delta');
+      if (expectFull) expect(result.snapshot.fullReason).toBeTruthy();
+      expect(result.snapshot.chainDepth).toBe(round <= 8 ? round : round - 8);
+      expect(result.snapshot.parent).toBe(expectFull ? null : `snap-${round - 1}`);
+      expect(result.steps.map((s) => s.name)).toEqual([
+        'create-staging',
+        'export',
+        'publish',
+        'verify',
+        'rebase-staging',
+        'retire-active',
+        'promote-staging',
+        'remove-retired',
+      ]);
+      expect(result.vmPauseMs).toBe(0);
+      // Progress for every step, with bytes during the export.
+      expect(new Set(ctx.updates.map((u) => u.step)).size).toBe(8);
+      expect(ctx.updates.some((u) => u.step === 'export' && u.bytesTotal !== undefined)).toBe(true);
+
+      // Relative backing between store files, absolute from the active volume.
+      const snapInfo = await infoOf(join(h.storeRoot, 'vol1', name));
+      expect(snapInfo['backing-filename']).toBe(expectFull ? undefined : `snap-${round - 1}`);
+      expect((await infoOf(active))['backing-filename']).toBe(join(h.storeRoot, 'vol1', name));
+
+      for (const [i, ref] of frozen.entries()) {
+        const path = join(h.storeRoot, 'vol1', `snap-${i + 1}`);
+        expect(await differsFromReference(path, ref)).toBeNull();
+        expect(await checkExitCode(path)).toBe(0);
+      }
+      expect(await differsFromReference(active, live)).toBeNull();
+      expect(await checkExitCode(active)).toBe(0);
+    }
+    // No temporary file left in the pool or the store.
+    expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
+    expect((await readdir(join(h.storeRoot, 'vol1'))).sort()).toEqual([...names].sort());
+  });
+});
