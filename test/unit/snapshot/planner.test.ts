@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { Failpoints } from '../../../src/snapshot/failpoints.js';
+import { chooseKind, chooseStrategy } from '../../../src/snapshot/planner.js';
+
+describe('chooseStrategy', () => {
+  const reflink = { supported: true, reason: null };
+  const noReflink = { supported: false, reason: 'Operation not supported' };
+
+  it('auto: offline for a stopped VM, lvm-cow for a running one, with the reason', () => {
+    expect(chooseStrategy({ requested: 'auto', vmRunning: false, poolKind: 'lvm', reflink: null }).name).toBe(
+      'offline',
+    );
+    const lvm = chooseStrategy({ requested: 'auto', vmRunning: true, poolKind: 'lvm', reflink: null });
+    expect(lvm).toMatchObject({ name: 'lvm-cow', reason: expect.stringMatching(/LVM copy-on-write/) });
+    const file = chooseStrategy({ requested: 'auto', vmRunning: true, poolKind: 'file', reflink });
+    expect(file).toMatchObject({ name: 'lvm-cow', reason: expect.stringMatching(/reflink/) });
+  });
+
+  it('refuses what cannot run, with the reason, instead of silently choosing another way', () => {
+    expect(() =>
+      chooseStrategy({ requested: 'auto', vmRunning: true, poolKind: 'file', reflink: noReflink }),
+    ).toThrow(/Operation not supported/);
+    expect(() =>
+      chooseStrategy({ requested: 'offline', vmRunning: true, poolKind: 'lvm', reflink: null }),
+    ).toThrow(/running/);
+    expect(() =>
+      chooseStrategy({ requested: 'live-rotate', vmRunning: true, poolKind: 'lvm', reflink: null }),
+    ).toThrow(expect.objectContaining({ code: 'STRATEGY_UNAVAILABLE' }));
+  });
+
+  it('lvm-cow on a stopped VM is allowed (rebase -u then)', () => {
+    expect(
+      chooseStrategy({ requested: 'lvm-cow', vmRunning: false, poolKind: 'file', reflink }).reason,
+    ).toMatch(/rebase -u/);
+  });
+});
+
+describe('chooseKind', () => {
+  const base = {
+    parentName: 'snap-3',
+    parentExists: true,
+    parentDepth: 3,
+    activeBacksOntoParent: true,
+    maxChainLength: 8,
+  };
+  it('delta when the parent exists, backs the active and the chain has room', () => {
+    expect(chooseKind(base)).toEqual({ kind: 'delta' });
+  });
+  it.each([
+    [{ parentName: null }, /no parent/],
+    [{ parentExists: false }, /missing/],
+    [{ parentDepth: 8 }, /maxChainLength 8/],
+    [{ activeBacksOntoParent: false }, /does not back onto/],
+  ])('full with a reason: %o', (change, reason) => {
+    const choice = chooseKind({ ...base, ...change });
+    expect(choice.kind).toBe('full');
+    expect(choice.kind === 'full' && choice.reason).toMatch(reason);
+  });
+});
+
+describe('Failpoints', () => {
+  it('is inert unless set, and reads points and the export rate', () => {
+    expect(Failpoints.parse(undefined).active).toBe(false);
+    const fp = Failpoints.parse('offline:export:before, lvm-cow:export:during,export-rate=4M');
+    expect(fp.active).toBe(true);
+    expect(fp.exportRate).toBe('4M');
+    expect(() => Failpoints.parse('rm -rf')).toThrow(/cannot read/);
+  });
+  it('adds -r to qemu-img convert only', async () => {
+    const calls: string[][] = [];
+    const run = Failpoints.parse('export-rate=1M').wrapRunner(async (_file, args) => {
+      calls.push([...args]);
+      return { stdout: '', stderr: '', exitCode: 0, durationMs: 0 };
+    });
+    await run('qemu-img', ['convert', '-f', 'qcow2'], { timeoutMs: 1 });
+    await run('qemu-img', ['info', 'x'], { timeoutMs: 1 });
+    expect(calls).toEqual([
+      ['convert', '-r', '1M', '-f', 'qcow2'],
+      ['info', 'x'],
+    ]);
+  });
+});
