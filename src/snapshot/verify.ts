@@ -1,6 +1,6 @@
 // chain.verify: qemu-img check of every member, every backing pointer resolving inside the store
 // roots (relative between store files), the active volume's backing, and an optional full compare.
-import { ChainInvalidError } from '../errors/index.js';
+import { ChainInvalidError, HostCommandError } from '../errors/index.js';
 import { isInside } from '../host/paths.js';
 import type { JobContext } from '../jobs/types.js';
 import { pathExists } from './chain.js';
@@ -37,7 +37,15 @@ export async function verifyChain(ctx: VerifyContext, deps: SnapshotDeps): Promi
       continue;
     }
     const info = await deps.qemuImg.info(path, { forceShare: true });
-    const check = await deps.qemuImg.check(path, { forceShare: true, signal: ctx.signal });
+    const check = await deps.qemuImg
+      .check(path, { forceShare: true, signal: ctx.signal })
+      .catch((error: unknown) => {
+        // qemu-img could not finish the check (exit 1): that is a finding about this member.
+        if (!(error instanceof HostCommandError) || error.kind === 'aborted') throw error;
+        problems.push(`${name}: qemu-img check could not complete: ${error.stderr.trim() || error.message}`);
+        return null;
+      });
+    if (check === null) continue;
     members.push({
       name,
       path,

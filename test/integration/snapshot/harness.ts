@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { runTool } from '../../../src/host/exec.js';
 import { FilePool } from '../../../src/host/file-pool.js';
 import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
@@ -12,7 +13,7 @@ import { SnapshotStore } from '../../../src/host/store.js';
 import type { JobContext, ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { type Command, type CommandType, commandSchema } from '../../../src/protocol/index.js';
-import type { SnapshotDeps } from '../../../src/snapshot/index.js';
+import { Failpoints, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { LIBVIRT_URI } from '../../helpers/libvirt-fixtures.js';
 import { mountXfs } from '../../helpers/xfs.js';
 
@@ -50,7 +51,10 @@ export interface Harness {
 }
 
 /** Temp pool and store roots (the pool on a loop-mounted XFS when `reflink`), and the real adapters. */
-export async function makeHarness(label: string, opts: { reflink?: boolean } = {}): Promise<Harness> {
+export async function makeHarness(
+  label: string,
+  opts: { reflink?: boolean; failpoints?: string } = {},
+): Promise<Harness> {
   const base = await mkdtemp(join(tmpdir(), `clvmt-${label}-${process.pid}-`));
   const xfs = opts.reflink ? await mountXfs(`clvmt-${label}-${process.pid}`) : null;
   const poolRoot = xfs ? xfs.mountPoint : join(base, 'pools');
@@ -58,7 +62,12 @@ export async function makeHarness(label: string, opts: { reflink?: boolean } = {
   const pool = join(poolRoot, 'pool1');
   await mkdir(pool, { recursive: true });
   await mkdir(storeRoot, { recursive: true });
-  const qemuImg = new QemuImg({ timeoutMs: 60_000, exportTimeoutMs: 300_000 });
+  const failpoints = Failpoints.parse(opts.failpoints);
+  const qemuImg = new QemuImg({
+    timeoutMs: 60_000,
+    exportTimeoutMs: 300_000,
+    run: failpoints.wrapRunner(runTool),
+  });
   const deps: SnapshotDeps = {
     qemuImg,
     store: new SnapshotStore({ roots: [storeRoot], qemuImg }),
@@ -66,6 +75,7 @@ export async function makeHarness(label: string, opts: { reflink?: boolean } = {
     lvm: new Lvm({ timeoutMs: 60_000 }),
     libvirt: new Libvirt({ uri: LIBVIRT_URI, timeoutMs: 60_000 }),
     cowPollMs: 200,
+    failpoints,
   };
   return {
     base,
