@@ -1,0 +1,485 @@
+// Generates docs/asyncapi.yaml (AsyncAPI 3.0.0) from the zod schemas the agent validates with,
+// so the document cannot drift from the code. Run: node --import tsx scripts/gen-asyncapi.ts
+// test/unit/protocol/asyncapi.test.ts fails when the committed file differs from this output.
+import { writeFileSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { stringify } from 'yaml';
+import { z } from 'zod';
+import {
+  type AgentEvent,
+  COMMAND_TYPES,
+  type Command,
+  EVENT_KINDS,
+  type EventKind,
+  eventTypePrefix,
+  SIGNATURE_HEADER,
+  volumeKey,
+} from '../src/protocol/index.js';
+import { AGENT_VERSION } from '../src/version.js';
+
+export const ASYNCAPI_FILE = fileURLToPath(new URL('../docs/asyncapi.yaml', import.meta.url));
+
+/**
+ * JSON Schemas of every protocol schema that has a meta id (commands, events, their parts), as
+ * AsyncAPI components: references point at `#/components/schemas/<id>`. Draft-07 is what the
+ * AsyncAPI schema format builds on. Name rules that are code (LVM reserved words) are enforced by
+ * the agent beyond these schemas; their patterns here are the documented subset.
+ */
+export function generatedSchemas(): Record<string, Record<string, unknown>> {
+  const { schemas } = z.toJSONSchema(z.globalRegistry, {
+    target: 'draft-07',
+    io: 'input',
+    uri: (id) => `#/components/schemas/${id}`,
+  });
+  const out: Record<string, Record<string, unknown>> = {};
+  for (const [id, schema] of Object.entries(schemas)) {
+    const { $schema: _s, $id: _i, ...rest } = schema as Record<string, unknown>;
+    out[id] = rest;
+  }
+  return out;
+}
+
+const HOST = 'hv01';
+const VOLUME = { kind: 'lvm', vg: 'vg-primary', lv: 'vol-7f3a' } as const;
+const FILE_VOLUME = { kind: 'file', pool: '/var/lib/libvirt/images/pool1', file: 'vol-42.qcow2' } as const;
+const STORE = { root: '/mnt/snapstore', dir: 'vol-7f3a' };
+const TIME = '2026-01-15T10:00:00.000Z';
+
+/** One example message per command type, valid by commandSchema (the unit test checks). */
+export const commandExamples: Record<string, Command[]> = {
+  'agent.ping': [{ id: 'ping-0001', type: 'agent.ping', params: {} }],
+  'snapshot.create': [
+    {
+      id: 'cmd-0002',
+      type: 'snapshot.create',
+      params: {
+        volume: VOLUME,
+        vm: 'i-2-34-VM',
+        store: STORE,
+        parents: ['snap-1', 'snap-2'],
+        snapshot: 'snap-3',
+        options: {
+          strategy: 'auto',
+          quiesce: false,
+          verify: 'metadata',
+          compress: false,
+          maxChainLength: 16,
+        },
+      },
+      createdAt: TIME,
+    },
+    {
+      id: 'cmd-0003',
+      type: 'snapshot.create',
+      params: {
+        volume: FILE_VOLUME,
+        vm: null,
+        store: { root: '/mnt/snapstore', dir: 'vol-42' },
+        parents: [],
+        snapshot: 'snap-1',
+        options: { strategy: 'offline', quiesce: false, verify: 'full', compress: false, maxChainLength: 16 },
+      },
+    },
+  ],
+  'snapshot.delete': [
+    {
+      id: 'cmd-0004',
+      type: 'snapshot.delete',
+      params: {
+        volume: VOLUME,
+        vm: null,
+        store: STORE,
+        chain: ['snap-1', 'snap-2', 'snap-3'],
+        snapshot: 'snap-2',
+      },
+    },
+  ],
+  'snapshot.revert': [
+    {
+      id: 'cmd-0005',
+      type: 'snapshot.revert',
+      params: {
+        volume: VOLUME,
+        vm: null,
+        store: STORE,
+        chain: ['snap-1', 'snap-2'],
+        snapshot: 'snap-2',
+        mode: 'overlay',
+      },
+    },
+  ],
+  'chain.verify': [
+    {
+      id: 'cmd-0006',
+      type: 'chain.verify',
+      params: { store: STORE, chain: ['snap-1', 'snap-2'], volume: VOLUME },
+    },
+  ],
+  'job.cancel': [{ id: 'cmd-0007', type: 'job.cancel', params: { jobId: 'cmd-0002' } }],
+};
+
+function event<K extends EventKind>(
+  kind: K,
+  sequence: number,
+  correlationid: string,
+  volume: typeof VOLUME | null,
+  data: Extract<AgentEvent, { type: `${typeof eventTypePrefix}${K}` }>['data'],
+): AgentEvent {
+  return {
+    specversion: '1.0',
+    id: `example-${kind}-${correlationid}-${sequence}`,
+    source: `clvm-snapshot-agent/${HOST}`,
+    type: `${eventTypePrefix}${kind}`,
+    subject: volumeKey(volume),
+    time: TIME,
+    datacontenttype: 'application/json',
+    correlationid,
+    sequence: String(sequence).padStart(10, '0'),
+    data,
+  } as AgentEvent;
+}
+
+/** Example events (a snapshot.create's life, a rejection, a failure, ping, lifecycle). */
+export const eventExamples: Record<EventKind, AgentEvent[]> = {
+  accepted: [
+    event('accepted', 1, 'cmd-0002', VOLUME, {
+      jobId: 'cmd-0002',
+      commandType: 'snapshot.create',
+      volume: VOLUME,
+    }),
+  ],
+  progress: [
+    event('progress', 2, 'cmd-0002', VOLUME, {
+      jobId: 'cmd-0002',
+      step: 'export',
+      stepIndex: 1,
+      stepCount: 4,
+      percent: 42.5,
+      bytesDone: 456_340_275,
+      bytesTotal: 1_073_741_824,
+      bytesPerSecond: 215_000_000,
+    }),
+  ],
+  succeeded: [
+    event('succeeded', 3, 'cmd-0002', VOLUME, {
+      jobId: 'cmd-0002',
+      commandType: 'snapshot.create',
+      durationMs: 5210,
+      result: {
+        snapshot: {
+          name: 'snap-3',
+          path: '/mnt/snapstore/vol-7f3a/snap-3',
+          parent: 'snap-2',
+          kind: 'delta',
+          physicalSize: 52_428_800,
+          virtualSize: 10_737_418_240,
+          chainDepth: 3,
+        },
+        strategy: { name: 'live-rotate', reason: 'VM running, QEMU 7.2 has blockdev-reopen' },
+        vmPauseMs: 0,
+        activePath: '/dev/vg-primary/vol-7f3a',
+        quiesced: 'not-requested',
+        steps: [
+          { name: 'rotate', durationMs: 40 },
+          { name: 'export', durationMs: 5020 },
+          { name: 'repoint', durationMs: 12 },
+          { name: 'cleanup', durationMs: 30 },
+        ],
+      },
+    }),
+    event('succeeded', 2, 'ping-0001', null, {
+      jobId: 'ping-0001',
+      commandType: 'agent.ping',
+      durationMs: 3.2,
+      result: {
+        agentVersion: AGENT_VERSION,
+        hostId: HOST,
+        tools: { qemuImg: '7.2.15', qemu: '7.2.15', libvirt: '9.0.0', lvm2: '2.03.16(2) (2022-05-18)' },
+        strategies: ['auto', 'offline', 'lvm-cow', 'live-rotate'],
+      },
+    }),
+  ],
+  failed: [
+    event('failed', 3, 'cmd-0004', VOLUME, {
+      jobId: 'cmd-0004',
+      commandType: 'snapshot.delete',
+      durationMs: 820,
+      error: {
+        code: 'SNAPSHOT_IN_USE',
+        message: 'snap-2 backs the running disk of i-2-34-VM',
+        retryable: false,
+      },
+      rolledBack: true,
+      retryable: false,
+    }),
+  ],
+  rejected: [
+    event('rejected', 1, 'cmd-0009', null, {
+      jobId: 'cmd-0009',
+      commandType: 'snapshot.create',
+      error: {
+        code: 'PATH_OUTSIDE_ROOTS',
+        message: 'params.volume.pool "/etc" is not under a configured root (/var/lib/libvirt/images)',
+        retryable: false,
+        field: 'params.volume.pool',
+      },
+    }),
+  ],
+  started: [event('started', 7, `agent:${HOST}`, null, { hostId: HOST, agentVersion: AGENT_VERSION })],
+  stopping: [
+    event('stopping', 8, `agent:${HOST}`, null, {
+      hostId: HOST,
+      agentVersion: AGENT_VERSION,
+      reason: 'SIGTERM',
+    }),
+  ],
+};
+
+const pascal = (s: string) =>
+  s
+    .split(/[.-]/)
+    .map((w) => w[0]!.toUpperCase() + w.slice(1))
+    .join('');
+
+/** The whole AsyncAPI document as a plain object. */
+export function buildAsyncApi(): Record<string, unknown> {
+  const commandMessages = Object.fromEntries(
+    COMMAND_TYPES.map((type) => {
+      const id = `${pascal(type)}Command`;
+      return [
+        id,
+        {
+          name: type,
+          title: `${type} command`,
+          contentType: 'application/json',
+          headers: { $ref: '#/components/schemas/CommandHeaders' },
+          payload: { $ref: `#/components/schemas/${schemaIdOfCommand(type)}` },
+          correlationId: { $ref: '#/components/correlationIds/commandId' },
+          bindings: {
+            amqp: { messageType: type, deliveryMode: 2, bindingVersion: '0.3.0' },
+          },
+          examples: (commandExamples[type] ?? []).map((payload) => ({
+            name: payload.id,
+            headers: { [SIGNATURE_HEADER]: 'sha256=<hex HMAC-SHA256 of the body>' },
+            payload,
+          })),
+        },
+      ];
+    }),
+  );
+  const eventMessages = Object.fromEntries(
+    EVENT_KINDS.map((kind) => [
+      `${pascal(kind)}Event`,
+      {
+        name: `${eventTypePrefix}${kind}`,
+        title: `${kind} event`,
+        summary: EVENT_SUMMARIES[kind],
+        contentType: 'application/cloudevents+json',
+        payload: { $ref: `#/components/schemas/${pascal(kind)}Event` },
+        correlationId: { $ref: '#/components/correlationIds/eventCorrelation' },
+        bindings: {
+          amqp: { deliveryMode: kind === 'progress' ? 1 : 2, bindingVersion: '0.3.0' },
+        },
+        examples: eventExamples[kind].map((payload) => ({
+          name: `${kind}-${payload.correlationid}-${payload.sequence}`,
+          summary: `routing key ${HOST}.${payload.subject}.${kind}`,
+          payload,
+        })),
+      },
+    ]),
+  );
+  const ref = (kind: 'messages', id: string) => ({ $ref: `#/components/${kind}/${id}` });
+  return {
+    asyncapi: '3.0.0',
+    info: {
+      title: 'clvm-snapshot-agent',
+      version: AGENT_VERSION,
+      description: [
+        'Commands to, and events from, the snapshot agent that runs on every KVM hypervisor.',
+        'Generated by scripts/gen-asyncapi.ts from the zod schemas in src/protocol (do not edit by hand).',
+        '',
+        'Commands: publish to the direct exchange `clvm.commands` with routing key = the host id; the',
+        "message lands in that host's quorum queue `clvm.agent.<hostId>`. Set the AMQP `messageId` to the",
+        'command `id` (they must be equal when both are set), optionally `replyTo` and `correlationId` to get',
+        'the terminal event (succeeded | failed | rejected) as an RPC reply. When signing is on, header',
+        `\`${SIGNATURE_HEADER}\` = \`sha256=<hex HMAC-SHA256 of the raw body>\`. A command id runs at most once:`,
+        'sending it again returns the recorded terminal event. Invalid commands are answered `rejected` and',
+        'dead-lettered to `clvm.commands.dlx` → `clvm.commands.dead`.',
+        '',
+        'Events: CloudEvents 1.0 structured JSON on the topic exchange `clvm.events`, routing key',
+        '`<hostId>.<volumeKey>.<kind>` (volumeKey = `lvm~<vg>~<lv>`, `file~<pool>~<file>` or `agent`, each',
+        'word percent-encoded so it never contains "."). Per job: `accepted` (sequence 1), any number of',
+        '`progress`, then exactly one `succeeded` or `failed`; `sequence` is zero-padded, strictly',
+        'increasing per `correlationid` (= the command id). Exchange and queue names are the defaults of',
+        'config.topology.',
+      ].join('\n'),
+      license: { name: 'Apache-2.0' },
+    },
+    defaultContentType: 'application/json',
+    servers: {
+      broker: {
+        host: 'rabbitmq.example:5672',
+        protocol: 'amqp',
+        protocolVersion: '0-9-1',
+        description: 'RabbitMQ ≥ 3.10 (quorum queues with delivery limit).',
+      },
+    },
+    channels: {
+      commands: {
+        address: '{hostId}',
+        title: 'Commands to one host',
+        description:
+          "Direct exchange `clvm.commands`, routing key = host id, bound to the host's quorum queue " +
+          '`clvm.agent.<hostId>` (durable, single active consumer, x-delivery-limit, dead-letter exchange ' +
+          '`clvm.commands.dlx` (fanout) → `clvm.commands.dead`).',
+        parameters: { hostId: { description: 'config.hostId of the target hypervisor (no dots).' } },
+        messages: Object.fromEntries(Object.keys(commandMessages).map((id) => [id, ref('messages', id)])),
+        bindings: {
+          amqp: {
+            is: 'routingKey',
+            exchange: { name: 'clvm.commands', type: 'direct', durable: true, autoDelete: false, vhost: '/' },
+            bindingVersion: '0.3.0',
+          },
+        },
+      },
+      commandQueue: {
+        address: 'clvm.agent.{hostId}',
+        title: 'The per-host command queue the agent consumes',
+        parameters: { hostId: { description: 'config.hostId of the hypervisor.' } },
+        messages: Object.fromEntries(Object.keys(commandMessages).map((id) => [id, ref('messages', id)])),
+        bindings: {
+          amqp: {
+            is: 'queue',
+            queue: {
+              name: 'clvm.agent.{hostId}',
+              durable: true,
+              exclusive: false,
+              autoDelete: false,
+              vhost: '/',
+            },
+            bindingVersion: '0.3.0',
+          },
+        },
+      },
+      events: {
+        address: '{hostId}.{volumeKey}.{kind}',
+        title: 'Events of every host',
+        description: [
+          'Topic exchange `clvm.events`. Bind a queue with a pattern to choose what you get:',
+          '`hv01.#` or `hv01.*.*` — everything from host hv01;',
+          '`*.lvm~vg0~vol-7.*` — one volume on any host (the volume key of lvm vg0/vol-7);',
+          '`*.*.failed` — one kind from everyone; `*.*.succeeded` + `*.*.failed` — all results;',
+          '`hv01.agent.*` — ping results and lifecycle (started, stopping) of hv01;',
+          '`#` — everything. src/protocol/routing.ts eventBindingPattern() builds these.',
+        ].join('\n'),
+        parameters: {
+          hostId: { description: 'config.hostId of the agent that published the event.' },
+          volumeKey: {
+            description:
+              '`lvm~<vg>~<lv>`, `file~<pool path>~<file>` (percent-encoded, "." as %2E), or `agent` for commands without a volume.',
+          },
+          kind: { enum: [...EVENT_KINDS], description: 'The event kind; last word of the CloudEvents type.' },
+        },
+        messages: Object.fromEntries(Object.keys(eventMessages).map((id) => [id, ref('messages', id)])),
+        bindings: {
+          amqp: {
+            is: 'routingKey',
+            exchange: { name: 'clvm.events', type: 'topic', durable: true, autoDelete: false, vhost: '/' },
+            bindingVersion: '0.3.0',
+          },
+        },
+      },
+      replies: {
+        address: null,
+        title: 'RPC replies',
+        description:
+          'The terminal event (succeeded | failed | rejected) is also published to the default exchange ' +
+          "with routing key = the command's `replyTo` and the command's `correlationId` (or its id).",
+        messages: {
+          SucceededEvent: ref('messages', 'SucceededEvent'),
+          FailedEvent: ref('messages', 'FailedEvent'),
+          RejectedEvent: ref('messages', 'RejectedEvent'),
+        },
+      },
+    },
+    operations: {
+      receiveCommands: {
+        action: 'receive',
+        title: 'The agent consumes commands',
+        channel: { $ref: '#/channels/commandQueue' },
+        messages: Object.keys(commandMessages).map((id) => ({
+          $ref: `#/channels/commandQueue/messages/${id}`,
+        })),
+        reply: {
+          address: { location: '$message.header#/replyTo' },
+          channel: { $ref: '#/channels/replies' },
+          messages: ['SucceededEvent', 'FailedEvent', 'RejectedEvent'].map((id) => ({
+            $ref: `#/channels/replies/messages/${id}`,
+          })),
+        },
+        bindings: { amqp: { ack: true, bindingVersion: '0.3.0' } },
+      },
+      sendCommands: {
+        action: 'send',
+        title: 'A caller (management plane, snapctl) sends a command',
+        channel: { $ref: '#/channels/commands' },
+        messages: Object.keys(commandMessages).map((id) => ({ $ref: `#/channels/commands/messages/${id}` })),
+      },
+      publishEvents: {
+        action: 'send',
+        title: 'The agent publishes events',
+        description:
+          'Persistent events (all but progress) use publisher confirms and an on-disk outbox, replayed in order after a reconnect.',
+        channel: { $ref: '#/channels/events' },
+        messages: Object.keys(eventMessages).map((id) => ({ $ref: `#/channels/events/messages/${id}` })),
+      },
+    },
+    components: {
+      schemas: {
+        CommandHeaders: {
+          type: 'object',
+          properties: {
+            [SIGNATURE_HEADER]: {
+              type: 'string',
+              pattern: '^sha256=[0-9a-f]{64}$',
+              description: 'Required when the agent has security.signingKey set.',
+            },
+          },
+        },
+        ...generatedSchemas(),
+      },
+      messages: { ...commandMessages, ...eventMessages },
+      correlationIds: {
+        commandId: { description: 'The command id (= AMQP messageId).', location: '$message.payload#/id' },
+        eventCorrelation: {
+          description: 'The command id the event is about.',
+          location: '$message.payload#/correlationid',
+        },
+      },
+    },
+  };
+}
+
+function schemaIdOfCommand(type: string): string {
+  return type === 'agent.ping' ? 'PingCommand' : `${pascal(type)}Command`;
+}
+
+const EVENT_SUMMARIES: Record<EventKind, string> = {
+  accepted: 'The command is journaled and will run (sequence 1).',
+  rejected: 'The command was refused before anything ran; it is dead-lettered. Terminal.',
+  progress: 'Throttled progress of a step (best effort, not persistent).',
+  succeeded: 'The job finished; data.result depends on the command type. Terminal.',
+  failed: 'The job failed; rolledBack says whether the volume is as before. Terminal.',
+  started: 'The agent started (correlationid agent:<hostId>).',
+  stopping: 'The agent is shutting down (correlationid agent:<hostId>).',
+};
+
+/** The YAML text of the document. */
+export function renderAsyncApi(): string {
+  return `# Generated by scripts/gen-asyncapi.ts from src/protocol; do not edit by hand.\n${stringify(buildAsyncApi(), { lineWidth: 0, aliasDuplicateObjects: false })}`;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  writeFileSync(ASYNCAPI_FILE, renderAsyncApi());
+  process.stdout.write(`wrote ${ASYNCAPI_FILE}\n`);
+}
