@@ -5,6 +5,7 @@ import { copyFile, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Command } from '../../../src/protocol/index.js';
 import { createSnapshot, deleteSnapshot, revertSnapshot, verifyChain } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf, makeQcow2 } from '../../helpers/images.js';
 import {
@@ -27,12 +28,12 @@ let active: string;
 let live: ReferenceDisk;
 const refs = new Map<number, ReferenceDisk>();
 
-async function run<T extends 'snapshot.create' | 'snapshot.delete' | 'snapshot.revert' | 'chain.verify'>(
-  type: T,
+async function run(
+  type: 'snapshot.create' | 'snapshot.delete' | 'snapshot.revert' | 'chain.verify',
   params: unknown,
   opts: { signal?: AbortSignal; onProgress?: (u: { step: string; percent?: number }) => void } = {},
-) {
-  const cmd = command(type, params);
+): Promise<Record<string, unknown>> {
+  const cmd: Command = command(type, params);
   const ctx = jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`)), opts);
   const handler = {
     'snapshot.create': createSnapshot,
