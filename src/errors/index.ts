@@ -1,4 +1,5 @@
 export { AgentError, type AgentErrorOptions, toAgentError } from './agent-error.js';
+export { BrokerUnavailableError } from './broker-unavailable-error.js';
 export { ChainInvalidError } from './chain-invalid-error.js';
 export { ConfigError } from './config-error.js';
 export { CowOverflowError } from './cow-overflow-error.js';
@@ -10,7 +11,10 @@ export { LvmReportError } from './lvm-report-error.js';
 export { LvmVolumeInUseError } from './lvm-volume-in-use-error.js';
 export { LvmVolumeNotFoundError } from './lvm-volume-not-found-error.js';
 export { NotImplementedError } from './not-implemented-error.js';
+export { OutboxError } from './outbox-error.js';
 export { PathExistsError } from './path-exists-error.js';
+export { PublishNackedError } from './publish-nacked-error.js';
+export { PublishTimeoutError } from './publish-timeout-error.js';
 export { QemuImgOutputError } from './qemu-img-output-error.js';
 export { QmpError, qmpErrorCode } from './qmp-error.js';
 export { ReflinkUnsupportedError } from './reflink-unsupported-error.js';

@@ -1,0 +1,42 @@
+/**
+ * Reconnect delay for attempt `attempt` (1, 2, 3...): exponential from `minMs`, capped at `maxMs`,
+ * with "equal jitter" (half fixed, half random) so a fleet of agents does not reconnect in step
+ * after a broker restart, while no delay falls below half the exponential step.
+ */
+export function backoffDelay(attempt: number, minMs: number, maxMs: number, random = Math.random): number {
+  const step = Math.min(maxMs, minMs * 2 ** Math.max(0, Math.min(attempt - 1, 30)));
+  return Math.round(step / 2 + random() * (step / 2));
+}
+
+/** Resolves after `ms`, or early (without error) when `signal` aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) {
+      resolve();
+      return;
+    }
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/**
+ * Resolves or rejects like `promise`, or rejects with `onTimeout()` after `ms`. For broker calls
+ * that have no timeout of their own (amqplib RPCs wait for the heartbeat to notice a dead peer).
+ */
+export async function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
