@@ -16,6 +16,8 @@ export interface AgentMetrics {
   outboxDepth: Gauge;
   /** Commands refused at intake, by rejection code. */
   rejected: Counter<'reason'>;
+  /** Events the broker returned as unroutable (nobody bound for their routing key). */
+  unroutedEvents: Counter<'exchange'>;
 }
 
 /** Creates the metrics on a fresh registry; `defaultMetrics` adds process metrics (RSS, CPU, event loop). */
@@ -64,6 +66,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Agent
       name: 'clvm_agent_commands_rejected_total',
       help: 'Commands refused at intake, by reason code',
       labelNames: ['reason'],
+      registers,
+    }),
+    unroutedEvents: new Counter({
+      name: 'clvm_agent_events_unrouted_total',
+      help: 'Events the broker returned as unroutable (no queue bound for the routing key)',
+      labelNames: ['exchange'],
       registers,
     }),
   };
