@@ -1,0 +1,130 @@
+// The crash matrix driver: for one strategy, kill -9 the agent (AGENT_FAILPOINTS) at every step
+// boundary and inside the export (and while the VM is paused), restart it, and check what
+// recovery did: one terminal event, rolled back before the point of no return and finished after
+// it, the chain intact (qemu-img check + compare with raw references), no temporary file, the VM running.
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { expect } from 'vitest';
+import { eventKindOf } from '../../../src/protocol/index.js';
+import { checkExitCode } from '../../helpers/images.js';
+import {
+  differsFromReference,
+  type PatternWrite,
+  type ReferenceDisk,
+  roundWrites,
+} from '../../helpers/reference-images.js';
+import { AgentProcess, type HostBus } from './agent-process.js';
+
+export interface CrashSetup {
+  bus: HostBus;
+  base: string;
+  poolRoot: string;
+  pool: string;
+  storeRoot: string;
+  volumeFile: string;
+  vm: string | null;
+  live: ReferenceDisk;
+  /** Makes the guest write (qemu-io on the image, or inside the running VM). */
+  write(writes: PatternWrite[]): Promise<void>;
+  /** Before reading the active image from outside (a running VM: flush QEMU's caches). */
+  settle(): Promise<void>;
+  strategy: 'offline' | 'lvm-cow';
+  chain: string[];
+  refs: ReferenceDisk[];
+  round: number;
+  agentStarts: number;
+}
+
+const SIZE = 32 * 1024 * 1024;
+
+/** Kills leftover qemu-img processes of a killed agent that work on this test's files (by pid). */
+async function killOrphans(base: string): Promise<void> {
+  const { stdout } = await execa('ps', ['-eo', 'pid=,args=']);
+  for (const line of stdout.split('\n')) {
+    const match = /^\s*(\d+)\s+(.*)$/.exec(line);
+    if (match && /qemu-img/.test(match[2]!) && match[2]!.includes(base))
+      process.kill(Number(match[1]), 'SIGKILL');
+  }
+}
+
+/** One cell of the matrix. `rollsBack`: the failpoint lies before the point of no return. */
+export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boolean): Promise<void> {
+  s.round += 1;
+  const writes = roundWrites(300 + s.round, SIZE);
+  await s.write(writes);
+  await s.live.apply(writes);
+  const name = `snap-${s.round}`;
+  const env = {
+    hostId: s.bus.hostId,
+    stateDir: join(s.base, 'state'),
+    storeRoot: s.storeRoot,
+    poolRoot: s.poolRoot,
+    logFile: join(s.base, 'agent.log'),
+  };
+  const slow = failpoint.includes(':export:during') ? ',export-rate=1M' : '';
+  const first = AgentProcess.start({ ...env, failpoints: `${failpoint}${slow}` });
+  await s.bus.waitForStarted(++s.agentStarts);
+  const jobId = s.bus.send('snapshot.create', {
+    volume: { kind: 'file', pool: s.pool, file: s.volumeFile },
+    vm: s.vm,
+    store: { root: s.storeRoot, dir: 'vol' },
+    parents: s.chain,
+    snapshot: name,
+    options: { strategy: s.strategy },
+  });
+  const exit = await Promise.race([
+    first.exited,
+    new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error(`${failpoint} never fired`)), 60_000),
+    ),
+  ]);
+  expect(exit.signal, `agent should die at ${failpoint}`).toBe('SIGKILL');
+  expect(s.bus.terminalsOf(jobId)).toHaveLength(0);
+  await killOrphans(s.base);
+
+  const second = AgentProcess.start(env);
+  try {
+    await s.bus.waitForStarted(++s.agentStarts);
+    const terminal = await s.bus.waitForTerminal(jobId);
+    // Give a duplicate terminal event time to show up, if one were (wrongly) published.
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    expect(s.bus.terminalsOf(jobId)).toHaveLength(1);
+    const kind = eventKindOf(terminal.type);
+    const data = terminal.data as {
+      rolledBack?: boolean;
+      error?: { code: string };
+      result?: { snapshot?: { name: string } };
+    };
+    if (rollsBack) {
+      expect(kind, JSON.stringify(data)).toBe('failed');
+      expect(data.rolledBack).toBe(true);
+    } else {
+      expect(kind, JSON.stringify(data)).toBe('succeeded');
+      expect(data.result?.snapshot?.name).toBe(name);
+    }
+  } finally {
+    await second.stop();
+  }
+  if (!rollsBack) {
+    s.chain.push(name);
+    s.refs.push(await s.live.freeze(join(s.base, `ref-${s.round}.raw`)));
+  }
+
+  // Chain intact, data right, nothing temporary left, VM running.
+  expect((await readdir(join(s.storeRoot, 'vol'))).sort()).toEqual([...s.chain].sort());
+  expect(await readdir(s.pool)).toEqual([s.volumeFile]);
+  for (const [i, member] of s.chain.entries()) {
+    const path = join(s.storeRoot, 'vol', member);
+    expect(await checkExitCode(path)).toBe(0);
+    expect(await differsFromReference(path, s.refs[i]!)).toBeNull();
+  }
+  await s.settle();
+  const active = join(s.pool, s.volumeFile);
+  expect(await checkExitCode(active)).toBe(0);
+  expect(await differsFromReference(active, s.live)).toBeNull();
+  if (s.vm !== null) {
+    const { stdout } = await execa('virsh', ['-c', 'qemu:///system', 'domstate', s.vm]);
+    expect(stdout.trim()).toBe('running');
+  }
+}
