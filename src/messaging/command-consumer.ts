@@ -3,7 +3,7 @@ import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import { BrokerUnavailableError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import type { BrokerConnection } from './connection.js';
-import { backoffDelay, sleep, withTimeout } from './timing.js';
+import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareTopology, type TopologyNames } from './topology.js';
 import type { CommandDisposition, CommandHandler, IncomingCommand } from './types.js';
 
@@ -125,7 +125,13 @@ export class CommandConsumer extends EventEmitter {
 
   /** One channel's life: declare, consume, re-consume after cancels; returns when the channel ends. */
   private async consumeOn(model: ChannelModel): Promise<ConsumeEnd> {
-    const channel = await model.createChannel();
+    const ms = this.opts.setupTimeoutMs ?? 30_000;
+    const channel = await acquireWithTimeout(
+      model.createChannel(),
+      ms,
+      () => new BrokerUnavailableError(`opening a channel took over ${ms} ms`, { role: 'consume' }),
+      (late) => late.close(),
+    );
     let channelOpen = true;
     const closed = new Promise<ConsumeEnd>((resolve) => {
       channel.once('close', () => {

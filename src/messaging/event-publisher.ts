@@ -10,7 +10,7 @@ import type { Logger } from '../observability/logger.js';
 import { AGENT_NAME } from '../version.js';
 import type { BrokerConnection } from './connection.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
-import { backoffDelay, sleep, withTimeout } from './timing.js';
+import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareEventsExchange, type TopologyNames } from './topology.js';
 import type { EventSink, OutgoingEvent } from './types.js';
 
@@ -282,13 +282,18 @@ export class EventPublisher extends EventEmitter implements EventSink {
 
   private async openChannel(): Promise<ConfirmChannel> {
     const model = await this.opts.connection.whenConnected(this.closeController.signal);
-    const channel = await model.createConfirmChannel();
+    const ms = this.opts.confirmTimeoutMs;
+    const channel = await acquireWithTimeout(
+      model.createConfirmChannel(),
+      ms,
+      () => new BrokerUnavailableError(`opening the events channel took over ${ms} ms`, { role: 'publish' }),
+      (late) => late.close(),
+    );
     channel.on('error', (error: Error) => this.logger.warn({ err: error }, 'events channel error'));
     channel.on('close', () => {
       if (this.channel === channel) this.channel = undefined;
     });
     channel.on('return', (message: Message) => this.onReturn(message));
-    const ms = this.opts.confirmTimeoutMs;
     try {
       await withTimeout(
         declareEventsExchange(channel, this.opts.names),

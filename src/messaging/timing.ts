@@ -40,3 +40,21 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout:
     clearTimeout(timer);
   }
 }
+
+/**
+ * Like {@link withTimeout} for something that must be released if it arrives after we gave up
+ * (a channel that opens late would otherwise stay open forever).
+ */
+export async function acquireWithTimeout<T>(
+  promise: Promise<T>,
+  ms: number,
+  onTimeout: () => Error,
+  release: (late: T) => Promise<unknown>,
+): Promise<T> {
+  try {
+    return await withTimeout(promise, ms, onTimeout);
+  } catch (error) {
+    promise.then((late) => release(late)).catch(() => undefined);
+    throw error;
+  }
+}

@@ -1,6 +1,7 @@
 // A small TCP proxy for making the broker "go away" in a test without touching the shared
 // RabbitMQ: point the agent at the proxy, then stop it (refuses connections, cuts open ones),
-// cut() open connections only, or blackhole() (accept, never answer: stalls the handshake).
+// cut() open connections only, freeze() them (no byte moves), or blackhole() new ones (accept,
+// never answer: stalls the handshake).
 import { once } from 'node:events';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 
@@ -16,6 +17,8 @@ export class TcpProxy {
   private readonly sockets = new Set<Socket>();
   private readonly clients = new Set<Socket>();
   private mode: Mode = 'forward';
+  private frozen = false;
+  private readonly held: Array<{ to: Socket; chunk: Buffer }> = [];
   private listenPort = 0;
   /** Connections accepted since start (forwarded or held). */
   accepted = 0;
@@ -63,6 +66,7 @@ export class TcpProxy {
   /** Listens again on the same port, forwarding as before. */
   async resume(): Promise<void> {
     this.mode = 'forward';
+    this.frozen = false;
     if (!this.server) await this.listen();
   }
 
@@ -71,6 +75,7 @@ export class TcpProxy {
     for (const socket of this.sockets) socket.destroy();
     this.sockets.clear();
     this.clients.clear();
+    this.held.splice(0);
   }
 
   /** New connections are accepted but never forwarded nor answered (a stalled peer). */
@@ -109,8 +114,29 @@ export class TcpProxy {
     upstream.on('error', closeBoth);
     client.on('close', closeBoth);
     upstream.on('close', closeBoth);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    this.forward(client, upstream);
+    this.forward(upstream, client);
+  }
+
+  /** Copies `from` to `to`, holding the bytes back while the proxy is frozen. */
+  private forward(from: Socket, to: Socket): void {
+    from.on('data', (chunk: Buffer) => {
+      if (this.frozen) this.held.push({ to, chunk });
+      else if (!to.destroyed) to.write(chunk);
+    });
+  }
+
+  /**
+   * Open connections stay up but no byte moves in either direction (a hung peer or a
+   * partitioned network): publishes get no confirm, heartbeats stop. thaw() delivers what was held.
+   */
+  freeze(): void {
+    this.frozen = true;
+  }
+
+  thaw(): void {
+    this.frozen = false;
+    for (const { to, chunk } of this.held.splice(0)) if (!to.destroyed) to.write(chunk);
   }
 
   private track(socket: Socket): void {

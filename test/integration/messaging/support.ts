@@ -109,16 +109,28 @@ export async function listExchanges(): Promise<Array<{ name: string; type: strin
   );
 }
 
-/** Broker-side pids of the connections whose connection_name is `name`. */
+/**
+ * Broker-side pids (`<rabbit@node.N.M.0>`, the form close_connection takes) of the connections
+ * whose connection_name is `name`. The JSON formatter prints pids in another form, so the
+ * connection's `name` (its address pair) links the JSON listing to the tab-separated one.
+ */
 export async function connectionPids(name: string): Promise<string[]> {
   const rows = JSON.parse(
-    (await rabbitmqctl(['list_connections', 'pid', 'client_properties', '--formatter', 'json'])) || '[]',
-  ) as Array<{ pid: string; client_properties: Array<[string, string, unknown]> }>;
-  return rows
-    .filter((row) =>
-      row.client_properties.some(([key, , value]) => key === 'connection_name' && value === name),
-    )
-    .map((row) => row.pid.replace(/^#PID/, ''));
+    (await rabbitmqctl(['list_connections', 'name', 'client_properties', '--formatter', 'json'])) || '[]',
+  ) as Array<{ name: string; client_properties: Array<[string, string, unknown]> }>;
+  const addresses = new Set(
+    rows
+      .filter((row) =>
+        row.client_properties.some(([key, , value]) => key === 'connection_name' && value === name),
+      )
+      .map((row) => row.name),
+  );
+  const table = await rabbitmqctl(['list_connections', 'pid', 'name', '--no-table-headers']);
+  return table
+    .split('\n')
+    .map((line) => line.split('\t'))
+    .filter(([pid, address]) => pid && address && addresses.has(address.trim()))
+    .map(([pid]) => pid!.trim());
 }
 
 /** `rabbitmqctl close_connection` of this test's own connection, found by its connection_name. */
