@@ -128,8 +128,8 @@ export function schemaError(error: z.ZodError, body: unknown): ValidationError {
   const message = `${field || 'command'}: ${issue.message}`;
   let code: (typeof REJECT_CODES)[number] = 'SCHEMA_INVALID';
   if (field === 'type' && typeof readString(body, 'type') === 'string') code = 'UNKNOWN_COMMAND_TYPE';
-  else if (/^invalid (LVM name|VM name|file name|directory)/.test(issue.message)) code = 'INVALID_NAME';
-  else if (issue.message.startsWith('invalid path')) code = 'INVALID_PATH';
+  else if (/^invalid (LVM name|VM name|file name)/.test(issue.message)) code = 'INVALID_NAME';
+  else if (/^invalid (path|directory)/.test(issue.message)) code = 'INVALID_PATH';
   else if (issue.message.startsWith('invalid command id')) code = 'INVALID_ID';
   return new ValidationError(code, message, { field: field || undefined });
 }

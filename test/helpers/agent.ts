@@ -13,7 +13,13 @@ import type { HostProbe } from '../../src/handlers/index.js';
 import type { CommandHandlerFn, HandlerRegistry } from '../../src/jobs/types.js';
 import { type TopologyNames, topologyNames } from '../../src/messaging/topology.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { type AgentEvent, eventKindOf, SIGNATURE_HEADER, signBody } from '../../src/protocol/index.js';
+import {
+  type AgentEvent,
+  type CommandType,
+  eventKindOf,
+  SIGNATURE_HEADER,
+  signBody,
+} from '../../src/protocol/index.js';
 import { type RunningAgent, startAgent } from '../../src/service/agent.js';
 import { brokerUrl } from './broker.js';
 
@@ -112,7 +118,7 @@ export const fakeProbe: HostProbe = async () => ({
  * A handler that takes `ms`, reporting progress every 50 ms, and stops (throwing the abort reason,
  * nothing to roll back) when its signal aborts. Test scaffolding for "mid-job" tests.
  */
-export function slowHandler(ms: number): CommandHandlerFn {
+export function slowHandler<T extends CommandType = 'snapshot.create'>(ms: number): CommandHandlerFn<T> {
   return async (ctx) => {
     const started = Date.now();
     let i = 0;
