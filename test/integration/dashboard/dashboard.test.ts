@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningDashboard, startDashboard } from '../../../src/dashboard/server.js';
 import type { AgentEvent, VolumeRef } from '../../../src/protocol/index.js';
 import { brokerUrl } from '../../helpers/broker.js';
+import { TcpProxy } from '../../helpers/tcp-proxy.js';
 import {
   declareTopology,
   deleteTopology,
@@ -16,6 +17,7 @@ import {
   uniqueHost,
   uniqueTopology,
 } from '../cli/fake-agent.js';
+import { startSnapctl, topologyFlags } from '../cli/run-snapctl.js';
 
 // The live dashboard end to end: events published to the real broker appear in headless
 // Chromium through the dashboard's SSE stream. DASHBOARD_SCREENSHOT=<path> also saves the
@@ -341,5 +343,80 @@ describe('dashboard in headless Chromium', () => {
     expect((await fetch(`${dashboard.url}server.ts`)).status).toBe(404);
     expect((await fetch(`${dashboard.url}app.js`)).headers.get('content-type')).toContain('text/javascript');
     expect((await fetch(dashboard.url, { method: 'POST' })).status).toBe(405);
+  });
+
+  it('snapctl dashboard serves it from the command line and stops cleanly on Ctrl-C', async () => {
+    const child = startSnapctl([
+      'dashboard',
+      '--port',
+      '0',
+      '--json',
+      ...topologyFlags(brokerUrl(), topology),
+    ]);
+    let out = '';
+    child.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    try {
+      await expect.poll(() => out.includes('"url"'), { timeout: 30_000 }).toBe(true);
+      const { url } = JSON.parse(out.split('\n')[0]!) as { url: string };
+      const page = await fetch(url);
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain('<title>clvm-snapshot-agent dashboard</title>');
+      const state = (await (await fetch(`${url}api/state`)).json()) as { broker: { connected: boolean } };
+      expect(state.broker.connected).toBe(true);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect((await child).exitCode).toBe(0);
+  });
+
+  it('snapctl dashboard with no broker: exit 5', async () => {
+    const result = await startSnapctl([
+      'dashboard',
+      '--port',
+      '0',
+      '--broker-url',
+      'amqp://guest:guest@127.0.0.1:1',
+    ]);
+    expect(result.exitCode).toBe(5);
+  });
+
+  it('a lost broker connection shows on the page and heals by itself', async () => {
+    const proxy = await TcpProxy.forUrl(brokerUrl());
+    const viaProxy = await startDashboard({
+      brokerUrls: [proxy.urlFor(brokerUrl())],
+      eventsExchange: topology.eventsExchange,
+      connectTimeoutMs: 5000,
+      port: 0,
+      host: '127.0.0.1',
+    });
+    const other = await browser.newPage();
+    try {
+      await other.goto(viaProxy.url);
+      await other.getByTestId('broker').getByText('broker connected').waitFor();
+      proxy.cut();
+      await other
+        .getByTestId('broker')
+        .getByText(/^broker disconnected/)
+        .waitFor({ timeout: 10_000 });
+      await other.getByTestId('broker').getByText('broker connected').waitFor({ timeout: 20_000 });
+      // Subscribed again: a new event reaches the page.
+      const lateHost = uniqueHost('hv03');
+      send(
+        makeEvent('started', {
+          hostId: lateHost,
+          correlationid: 'agent',
+          sequence: 1,
+          data: { hostId: lateHost, agentVersion: '0.2.0' },
+        }),
+        null,
+      );
+      await other.getByTestId('hosts').locator(`tr[data-host-id="${lateHost}"]`).waitFor({ timeout: 10_000 });
+    } finally {
+      await other.close();
+      await viaProxy.close();
+      await proxy.close();
+    }
   });
 });
