@@ -159,7 +159,9 @@ mkdir -p "$root/root" "$root/etc/lvm/archive" "$root/etc/lvm/backup"
 # initramfs costs the emulated CPU seconds at every boot. They live in opt/, which the guest mounts over
 # 9p at /opt/lab, and the initramfs holds symlinks to them. busybox and the modules must load before that.
 mkdir -p "$work/opt"
-(cd "$root" && find . -type f -size +1M ! -path './bin/busybox' ! -path './lib/modules/*') | while read -r f; do
+# QEMU's modules go along: a relocatable QEMU looks for them relative to its own (real) directory.
+(cd "$root" && find . -type f \( -size +1M -o -path './usr/lib/x86_64-linux-gnu/qemu/*' \) \
+  ! -path './bin/busybox' ! -path './lib/modules/*') | while read -r f; do
   f="${f#./}"
   mkdir -p "$work/opt/$(dirname "$f")"
   mv "$root/$f" "$work/opt/$f"

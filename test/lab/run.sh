@@ -33,7 +33,15 @@ attempts="${LAB_BOOT_ATTEMPTS:-3}"
 command -v qemu-system-x86_64 >/dev/null || { echo "lab: qemu-system-x86_64 is missing (run scripts/ensure-host.sh)" >&2; exit 125; }
 guest="$(bash "$here/build-guest.sh")"
 
+# Runs killed with SIGKILL cannot clean up: remove what they left (their QEMU, their files) now.
+for stale in "${TMPDIR:-/tmp}"/clvm-lab.*; do
+  [ -f "$stale/runner.pid" ] || continue
+  kill -0 "$(cat "$stale/runner.pid")" 2>/dev/null && continue
+  if [ -f "$stale/qemu.pid" ]; then kill -9 "$(cat "$stale/qemu.pid")" 2>/dev/null || true; fi
+  rm -rf "$stale"
+done
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/clvm-lab.XXXXXX")"
+echo $$ >"$tmp/runner.pid"
 qemu_pid=
 tail_pid=
 cleanup() {
@@ -73,6 +81,7 @@ boot() {
     -fsdev "local,id=project,path=$project,security_model=none" -device virtio-9p-pci,fsdev=project,mount_tag=project \
     "${drive_args[@]}" >"$tmp/qemu.log" 2>&1 &
   qemu_pid=$!
+  echo "$qemu_pid" >"$tmp/qemu.pid"
 }
 
 booted=
