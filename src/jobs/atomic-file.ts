@@ -5,16 +5,22 @@ import { basename, dirname, join } from 'node:path';
 /**
  * Replaces `path` with `data` atomically and durably: write a temp file in the same directory,
  * fsync it, rename it over `path`, fsync the directory. A crash at any instant leaves either the
- * old or the new content, never a torn file.
+ * old or the new content, never a torn file. With `durable: false` the fsyncs are skipped: still
+ * atomic for a process crash, but a power loss may bring back the previous content.
  */
-export async function writeFileAtomic(path: string, data: string | Buffer): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  data: string | Buffer,
+  options: { durable?: boolean } = {},
+): Promise<void> {
+  const durable = options.durable ?? true;
   const dir = dirname(path);
   const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   try {
     const file = await open(temp, 'wx', 0o600);
     try {
       await file.writeFile(data);
-      await file.sync();
+      if (durable) await file.sync();
     } finally {
       await file.close();
     }
@@ -25,7 +31,7 @@ export async function writeFileAtomic(path: string, data: string | Buffer): Prom
     });
     throw error;
   }
-  await fsyncDir(dir);
+  if (durable) await fsyncDir(dir);
 }
 
 /** Makes a rename or unlink in `dir` durable. */

@@ -315,11 +315,17 @@ export class JobRunner {
       );
     });
     try {
-      await journal.update(id, (r) => {
-        r.state = 'running';
-        r.startedAt = new Date().toISOString();
-        r.runs += 1;
-      });
+      // Not fsynced: recovery treats queued and running jobs alike; the facts ride along with the
+      // next durable write of the record.
+      await journal.update(
+        id,
+        (r) => {
+          r.state = 'running';
+          r.startedAt = new Date().toISOString();
+          r.runs += 1;
+        },
+        { durable: false },
+      );
       logger.info({ recovering }, 'job started');
       const ctx: JobContext = {
         jobId: id,
@@ -420,9 +426,15 @@ export class JobRunner {
         r.terminal = { event: outgoing.event, routingKey: outgoing.routingKey, published: false };
       });
       await this.opts.sink.publish(outgoing);
-      await this.opts.journal.update(record.id, (r) => {
-        r.terminal!.published = true;
-      });
+      // Not fsynced: if a power cut loses it, recovery publishes the same event (same id) again,
+      // which at-least-once consumers already handle.
+      await this.opts.journal.update(
+        record.id,
+        (r) => {
+          r.terminal!.published = true;
+        },
+        { durable: false },
+      );
     });
     if (!recorded) return;
     const labels = { type: record.type, outcome: terminal.kind };

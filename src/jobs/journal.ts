@@ -118,14 +118,19 @@ export class JobJournal {
 
   /**
    * Applies `mutate` to the record and persists it; writes to one job happen in call order.
-   * Returns the updated record.
+   * `durable: false` skips the fsyncs, for facts that may be lost in a power cut without harm
+   * (a later durable write of the same record carries them anyway). Returns the updated record.
    */
-  async update(id: string, mutate: (record: JobRecord) => void): Promise<JobRecord> {
+  async update(
+    id: string,
+    mutate: (record: JobRecord) => void,
+    options: { durable?: boolean } = {},
+  ): Promise<JobRecord> {
     const record = this.records.get(id);
     if (!record) throw new Error(`job ${id} is not in the journal`);
     await this.enqueue(id, async () => {
       mutate(record);
-      await this.persist(record);
+      await this.persist(record, options.durable ?? true);
     });
     return record;
   }
@@ -154,9 +159,11 @@ export class JobJournal {
     return next;
   }
 
-  private async persist(record: JobRecord): Promise<void> {
+  private async persist(record: JobRecord, durable = true): Promise<void> {
     try {
-      await writeFileAtomic(join(this.dir, `${record.id}${FILE_SUFFIX}`), `${JSON.stringify(record)}\n`);
+      await writeFileAtomic(join(this.dir, `${record.id}${FILE_SUFFIX}`), `${JSON.stringify(record)}\n`, {
+        durable,
+      });
     } catch (error) {
       throw new JournalError(`cannot write the journal of job ${record.id}: ${String(error)}`, error);
     }
