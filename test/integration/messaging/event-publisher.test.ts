@@ -9,9 +9,10 @@ import { brokerUrl } from '../../helpers/broker.js';
 import { TcpProxy } from '../../helpers/tcp-proxy.js';
 import {
   adminConnection,
-  closeConnectionByName,
+  closeConnectionByPid,
   collapseAdjacentRepeats,
   collectEvents,
+  connectionPids,
   deleteTopology,
   type EventCollector,
   logger,
@@ -162,31 +163,48 @@ describe('EventPublisher', () => {
 
   it('rabbitmqctl close_connection mid-stream: every event arrives, in order, none lost', async () => {
     const r = await rig('cut');
-    const count = 300;
-    const sent = Array.from({ length: count }, (_, i) => testEvent(r.hostId, i + 1));
-    let confirmed = 0;
+    await r.publisher.publish(testEvent(r.hostId, 1));
+    expect(await r.publisher.flush(10_000)).toBe(true);
+    // Look the connection up first: rabbitmqctl takes about a second per call.
+    const pids = await connectionPids(r.connection.connectionName);
+    expect(pids).toHaveLength(1);
+
+    const sent = [testEvent(r.hostId, 1)];
+    let confirmed = 1;
+    let confirmedAtCut = -1;
     r.publisher.on('confirmed', () => {
       confirmed += 1;
     });
+    r.connection.once('disconnected', () => {
+      confirmedAtCut = confirmed;
+    });
+    // Keep the stream going until well after the cut.
     const publishing = (async () => {
-      for (const e of sent) await r.publisher.publish(e);
+      let afterCut = 0;
+      while (afterCut < 100) {
+        if (sent.length > 50_000) throw new Error('the connection was never cut');
+        const e = testEvent(r.hostId, sent.length + 1);
+        sent.push(e);
+        await r.publisher.publish(e);
+        if (confirmedAtCut >= 0) afterCut += 1;
+      }
     })();
     await waitUntil(() => confirmed >= 50, 20_000, '50 confirms');
-    await closeConnectionByName(r.connection.connectionName);
-    const confirmedAtCut = confirmed;
+    await closeConnectionByPid(pids[0]!);
     await publishing;
     expect(await r.publisher.flush(30_000)).toBe(true);
-    await r.collector.waitFor(
-      (m) => collapseAdjacentRepeats(m.map((x) => String(x.properties.messageId))).ids.length === count,
-    );
+    const distinct = () => collapseAdjacentRepeats(r.collector.ids()).ids.length;
+    await r.collector.waitFor(() => distinct() === sent.length);
     await new Promise((resolve) => setTimeout(resolve, 200));
 
     const { ids, repeats } = collapseAdjacentRepeats(r.collector.ids());
     expect(ids).toEqual(sent.map((e) => e.event.id));
     // At least once: only the event in flight at the cut may come twice (adjacent, same id).
     expect(repeats).toBeLessThanOrEqual(1);
-    expect(confirmed).toBe(count);
-    expect(confirmedAtCut).toBeLessThan(count); // the cut really was mid-stream
+    expect(confirmed).toBe(sent.length);
+    // The cut really was mid-stream: events were still waiting when the connection went.
+    expect(confirmedAtCut).toBeGreaterThan(0);
+    expect(confirmedAtCut).toBeLessThan(sent.length - 50);
   });
 
   it('broker away (proxy down): events wait in the outbox, then arrive in order; no unhandled rejections', async () => {

@@ -137,7 +137,11 @@ export async function connectionPids(name: string): Promise<string[]> {
 export async function closeConnectionByName(name: string): Promise<void> {
   const pids = await connectionPids(name);
   if (pids.length !== 1) throw new Error(`expected one connection named ${name}, found ${pids.length}`);
-  await rabbitmqctl(['close_connection', pids[0]!, 'closed by the messaging test']);
+  await closeConnectionByPid(pids[0]!);
+}
+
+export async function closeConnectionByPid(pid: string): Promise<void> {
+  await rabbitmqctl(['close_connection', pid, 'closed by the messaging test']);
 }
 
 /** Every message on the events exchange (bound '#'), in arrival order. */

@@ -1,0 +1,163 @@
+import { once } from 'node:events';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CommandConsumer } from '../../../src/messaging/command-consumer.js';
+import type { IncomingCommand } from '../../../src/messaging/types.js';
+import { brokerUrl } from '../../helpers/broker.js';
+import { TcpProxy } from '../../helpers/tcp-proxy.js';
+import {
+  adminConnection,
+  connectionPids,
+  deleteTopology,
+  logger,
+  testConnection,
+  uniqueNames,
+  waitUntil,
+  watchProcessErrors,
+} from './support.js';
+
+describe('broker outages (through a TCP proxy in front of the shared broker)', () => {
+  const cleanups: Array<() => Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  async function proxy(): Promise<TcpProxy> {
+    const p = await TcpProxy.forUrl(brokerUrl());
+    cleanups.push(() => p.close());
+    return p;
+  }
+
+  it('keeps retrying with growing delays while the broker is away, without throwing, then connects', async () => {
+    const errors = watchProcessErrors();
+    cleanups.push(async () => errors.stop());
+    const p = await proxy();
+    await p.stop();
+    const { hostId } = uniqueNames('away');
+    const connection = testConnection(hostId, 'consume', [p.urlFor(brokerUrl())]);
+    cleanups.push(() => connection.close());
+    const delays: Array<[number, number]> = [];
+    connection.on('reconnecting', (attempt: number, delayMs: number) => delays.push([attempt, delayMs]));
+
+    connection.start();
+    await waitUntil(() => delays.length >= 5, 10_000, 'five reconnect attempts');
+    expect(connection.connected).toBe(false);
+    expect(delays.slice(0, 5).map(([attempt]) => attempt)).toEqual([1, 2, 3, 4, 5]);
+    // 50 ms doubling, capped at 500 ms, half jittered.
+    for (const [attempt, delay] of delays) {
+      const step = Math.min(500, 50 * 2 ** (attempt - 1));
+      expect(delay).toBeGreaterThanOrEqual(step / 2);
+      expect(delay).toBeLessThanOrEqual(step);
+    }
+    const aborted = new AbortController();
+    const waiting = connection.whenConnected(aborted.signal);
+    aborted.abort();
+    await expect(waiting).rejects.toMatchObject({ code: 'BROKER_UNAVAILABLE' });
+
+    const connected = once(connection, 'connected');
+    const model = connection.whenConnected();
+    await p.resume();
+    await connected;
+    await expect(model).resolves.toBeDefined();
+    expect(connection.connected).toBe(true);
+    expect(await connectionPids(connection.connectionName)).toHaveLength(1);
+    expect(errors.errors).toEqual([]);
+  });
+
+  it('goes round the URL list: a dead first URL does not stop it from using the second', async () => {
+    const dead = await proxy();
+    await dead.stop();
+    const { hostId } = uniqueNames('urls');
+    const connection = testConnection(hostId, 'publish', [dead.urlFor(brokerUrl()), brokerUrl()]);
+    cleanups.push(() => connection.close());
+    let failedFirst = 0;
+    connection.on('reconnecting', () => {
+      failedFirst += 1;
+    });
+    const connected = once(connection, 'connected');
+    connection.start();
+    const [where] = await connected;
+    const real = new URL(brokerUrl());
+    expect(where).toBe(`amqp://${real.host}${real.pathname}`);
+    expect(failedFirst).toBe(1); // the dead URL was tried, once, before the live one
+    expect(String(where)).not.toContain('guest:');
+    expect(connection.connectionName).toBe(`clvm-snapshot-agent/${hostId}/publish`);
+  });
+
+  it('gives up on a stalled handshake after connectTimeoutMs and connects once the peer answers', async () => {
+    const p = await proxy();
+    p.blackhole();
+    const { hostId } = uniqueNames('stall');
+    const connection = testConnection(hostId, 'consume', [p.urlFor(brokerUrl())]);
+    cleanups.push(() => connection.close());
+    const started = Date.now();
+    connection.start();
+    await once(connection, 'reconnecting');
+    // connectTimeoutMs is 2000 in the test connection: the attempt ended, it did not hang.
+    expect(Date.now() - started).toBeLessThan(5000);
+    await p.resume();
+    await waitUntil(() => connection.connected, 15_000, 'the connection');
+  });
+
+  it('close() while the broker is away ends promptly and rejects waiters', async () => {
+    const p = await proxy();
+    await p.stop();
+    const { hostId } = uniqueNames('close');
+    const connection = testConnection(hostId, 'consume', [p.urlFor(brokerUrl())]);
+    connection.start();
+    await once(connection, 'reconnecting');
+    const waiting = connection.whenConnected();
+    const started = Date.now();
+    await connection.close();
+    expect(Date.now() - started).toBeLessThan(3000);
+    await expect(waiting).rejects.toMatchObject({ code: 'BROKER_UNAVAILABLE' });
+    await expect(connection.whenConnected()).rejects.toMatchObject({ code: 'BROKER_UNAVAILABLE' });
+  });
+
+  it('the consumer goes inactive while the broker is away and takes the commands sent meanwhile after', async () => {
+    const errors = watchProcessErrors();
+    cleanups.push(async () => errors.stop());
+    const p = await proxy();
+    const { names, hostId } = uniqueNames('consumer-away');
+    cleanups.push(() => deleteTopology(names));
+    const connection = testConnection(hostId, 'consume', [p.urlFor(brokerUrl())]);
+    cleanups.push(() => connection.close());
+    const received: IncomingCommand[] = [];
+    const consumer = new CommandConsumer({
+      connection,
+      names,
+      hostId,
+      prefetch: 2,
+      logger,
+      handler: async (command) => {
+        received.push(command);
+        return 'ack';
+      },
+    });
+    cleanups.push(() => consumer.stop());
+    connection.start();
+    consumer.start();
+    await once(consumer, 'active');
+
+    const inactive = once(consumer, 'inactive');
+    await p.stop();
+    await inactive;
+    expect(consumer.active).toBe(false);
+
+    const { model, channel } = await adminConnection('consumer-away');
+    cleanups.push(() => model.close());
+    for (let n = 1; n <= 5; n += 1) {
+      channel.publish(names.commandsExchange, hostId, Buffer.from(`${n}`), {
+        messageId: `m${n}`,
+        persistent: true,
+      });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(received).toEqual([]);
+
+    await p.resume();
+    await waitUntil(() => received.length === 5, 15_000, 'the five commands');
+    expect(consumer.active).toBe(true);
+    expect(received.map((c) => c.messageId)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
+    expect(errors.errors).toEqual([]);
+  });
+});
