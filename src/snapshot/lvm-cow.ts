@@ -83,13 +83,19 @@ export function lvmCowSteps(
           const top = chain[0];
           if (top === undefined) throw new Error(`no block node for ${plan.target} of ${vm}`);
           const attached = chain.some((n) => n.filename === plan.snapshotPath);
-          // Never `qemu-img rebase -u` under a running QEMU (seed defect 5): QEMU writes the header itself.
-          await withVmPaused(deps.libvirt, journal, vm, async () => {
-            hooks.whilePaused?.('repoint');
-            if (chain.length === 1 && !attached) {
-              // QEMU refuses change-backing-file on a node without a backing: open snap-N
-              // read-only and make it the top node's backing first (same data, so invisible).
-              const nodeName = `snap-${plan.tag}`;
+          // QEMU refuses change-backing-file on a node without a backing: open snap-N read-only and
+          // make it the top node's backing first (same data, so the guest cannot tell).
+          const needsBacking = chain.length === 1 && !attached;
+          const nodeName = `snap-${plan.tag}`;
+          if (needsBacking) {
+            const nodes = await deps.libvirt.qmp<Array<{ 'node-name': string }>>(
+              vm,
+              'query-named-block-nodes',
+              {
+                flat: true,
+              },
+            );
+            if (!nodes.some((n) => n['node-name'] === nodeName)) {
               await deps.libvirt.blockdevAdd(
                 vm,
                 qcow2Blockdev({
@@ -100,14 +106,34 @@ export function lvmCowSteps(
                   backing: null,
                 }),
               );
-              await deps.libvirt.blockdevReopen(vm, [reopenWithBacking(top, nodeName)]);
             }
+          }
+          // Never `qemu-img rebase -u` under a running QEMU (seed defect 5): QEMU writes the header itself.
+          await withVmPaused(deps.libvirt, journal, vm, async () => {
+            hooks.whilePaused?.('repoint');
+            if (needsBacking) await deps.libvirt.blockdevReopen(vm, [reopenWithBacking(top, nodeName)]);
             await deps.libvirt.changeBackingFile(vm, {
               device: top.nodeName,
               imageNodeName: top.nodeName,
               backingFile: plan.snapshotPath,
             });
           });
+        },
+        // Not re-pointed: close a snap-N node this step may have opened in QEMU (it is not attached).
+        undo: async () => {
+          if (vm === null || !(await deps.libvirt.isRunning(vm))) return;
+          const nodeName = `snap-${plan.tag}`;
+          const nodes = await deps.libvirt.qmp<Array<{ 'node-name': string }>>(
+            vm,
+            'query-named-block-nodes',
+            {
+              flat: true,
+            },
+          );
+          const chain = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
+          if (nodes.some((n) => n['node-name'] === nodeName) && !chain.some((n) => n.nodeName === nodeName)) {
+            await deps.libvirt.blockdevDel(vm, nodeName);
+          }
         },
         // Done once the header names snap-N, or once QEMU reads through snap-N (then finish the header).
         isDone: async () => {
