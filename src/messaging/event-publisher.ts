@@ -199,10 +199,6 @@ export class EventPublisher extends EventEmitter implements EventSink {
       try {
         const channel = await this.confirmChannel();
         await this.sendConfirmed(channel, entry);
-        await outbox.remove(entry);
-        failures = 0;
-        this.emit('confirmed', entry.event);
-        this.emit('depth', outbox.depth);
       } catch (error) {
         if (this.closing) break;
         failures += 1;
@@ -215,8 +211,25 @@ export class EventPublisher extends EventEmitter implements EventSink {
           backoffDelay(failures, this.opts.retryMinMs ?? 200, this.opts.retryMaxMs ?? 10_000),
           this.closeController.signal,
         );
+        continue;
       }
+      failures = 0;
+      await this.removeConfirmed(outbox, entry);
     }
+  }
+
+  private async removeConfirmed(outbox: Outbox, entry: OutboxEntry): Promise<void> {
+    try {
+      await outbox.remove(entry);
+    } catch (error) {
+      // The entry left the in-memory queue, so this run goes on; its file would be sent again after a restart.
+      this.logger.error(
+        { err: error, eventId: entry.event.event.id },
+        'confirmed event could not be deleted from the outbox; it will be sent again after a restart',
+      );
+    }
+    this.emit('confirmed', entry.event);
+    this.emit('depth', outbox.depth);
   }
 
   /** Publishes one entry (and its reply) and waits for every confirm. */

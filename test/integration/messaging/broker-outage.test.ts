@@ -9,6 +9,7 @@ import {
   connectionPids,
   deleteTopology,
   logger,
+  runCleanups,
   testConnection,
   uniqueNames,
   waitUntil,
@@ -17,9 +18,7 @@ import {
 
 describe('broker outages (through a TCP proxy in front of the shared broker)', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
-  afterEach(async () => {
-    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  });
+  afterEach(() => runCleanups(cleanups));
 
   async function proxy(): Promise<TcpProxy> {
     const p = await TcpProxy.forUrl(brokerUrl());

@@ -10,6 +10,7 @@ import {
   closeConnectionByName,
   deleteTopology,
   logger,
+  runCleanups,
   testConnection,
   uniqueNames,
   waitUntil,
@@ -28,9 +29,7 @@ interface Rig {
 
 describe('CommandConsumer', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
-  afterEach(async () => {
-    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  });
+  afterEach(() => runCleanups(cleanups));
 
   /** A consumer on fresh, unique topology; everything is removed after the test. */
   async function rig(

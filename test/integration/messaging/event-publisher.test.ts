@@ -16,6 +16,7 @@ import {
   deleteTopology,
   type EventCollector,
   logger,
+  runCleanups,
   tempDir,
   testConnection,
   testEvent,
@@ -35,9 +36,7 @@ interface Rig {
 
 describe('EventPublisher', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
-  afterEach(async () => {
-    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  });
+  afterEach(() => runCleanups(cleanups));
 
   async function rig(
     label: string,

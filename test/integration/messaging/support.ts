@@ -225,6 +225,22 @@ export function collapseAdjacentRepeats(ids: string[]): { ids: string[]; repeats
   return { ids: out, repeats: ids.length - out.length };
 }
 
+/**
+ * Runs every clean-up (last registered first) even when some fail, then throws the first
+ * failure: one broken clean-up must not leave the others' queues, connections or dirs behind.
+ */
+export async function runCleanups(cleanups: Array<() => Promise<unknown>>): Promise<void> {
+  const failures: unknown[] = [];
+  for (const cleanup of cleanups.splice(0).reverse()) {
+    try {
+      await cleanup();
+    } catch (error) {
+      failures.push(error);
+    }
+  }
+  if (failures.length > 0) throw failures[0];
+}
+
 /** Records unhandled rejections and uncaught exceptions while a test runs. */
 export function watchProcessErrors(): { errors: unknown[]; stop(): void } {
   const errors: unknown[] = [];

@@ -1,13 +1,18 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../../src/config/index.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
-import { adminConnection, deleteTopology, listExchanges, listQueues, uniqueNames } from './support.js';
+import {
+  adminConnection,
+  deleteTopology,
+  listExchanges,
+  listQueues,
+  runCleanups,
+  uniqueNames,
+} from './support.js';
 
 describe('topology', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
-  afterEach(async () => {
-    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  });
+  afterEach(() => runCleanups(cleanups));
 
   it('names come from config.topology, the queue is prefix + hostId', () => {
     const { config } = loadConfig({
