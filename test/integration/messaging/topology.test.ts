@@ -80,6 +80,26 @@ describe('topology', () => {
     expect(await contentsOf(channel, names.commandQueue)).toEqual(['mine']);
     expect(await contentsOf(channel, names.deadLetterQueue)).toEqual(['dead']);
   });
+
+  it('a command delivered more than deliveryLimit times goes to the dead-letter queue', async () => {
+    const { names, hostId } = uniqueNames('limit');
+    cleanups.push(() => deleteTopology(names));
+    const { model, channel } = await adminConnection('limit');
+    cleanups.push(() => model.close());
+    await declareTopology(channel, names, hostId);
+
+    // A consumer that keeps handing the command back (as a crashing agent would).
+    const counts: number[] = [];
+    await channel.consume(names.commandQueue, (m) => {
+      if (!m) return;
+      counts.push(Number(m.properties.headers?.['x-delivery-count'] ?? 0));
+      channel.nack(m, false, true);
+    });
+    channel.publish(names.commandsExchange, hostId, Buffer.from('poison'), { messageId: 'poison' });
+    await waitUntilCount(channel, names.deadLetterQueue, 1);
+    expect(counts).toEqual([0, 1, 2, 3]); // deliveryLimit is 3: the fourth return dead-letters it
+    expect(await contentsOf(channel, names.deadLetterQueue)).toEqual(['poison']);
+  });
 });
 
 type TestChannel = Awaited<ReturnType<typeof adminConnection>>['channel'];
