@@ -50,7 +50,10 @@ function percentile(sorted: number[], p: number): number {
 
 async function runStrategy(strategy: 'lvm-cow' | 'offline'): Promise<Row[]> {
   const cleanup = new Cleanup();
-  const h = await makeHarness(`bench${strategy.replace('-', '')}`, { reflink: true });
+  const h = await makeHarness(`bench${strategy.replace('-', '')}`, {
+    reflink: true,
+    xfsBytes: 4 * sizeMiB * MiB,
+  });
   cleanup.add('harness', () => h.cleanup());
   try {
     const active = join(h.pool, 'vol.qcow2');

@@ -53,10 +53,10 @@ export interface Harness {
 /** Temp pool and store roots (the pool on a loop-mounted XFS when `reflink`), and the real adapters. */
 export async function makeHarness(
   label: string,
-  opts: { reflink?: boolean; failpoints?: string } = {},
+  opts: { reflink?: boolean; failpoints?: string; xfsBytes?: number } = {},
 ): Promise<Harness> {
   const base = await mkdtemp(join(tmpdir(), `clvmt-${label}-${process.pid}-`));
-  const xfs = opts.reflink ? await mountXfs(`clvmt-${label}-${process.pid}`) : null;
+  const xfs = opts.reflink ? await mountXfs(`clvmt-${label}-${process.pid}`, opts.xfsBytes) : null;
   const poolRoot = xfs ? xfs.mountPoint : join(base, 'pools');
   const storeRoot = join(base, 'store');
   const pool = join(poolRoot, 'pool1');
