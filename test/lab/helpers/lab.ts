@@ -36,7 +36,7 @@ const CLAIMS = '/run/lab-disk-claims';
 const DISKS = ['/dev/vda', '/dev/vdb', '/dev/vdc', '/dev/vdd', '/dev/vde', '/dev/vdf'];
 
 /** Takes a scratch disk no other test file uses (an atomic mkdir per disk). */
-function claimDisk(): { disk: string; release(): void } {
+export function claimDisk(): { disk: string; release(): void } {
   mkdirSync(CLAIMS, { recursive: true });
   for (const disk of DISKS.filter((d) => existsSync(d))) {
     const claim = join(CLAIMS, disk.replace('/dev/', ''));
