@@ -44,7 +44,7 @@ type Terminal =
   | { kind: 'failed'; data: EventData<'failed'> };
 
 /**
- * The job layer: intake of deliveries (validate → dedup → journal → `accepted` → ack), scheduling
+ * The job layer: intake of deliveries (validate → dedup → journal → ack → `accepted`), scheduling
  * (one job per volume, a global limit), running handlers with a JobContext, and exactly one
  * terminal event per job, recorded in the journal before it is published. Also start-up
  * recovery and graceful shutdown. Every event of a job goes through one ordered chain, so
@@ -76,7 +76,7 @@ export class JobRunner {
 
   /**
    * The consumer's CommandHandler: returns 'dead-letter' for bad input (after a `rejected` event),
-   * 'ack' once the job is durably journaled and `accepted` is in the outbox (or it is a duplicate).
+   * 'ack' once the job is durably journaled (or it is a duplicate); `accepted` follows.
    * Never throws.
    */
   readonly handleCommand = async (incoming: IncomingCommand): Promise<CommandDisposition> => {
@@ -125,7 +125,9 @@ export class JobRunner {
         volume: record.volume,
         data: { jobId: record.id, commandType: record.type, volume: record.volume },
       });
-      await this.enqueueEmit(record.id, () => this.opts.sink.publish(accepted)).catch((error: unknown) =>
+      // Journal → ack → accepted: the delivery is acked as soon as the job is durable; `accepted`
+      // enters the job's ordered event chain first, so it still precedes every later event.
+      void this.enqueueEmit(record.id, () => this.opts.sink.publish(accepted)).catch((error: unknown) =>
         this.log.error({ err: error, jobId: record.id }, 'cannot publish the accepted event'),
       );
     } finally {
