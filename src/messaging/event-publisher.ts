@@ -87,6 +87,9 @@ export class EventPublisher extends EventEmitter implements EventSink {
       );
     }
     this.emit('depth', this.outbox.depth);
+    // Open the channel on every (re)connect, so progress flows again even when no persistent event is due.
+    this.opts.connection.on('connected', this.openSoon);
+    if (this.opts.connection.connected) this.openSoon();
     this.writer = this.writeLoop().catch((error: unknown) => {
       this.logger.error({ err: error }, 'event writer stopped unexpectedly');
     });
@@ -142,6 +145,7 @@ export class EventPublisher extends EventEmitter implements EventSink {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.opts.connection.off('connected', this.openSoon);
     this.closeController.abort();
     this.wake?.();
     await this.writer;
@@ -154,9 +158,18 @@ export class EventPublisher extends EventEmitter implements EventSink {
     }
   }
 
+  /** Opens the channel in the background; a failure is only logged (the writer loop retries on its own). */
+  private readonly openSoon = (): void => {
+    if (this.closing || this.channel) return;
+    this.confirmChannel().catch((error: unknown) => {
+      if (!this.closing) this.logger.warn({ err: error }, 'could not open the events channel yet');
+    });
+  };
+
   private sendTransient(e: OutgoingEvent): void {
     const channel = this.channel;
     if (!channel || !this.opts.connection.connected) {
+      if (this.opts.connection.connected) this.openSoon();
       this.logger.debug(
         { eventId: e.event.id, type: e.event.type },
         'broker away: dropping a non-persistent event',
