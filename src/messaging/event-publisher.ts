@@ -149,6 +149,7 @@ export class EventPublisher extends EventEmitter implements EventSink {
     this.closeController.abort();
     this.wake?.();
     await this.writer;
+    await this.opening?.catch(() => undefined);
     const channel = this.channel;
     this.channel = undefined;
     if (channel) {
@@ -330,6 +331,11 @@ export class EventPublisher extends EventEmitter implements EventSink {
     } catch (error) {
       await channel.close().catch(() => undefined);
       throw error;
+    }
+    if (this.closing) {
+      // close() ran while this channel was opening: do not leave it behind.
+      await channel.close().catch(() => undefined);
+      throw new BrokerUnavailableError('the event publisher is closed', { role: 'publish' });
     }
     this.channel = channel;
     return channel;
