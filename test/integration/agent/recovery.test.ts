@@ -1,0 +1,60 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+
+describe('crash recovery (child process, real broker)', () => {
+  const agents: TestAgent[] = [];
+  let client: TestClient | undefined;
+  afterEach(async () => {
+    await client?.close();
+    client = undefined;
+    // The restarted agent first (it uses the first one's state dir), then the first.
+    for (const a of agents.splice(0).reverse()) await a.stop();
+  });
+
+  it('kill -9 mid-job: the restarted agent re-runs the job from its journal, one terminal event, sequence continues', async () => {
+    const first = await startTestAgent({
+      mode: 'child',
+      entry: 'test/helpers/agent-child.ts',
+      env: { TEST_SLOW_CREATE_MS: '3000' },
+    });
+    agents.push(first);
+    client = await TestClient.open(first);
+    await client.send({
+      id: 'crash-1',
+      type: 'snapshot.create',
+      params: {
+        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-k' },
+        store: { root: first.config.store.roots[0], dir: 'vol-k' },
+        snapshot: 'snap-1',
+      },
+    });
+    await waitFor(() => client!.of('crash-1').find((e) => e.kind === 'progress'), 30_000);
+    first.child!.kill('SIGKILL');
+    expect(await first.exited!).toMatchObject({ signal: 'SIGKILL' });
+    const before = client.of('crash-1').length;
+    expect(client.terminal('crash-1')).toHaveLength(0);
+
+    const second = await startTestAgent({
+      mode: 'child',
+      entry: 'test/helpers/agent-child.ts',
+      env: { TEST_SLOW_CREATE_MS: '500' },
+      stateDir: first.stateDir,
+      reuse: first,
+    });
+    agents.push(second);
+    const terminal = await client.waitTerminal('crash-1', 30_000);
+    expect(terminal.kind).toBe('succeeded');
+    expect(second.output()).toContain('recovering job');
+    const events = client.of('crash-1');
+    const sequences = events.map((e) => Number(e.event.sequence));
+    expect(sequences).toEqual([...sequences].sort((a, b) => a - b));
+    expect(new Set(sequences).size).toBe(sequences.length);
+    expect(events.length).toBeGreaterThan(before);
+    await new Promise((r) => setTimeout(r, 500)); // a second terminal event would arrive by now
+    expect(client.terminal('crash-1')).toHaveLength(1);
+    const journal = JSON.parse(await readFile(join(first.stateDir, 'jobs', 'crash-1.json'), 'utf8'));
+    expect(journal).toMatchObject({ state: 'succeeded', runs: 2 });
+  });
+});
