@@ -172,16 +172,16 @@ mkdir -p "$root/opt/lab"
 # Uncompressed newc archive: unpacking it costs the emulated CPU far less than decompressing.
 (cd "$root" && find . | LC_ALL=C sort | busybox cpio -o -H newc -R 0:0 2>/dev/null) >"$work/initramfs.cpio"
 
-mkdir -p "$out.tmp"
-mv "$work/vmlinux" "$work/initramfs.cpio" "$work/opt" "$out.tmp/"
+mkdir -p "$work/final"
+mv "$work/vmlinux" "$work/initramfs.cpio" "$work/opt" "$work/final/"
 {
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((($(date +%s%N) - started_ns) / 1000000)) ms"
   echo "kernel-release $kver"
   echo "$inputs"
-} >"$out.tmp/manifest.txt"
-rm -rf "$out"
-mv "$out.tmp" "$out"
-# Older guests are stale: keep only this one.
-find "$cache" -maxdepth 1 -name 'guest-*' ! -name "guest-$hash" -exec rm -rf {} +
+} >"$work/final/manifest.txt"
+# Another build of the same inputs may have finished first: then keep its result.
+mv -T "$work/final" "$out" 2>/dev/null || [ -f "$out/manifest.txt" ] || { log "cannot move the guest to $out"; exit 1; }
+# Stale guests (other inputs) go after an hour: a lab started just before may still be using one.
+find "$cache" -maxdepth 1 -name 'guest-*' ! -name "guest-$hash" -mmin +60 -exec rm -rf {} +
 log "guest ready in $out ($(du -sh "$out/initramfs.cpio" | cut -f1) initramfs)"
 echo "$out"
