@@ -7,6 +7,7 @@ export { HostCommandError, type HostCommandFailureKind } from './host-command-er
 export { InsufficientSpaceError } from './insufficient-space-error.js';
 export { JobCancelledError } from './job-cancelled-error.js';
 export { JobInterruptedError } from './job-interrupted-error.js';
+export { JournalError } from './journal-error.js';
 export { LvmReportError } from './lvm-report-error.js';
 export { LvmVolumeInUseError } from './lvm-volume-in-use-error.js';
 export { LvmVolumeNotFoundError } from './lvm-volume-not-found-error.js';

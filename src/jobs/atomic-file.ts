@@ -5,8 +5,9 @@ import { basename, dirname, join } from 'node:path';
 /**
  * Replaces `path` with `data` atomically and durably: write a temp file in the same directory,
  * fsync it, rename it over `path`, fsync the directory. A crash at any instant leaves either the
- * old or the new content, never a torn file. With `durable: false` the fsyncs are skipped: still
- * atomic for a process crash, but a power loss may bring back the previous content.
+ * old or the new content, never a torn file. With `durable: false` the directory fsync is skipped:
+ * the new content is whole on disk before the rename, but a power loss may undo the rename and
+ * bring back the previous content.
  */
 export async function writeFileAtomic(
   path: string,
@@ -20,7 +21,7 @@ export async function writeFileAtomic(
     const file = await open(temp, 'wx', 0o600);
     try {
       await file.writeFile(data);
-      if (durable) await file.sync();
+      await file.sync();
     } finally {
       await file.close();
     }

@@ -317,8 +317,8 @@ export class JobRunner {
       );
     });
     try {
-      // Not fsynced: recovery treats queued and running jobs alike; the facts ride along with the
-      // next durable write of the record.
+      // No directory fsync: recovery treats queued and running jobs alike; the facts ride along
+      // with the next durable write of the record.
       await journal.update(
         id,
         (r) => {
@@ -428,8 +428,8 @@ export class JobRunner {
         r.terminal = { event: outgoing.event, routingKey: outgoing.routingKey, published: false };
       });
       await this.opts.sink.publish(outgoing);
-      // Not fsynced: if a power cut loses it, recovery publishes the same event (same id) again,
-      // which at-least-once consumers already handle.
+      // No directory fsync: if a power cut loses it, recovery publishes the same event (same id)
+      // again, which at-least-once consumers already handle.
       await this.opts.journal.update(
         record.id,
         (r) => {

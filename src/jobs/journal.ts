@@ -76,7 +76,13 @@ export class JobJournal {
         continue;
       }
       if (!name.endsWith(FILE_SUFFIX)) continue;
-      const record = JSON.parse(await readFile(path, 'utf8')) as JobRecord;
+      let record: JobRecord;
+      try {
+        record = JSON.parse(await readFile(path, 'utf8')) as JobRecord;
+      } catch (error) {
+        // Never skip a job silently: an unreadable record stops the start-up with its path.
+        throw new JournalError(`journal record ${path} is unreadable: ${String(error)}`, error);
+      }
       const finished = record.finishedAt ? Date.parse(record.finishedAt) : Number.NaN;
       if (record.terminal?.published && now - finished > retentionMs) {
         await unlink(path);
@@ -118,7 +124,7 @@ export class JobJournal {
 
   /**
    * Applies `mutate` to the record and persists it; writes to one job happen in call order.
-   * `durable: false` skips the fsyncs, for facts that may be lost in a power cut without harm
+   * `durable: false` skips the directory fsync, for facts that may be lost in a power cut without harm
    * (a later durable write of the same record carries them anyway). Returns the updated record.
    */
   async update(
