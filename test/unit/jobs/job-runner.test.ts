@@ -26,7 +26,7 @@ class RecordingSink implements EventSink {
   kinds(jobId: string) {
     return this.of(jobId).map((e) => eventKindOf(e.event.type));
   }
-  async waitFor(predicate: () => boolean, ms = 5000): Promise<void> {
+  async waitFor(predicate: () => boolean, ms = 15_000): Promise<void> {
     const until = Date.now() + ms;
     while (!predicate()) {
       if (Date.now() > until) throw new Error('timed out waiting for events');
