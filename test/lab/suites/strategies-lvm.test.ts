@@ -1,10 +1,9 @@
 // Snapshot strategies on an LVM pool, without a VM (inside the lab guest, real LVM).
 //
-// THE PLACE FOR THE ENGINE'S STRATEGIES: when src/snapshot exports its offline and lvm-cow strategies
-// (plain functions/classes taking adapters), add a describe block here that runs them on `scratch.vg`
-// with the Lvm and QemuImg adapters and checks the store chain with the same oracles.
+// THE PLACE FOR THE ENGINE'S STRATEGIES ON AN LVM POOL: the last describe block runs the snapshot
+// engine's createSnapshot (src/snapshot) with strategies offline and lvm-cow on `scratch.vg`, no VM.
 //
-// Until then this file proves the building blocks those strategies are made of, with the adapters:
+// The blocks before it prove the building blocks those strategies are made of, with the adapters:
 // a QCOW2 on an LV, `lvcreate --snapshot` of it, `qemu-img convert -U [-B parent]` of the snapshot to
 // a store directory, the offline staging-LV swap, and copy-on-write overflow detection.
 // Oracles: `qemu-img compare`, `qemu-img check`, `qemu-io read -P` (QEMU's, not ours).
@@ -13,8 +12,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostCommandError } from '../../../src/errors/index.js';
+import { FilePool } from '../../../src/host/file-pool.js';
+import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
+import { SnapshotStore } from '../../../src/host/store.js';
+import type { JobContext, StepJournal } from '../../../src/jobs/types.js';
+import { silentLogger } from '../../../src/observability/logger.js';
+import { commandSchema } from '../../../src/protocol/index.js';
+import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { type ScratchVg, scratchVg, sh } from '../helpers/lab.js';
 
 const MiB = 1024 * 1024;
@@ -160,5 +166,90 @@ describe('offline staging-LV swap (offline building blocks)', () => {
     expect((await qemuImg.check(active)).ok).toBe(true);
     await qemuIo(active, 'read -P 0x62 30M 2M', { readOnly: true });
     await lvm.removeVolume(vg, 'vol-off');
+  });
+});
+
+/** The job layer's journal, in memory (the engine only needs read/merge). */
+class MemoryJournal implements StepJournal {
+  private facts: Record<string, unknown> = {};
+  read<T extends Record<string, unknown>>(): T {
+    return structuredClone(this.facts) as T;
+  }
+  async write(patch: Record<string, unknown>): Promise<void> {
+    this.facts = { ...this.facts, ...structuredClone(patch) };
+  }
+}
+
+describe('snapshot engine on an LVM pool, no VM (offline and lvm-cow)', () => {
+  it('builds a chain whose every snapshot and the active volume match raw references', async () => {
+    const storeRoot = mkdtempSync(join(tmpdir(), 'engine-store-'));
+    const deps: SnapshotDeps = {
+      qemuImg,
+      store: new SnapshotStore({ roots: [storeRoot], qemuImg }),
+      filePool: new FilePool({ roots: [storeRoot], qemuImg, timeoutMs: 60_000 }),
+      lvm,
+      // Never reached without a VM; constructing it runs nothing.
+      libvirt: new Libvirt({ uri: 'qemu:///system', timeoutMs: 60_000 }),
+      cowPollMs: 200,
+    };
+    const active = await qcow2Volume('vol-eng');
+    const lvsBefore = (await lvm.listVolumes(vg)).map((v) => v.name).sort();
+    const parents: string[] = [];
+    const references: string[] = [];
+    try {
+      for (const [round, strategy] of [
+        [1, 'offline'],
+        [2, 'lvm-cow'],
+        [3, 'offline'],
+        [4, 'lvm-cow'],
+      ] as const) {
+        await qemuIo(active, `write -P 0x${(0x70 + round).toString(16)} ${round * 4}M 2M`);
+        const reference = join(storeRoot, `ref-${round}.raw`);
+        await qemuImg.convert({ source: active, target: reference, targetFormat: 'raw' });
+        references.push(reference);
+        const name = `snap-${round}`;
+        const command = commandSchema.parse({
+          id: `lab-${round}-${process.pid}`,
+          type: 'snapshot.create',
+          params: {
+            volume: { kind: 'lvm', vg, lv: 'vol-eng' },
+            vm: null,
+            store: { root: storeRoot, dir: 'vol-eng' },
+            parents,
+            snapshot: name,
+            options: { strategy, verify: 'full' },
+          },
+        });
+        const ctx = {
+          jobId: command.id,
+          command,
+          logger: silentLogger(),
+          signal: new AbortController().signal,
+          progress: () => {},
+          journal: new MemoryJournal(),
+          recovering: false,
+        } as JobContext<'snapshot.create'>;
+        const result = await createSnapshot(ctx, deps);
+        expect(result.strategy.name).toBe(strategy);
+        expect(result.activePath).toBe(active);
+        parents.push(name);
+        // Every snapshot so far still reads as at its moment; the volume reads the current data.
+        for (const [i, ref] of references.entries()) {
+          const snap = join(storeRoot, 'vol-eng', `snap-${i + 1}`);
+          expect((await qemuImg.compare(snap, ref, { formatB: 'raw' })).identical).toBe(true);
+          expect((await qemuImg.check(snap)).ok).toBe(true);
+        }
+        expect((await qemuImg.compare(active, reference, { formatB: 'raw' })).identical).toBe(true);
+        // No temporary LV left behind.
+        expect((await lvm.listVolumes(vg)).map((v) => v.name).sort()).toEqual(lvsBefore);
+      }
+      // The volume still takes writes across its whole virtual size (its LV was sized for a full image).
+      await qemuIo(active, 'write -P 0x7f 0 32M');
+      await qemuIo(active, 'read -P 0x7f 0 32M', { readOnly: true });
+      expect((await qemuImg.check(active)).ok).toBe(true);
+    } finally {
+      await lvm.removeVolume(vg, 'vol-eng').catch(() => undefined);
+      rmSync(storeRoot, { recursive: true, force: true });
+    }
   });
 });
