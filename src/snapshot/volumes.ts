@@ -186,9 +186,9 @@ export class LvmVolumeBackend implements VolumeBackend {
     return (await this.deps.lvm.getVolume(this.vg, name)) !== undefined;
   }
 
-  /** A thick LV for a whole QCOW2 of `virtualSize` (it becomes the active volume). */
+  /** A thick LV for a whole QCOW2 of `virtualSize`, fully allocated (it becomes the active volume). */
   private async fullSize(virtualSize: number): Promise<number> {
-    return (await this.deps.qemuImg.measure({ sizeBytes: virtualSize })).requiredBytes;
+    return (await this.deps.qemuImg.measure({ sizeBytes: virtualSize })).fullyAllocatedBytes;
   }
 
   async createOverlay(name: string, backing: BackingRef, virtualSize: number): Promise<void> {
