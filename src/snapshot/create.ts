@@ -10,7 +10,7 @@ import { lvmCowSteps } from './lvm-cow.js';
 import { offlineSteps } from './offline.js';
 import type { CreatePlan } from './plan.js';
 import { chooseKind, chooseStrategy } from './planner.js';
-import { type RunEnv, recoverSteps, runSteps, type StepPlan, withOutcome } from './steps.js';
+import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
 import { inspectVm, resumeIfPausedByUs, thawIfFrozenByUs } from './vm.js';
 import { FileVolumeBackend, jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
@@ -35,21 +35,17 @@ export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Pr
     throw withOutcome(error, { rolledBack: true, step: null });
   }
   const backend = await volumeBackend(ctx.command.params.volume, deps);
-  const env = runEnv(ctx, deps, journal);
   const steps = createSteps(plan, backend, deps, journal);
   try {
     if (ctx.recovering) {
+      // Invariant 4: a VM we paused (or froze) is released before anything else.
       await resumeIfPausedByUs(deps.libvirt, journal);
       await thawIfFrozenByUs(deps.libvirt, journal);
-      await recoverSteps(steps, env);
-    } else {
-      await runSteps(steps, env);
     }
   } catch (error) {
-    // Errors from the runner carry rolledBack; anything else happened where we cannot tell.
-    if (error instanceof AgentError && typeof error.details.rolledBack === 'boolean') throw error;
     throw withOutcome(error, { rolledBack: false, step: null });
   }
+  await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
   return createResult(plan, journal, steps);
 }
 
@@ -70,16 +66,6 @@ export function createSteps(
   return plan.strategy === 'offline'
     ? offlineSteps(plan, backend, deps, hooks)
     : lvmCowSteps(plan, backend, deps, journal, hooks);
-}
-
-function runEnv(ctx: CreateContext, deps: SnapshotDeps, journal: EngineJournal): RunEnv {
-  return {
-    journal,
-    signal: ctx.signal,
-    progress: (u) => ctx.progress(u),
-    failpoints: deps.failpoints ?? Failpoints.none,
-    logger: ctx.logger,
-  };
 }
 
 /** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */

@@ -14,9 +14,8 @@ import { isInside } from '../host/paths.js';
 import type { JobContext } from '../jobs/types.js';
 import { backingOf, pathExists, removeIfUnreferenced } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
-import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
-import { type RunEnv, recoverSteps, runSteps, type StepPlan, withOutcome } from './steps.js';
+import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
 import { inspectVm } from './vm.js';
 import { FileVolumeBackend, volumeBackend } from './volumes.js';
 
@@ -54,20 +53,7 @@ export async function deleteSnapshot(
     throw withOutcome(error, { rolledBack: true, step: null });
   }
   const steps = deleteSteps(plan, deps);
-  const env: RunEnv = {
-    journal,
-    signal: ctx.signal,
-    progress: (u) => ctx.progress(u),
-    failpoints: deps.failpoints ?? Failpoints.none,
-    logger: ctx.logger,
-  };
-  try {
-    if (ctx.recovering) await recoverSteps(steps, env);
-    else await runSteps(steps, env);
-  } catch (error) {
-    if (error instanceof AgentError && typeof error.details.rolledBack === 'boolean') throw error;
-    throw withOutcome(error, { rolledBack: false, step: null });
-  }
+  await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
   return {
     deleted: plan.snapshotName,
     path: plan.snapshotPath,

@@ -6,9 +6,8 @@ import type { JobContext } from '../jobs/types.js';
 import { pathExists } from './chain.js';
 import { swapSteps } from './common-steps.js';
 import type { SnapshotDeps } from './deps.js';
-import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
-import { type RunEnv, recoverSteps, runSteps, type StepPlan, withOutcome } from './steps.js';
+import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
 import { inspectVm } from './vm.js';
 import { jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
@@ -42,20 +41,7 @@ export async function revertSnapshot(
   }
   const backend = await volumeBackend(ctx.command.params.volume, deps);
   const steps = revertSteps(plan, backend, deps);
-  const env: RunEnv = {
-    journal,
-    signal: ctx.signal,
-    progress: (u) => ctx.progress(u),
-    failpoints: deps.failpoints ?? Failpoints.none,
-    logger: ctx.logger,
-  };
-  try {
-    if (ctx.recovering) await recoverSteps(steps, env);
-    else await runSteps(steps, env);
-  } catch (error) {
-    if (error instanceof AgentError && typeof error.details.rolledBack === 'boolean') throw error;
-    throw withOutcome(error, { rolledBack: false, step: null });
-  }
+  await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
   return {
     activePath: plan.activePath,
     revertedTo: plan.snapshotName,

@@ -5,9 +5,9 @@ import {
   JobInterruptedError,
   toAgentError,
 } from '../errors/index.js';
-import type { ProgressUpdate } from '../jobs/types.js';
+import type { JobContext, ProgressUpdate } from '../jobs/types.js';
 import type { Logger } from '../observability/logger.js';
-import type { Failpoints } from './failpoints.js';
+import { Failpoints } from './failpoints.js';
 import type { EngineJournal } from './journal.js';
 
 /** What a running step may report and watch. */
@@ -180,4 +180,33 @@ async function rollBack(plan: StepPlan, env: RunEnv, last: number): Promise<void
 
 async function isDone(step: Step): Promise<boolean> {
   return step.isDone ? step.isDone() : false;
+}
+
+/** The run environment of a job's steps, from its JobContext. */
+export function jobRunEnv(
+  ctx: Pick<JobContext, 'signal' | 'progress' | 'logger'>,
+  journal: EngineJournal,
+  failpoints: Failpoints | undefined,
+): RunEnv {
+  return {
+    journal,
+    signal: ctx.signal,
+    progress: (u) => ctx.progress(u),
+    failpoints: failpoints ?? Failpoints.none,
+    logger: ctx.logger,
+  };
+}
+
+/**
+ * Runs a job's steps, or (after a crash) recovers them from the journal. Every failure leaves
+ * saying whether it was rolled back; one the runner did not classify is reported as not rolled back.
+ */
+export async function runOrRecoverSteps(plan: StepPlan, env: RunEnv, recovering: boolean): Promise<void> {
+  try {
+    if (recovering) await recoverSteps(plan, env);
+    else await runSteps(plan, env);
+  } catch (error) {
+    if (error instanceof AgentError && typeof error.details.rolledBack === 'boolean') throw error;
+    throw withOutcome(error, { rolledBack: false, step: null });
+  }
 }
