@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { execa, type Options } from 'execa';
 import { HostCommandError, type HostCommandFailureKind } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -16,6 +16,8 @@ export interface RunOptions {
   env?: Record<string, string>;
   /** Exit codes that count as success (qemu-img compare exits 1 for "images differ"). */
   okExitCodes?: readonly number[];
+  /** Open file descriptors of this process handed to the child as its fds 3, 4, ... (in order). */
+  passFds?: readonly number[];
 }
 
 export interface RunResult {
@@ -74,7 +76,12 @@ export async function runTool(
     env: options.env,
     extendEnv: true,
     // Tools must not wait on a terminal or read the agent's stdin.
-    stdin: options.input === undefined ? 'ignore' : 'pipe',
+    stdio: [
+      options.input === undefined ? 'ignore' : 'pipe',
+      'pipe',
+      'pipe',
+      ...(options.passFds ?? []),
+    ] as Options['stdio'],
   });
   if (options.onStdout) subprocess.stdout?.on('data', (c: Buffer) => options.onStdout?.(c.toString('utf8')));
   if (options.onStderr) subprocess.stderr?.on('data', (c: Buffer) => options.onStderr?.(c.toString('utf8')));

@@ -1,5 +1,6 @@
 // The libvirt adapter: every call is `virsh -c <uri> ...` through runTool, with a timeout.
 // QMP goes through `virsh qemu-monitor-command` (JSON in, JSON out); QEMU's errors become QmpError.
+import { open } from 'node:fs/promises';
 import { HostCommandError, ValidationError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import { runTool } from './exec.js';
@@ -15,7 +16,7 @@ import {
   type QmpBlockInfo,
 } from './qmp.js';
 
-export type { BlockdevOptions, BlockNode } from './qmp.js';
+export type { BlockCache, BlockdevOptions, BlockNode } from './qmp.js';
 export { qcow2Blockdev, reopenWithBacking } from './qmp.js';
 
 /** `virsh domstate` names; libvirt may add more, so any string is accepted. */
@@ -150,6 +151,65 @@ export class Libvirt {
       request,
     ]);
     return parseQmpReply<T>(domain, execute, stdout);
+  }
+
+  /** One QMP command with an open file descriptor of this process passed along (`--pass-fds`). */
+  private async qmpWithFd<T>(domain: string, execute: string, args: object, fd: number): Promise<T> {
+    const { stdout } = await this.virsh(
+      [
+        'qemu-monitor-command',
+        '--domain',
+        checkDomain(domain),
+        '--pass-fds',
+        '3',
+        '--cmd',
+        JSON.stringify({ execute, arguments: args }),
+      ],
+      [fd],
+    );
+    return parseQmpReply<T>(domain, execute, stdout);
+  }
+
+  /**
+   * Opens `path` here and hands QEMU a read-write and a read-only descriptor of it as a new fdset
+   * (QMP add-fd); QEMU then opens `/dev/fdset/<id>` by duplicating the one whose access mode fits.
+   * The file is reached without QEMU resolving the path: it works inside libvirt's private /dev for
+   * devices created after the VM started, and the node keeps the same file when the path is renamed.
+   * Returns the fdset id; `opaque` tags it (query-fdsets shows it).
+   */
+  async addFdset(domain: string, path: string, opaque: string): Promise<number> {
+    const readWrite = await open(path, 'r+');
+    const readOnly = await open(path, 'r');
+    let fdsetId: number | null = null;
+    try {
+      fdsetId = (await this.qmpWithFd<{ 'fdset-id': number }>(domain, 'add-fd', { opaque }, readWrite.fd))[
+        'fdset-id'
+      ];
+      await this.qmpWithFd(domain, 'add-fd', { 'fdset-id': fdsetId, opaque }, readOnly.fd);
+      return fdsetId;
+    } catch (error) {
+      if (fdsetId !== null) await this.removeFdset(domain, fdsetId);
+      throw error;
+    } finally {
+      await Promise.all([readWrite.close(), readOnly.close()]);
+    }
+  }
+
+  /** The fdsets QEMU holds (QMP query-fdsets): id and the opaque tags of their descriptors. */
+  async fdsets(domain: string): Promise<Array<{ fdsetId: number; opaque: string[] }>> {
+    const sets = await this.qmp<Array<{ 'fdset-id': number; fds: Array<{ fd: number; opaque?: string }> }>>(
+      domain,
+      'query-fdsets',
+    );
+    return sets.map((s) => ({
+      fdsetId: s['fdset-id'],
+      opaque: s.fds.map((f) => f.opaque ?? ''),
+    }));
+  }
+
+  /** Drops an fdset (QMP remove-fd); QEMU closes its descriptors once no node uses them. */
+  async removeFdset(domain: string, fdsetId: number): Promise<void> {
+    await this.qmp(domain, 'remove-fd', { 'fdset-id': fdsetId });
   }
 
   /**
@@ -312,8 +372,12 @@ export class Libvirt {
     }
   }
 
-  private virsh(args: string[]) {
-    return runTool('virsh', ['-c', this.uri, ...args], { timeoutMs: this.timeoutMs, logger: this.logger });
+  private virsh(args: string[], passFds?: number[]) {
+    return runTool('virsh', ['-c', this.uri, ...args], {
+      timeoutMs: this.timeoutMs,
+      logger: this.logger,
+      ...(passFds === undefined ? {} : { passFds }),
+    });
   }
 
   private unexpected(args: string[], stdout: string, why: string): HostCommandError {

@@ -21,6 +21,8 @@ export interface BlockNode {
    */
   backingFilename: string | null;
   readOnly: boolean;
+  /** Host cache mode of the format node (O_DIRECT, flushes); absent when QEMU does not report it. */
+  cache?: BlockCache;
 }
 
 /** Options of blockdev-add / blockdev-reopen entries (QAPI BlockdevOptions). */
@@ -36,6 +38,13 @@ export interface QmpBlockDeviceInfo {
   drv: string;
   ro: boolean;
   file: string;
+  cache?: { writeback: boolean; direct: boolean; 'no-flush': boolean };
+}
+
+/** Host cache options of a node (QAPI BlockdevCacheOptions); a reopen must repeat them. */
+export interface BlockCache {
+  direct: boolean;
+  'no-flush': boolean;
 }
 
 /** x-debug-query-block-graph: nodes and parent→child edges named root/file/backing/... */
@@ -163,6 +172,9 @@ export function chainFromGraph(
       filename,
       backingFilename: null,
       readOnly: info.ro,
+      ...(info.cache === undefined
+        ? {}
+        : { cache: { direct: info.cache.direct, 'no-flush': info.cache['no-flush'] } }),
     });
     current = childOf(id, 'backing');
   }
@@ -184,17 +196,22 @@ export function qcow2Blockdev(opts: {
   sourceType: 'file' | 'block';
   readOnly?: boolean;
   backing?: string | null;
+  /** Same host cache mode as the layer it joins (a VM started with cache=none keeps O_DIRECT). */
+  cache?: BlockCache;
 }): BlockdevOptions {
   const readOnly = opts.readOnly ?? false;
+  const cache = opts.cache === undefined ? {} : { cache: opts.cache };
   const options: BlockdevOptions = {
     driver: 'qcow2',
     'node-name': opts.nodeName,
     'read-only': readOnly,
+    ...cache,
     file: {
       driver: opts.sourceType === 'block' ? 'host_device' : 'file',
       'node-name': `${opts.nodeName}-file`,
       filename: opts.filename,
       'read-only': readOnly,
+      ...cache,
     },
   };
   if (opts.backing !== undefined) options.backing = opts.backing;
@@ -220,6 +237,7 @@ export function reopenWithBacking(node: BlockNode, backing: string | null): Bloc
     driver: node.driver,
     'node-name': node.nodeName,
     'read-only': node.readOnly,
+    ...(node.cache === undefined ? {} : { cache: node.cache }),
     file: node.fileNodeName,
     backing,
   };

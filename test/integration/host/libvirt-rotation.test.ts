@@ -3,7 +3,7 @@
 // snapshot, or blockdev-add + blockdev-snapshot), export the frozen layer, then re-point the live
 // overlay at the export with blockdev-add + blockdev-reopen + change-backing-file + blockdev-del.
 // Guest data is written inside QEMU and checked outside it with qemu-io / qemu-img compare.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -164,6 +164,59 @@ describe.each(['file', 'block'] as const)('live rotation with a %s disk', (type)
     await guestFlush(dom);
     await expectContent(dir, overlay.path, writes);
     await checkImage(overlay.path);
+    expect(await libvirt.domainState(dom.name)).toEqual({ state: 'running', reason: 'booted' });
+  });
+
+  it('switches writes to an overlay passed as an fdset; the old layer survives renaming its path', async () => {
+    const dir = await makeTempDir(cleanup, `fdset_${type}`);
+    const active = await makeDisk(cleanup, { dir, type, sizeMiB: SIZE_MIB, name: 'vol.qcow2' });
+    const dom = await startTestDomain(cleanup, { label: `fdset_${type}`, disk: active });
+    const writes: Write[] = [];
+    await write(dom, writes, { pattern: 0x41, offset: 0, length: 128 * KiB });
+    const frozenPath = join(dir, 'vol.qcow2.frozen');
+    // Block devices made after the VM started are not in its private /dev: the fdset reaches them anyway.
+    const overlay = await newOverlay(
+      cleanup,
+      dir,
+      type,
+      type === 'file' ? frozenPath : active.path,
+      'vol.qcow2.next',
+    );
+    const [top] = await libvirt.diskChain(dom.name, 'vda');
+    if (!top) throw new Error('no top node');
+
+    const fdsetId = await libvirt.addFdset(dom.name, overlay.path, 'test:next');
+    expect(await libvirt.fdsets(dom.name)).toContainEqual({ fdsetId, opaque: ['test:next', 'test:next'] });
+    await libvirt.blockdevAdd(
+      dom.name,
+      qcow2Blockdev({
+        nodeName: 'next',
+        filename: `/dev/fdset/${fdsetId}`,
+        sourceType: type,
+        backing: null,
+        ...(top.cache === undefined ? {} : { cache: top.cache }),
+      }),
+    );
+    await libvirt.blockdevSnapshot(dom.name, { node: top.nodeName, overlay: 'next' });
+    const frozenWrites = [...writes];
+    if (type === 'file') {
+      // The switch reopened the old layer by its path; from now on renames do not reach QEMU.
+      await rename(active.path, frozenPath);
+      await rename(overlay.path, active.path);
+    }
+    await write(dom, writes, { pattern: 0x42, offset: MiB, length: 128 * KiB });
+    await guestFlush(dom);
+
+    const chain = await libvirt.diskChain(dom.name, 'vda');
+    expect(chain.map((n) => [n.nodeName, n.filename])).toEqual([
+      ['next', `/dev/fdset/${fdsetId}`],
+      [top.nodeName, top.filename],
+    ]);
+    // libvirt never saw the switch: it still names the volume's path.
+    expect((await libvirt.disks(dom.name)).map((d) => d.source)).toEqual([active.path]);
+    const live = type === 'file' ? active.path : overlay.path;
+    await expectContent(dir, live, writes);
+    await expectContent(dir, type === 'file' ? frozenPath : active.path, frozenWrites);
     expect(await libvirt.domainState(dom.name)).toEqual({ state: 'running', reason: 'booted' });
   });
 
