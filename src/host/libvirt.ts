@@ -327,7 +327,7 @@ export class Libvirt {
    * node if that is still open (libvirt adds the two separately; a protocol node added inline
    * with its format node goes away with it).
    */
-  async blockdevDelLayer(domain: string, node: BlockNode): Promise<void> {
+  async blockdevDelLayer(domain: string, node: Pick<BlockNode, 'nodeName' | 'fileNodeName'>): Promise<void> {
     await this.blockdevDel(domain, node.nodeName);
     if (node.fileNodeName === null) return;
     const nodes = await this.qmp<QmpBlockDeviceInfo[]>(domain, 'query-named-block-nodes', { flat: true });

@@ -6,6 +6,7 @@ import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
+import { liveRotateSteps, probeLiveRotate } from './live-rotate.js';
 import { lvmCowSteps } from './lvm-cow.js';
 import { offlineSteps } from './offline.js';
 import type { CreatePlan } from './plan.js';
@@ -49,7 +50,7 @@ export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Pr
   return createResult(plan, journal, steps);
 }
 
-/** The job's step list for a plan (offline or lvm-cow), with the failpoints hooked in. */
+/** The job's step list for a plan (offline, lvm-cow or live-rotate), with the failpoints hooked in. */
 export function createSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
@@ -62,10 +63,16 @@ export function createSteps(
       if (percent > 0 && percent < 100) failpoints.hit(`${plan.strategy}:export:during`);
     },
     whilePaused: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
+    midStep: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
   };
-  return plan.strategy === 'offline'
-    ? offlineSteps(plan, backend, deps, hooks)
-    : lvmCowSteps(plan, backend, deps, journal, hooks);
+  switch (plan.strategy) {
+    case 'offline':
+      return offlineSteps(plan, backend, deps, hooks);
+    case 'lvm-cow':
+      return lvmCowSteps(plan, backend, deps, journal, hooks);
+    case 'live-rotate':
+      return liveRotateSteps(plan, backend, deps, journal, hooks);
+  }
 }
 
 /** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */
@@ -86,16 +93,21 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
     backend instanceof FileVolumeBackend && needsReflink
       ? await deps.filePool.supportsReflink(backend.dir)
       : null;
+  // Every backing of the active volume must resolve (the store mounted, seed defect 3) before we start.
+  const activeChain = await deps.store.readChain(backend.activePath);
+  const active = activeChain[0]!;
+  const mayRotate =
+    vm?.running && vm.target !== null && ['auto', 'live-rotate'].includes(params.options.strategy);
+  const liveRotate = mayRotate
+    ? await probeLiveRotate(deps, vm.name, vm.target ?? 'vda', backend, active.virtualSize)
+    : null;
   const strategy = chooseStrategy({
     requested: params.options.strategy,
     vmRunning,
     poolKind: backend.kind,
     reflink,
+    liveRotate,
   });
-
-  // Every backing of the active volume must resolve (the store mounted, seed defect 3) before we start.
-  const activeChain = await deps.store.readChain(backend.activePath);
-  const active = activeChain[0]!;
   const storeDir = await deps.store.ensureDirectory(params.store);
   const snapshotPath = await deps.store.memberPath(params.store, params.snapshot);
   if (await pathExists(snapshotPath)) throw new PathExistsError(snapshotPath);
@@ -122,7 +134,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   });
   const metadataBytes = 1024 * 1024 + Math.ceil(active.virtualSize / 8192);
   await deps.store.ensureFreeSpace(storeDir, exportBytes, { reserveBytes: metadataBytes });
-  await backend.ensureSpace(strategy.name === 'offline' ? 'overlay' : 'cow', active.virtualSize);
+  await backend.ensureSpace(strategy.name === 'lvm-cow' ? 'cow' : 'overlay', active.virtualSize);
 
   const tag = jobTag(ctx.jobId);
   return {

@@ -1,14 +1,14 @@
 // Strategy "lvm-cow" (running VM; also works stopped), see docs/strategies.md:
 //   clone (VM paused for the instant of the clone) → export → publish → verify → remove-clone →
 //   repoint (point of no return: QMP change-backing-file with the VM paused, or rebase -u when stopped)
-import { type GuestFreezeResult, qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
+import { qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
 import { backingOf } from './chain.js';
 import { exportStep, publishStep, setBackingUnsafe, verifyStep } from './common-steps.js';
 import type { SnapshotDeps } from './deps.js';
 import type { EngineJournal } from './journal.js';
 import type { CreatePlan } from './plan.js';
 import type { StepPlan } from './steps.js';
-import { withVmPaused } from './vm.js';
+import { freezeGuest, thawGuest, withVmPaused } from './vm.js';
 import type { VolumeBackend } from './volumes.js';
 
 /** The lvm-cow strategy's steps for one plan. Callable without the agent (lab suites). */
@@ -35,7 +35,7 @@ export function lvmCowSteps(
             await backend.cowClone(plan.cloneName);
             return;
           }
-          const freeze = plan.quiesce ? await freezeGuest(deps, journal, vm) : null;
+          const freeze = plan.quiesce ? await freezeGuest(deps.libvirt, journal, vm) : null;
           try {
             await withVmPaused(
               deps.libvirt,
@@ -45,7 +45,7 @@ export function lvmCowSteps(
               () => hooks.whilePaused?.('clone'),
             );
           } finally {
-            if (freeze !== null && 'frozen' in freeze) await thawGuest(deps, journal, vm);
+            if (freeze !== null && 'frozen' in freeze) await thawGuest(deps.libvirt, journal, vm);
           }
         },
         undo: async () => {
@@ -145,27 +145,4 @@ export function lvmCowSteps(
       },
     ],
   };
-}
-
-async function freezeGuest(
-  deps: SnapshotDeps,
-  journal: EngineJournal,
-  vm: string,
-): Promise<GuestFreezeResult> {
-  await journal.update((r) => {
-    r.facts.frozenByUs = vm;
-  });
-  const result = await deps.libvirt.guestFreeze(vm);
-  await journal.update((r) => {
-    r.facts.quiesced = 'frozen' in result ? 'yes' : 'unavailable';
-    if (!('frozen' in result)) r.facts.frozenByUs = null;
-  });
-  return result;
-}
-
-async function thawGuest(deps: SnapshotDeps, journal: EngineJournal, vm: string): Promise<void> {
-  await deps.libvirt.guestThaw(vm);
-  await journal.update((r) => {
-    r.facts.frozenByUs = null;
-  });
 }

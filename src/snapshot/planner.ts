@@ -1,8 +1,8 @@
 import { StrategyUnavailableError } from '../errors/index.js';
 import type { StrategyName } from '../protocol/index.js';
 
-/** Strategies this engine runs (`live-rotate` comes with a later issue: add it here and in chooseStrategy). */
-export type ConcreteStrategy = 'offline' | 'lvm-cow';
+/** Strategies this engine runs. */
+export type ConcreteStrategy = 'offline' | 'lvm-cow' | 'live-rotate';
 
 export interface StrategyChoice {
   name: ConcreteStrategy;
@@ -16,12 +16,15 @@ export interface StrategyInput {
   poolKind: 'lvm' | 'file';
   /** File pools: whether the pool's filesystem makes reflink clones. */
   reflink: { supported: boolean; reason: string | null } | null;
+  /** Running VM: whether its QEMU and the pool can rotate live (null: not asked). */
+  liveRotate: { supported: boolean; reason: string } | null;
 }
 
 /**
  * Picks the strategy (pure). `auto`: stopped VM → offline (no copy-on-write, smallest deltas);
- * running VM → lvm-cow (LVM snapshot, or reflink clone in file pools). An explicit request that
- * cannot run here is refused with the reason, never silently replaced.
+ * running VM → live-rotate when its QEMU and the pool allow it (no pause, minimal deltas), else
+ * lvm-cow (LVM snapshot, or reflink clone in file pools). An explicit request that cannot run
+ * here is refused with the reason, never silently replaced.
  * @throws StrategyUnavailableError
  */
 export function chooseStrategy(input: StrategyInput): StrategyChoice {
@@ -32,9 +35,16 @@ export function chooseStrategy(input: StrategyInput): StrategyChoice {
         ? 'reflink clone in the file pool'
         : null;
   const noCow = `the file pool cannot make reflink clones (${input.reflink?.reason ?? 'unknown'})`;
+  const live = input.liveRotate;
   switch (input.requested) {
     case 'live-rotate':
-      throw new StrategyUnavailableError('live-rotate', 'not implemented by this agent version');
+      if (!input.vmRunning)
+        throw new StrategyUnavailableError(
+          'live-rotate',
+          'the VM is not running; offline snapshots a stopped VM',
+        );
+      if (!live?.supported) throw new StrategyUnavailableError('live-rotate', live?.reason ?? 'not probed');
+      return { name: 'live-rotate', reason: `requested (${live.reason})` };
     case 'offline':
       if (input.vmRunning)
         throw new StrategyUnavailableError('offline', 'the VM is running; offline needs it stopped');
@@ -47,16 +57,20 @@ export function chooseStrategy(input: StrategyInput): StrategyChoice {
           ? `requested (${cowReason})`
           : `requested (${cowReason}; VM stopped: backing pointer set with qemu-img rebase -u)`,
       };
-    case 'auto':
+    case 'auto': {
       if (!input.vmRunning) {
         return {
           name: 'offline',
           reason: 'auto: no running VM holds the volume, so offline (no copy-on-write)',
         };
       }
+      if (live?.supported)
+        return { name: 'live-rotate', reason: `auto: the VM is running and ${live.reason}` };
+      const notLive = `live-rotate is unavailable (${live?.reason ?? 'not probed'})`;
       if (cowReason === null)
-        throw new StrategyUnavailableError('auto', `the VM is running and ${noCow}; no live strategy fits`);
-      return { name: 'lvm-cow', reason: `auto: the VM is running, so lvm-cow (${cowReason})` };
+        throw new StrategyUnavailableError('auto', `the VM is running, ${notLive} and ${noCow}`);
+      return { name: 'lvm-cow', reason: `auto: the VM is running and ${notLive}, so lvm-cow (${cowReason})` };
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import { AgentError, HostCommandError } from '../errors/index.js';
-import type { Libvirt } from '../host/libvirt.js';
+import type { GuestFreezeResult, Libvirt } from '../host/libvirt.js';
 import type { EngineJournal } from './journal.js';
 
 /** What the engine needs to know about the VM using a volume. */
@@ -103,6 +103,30 @@ export async function resumeIfPausedByUs(libvirt: Libvirt, journal: EngineJourna
 export async function thawIfFrozenByUs(libvirt: Libvirt, journal: EngineJournal): Promise<void> {
   const vm = journal.get().facts.frozenByUs;
   if (typeof vm !== 'string') return;
+  await libvirt.guestThaw(vm);
+  await journal.update((r) => {
+    r.facts.frozenByUs = null;
+  });
+}
+
+/** Freezes the guest's filesystems (guest agent) for a switch or clone; journaled so recovery thaws. */
+export async function freezeGuest(
+  libvirt: Libvirt,
+  journal: EngineJournal,
+  vm: string,
+): Promise<GuestFreezeResult> {
+  await journal.update((r) => {
+    r.facts.frozenByUs = vm;
+  });
+  const result = await libvirt.guestFreeze(vm);
+  await journal.update((r) => {
+    r.facts.quiesced = 'frozen' in result ? 'yes' : 'unavailable';
+    if (!('frozen' in result)) r.facts.frozenByUs = null;
+  });
+  return result;
+}
+
+export async function thawGuest(libvirt: Libvirt, journal: EngineJournal, vm: string): Promise<void> {
   await libvirt.guestThaw(vm);
   await journal.update((r) => {
     r.facts.frozenByUs = null;

@@ -30,8 +30,16 @@ export interface VolumeBackend {
   tempName(role: 'stg' | 'old' | 'cow', tag: string): string;
   pathOf(name: string): string;
   exists(name: string): Promise<boolean>;
-  /** Creates volume `name` holding an empty QCOW2 overlay on `backing` (an absolute path). */
-  createOverlay(name: string, backing: BackingRef, virtualSize: number): Promise<void>;
+  /**
+   * Creates volume `name` holding an empty QCOW2 overlay on `backing` (an absolute path);
+   * `backingMayNotExist`: the header names a path that appears later (qemu-img create -u).
+   */
+  createOverlay(
+    name: string,
+    backing: BackingRef,
+    virtualSize: number,
+    opts?: { backingMayNotExist?: boolean },
+  ): Promise<void>;
   /**
    * Creates volume `name` for a standalone copy of `source` (flatten); returns whether the target
    * exists before the copy (LVM: yes, qemu-img convert -n) or is created by qemu-img (file).
@@ -102,8 +110,18 @@ export class FileVolumeBackend implements VolumeBackend {
     return this.deps.filePool.exists(this.pathOf(name));
   }
 
-  async createOverlay(name: string, backing: BackingRef, virtualSize: number): Promise<void> {
-    await this.deps.filePool.create({ path: this.pathOf(name), backing, sizeBytes: virtualSize });
+  async createOverlay(
+    name: string,
+    backing: BackingRef,
+    virtualSize: number,
+    opts: { backingMayNotExist?: boolean } = {},
+  ): Promise<void> {
+    await this.deps.filePool.create({
+      path: this.pathOf(name),
+      backing,
+      sizeBytes: virtualSize,
+      unsafe: opts.backingMayNotExist ?? false,
+    });
   }
 
   async prepareCopyTarget(): Promise<{ targetExists: boolean }> {
@@ -191,11 +209,21 @@ export class LvmVolumeBackend implements VolumeBackend {
     return (await this.deps.qemuImg.measure({ sizeBytes: virtualSize })).fullyAllocatedBytes;
   }
 
-  async createOverlay(name: string, backing: BackingRef, virtualSize: number): Promise<void> {
+  async createOverlay(
+    name: string,
+    backing: BackingRef,
+    virtualSize: number,
+    opts: { backingMayNotExist?: boolean } = {},
+  ): Promise<void> {
     if (!(await this.exists(name))) {
       await this.deps.lvm.createVolume({ vg: this.vg, name, sizeBytes: await this.fullSize(virtualSize) });
     }
-    await this.deps.qemuImg.create({ path: this.pathOf(name), backing, sizeBytes: virtualSize });
+    await this.deps.qemuImg.create({
+      path: this.pathOf(name),
+      backing,
+      sizeBytes: virtualSize,
+      unsafe: opts.backingMayNotExist ?? false,
+    });
   }
 
   async prepareCopyTarget(name: string, source: string): Promise<{ targetExists: boolean }> {

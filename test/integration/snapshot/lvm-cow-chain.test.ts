@@ -51,7 +51,7 @@ describe('lvm-cow strategy, reflink file pool, running VM', () => {
         store: { root: h.storeRoot, dir: 'vol1' },
         parents: names,
         snapshot: name,
-        options: { strategy: 'auto', verify: round === 5 ? 'full' : 'metadata', quiesce: round === 3 },
+        options: { strategy: 'lvm-cow', verify: round === 5 ? 'full' : 'metadata', quiesce: round === 3 },
       });
       const ctx = jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`)));
       const result = await createSnapshot(ctx, h.deps);
@@ -59,7 +59,7 @@ describe('lvm-cow strategy, reflink file pool, running VM', () => {
       frozen.push(await live.freeze(join(h.base, `ref-${round}.raw`)));
 
       expect(result.strategy.name).toBe('lvm-cow');
-      expect(result.strategy.reason).toMatch(/running/);
+      expect(result.strategy.reason).toMatch(/requested \(reflink/);
       expect(result.snapshot.kind).toBe(round === 1 ? 'full' : 'delta');
       expect(result.snapshot.chainDepth).toBe(round);
       expect(result.vmPauseMs).toBeGreaterThan(0);

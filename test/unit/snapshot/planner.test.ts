@@ -5,32 +5,55 @@ import { chooseKind, chooseStrategy } from '../../../src/snapshot/planner.js';
 describe('chooseStrategy', () => {
   const reflink = { supported: true, reason: null };
   const noReflink = { supported: false, reason: 'Operation not supported' };
+  const live = { supported: true, reason: 'QEMU 7.2.0 rotates live' };
+  const noLive = { supported: false, reason: 'QEMU 5.2.0 of the VM is older than 6.1' };
+  const input = {
+    requested: 'auto',
+    vmRunning: true,
+    poolKind: 'lvm',
+    reflink: null,
+    liveRotate: null,
+  } as const;
 
-  it('auto: offline for a stopped VM, lvm-cow for a running one, with the reason', () => {
-    expect(chooseStrategy({ requested: 'auto', vmRunning: false, poolKind: 'lvm', reflink: null }).name).toBe(
-      'offline',
-    );
-    const lvm = chooseStrategy({ requested: 'auto', vmRunning: true, poolKind: 'lvm', reflink: null });
-    expect(lvm).toMatchObject({ name: 'lvm-cow', reason: expect.stringMatching(/LVM copy-on-write/) });
-    const file = chooseStrategy({ requested: 'auto', vmRunning: true, poolKind: 'file', reflink });
+  it('auto: offline for a stopped VM; live-rotate for a running one when it can; else lvm-cow; with the reason', () => {
+    expect(chooseStrategy({ ...input, vmRunning: false }).name).toBe('offline');
+    expect(chooseStrategy({ ...input, liveRotate: live })).toEqual({
+      name: 'live-rotate',
+      reason: 'auto: the VM is running and QEMU 7.2.0 rotates live',
+    });
+    const lvm = chooseStrategy({ ...input, liveRotate: noLive });
+    expect(lvm).toMatchObject({
+      name: 'lvm-cow',
+      reason: expect.stringMatching(/older than 6.1.*LVM copy-on-write/),
+    });
+    const file = chooseStrategy({ ...input, poolKind: 'file', reflink, liveRotate: noLive });
     expect(file).toMatchObject({ name: 'lvm-cow', reason: expect.stringMatching(/reflink/) });
+    expect(chooseStrategy({ ...input, poolKind: 'file', reflink: noReflink, liveRotate: live }).name).toBe(
+      'live-rotate',
+    );
   });
 
   it('refuses what cannot run, with the reason, instead of silently choosing another way', () => {
     expect(() =>
-      chooseStrategy({ requested: 'auto', vmRunning: true, poolKind: 'file', reflink: noReflink }),
-    ).toThrow(/Operation not supported/);
-    expect(() =>
-      chooseStrategy({ requested: 'offline', vmRunning: true, poolKind: 'lvm', reflink: null }),
-    ).toThrow(/running/);
-    expect(() =>
-      chooseStrategy({ requested: 'live-rotate', vmRunning: true, poolKind: 'lvm', reflink: null }),
-    ).toThrow(expect.objectContaining({ code: 'STRATEGY_UNAVAILABLE' }));
+      chooseStrategy({ ...input, poolKind: 'file', reflink: noReflink, liveRotate: noLive }),
+    ).toThrow(/older than 6.1.*Operation not supported/);
+    expect(() => chooseStrategy({ ...input, requested: 'offline' })).toThrow(/running/);
+    expect(() => chooseStrategy({ ...input, requested: 'live-rotate', liveRotate: noLive })).toThrow(
+      expect.objectContaining({
+        code: 'STRATEGY_UNAVAILABLE',
+        message: expect.stringMatching(/older than 6.1/),
+      }),
+    );
+    expect(() => chooseStrategy({ ...input, requested: 'live-rotate', vmRunning: false })).toThrow(
+      /not running/,
+    );
+    expect(chooseStrategy({ ...input, requested: 'live-rotate', liveRotate: live }).name).toBe('live-rotate');
+    expect(chooseStrategy({ ...input, requested: 'lvm-cow', liveRotate: live }).name).toBe('lvm-cow');
   });
 
   it('lvm-cow on a stopped VM is allowed (rebase -u then)', () => {
     expect(
-      chooseStrategy({ requested: 'lvm-cow', vmRunning: false, poolKind: 'file', reflink }).reason,
+      chooseStrategy({ ...input, requested: 'lvm-cow', vmRunning: false, poolKind: 'file', reflink }).reason,
     ).toMatch(/rebase -u/);
   });
 });

@@ -1,0 +1,301 @@
+// Strategy "live-rotate" (running VM, QEMU ≥ 6.1), see docs/strategies.md:
+//   create-overlay → switch (point of no return: QEMU writes to the new overlay) → retire-active →
+//   promote-overlay → export → publish → verify → repoint → close-frozen → remove-frozen
+// No pause: QEMU only drains the old layer during the switch. The export is exactly the frozen
+// layer (the writes since the previous snapshot), and the volume keeps its name and path.
+import { ChainInvalidError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
+import { hasStableBlockdevReopen } from '../host/capabilities.js';
+import { type BlockNode, qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
+import { backingOf } from './chain.js';
+import { exportStep, publishStep, setBackingUnsafe, verifyStep } from './common-steps.js';
+import type { SnapshotDeps } from './deps.js';
+import type { EngineJournal } from './journal.js';
+import type { CreatePlan } from './plan.js';
+import type { StepPlan } from './steps.js';
+import { freezeGuest, thawGuest } from './vm.js';
+import type { VolumeBackend } from './volumes.js';
+
+/** Tags the fdsets this agent hands QEMU, so a layer's fdset is found again (recovery, removal). */
+export const FDSET_TAG = 'clvm-snapshot-agent';
+
+/** The old chain's nodes that the repoint detached, journaled so close-frozen finds them after a crash. */
+interface DetachedNode {
+  nodeName: string;
+  fileNodeName: string | null;
+  filename: string;
+}
+
+/** The live-rotate strategy's steps for one plan. Callable without the agent. */
+export function liveRotateSteps(
+  plan: CreatePlan,
+  backend: VolumeBackend,
+  deps: SnapshotDeps,
+  journal: EngineJournal,
+  hooks: { onExportProgress?: (percent: number) => void; midStep?: (step: string) => void } = {},
+): StepPlan {
+  const vm = plan.vm;
+  if (vm === null || !plan.vmRunning) throw new Error('live-rotate needs a running VM (the planner checks)');
+  const libvirt = deps.libvirt;
+  const target = plan.target ?? 'vda';
+  const overlayPath = backend.pathOf(plan.stagingName);
+  const frozenPath = backend.pathOf(plan.retiredName);
+  const overlayNode = `lr-${plan.tag}`;
+  const snapshotNode = `lr-snap-${plan.tag}`;
+  const fdsetTag = `${FDSET_TAG}:${plan.tag}`;
+
+  // Whether a QEMU process holds the volume (running or paused); a domain that is gone holds nothing.
+  const running = async (): Promise<boolean> => {
+    try {
+      return (await libvirt.domainState(vm)).state !== 'shut off';
+    } catch (error) {
+      if (error instanceof HostCommandError && error.kind === 'not-found') return false;
+      throw error;
+    }
+  };
+  const nodeNames = async (): Promise<Set<string>> => {
+    const nodes = await libvirt.qmp<Array<{ 'node-name': string }>>(vm, 'query-named-block-nodes', {
+      flat: true,
+    });
+    return new Set(nodes.map((n) => n['node-name']));
+  };
+  const ourFdsets = async (): Promise<number[]> =>
+    (await libvirt.fdsets(vm)).filter((s) => s.opaque.includes(fdsetTag)).map((s) => s.fdsetId);
+  const switched = async (): Promise<boolean> =>
+    (await libvirt.diskChain(vm, target))[0]?.nodeName === overlayNode;
+
+  return {
+    kind: 'live-rotate',
+    pointOfNoReturn: 'switch',
+    steps: [
+      {
+        // The new top, under a temporary name. Its header already names the frozen layer's final
+        // path, so the volume opens whole at every moment once the names are swapped.
+        name: 'create-overlay',
+        run: async () => {
+          await backend.remove(plan.stagingName); // a half-made one from an earlier attempt of this job
+          await backend.createOverlay(
+            plan.stagingName,
+            { file: frozenPath, format: 'qcow2' },
+            plan.virtualSize,
+            { backingMayNotExist: true },
+          );
+        },
+        undo: async () => {
+          await backend.remove(plan.stagingName);
+        },
+      },
+      {
+        // blockdev-snapshot: QEMU drains and flushes the old top, reopens it read-only (by its path,
+        // which is why the renames come after) and sends every later write to the overlay. The
+        // overlay reaches QEMU as an fdset: no path lookup inside libvirt's private /dev, and the
+        // node keeps its file across the renames.
+        name: 'switch',
+        run: async () => {
+          if (await switched()) return;
+          const freeze = plan.quiesce ? await freezeGuest(libvirt, journal, vm) : null;
+          try {
+            const [top] = await libvirt.diskChain(vm, target);
+            if (top === undefined) throw new Error(`no block node for ${target} of ${vm}`);
+            if (!(await nodeNames()).has(overlayNode)) {
+              const fdsetId = (await ourFdsets())[0] ?? (await libvirt.addFdset(vm, overlayPath, fdsetTag));
+              await libvirt.blockdevAdd(
+                vm,
+                qcow2Blockdev({
+                  nodeName: overlayNode,
+                  filename: `/dev/fdset/${fdsetId}`,
+                  sourceType: backend.kind === 'lvm' ? 'block' : 'file',
+                  backing: null,
+                  ...(top.cache === undefined ? {} : { cache: top.cache }),
+                }),
+              );
+            }
+            const started = performance.now();
+            await libvirt.blockdevSnapshot(vm, { node: top.nodeName, overlay: overlayNode });
+            const switchMs = performance.now() - started;
+            await journal.update((r) => {
+              r.facts.switchMs = Math.round(switchMs * 1000) / 1000;
+            });
+            hooks.midStep?.('switch');
+          } finally {
+            if (freeze !== null && 'frozen' in freeze) await thawGuest(libvirt, journal, vm);
+          }
+        },
+        // The switch did not happen: close the overlay's node and fdset if this step opened them.
+        undo: async () => {
+          if (!(await running())) return;
+          if ((await nodeNames()).has(overlayNode)) await libvirt.blockdevDel(vm, overlayNode);
+          for (const id of await ourFdsets()) await libvirt.removeFdset(vm, id);
+        },
+        // Done when QEMU's top is the overlay. A VM stopped since: done if the overlay took writes
+        // (rolling back would drop them); an empty overlay can go either way, and undo loses nothing.
+        isDone: async () => {
+          if (await running()) return switched();
+          if (!(await backend.exists(plan.stagingName))) return false;
+          return (await deps.qemuImg.allocatedBytes(overlayPath, { topOnly: true, forceShare: true })) > 0;
+        },
+      },
+      {
+        // QEMU holds both layers by descriptor now; the names follow. LVM: rename; files: a second link.
+        name: 'retire-active',
+        run: () => backend.retireActive(plan.retiredName),
+      },
+      {
+        name: 'promote-overlay',
+        run: () => backend.promote(plan.stagingName),
+      },
+      exportStep(deps, {
+        source: frozenPath,
+        partPath: plan.partPath,
+        parentBacking: plan.parentBacking,
+        compress: plan.compress,
+        forceShare: true, // QEMU holds the frozen layer read-only
+        onProgress: hooks.onExportProgress,
+      }),
+      publishStep(deps, {
+        partPath: plan.partPath,
+        snapshotPath: plan.snapshotPath,
+        holders: () => [plan.activePath, frozenPath],
+      }),
+      verifyStep(deps, { snapshotPath: plan.snapshotPath, level: plan.verify, compareWith: frozenPath }),
+      {
+        // The live overlay reads snap-N instead of the frozen layer (same data): QEMU opens snap-N
+        // read-only on the parent's node, the overlay is reopened onto it, then its header follows.
+        name: 'repoint',
+        run: async () => {
+          if (!(await running())) return setBackingUnsafe(deps.qemuImg, plan.activePath, plan.snapshotPath);
+          const chain = await libvirt.diskChain(vm, target);
+          const [top, below] = chain;
+          if (top === undefined) throw new Error(`no block node for ${target} of ${vm}`);
+          if (below?.nodeName !== snapshotNode) {
+            const detached: DetachedNode[] = chain.slice(1).map((n) => ({
+              nodeName: n.nodeName,
+              fileNodeName: n.fileNodeName,
+              filename: n.filename,
+            }));
+            await journal.update((r) => {
+              r.facts.detachedNodes = detached;
+            });
+            if (!(await nodeNames()).has(snapshotNode)) {
+              await libvirt.blockdevAdd(
+                vm,
+                qcow2Blockdev({
+                  nodeName: snapshotNode,
+                  filename: plan.snapshotPath,
+                  sourceType: 'file',
+                  readOnly: true,
+                  backing: plan.parentPath === null ? null : parentNode(chain, plan.parentPath),
+                }),
+              );
+            }
+            await libvirt.blockdevReopen(vm, [reopenWithBacking(top, snapshotNode)]);
+          }
+          if ((await backingOf(deps.qemuImg, plan.activePath)).resolved !== plan.snapshotPath) {
+            await libvirt.changeBackingFile(vm, {
+              device: top.nodeName,
+              imageNodeName: top.nodeName,
+              backingFile: plan.snapshotPath,
+            });
+          }
+        },
+      },
+      {
+        // The layers the repoint detached (the frozen one; for a full snapshot, its old backing too).
+        name: 'close-frozen',
+        run: async () => {
+          if (!(await running())) return;
+          const detached = (journal.get().facts.detachedNodes ?? []) as DetachedNode[];
+          const inChain = new Set((await libvirt.diskChain(vm, target)).map((n) => n.nodeName));
+          for (const node of detached) {
+            if (inChain.has(node.nodeName)) continue; // shared with the new chain (the parent)
+            const open = await nodeNames();
+            if (open.has(node.nodeName)) await libvirt.blockdevDelLayer(vm, node);
+            else if (node.fileNodeName !== null && open.has(node.fileNodeName))
+              await libvirt.blockdevDel(vm, node.fileNodeName);
+            const fdset = /^\/dev\/fdset\/(\d+)$/.exec(node.filename);
+            if (fdset !== null) await removeFdsetIfPresent(deps, vm, Number(fdset[1]));
+          }
+        },
+      },
+      {
+        name: 'remove-frozen',
+        run: async () => {
+          if (!(await backend.exists(plan.retiredName))) return;
+          const chain = (await deps.store.readChain(plan.activePath)).map((m) => m.path);
+          if (chain.includes(frozenPath)) {
+            throw new ChainInvalidError('refusing to remove the frozen layer', [
+              `${plan.activePath} still has ${frozenPath} in its backing chain`,
+            ]);
+          }
+          await backend.remove(plan.retiredName); // LVM refuses an LV that is still open
+        },
+      },
+    ],
+  };
+}
+
+/** The node of the parent snapshot in the chain QEMU reads (a delta's snap-N goes on top of it). */
+function parentNode(chain: BlockNode[], parentPath: string): string {
+  const node = chain.find((n) => n.filename === parentPath);
+  if (node === undefined) {
+    throw new ChainInvalidError('the running chain does not hold the parent snapshot', [
+      `no node of the disk reads ${parentPath}: ${chain.map((n) => n.filename).join(' → ')}`,
+    ]);
+  }
+  return node.nodeName;
+}
+
+async function removeFdsetIfPresent(deps: SnapshotDeps, vm: string, fdsetId: number): Promise<void> {
+  if ((await deps.libvirt.fdsets(vm)).some((s) => s.fdsetId === fdsetId)) {
+    await deps.libvirt.removeFdset(vm, fdsetId);
+  }
+}
+
+/**
+ * Whether the running VM's volume can rotate live: its QEMU (≥ 6.1) has the QMP commands the
+ * steps use, the disk's top layer is QCOW2, and the pool has room for the new overlay.
+ */
+export async function probeLiveRotate(
+  deps: Pick<SnapshotDeps, 'libvirt'>,
+  vm: string,
+  target: string,
+  backend: VolumeBackend,
+  virtualSize: number,
+): Promise<{ supported: boolean; reason: string }> {
+  const version = await deps.libvirt.qemuVersion(vm);
+  const qemu = `${version.major}.${version.minor}.${version.micro}`;
+  if (!hasStableBlockdevReopen(qemu)) {
+    return {
+      supported: false,
+      reason: `QEMU ${qemu} of the VM is older than 6.1 (no stable blockdev-reopen)`,
+    };
+  }
+  const commands = await deps.libvirt.qmpCommands(vm);
+  const missing = LIVE_ROTATE_QMP.filter((c) => !commands.has(c));
+  if (missing.length > 0) {
+    return { supported: false, reason: `QEMU ${qemu} of the VM lacks QMP ${missing.join(', ')}` };
+  }
+  const [top] = await deps.libvirt.diskChain(vm, target);
+  if (top?.driver !== 'qcow2') {
+    return { supported: false, reason: `the disk's top layer is ${top?.driver ?? 'missing'}, not qcow2` };
+  }
+  try {
+    await backend.ensureSpace('overlay', virtualSize);
+  } catch (error) {
+    if (error instanceof InsufficientSpaceError) {
+      return { supported: false, reason: `no room for the new overlay: ${error.message}` };
+    }
+    throw error;
+  }
+  return {
+    supported: true,
+    reason: `QEMU ${qemu} rotates live (blockdev-reopen) and the pool has room for the overlay`,
+  };
+}
+
+const LIVE_ROTATE_QMP = [
+  'blockdev-add',
+  'blockdev-snapshot',
+  'blockdev-reopen',
+  'change-backing-file',
+  'add-fd',
+];

@@ -1,0 +1,104 @@
+// live-rotate strategy on a plain file pool (no reflink needed) and a running type='qemu' VM:
+// a chain of snapshots with guest writes between them. After every snapshot each snapshot equals
+// the raw reference of its moment and the live disk equals the current one; the VM never pauses;
+// each delta holds only the round's writes; libvirt still names the volume's path; the volume
+// opens whole in a fresh QEMU after destroy + start.
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSnapshot } from '../../../src/snapshot/index.js';
+import { checkExitCode, infoOf } from '../../helpers/images.js';
+import {
+  assertLibvirtReady,
+  Cleanup,
+  createQcow2,
+  guestFlush,
+  guestWrite,
+  startTestDomain,
+  virsh,
+} from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 32 * MiB;
+const cleanup = new Cleanup();
+let h: Harness;
+
+beforeAll(async () => {
+  await assertLibvirtReady();
+  h = await makeHarness('lrchain');
+  cleanup.add('harness', () => h.cleanup());
+});
+afterAll(() => cleanup.run());
+
+describe('live-rotate strategy, file pool, running VM', () => {
+  it('builds a chain of a running VM with auto; data matches references; never paused', async () => {
+    const active = join(h.pool, 'vol1.qcow2');
+    await createQcow2(active, SIZE / MiB);
+    const dom = await startTestDomain(cleanup, { label: 'lrchain', disk: { type: 'file', path: active } });
+    const live = await ReferenceDisk.create(join(h.base, 'ref-live.raw'), SIZE);
+    const frozen: ReferenceDisk[] = [];
+    const names: string[] = [];
+
+    for (let round = 1; round <= 6; round++) {
+      const writes = roundWrites(round, SIZE);
+      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
+      await live.apply(writes);
+      const name = `snap-${round}`;
+      const cmd = command('snapshot.create', {
+        volume: { kind: 'file', pool: h.pool, file: 'vol1.qcow2' },
+        vm: dom.name,
+        store: { root: h.storeRoot, dir: 'vol1' },
+        parents: names,
+        snapshot: name,
+        options: { strategy: 'auto', verify: round === 4 ? 'full' : 'metadata', quiesce: round === 3 },
+      });
+      const ctx = jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`)));
+      const result = await createSnapshot(ctx, h.deps);
+      names.push(name);
+      frozen.push(await live.freeze(join(h.base, `ref-${round}.raw`)));
+
+      expect(result.strategy.name).toBe('live-rotate');
+      expect(result.strategy.reason).toMatch(/^auto: the VM is running and QEMU \d+\.\d+\.\d+ rotates live/);
+      expect(result.snapshot.kind).toBe(round === 1 ? 'full' : 'delta');
+      expect(result.vmPauseMs).toBe(0);
+      if (round === 3) expect(result.quiesced).toBe('unavailable');
+      expect(result.steps.map((s) => s.name)).toEqual([
+        'create-overlay',
+        'switch',
+        'retire-active',
+        'promote-overlay',
+        'export',
+        'publish',
+        'verify',
+        'repoint',
+        'close-frozen',
+        'remove-frozen',
+      ]);
+      expect((await virsh(['domstate', '--reason', dom.name])).trim()).toBe('running (booted)');
+      expect((await virsh(['domblklist', dom.name])).includes(active)).toBe(true);
+      expect((await infoOf(active))['backing-filename']).toBe(join(h.storeRoot, 'vol1', name));
+      if (round > 1)
+        expect((await infoOf(result.snapshot.path))['backing-filename']).toBe(`snap-${round - 1}`);
+
+      for (const [i, ref] of frozen.entries()) {
+        const path = join(h.storeRoot, 'vol1', `snap-${i + 1}`);
+        expect(await differsFromReference(path, ref)).toBeNull();
+        expect(await checkExitCode(path)).toBe(0);
+      }
+      await guestFlush(dom);
+      expect(await differsFromReference(active, live)).toBeNull();
+      expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
+    }
+    expect((await readdir(join(h.storeRoot, 'vol1'))).sort()).toEqual([...names].sort());
+
+    await virsh(['destroy', dom.name]);
+    await virsh(['start', dom.name]);
+    const extra = roundWrites(99, SIZE);
+    for (const w of extra) await guestWrite(dom, w.pattern, w.offset, w.length);
+    await live.apply(extra);
+    await guestFlush(dom);
+    expect(await differsFromReference(active, live)).toBeNull();
+  });
+});
