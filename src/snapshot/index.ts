@@ -21,6 +21,7 @@ export { deleteSnapshot, deleteSteps, makeDeletePlan } from './delete.js';
 export type { SnapshotDeps } from './deps.js';
 export { Failpoints } from './failpoints.js';
 export { EngineJournal, type EngineRecord } from './journal.js';
+export { liveRotateSteps, probeLiveRotate } from './live-rotate.js';
 export { lvmCowSteps } from './lvm-cow.js';
 export { offlineSteps } from './offline.js';
 export type { CreatePlan } from './plan.js';

@@ -3,6 +3,7 @@
 //   promote-overlay → export → publish → verify → repoint → close-frozen → remove-frozen
 // No pause: QEMU only drains the old layer during the switch. The export is exactly the frozen
 // layer (the writes since the previous snapshot), and the volume keeps its name and path.
+import { basename, dirname } from 'node:path';
 import { ChainInvalidError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
 import { hasStableBlockdevReopen } from '../host/capabilities.js';
 import { type BlockNode, qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
@@ -217,20 +218,33 @@ export function liveRotateSteps(
         },
       },
       {
+        // Also any older frozen layer of this volume below it: left by a job that failed after its
+        // switch (its layer stayed in the chain; this job's export copied it into the snapshot).
         name: 'remove-frozen',
         run: async () => {
           if (!(await backend.exists(plan.retiredName))) return;
-          const chain = (await deps.store.readChain(plan.activePath)).map((m) => m.path);
-          if (chain.includes(frozenPath)) {
-            throw new ChainInvalidError('refusing to remove the frozen layer', [
-              `${plan.activePath} still has ${frozenPath} in its backing chain`,
-            ]);
+          const live = (await deps.store.readChain(plan.activePath)).map((m) => m.path);
+          const frozenChain = (await deps.store.readChain(frozenPath)).map((m) => m.path);
+          const ours = frozenChain.filter((p) => p === frozenPath || isFrozenLayerOf(backend, p));
+          for (const path of ours) {
+            if (live.includes(path)) {
+              throw new ChainInvalidError('refusing to remove a frozen layer', [
+                `${plan.activePath} still has ${path} in its backing chain`,
+              ]);
+            }
           }
-          await backend.remove(plan.retiredName); // LVM refuses an LV that is still open
+          // Bottom first: the frozen layer itself goes last, so a crash here leaves this step to redo.
+          for (const path of ours.reverse()) await backend.remove(basename(path)); // LVM refuses an open LV
         },
       },
     ],
   };
+}
+
+/** A frozen layer an earlier live-rotate of this volume left: a sibling named `<active>.old-*` / `<active>-old-*`. */
+function isFrozenLayerOf(backend: VolumeBackend, path: string): boolean {
+  const prefix = backend.tempName('old', '');
+  return dirname(path) === dirname(backend.activePath) && basename(path).startsWith(prefix);
 }
 
 /** The node of the parent snapshot in the chain QEMU reads (a delta's snap-N goes on top of it). */
