@@ -1,7 +1,7 @@
 // live-rotate failing after its point of no return (the store refuses the export): nothing is
 // undone, the VM keeps running on a three-layer chain that opens whole, no write is lost; the next
 // snapshot of the volume is a full one and removes the frozen layer the failed job left behind.
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentError, HostCommandError } from '../../../src/errors/index.js';
@@ -31,6 +31,14 @@ beforeAll(async () => {
   cleanup.add('harness', () => h.cleanup());
 });
 afterAll(() => cleanup.run());
+
+/** Files the domain's QEMU process holds open under `dir` (a removed one shows as "... (deleted)"). */
+async function qemuOpenFiles(domain: string, dir: string): Promise<string[]> {
+  const pid = (await readFile(`/run/libvirt/qemu/${domain}.pid`, 'utf8')).trim();
+  const fds = await readdir(`/proc/${pid}/fd`);
+  const targets = await Promise.all(fds.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
+  return [...new Set(targets.filter((t) => t.startsWith(dir)))].sort();
+}
 
 /** The real QemuImg, except that every convert fails the way a full store makes it fail. */
 function storeFullQemuImg(real: QemuImg): QemuImg {
@@ -103,6 +111,9 @@ describe('live-rotate failing after the switch', () => {
     expect(await differsFromReference(next.snapshot.path, reference)).toBeNull();
     expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
     expect((await infoOf(active))['backing-filename']).toBe(next.snapshot.path);
+    // QEMU let go of every frozen layer (an fdset left behind would keep a removed file open).
+    expect(await qemuOpenFiles(dom.name, h.pool)).toEqual([active]);
+    expect(await qemuOpenFiles(dom.name, h.storeRoot)).toEqual([next.snapshot.path]);
     await write(4);
     await guestFlush(dom);
     expect(await differsFromReference(active, live)).toBeNull();
