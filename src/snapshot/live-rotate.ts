@@ -93,23 +93,24 @@ export function liveRotateSteps(
         name: 'switch',
         run: async () => {
           if (await switched()) return;
+          const [top] = await libvirt.diskChain(vm, target);
+          if (top === undefined) throw new Error(`no block node for ${target} of ${vm}`);
+          if (!(await nodeNames()).has(overlayNode)) {
+            const fdsetId = (await ourFdsets())[0] ?? (await libvirt.addFdset(vm, overlayPath, fdsetTag));
+            await libvirt.blockdevAdd(
+              vm,
+              qcow2Blockdev({
+                nodeName: overlayNode,
+                filename: `/dev/fdset/${fdsetId}`,
+                sourceType: backend.kind === 'lvm' ? 'block' : 'file',
+                backing: null,
+                ...(top.cache === undefined ? {} : { cache: top.cache }),
+              }),
+            );
+          }
+          // The guest stays frozen (when asked) only for the switch itself.
           const freeze = plan.quiesce ? await freezeGuest(libvirt, journal, vm) : null;
           try {
-            const [top] = await libvirt.diskChain(vm, target);
-            if (top === undefined) throw new Error(`no block node for ${target} of ${vm}`);
-            if (!(await nodeNames()).has(overlayNode)) {
-              const fdsetId = (await ourFdsets())[0] ?? (await libvirt.addFdset(vm, overlayPath, fdsetTag));
-              await libvirt.blockdevAdd(
-                vm,
-                qcow2Blockdev({
-                  nodeName: overlayNode,
-                  filename: `/dev/fdset/${fdsetId}`,
-                  sourceType: backend.kind === 'lvm' ? 'block' : 'file',
-                  backing: null,
-                  ...(top.cache === undefined ? {} : { cache: top.cache }),
-                }),
-              );
-            }
             const started = performance.now();
             await libvirt.blockdevSnapshot(vm, { node: top.nodeName, overlay: overlayNode });
             const switchMs = performance.now() - started;
