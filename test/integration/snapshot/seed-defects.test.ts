@@ -138,14 +138,18 @@ describe('seed defect 5: never qemu-img rebase -u on an image a running QEMU hol
     const dom = await startTestDomain(cleanup, { label: 'seed5', disk: { type: 'file', path: active } });
     await guestWrite(dom, 0x55, 0, MiB);
     const names: string[] = [];
-    for (let n = 1; n <= 2; n++) {
-      const cmd = snapshotCommand('d5.qcow2', 'd5', names, `snap-${n}`);
+    // Both running-VM strategies: lvm-cow (asked for), then live-rotate (what auto picks here).
+    for (const [n, strategy] of [
+      [1, 'lvm-cow'],
+      [2, 'auto'],
+    ] as const) {
+      const cmd = snapshotCommand('d5.qcow2', 'd5', names, `snap-${n}`, { options: { strategy } });
       cmd.params.vm = dom.name;
       const result = await createSnapshot(
         jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))),
         deps,
       );
-      expect(result.strategy.name).toBe('lvm-cow');
+      expect(result.strategy.name).toBe(n === 1 ? 'lvm-cow' : 'live-rotate');
       names.push(`snap-${n}`);
       expect((await infoOf(active))['backing-filename']).toBe(join(h.storeRoot, 'd5', `snap-${n}`));
     }
