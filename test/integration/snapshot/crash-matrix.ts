@@ -2,19 +2,31 @@
 // boundary and inside the export (and while the VM is paused), restart it, and check what
 // recovery did: one terminal event, rolled back before the point of no return and finished after
 // it, the chain intact (qemu-img check + compare with raw references), no temporary file, the VM running.
-import { readdir } from 'node:fs/promises';
+// live-rotate adds its own checks (liveRotateCrashAt) and guest writes while the agent is dead.
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { expect } from 'vitest';
 import { eventKindOf } from '../../../src/protocol/index.js';
-import { checkExitCode } from '../../helpers/images.js';
+import { checkExitCode, infoOf } from '../../helpers/images.js';
+import {
+  type Cleanup,
+  createQcow2,
+  guestFlush,
+  guestWrite,
+  makeTempDir,
+  startTestDomain,
+  virsh,
+} from '../../helpers/libvirt-fixtures.js';
 import {
   differsFromReference,
   type PatternWrite,
-  type ReferenceDisk,
+  ReferenceDisk,
   roundWrites,
 } from '../../helpers/reference-images.js';
-import { AgentProcess, type HostBus } from './agent-process.js';
+import { blockCensus } from '../../helpers/vm-watch.js';
+import { AgentProcess, HostBus } from './agent-process.js';
 
 export interface CrashSetup {
   bus: HostBus;
@@ -29,7 +41,12 @@ export interface CrashSetup {
   write(writes: PatternWrite[]): Promise<void>;
   /** Before reading the active image from outside (a running VM: flush QEMU's caches). */
   settle(): Promise<void>;
-  strategy: 'offline' | 'lvm-cow';
+  strategy: 'offline' | 'lvm-cow' | 'live-rotate';
+  /**
+   * The guest also writes while the agent is dead (a running VM only): after a finished job these
+   * writes belong to the live disk but not to the snapshot (taken before them).
+   */
+  writeWhileDown?: boolean;
   chain: string[];
   refs: ReferenceDisk[];
   round: number;
@@ -55,6 +72,8 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
   await s.write(writes);
   await s.live.apply(writes);
   const name = `snap-${s.round}`;
+  // The snapshot must hold exactly the guest's disk as it was when the command was sent.
+  const ref = await s.live.freeze(join(s.base, `ref-${s.round}.raw`));
   const env = {
     hostId: s.bus.hostId,
     stateDir: join(s.base, 'state'),
@@ -82,6 +101,11 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
   expect(exit.signal, `agent should die at ${failpoint}`).toBe('SIGKILL');
   expect(s.bus.terminalsOf(jobId)).toHaveLength(0);
   await killOrphans(s.base);
+  if (s.writeWhileDown) {
+    const down = roundWrites(700 + s.round, SIZE);
+    await s.write(down);
+    await s.live.apply(down);
+  }
 
   const second = AgentProcess.start(env);
   try {
@@ -108,7 +132,7 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
   }
   if (!rollsBack) {
     s.chain.push(name);
-    s.refs.push(await s.live.freeze(join(s.base, `ref-${s.round}.raw`)));
+    s.refs.push(ref);
   }
 
   // Chain intact, data right, nothing temporary left, VM running.
@@ -127,4 +151,70 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
     const { stdout } = await execa('virsh', ['-c', 'qemu:///system', 'domstate', s.vm]);
     expect(stdout.trim()).toBe('running');
   }
+}
+
+const MiB = 1024 * 1024;
+
+/**
+ * live-rotate matrix setup: a plain file pool (no reflink needed), a running type='qemu' VM on it,
+ * the guest also writing while the agent is dead. `cleanup` removes all of it.
+ */
+export async function liveRotateCrashSetup(cleanup: Cleanup, label: string): Promise<CrashSetup> {
+  const base = await makeTempDir(cleanup, label);
+  const poolRoot = join(base, 'pools');
+  const pool = join(poolRoot, 'p1');
+  const storeRoot = join(base, 'store');
+  await mkdir(pool, { recursive: true });
+  await mkdir(storeRoot, { recursive: true });
+  const active = join(pool, 'vol.qcow2');
+  await createQcow2(active, SIZE / MiB);
+  const dom = await startTestDomain(cleanup, { label, disk: { type: 'file', path: active } });
+  const bus = await HostBus.open(`h7${label}-${randomBytes(3).toString('hex')}`);
+  cleanup.add('bus', () => bus.close());
+  return {
+    bus,
+    base,
+    poolRoot,
+    pool,
+    storeRoot,
+    volumeFile: 'vol.qcow2',
+    vm: dom.name,
+    live: await ReferenceDisk.create(join(base, 'live.raw'), SIZE),
+    write: async (writes) => {
+      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
+    },
+    settle: () => guestFlush(dom),
+    strategy: 'live-rotate',
+    writeWhileDown: true,
+    chain: [],
+    refs: [],
+    round: 0,
+    agentStarts: 0,
+  };
+}
+
+/**
+ * One live-rotate cell: crashAt, then what is special to live rotation: the VM was never paused
+ * (libvirt's reason is still "booted"), the active header names the last snapshot, and QEMU holds
+ * exactly the disk's chain (no leaked layer or fdset).
+ */
+export async function liveRotateCrashAt(s: CrashSetup, failpoint: string, rollsBack: boolean): Promise<void> {
+  if (failpoint.endsWith(':export:during')) {
+    // A frozen layer big enough that the export at 1 MiB/s is still running at its first progress.
+    const big = { pattern: 0x5a, offset: 8 * MiB, length: 4 * MiB };
+    await s.write([big]);
+    await s.live.apply([big]);
+  }
+  await crashAt(s, failpoint, rollsBack);
+  const vm = s.vm!;
+  expect((await virsh(['domstate', '--reason', vm])).trim()).toBe('running (booted)');
+  const last = s.chain.at(-1);
+  if (last !== undefined) {
+    expect((await infoOf(join(s.pool, s.volumeFile)))['backing-filename']).toBe(
+      join(s.storeRoot, 'vol', last),
+    );
+  }
+  const census = await blockCensus(vm);
+  expect(census.qcow2Nodes).toHaveLength(census.chainDepth);
+  expect(census.fdsets).toEqual(census.fdsetsInUse);
 }

@@ -1,0 +1,33 @@
+// Crash matrix, live-rotate strategy, part 2 (see crash-live-rotate.test.ts): kills from the export
+// to the end, all after the point of no return, so every job finishes. The first cell makes the
+// full snapshot, the rest are deltas; export:during kills a rate-limited export of a 4 MiB layer.
+import { afterAll, beforeAll, describe, it } from 'vitest';
+import { assertLibvirtReady, Cleanup } from '../../helpers/libvirt-fixtures.js';
+import { type CrashSetup, liveRotateCrashAt, liveRotateCrashSetup } from './crash-matrix.js';
+
+const cleanup = new Cleanup();
+let s: CrashSetup;
+
+beforeAll(async () => {
+  await assertLibvirtReady();
+  s = await liveRotateCrashSetup(cleanup, 'crashlr2');
+});
+afterAll(() => cleanup.run());
+
+const cells: Array<[string, boolean]> = [
+  ['live-rotate:export:after', false],
+  ['live-rotate:export:during', false],
+  ['live-rotate:publish:after', false],
+  ['live-rotate:verify:after', false],
+  ['live-rotate:repoint:after', false],
+  ['live-rotate:close-frozen:after', false],
+];
+
+describe('crash matrix: live-rotate with a running VM on a plain file pool (export to the end)', () => {
+  it.each(cells)(
+    'kill -9 at %s, restart: finished, chain intact, VM never paused, no write lost',
+    async (point, back) => {
+      await liveRotateCrashAt(s, point, back);
+    },
+  );
+});
