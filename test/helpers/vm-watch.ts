@@ -119,10 +119,14 @@ export async function qemuPid(domain: string): Promise<number> {
 }
 
 /**
- * The file QEMU really has open for a node's filename: a `/dev/fdset/N` name is resolved through
+ * The file QEMU really has open for a layer: a `/dev/fdset/N` name is resolved through
  * the fdset's descriptors in QEMU's process (/proc/<pid>/fd follows renames); a path stays as is.
  */
-async function resolveInQemu(domain: string, filename: string): Promise<string> {
+async function resolveInQemu(domain: string, reported: string): Promise<string> {
+  // A layer whose backing changed at run time is reported as "json:{...}": its own file is `file.filename`.
+  const filename = reported.startsWith('json:')
+    ? (JSON.parse(reported.slice(5)) as { file: { filename: string } }).file.filename
+    : reported;
   const match = /^\/dev\/fdset\/(\d+)$/.exec(filename);
   if (match === null) return filename;
   const sets = await qmp<Array<{ 'fdset-id': number; fds: Array<{ fd: number }> }>>(domain, 'query-fdsets');
