@@ -4,7 +4,7 @@
 // No pause: QEMU only drains the old layer during the switch. The export is exactly the frozen
 // layer (the writes since the previous snapshot), and the volume keeps its name and path.
 import { basename, dirname } from 'node:path';
-import { ChainInvalidError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
+import { AgentError, ChainInvalidError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
 import { hasStableBlockdevReopen } from '../host/capabilities.js';
 import { type BlockNode, qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
 import { backingOf } from './chain.js';
@@ -63,6 +63,26 @@ export function liveRotateSteps(
     (await libvirt.fdsets(vm)).filter((s) => s.opaque.includes(fdsetTag)).map((s) => s.fdsetId);
   const switched = async (): Promise<boolean> =>
     (await libvirt.diskChain(vm, target))[0]?.nodeName === overlayNode;
+  // Between the switch and the promote the volume's name still opens the old top. A VM started
+  // again in that window (the agent died there) runs on the old top and never saw the overlay's
+  // writes: promoting the overlay would put those stale writes over the guest's newer ones at the
+  // next start, and export a layer the guest is writing. Stop instead, keeping the overlay.
+  const assertNotRestartedOnOldTop = async (): Promise<void> => {
+    if (!(await backend.exists(plan.stagingName))) return; // promoted: the name opens the overlay
+    if (!(await running()) || (await switched())) return;
+    await backend.restoreActive(plan.retiredName); // a file pool's second link to the old top
+    throw overlayKept('the rotation');
+  };
+  // Journaled right after blockdev-snapshot returned: QEMU wrote to the overlay from then on.
+  const switchHappened = (): boolean => journal.get().facts.switchMs !== undefined;
+  const overlayKept = (what: string): AgentError =>
+    new AgentError(
+      'VOLUME_STATE_UNEXPECTED',
+      `VM ${vm} runs on the old top of ${plan.activePath}, not on the overlay ${overlayPath} it was switched to ` +
+        `(started again in between?): ${what} stops here and keeps the overlay, which holds writes the guest ` +
+        'made before that restart and no longer sees, for inspection',
+      { details: { vm, active: plan.activePath, overlay: overlayPath } },
+    );
 
   return {
     kind: 'live-rotate',
@@ -81,7 +101,10 @@ export function liveRotateSteps(
             { backingMayNotExist: true },
           );
         },
+        // Never drops guest writes: rolling back after the switch happened means a VM restart on
+        // the old top undid it (see assertNotRestartedOnOldTop), and the overlay is kept.
         undo: async () => {
+          if (switchHappened() && (await backend.exists(plan.stagingName))) throw overlayKept('the rollback');
           await backend.remove(plan.stagingName);
         },
       },
@@ -128,22 +151,29 @@ export function liveRotateSteps(
           if ((await nodeNames()).has(overlayNode)) await libvirt.blockdevDel(vm, overlayNode);
           for (const id of await ourFdsets()) await libvirt.removeFdset(vm, id);
         },
-        // Done when QEMU's top is the overlay. A VM stopped since: done if the overlay took writes
-        // (rolling back would drop them); an empty overlay can go either way, and undo loses nothing.
+        // Done when QEMU's top is the overlay. A VM stopped since: done when the overlay exists.
+        // It may hold writes (rolling back would drop them); if QEMU never switched it is empty and
+        // going forward loses nothing either. (Its allocation cannot be read here: its backing, the
+        // frozen layer's final name, appears only with retire-active.)
         isDone: async () => {
           if (await running()) return switched();
-          if (!(await backend.exists(plan.stagingName))) return false;
-          return (await deps.qemuImg.allocatedBytes(overlayPath, { topOnly: true, forceShare: true })) > 0;
+          return backend.exists(plan.stagingName);
         },
       },
       {
         // QEMU holds both layers by descriptor now; the names follow. LVM: rename; files: a second link.
         name: 'retire-active',
-        run: () => backend.retireActive(plan.retiredName),
+        run: async () => {
+          await assertNotRestartedOnOldTop();
+          await backend.retireActive(plan.retiredName);
+        },
       },
       {
         name: 'promote-overlay',
-        run: () => backend.promote(plan.stagingName),
+        run: async () => {
+          await assertNotRestartedOnOldTop();
+          await backend.promote(plan.stagingName);
+        },
       },
       exportStep(deps, {
         source: frozenPath,
