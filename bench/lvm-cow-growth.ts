@@ -52,7 +52,7 @@ async function runStrategy(strategy: 'lvm-cow' | 'offline'): Promise<Row[]> {
   const cleanup = new Cleanup();
   const h = await makeHarness(`bench${strategy.replace('-', '')}`, {
     reflink: true,
-    xfsBytes: 4 * sizeMiB * MiB,
+    xfsBytes: Math.max(512, 4 * sizeMiB) * MiB, // mkfs.xfs needs > 300 MiB
   });
   cleanup.add('harness', () => h.cleanup());
   try {
