@@ -1,0 +1,68 @@
+// live-rotate with quiesce asked on a VM whose guest-agent channel is defined but where no agent
+// answers (the usual state of a guest without qemu-ga running; this guest has no OS at all):
+// the snapshot is taken crash-consistent, the result says quiesced 'unavailable', nothing is left
+// marked frozen, and the data matches the reference.
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSnapshot } from '../../../src/snapshot/index.js';
+import {
+  assertLibvirtReady,
+  Cleanup,
+  createQcow2,
+  guestWrite,
+  startTestDomain,
+  virsh,
+} from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 16 * MiB;
+const cleanup = new Cleanup();
+let h: Harness;
+
+beforeAll(async () => {
+  await assertLibvirtReady();
+  h = await makeHarness('lrquiesce');
+  cleanup.add('harness', () => h.cleanup());
+});
+afterAll(() => cleanup.run());
+
+describe('live-rotate quiesce without an answering guest agent', () => {
+  it('reports quiesced unavailable and leaves nothing frozen', async () => {
+    const active = join(h.pool, 'vol.qcow2');
+    await createQcow2(active, SIZE / MiB);
+    const dom = await startTestDomain(cleanup, {
+      label: 'lrquiesce',
+      disk: { type: 'file', path: active },
+      guestAgentChannel: true,
+    });
+    expect(await virsh(['dumpxml', dom.name])).toContain('org.qemu.guest_agent.0');
+    const live = await ReferenceDisk.create(join(h.base, 'live.raw'), SIZE);
+    const names: string[] = [];
+    for (let round = 1; round <= 2; round++) {
+      const writes = roundWrites(600 + round, SIZE);
+      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
+      await live.apply(writes);
+      const cmd = command('snapshot.create', {
+        volume: { kind: 'file', pool: h.pool, file: 'vol.qcow2' },
+        vm: dom.name,
+        store: { root: h.storeRoot, dir: 'vol' },
+        parents: names,
+        snapshot: `snap-${round}`,
+        options: { strategy: 'live-rotate', quiesce: true },
+      });
+      const journal = new FileStepJournal(join(h.base, `${cmd.id}.json`));
+      const result = await createSnapshot(jobContext(cmd, journal), h.deps);
+      names.push(`snap-${round}`);
+      expect(result.strategy.name).toBe('live-rotate');
+      expect(result.quiesced).toBe('unavailable');
+      expect(result.vmPauseMs).toBe(0);
+      const { engine } = journal.read<{ engine: { facts: Record<string, unknown> } }>();
+      expect(engine.facts.quiesced).toBe('unavailable');
+      expect(engine.facts.frozenByUs ?? null).toBeNull(); // recovery would try to thaw otherwise
+      expect(await differsFromReference(result.snapshot.path, live)).toBeNull();
+    }
+    expect((await virsh(['domstate', '--reason', dom.name])).trim()).toBe('running (booted)');
+  });
+});
