@@ -1,7 +1,7 @@
 // Steps shared by strategies: export to a part file, publish, verify, and the volume swap
 // (retire the old active, promote the staging volume, remove the retired one).
 import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
-import type { QemuImg } from '../host/qemu-img.js';
+import { EXPORT_TUNING, type QemuImg } from '../host/qemu-img.js';
 import { backingOf, pathExists, removeIfUnreferenced, removePart, storeChainProblems } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import type { Step, StepIO } from './steps.js';
@@ -20,6 +20,8 @@ export function exportStep(
     cow?: { volume: string; health: () => Promise<CowHealth> };
     /** Called with each progress percentage (the mid-export failpoint hooks here). */
     onProgress?: (percent: number) => void;
+    /** Bytes to copy, measured by the planner (spares a `qemu-img map` for the progress total). */
+    bytesTotal?: number;
   },
 ): Step {
   const convert = async (io: StepIO, signal: AbortSignal): Promise<void> => {
@@ -32,6 +34,8 @@ export function exportStep(
       forceShare: opts.forceShare,
       ...(opts.parentBacking === null ? {} : { backing: { file: opts.parentBacking, format: 'qcow2' } }),
       compress: opts.compress ? 'zlib' : false,
+      tuning: EXPORT_TUNING,
+      ...(opts.bytesTotal === undefined ? {} : { progressBytesTotal: opts.bytesTotal }),
       signal,
       progress: (p) => {
         io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });

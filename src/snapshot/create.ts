@@ -155,6 +155,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
     parentBacking: delta ? deps.store.relativeBacking(snapshotPath, parentPath) : null,
     chainDepth: delta ? parentDepth + 1 : 1,
     virtualSize: active.virtualSize,
+    exportBytes,
     stagingName: backend.tempName('stg', tag),
     retiredName: backend.tempName('old', tag),
     cloneName: backend.tempName('cow', tag),

@@ -60,6 +60,7 @@ export function lvmCowSteps(
         forceShare: true,
         cow: { volume: backend.activePath, health: () => backend.cowHealth(plan.cloneName) },
         onProgress: hooks.onExportProgress,
+        ...(plan.exportBytes === undefined ? {} : { bytesTotal: plan.exportBytes }),
       }),
       publishStep(deps, {
         partPath: plan.partPath,

@@ -22,6 +22,8 @@ export interface CreatePlan {
   parentBacking: string | null;
   chainDepth: number;
   virtualSize: number;
+  /** Bytes the export copies, as measured when planning (absent in plans journaled by older versions). */
+  exportBytes?: number;
   stagingName: string;
   retiredName: string;
   cloneName: string;
