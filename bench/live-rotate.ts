@@ -639,6 +639,7 @@ async function exportThroughput(): Promise<ExportRow[]> {
         parentBacking: 'snap-0',
         compress: false,
         forceShare: true,
+        bytesTotal: mib * MiB, // the engine passes the planner's measure (no qemu-img map)
       });
       const io = { signal: new AbortController().signal, progress: () => {} };
       const timed = async (run: () => Promise<unknown>, target: string, into: number[], sync: number[]) => {
