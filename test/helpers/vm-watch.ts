@@ -3,7 +3,7 @@
 // query-status), a read-back of the disk through the domain's QEMU (blockdev-backup to a raw file),
 // and a census of QEMU's block nodes and fdsets (leaked layers or descriptors).
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFile, readlink } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { execa } from 'execa';
 import { LIBVIRT_URI, virsh } from './libvirt-fixtures.js';
 
@@ -141,6 +141,14 @@ async function resolveInQemu(domain: string, reported: string): Promise<string> 
 interface QmpBlockImage {
   filename: string;
   'backing-image'?: QmpBlockImage;
+}
+
+/** Files under `dir` the domain's QEMU process holds open (a removed one shows as "... (deleted)"). */
+export async function qemuOpenFilesUnder(domain: string, dir: string): Promise<string[]> {
+  const pid = await qemuPid(domain);
+  const fds = await readdir(`/proc/${pid}/fd`);
+  const targets = await Promise.all(fds.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
+  return [...new Set(targets.filter((t) => t.startsWith(dir)))].sort();
 }
 
 /**

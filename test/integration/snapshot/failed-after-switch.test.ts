@@ -1,12 +1,11 @@
 // live-rotate failing after its point of no return (the store refuses the export): nothing is
 // undone, the VM keeps running on a three-layer chain that opens whole, no write is lost; the next
 // snapshot of the volume is a full one and removes the frozen layer the failed job left behind.
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentError, HostCommandError } from '../../../src/errors/index.js';
 import type { QemuImg } from '../../../src/host/qemu-img.js';
-import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
   assertLibvirtReady,
@@ -18,7 +17,8 @@ import {
   virsh,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { qemuOpenFilesUnder } from '../../helpers/vm-watch.js';
+import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -31,14 +31,6 @@ beforeAll(async () => {
   cleanup.add('harness', () => h.cleanup());
 });
 afterAll(() => cleanup.run());
-
-/** Files the domain's QEMU process holds open under `dir` (a removed one shows as "... (deleted)"). */
-async function qemuOpenFiles(domain: string, dir: string): Promise<string[]> {
-  const pid = (await readFile(`/run/libvirt/qemu/${domain}.pid`, 'utf8')).trim();
-  const fds = await readdir(`/proc/${pid}/fd`);
-  const targets = await Promise.all(fds.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
-  return [...new Set(targets.filter((t) => t.startsWith(dir)))].sort();
-}
 
 /** The real QemuImg, except that every convert fails the way a full store makes it fail. */
 function storeFullQemuImg(real: QemuImg): QemuImg {
@@ -63,15 +55,15 @@ describe('live-rotate failing after the switch', () => {
     const dom = await startTestDomain(cleanup, { label: 'lrfail', disk: { type: 'file', path: active } });
     const live = await ReferenceDisk.create(join(h.base, 'ref-live.raw'), SIZE);
     const snapshot = async (name: string, parents: string[], deps = h.deps) => {
-      const cmd = command('snapshot.create', {
-        volume: { kind: 'file', pool: h.pool, file: 'vol1.qcow2' },
+      const cmd = fileSnapshotCommand(h, {
+        file: 'vol1.qcow2',
         vm: dom.name,
-        store: { root: h.storeRoot, dir: 'vol1' },
+        dir: 'vol1',
         parents,
         snapshot: name,
         options: { strategy: 'live-rotate' },
       });
-      return createSnapshot(jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))), deps);
+      return runCreate(h, cmd, deps);
     };
     const write = async (round: number) => {
       const writes = roundWrites(round, SIZE);
@@ -112,8 +104,8 @@ describe('live-rotate failing after the switch', () => {
     expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
     expect((await infoOf(active))['backing-filename']).toBe(next.snapshot.path);
     // QEMU let go of every frozen layer (an fdset left behind would keep a removed file open).
-    expect(await qemuOpenFiles(dom.name, h.pool)).toEqual([active]);
-    expect(await qemuOpenFiles(dom.name, h.storeRoot)).toEqual([next.snapshot.path]);
+    expect(await qemuOpenFilesUnder(dom.name, h.pool)).toEqual([active]);
+    expect(await qemuOpenFilesUnder(dom.name, h.storeRoot)).toEqual([next.snapshot.path]);
     await write(4);
     await guestFlush(dom);
     expect(await differsFromReference(active, live)).toBeNull();

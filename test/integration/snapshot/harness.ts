@@ -12,8 +12,9 @@ import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import type { JobContext, ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
+import type { SnapshotCreateResult } from '../../../src/protocol/index.js';
 import { type Command, type CommandType, commandSchema } from '../../../src/protocol/index.js';
-import { Failpoints, type SnapshotDeps } from '../../../src/snapshot/index.js';
+import { createSnapshot, Failpoints, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { LIBVIRT_URI } from '../../helpers/libvirt-fixtures.js';
 import { mountXfs } from '../../helpers/xfs.js';
 
@@ -122,4 +123,37 @@ export function jobContext<T extends CommandType>(
     recovering: opts.recovering ?? false,
     updates,
   };
+}
+
+export type CreateCommand = Extract<Command, { type: 'snapshot.create' }>;
+
+/** snapshot.create of file volume `file` in the harness pool, into store dir `dir` (default: the file's name). */
+export function fileSnapshotCommand(
+  h: Harness,
+  p: {
+    file: string;
+    vm: string | null;
+    parents: readonly string[];
+    snapshot: string;
+    dir?: string;
+    options?: Record<string, unknown>;
+  },
+): CreateCommand {
+  return command('snapshot.create', {
+    volume: { kind: 'file', pool: h.pool, file: p.file },
+    vm: p.vm,
+    store: { root: h.storeRoot, dir: p.dir ?? p.file },
+    parents: p.parents,
+    snapshot: p.snapshot,
+    options: p.options ?? {},
+  });
+}
+
+/** Runs snapshot.create directly (no broker) with its own fsynced journal file in the harness. */
+export function runCreate(
+  h: Harness,
+  cmd: CreateCommand,
+  deps: SnapshotDeps = h.deps,
+): Promise<SnapshotCreateResult> {
+  return createSnapshot(jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))), deps);
 }

@@ -3,11 +3,10 @@
 // and every node of the old chain is closed: QEMU holds exactly active + the new full (no leaked
 // layer, fdset or open file of the old store files). The next delta builds on the new full, and a
 // fresh QEMU (destroy + start) reads the same data.
-import { readdir, readlink } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
   assertLibvirtReady,
@@ -19,8 +18,8 @@ import {
   virsh,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { blockCensus, qemuChain, qemuPid, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { blockCensus, qemuChain, qemuOpenFilesUnder, readBackThroughQemu } from '../../helpers/vm-watch.js';
+import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -33,14 +32,6 @@ beforeAll(async () => {
   cleanup.add('harness', () => h.cleanup());
 });
 afterAll(() => cleanup.run());
-
-/** Files under `dir` the domain's QEMU process holds open. */
-async function openFilesUnder(domain: string, dir: string): Promise<string[]> {
-  const pid = await qemuPid(domain);
-  const fds = await readdir(`/proc/${pid}/fd`);
-  const targets = await Promise.all(fds.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
-  return [...new Set(targets.filter((t) => t.startsWith(dir)))].sort();
-}
 
 describe('live-rotate: a full snapshot on top of a delta chain', () => {
   it('re-points at the new full and closes every node of the old chain', async () => {
@@ -56,18 +47,15 @@ describe('live-rotate: a full snapshot on top of a delta chain', () => {
       const writes = roundWrites(500 + round, SIZE);
       for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
       await live.apply(writes);
-      const cmd = command('snapshot.create', {
-        volume: { kind: 'file', pool: h.pool, file: 'vol.qcow2' },
+      const cmd = fileSnapshotCommand(h, {
+        file: 'vol.qcow2',
         vm: dom.name,
-        store: { root: h.storeRoot, dir: 'vol' },
+        dir: 'vol',
         parents,
         snapshot: `snap-${round}`,
         options: { strategy: 'live-rotate', maxChainLength: 3 },
       });
-      const result = await createSnapshot(
-        jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))),
-        h.deps,
-      );
+      const result = await runCreate(h, cmd);
       refs.set(`snap-${round}`, await live.freeze(join(h.base, `ref-${round}.raw`)));
       expect(result.strategy.name).toBe('live-rotate');
       return result;
@@ -89,7 +77,7 @@ describe('live-rotate: a full snapshot on top of a delta chain', () => {
     const census = await blockCensus(dom.name);
     expect(census.qcow2Nodes).toHaveLength(2);
     expect(census.fdsets).toEqual(census.fdsetsInUse);
-    expect(await openFilesUnder(dom.name, store)).toEqual([join(store, 'snap-4')]);
+    expect(await qemuOpenFilesUnder(dom.name, store)).toEqual([join(store, 'snap-4')]);
     expect(await readdir(h.pool)).toEqual(['vol.qcow2']);
 
     // The old chain is still whole on its own (nothing removed it), and the new one equals it.
@@ -103,7 +91,7 @@ describe('live-rotate: a full snapshot on top of a delta chain', () => {
     expect(delta.snapshot.kind).toBe('delta');
     expect(delta.snapshot.chainDepth).toBe(2);
     expect(await differsFromReference(delta.snapshot.path, refs.get('snap-5')!)).toBeNull();
-    expect(await openFilesUnder(dom.name, store)).toEqual([join(store, 'snap-4'), join(store, 'snap-5')]);
+    expect(await qemuOpenFilesUnder(dom.name, store)).toEqual([join(store, 'snap-4'), join(store, 'snap-5')]);
 
     // The running QEMU, then a fresh one, read the live reference.
     await guestFlush(dom);

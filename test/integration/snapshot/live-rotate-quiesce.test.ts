@@ -14,7 +14,7 @@ import {
   virsh,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { FileStepJournal, fileSnapshotCommand, type Harness, jobContext, makeHarness } from './harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -44,10 +44,10 @@ describe('live-rotate quiesce without an answering guest agent', () => {
       const writes = roundWrites(600 + round, SIZE);
       for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
       await live.apply(writes);
-      const cmd = command('snapshot.create', {
-        volume: { kind: 'file', pool: h.pool, file: 'vol.qcow2' },
+      const cmd = fileSnapshotCommand(h, {
+        file: 'vol.qcow2',
         vm: dom.name,
-        store: { root: h.storeRoot, dir: 'vol' },
+        dir: 'vol',
         parents: names,
         snapshot: `snap-${round}`,
         options: { strategy: 'live-rotate', quiesce: true },

@@ -9,7 +9,6 @@
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
   assertLibvirtReady,
@@ -28,7 +27,7 @@ import {
   roundWrites,
 } from '../../helpers/reference-images.js';
 import { blockCensus, qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -75,18 +74,14 @@ class Volume {
 
   async snapshot(strategy: 'live-rotate' | 'offline') {
     const name = `snap-${this.names.length + 1}`;
-    const cmd = command('snapshot.create', {
-      volume: { kind: 'file', pool: h.pool, file: this.file },
+    const cmd = fileSnapshotCommand(h, {
+      file: this.file,
       vm: this.dom.name,
-      store: { root: h.storeRoot, dir: this.file },
       parents: this.names,
       snapshot: name,
       options: { strategy },
     });
-    const result = await createSnapshot(
-      jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))),
-      h.deps,
-    );
+    const result = await runCreate(h, cmd);
     this.names.push(name);
     this.refs.push(await this.live.freeze(join(h.base, `${this.file}.ref-${this.names.length}.raw`)));
     expect(result.strategy.name).toBe(strategy);

@@ -27,7 +27,7 @@ import {
   roundWrites,
 } from '../../helpers/reference-images.js';
 import { LifecycleWatch, StatePoller } from '../../helpers/vm-watch.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { FileStepJournal, fileSnapshotCommand, type Harness, jobContext, makeHarness } from './harness.js';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;
@@ -56,14 +56,7 @@ async function write(dom: TestDomain, live: ReferenceDisk, writes: PatternWrite[
 }
 
 function snapshotCommand(file: string, vm: string, parents: string[], name: string) {
-  return command('snapshot.create', {
-    volume: { kind: 'file', pool: h.pool, file },
-    vm,
-    store: { root: h.storeRoot, dir: file },
-    parents,
-    snapshot: name,
-    options: { strategy: 'live-rotate' },
-  });
+  return fileSnapshotCommand(h, { file, vm, parents, snapshot: name, options: { strategy: 'live-rotate' } });
 }
 
 describe('live-rotate watched while it runs', () => {

@@ -7,7 +7,6 @@
 // writes gives an empty delta.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSnapshot } from '../../../src/snapshot/index.js';
 import { infoOf, mapOf } from '../../helpers/images.js';
 import {
   assertLibvirtReady,
@@ -18,7 +17,7 @@ import {
   startTestDomain,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, type PatternWrite, ReferenceDisk } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
 
 const MiB = 1024 * 1024;
 const CLUSTER = 64 * 1024;
@@ -87,18 +86,15 @@ describe('live-rotate: a snapshot holds exactly the bytes written since the prev
       const round = i + 1;
       for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
       await live.apply(writes);
-      const cmd = command('snapshot.create', {
-        volume: { kind: 'file', pool: h.pool, file: 'vol.qcow2' },
+      const cmd = fileSnapshotCommand(h, {
+        file: 'vol.qcow2',
         vm: dom.name,
-        store: { root: h.storeRoot, dir: 'vol' },
+        dir: 'vol',
         parents: names,
         snapshot: `snap-${round}`,
         options: { strategy: 'live-rotate' },
       });
-      const result = await createSnapshot(
-        jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))),
-        h.deps,
-      );
+      const result = await runCreate(h, cmd);
       names.push(`snap-${round}`);
       const frozen = await live.freeze(join(h.base, `ref-${round}.raw`));
 

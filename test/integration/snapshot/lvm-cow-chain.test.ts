@@ -5,7 +5,6 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
   assertLibvirtReady,
@@ -17,7 +16,7 @@ import {
   virsh,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -45,16 +44,15 @@ describe('lvm-cow strategy, reflink file pool, running VM', () => {
       for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
       await live.apply(writes);
       const name = `snap-${round}`;
-      const cmd = command('snapshot.create', {
-        volume: { kind: 'file', pool: h.pool, file: 'vol1.qcow2' },
+      const cmd = fileSnapshotCommand(h, {
+        file: 'vol1.qcow2',
         vm: dom.name,
-        store: { root: h.storeRoot, dir: 'vol1' },
+        dir: 'vol1',
         parents: names,
         snapshot: name,
         options: { strategy: 'lvm-cow', verify: round === 5 ? 'full' : 'metadata', quiesce: round === 3 },
       });
-      const ctx = jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`)));
-      const result = await createSnapshot(ctx, h.deps);
+      const result = await runCreate(h, cmd);
       names.push(name);
       frozen.push(await live.freeze(join(h.base, `ref-${round}.raw`)));
 
