@@ -35,7 +35,7 @@ export function exportStep(
       ...(opts.parentBacking === null ? {} : { backing: { file: opts.parentBacking, format: 'qcow2' } }),
       compress: opts.compress ? 'zlib' : false,
       tuning: EXPORT_TUNING,
-      ...(opts.bytesTotal === undefined ? {} : { progressBytesTotal: opts.bytesTotal }),
+      progressBytesTotal: opts.bytesTotal,
       signal,
       progress: (p) => {
         io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });

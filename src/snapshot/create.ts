@@ -62,7 +62,7 @@ export function createSteps(
     onExportProgress: (percent: number) => {
       if (percent > 0 && percent < 100) failpoints.hit(`${plan.strategy}:export:during`);
     },
-    whilePaused: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
+    // Inside a step, at its critical moment (VM paused by lvm-cow, right after live-rotate's switch).
     midStep: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
   };
   switch (plan.strategy) {
@@ -96,11 +96,11 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   // Every backing of the active volume must resolve (the store mounted, seed defect 3) before we start.
   const activeChain = await deps.store.readChain(backend.activePath);
   const active = activeChain[0]!;
-  const mayRotate =
-    vm?.running && vm.target !== null && ['auto', 'live-rotate'].includes(params.options.strategy);
-  const liveRotate = mayRotate
-    ? await probeLiveRotate(deps, vm.name, vm.target ?? 'vda', backend, active.virtualSize)
-    : null;
+  const mayRotate = params.options.strategy === 'auto' || params.options.strategy === 'live-rotate';
+  const liveRotate =
+    mayRotate && vm?.running && vm.target !== null
+      ? await probeLiveRotate(deps, vm.name, vm.target, backend, active.virtualSize)
+      : null;
   const strategy = chooseStrategy({
     requested: params.options.strategy,
     vmRunning,

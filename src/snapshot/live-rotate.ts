@@ -184,7 +184,7 @@ export function liveRotateSteps(
         compress: plan.compress,
         forceShare: true, // QEMU holds the frozen layer read-only
         onProgress: hooks.onExportProgress,
-        ...(plan.exportBytes === undefined ? {} : { bytesTotal: plan.exportBytes }),
+        bytesTotal: plan.exportBytes,
       }),
       publishStep(deps, {
         partPath: plan.partPath,

@@ -17,7 +17,7 @@ export function lvmCowSteps(
   backend: VolumeBackend,
   deps: SnapshotDeps,
   journal: EngineJournal,
-  hooks: { onExportProgress?: (percent: number) => void; whilePaused?: (step: string) => void } = {},
+  hooks: { onExportProgress?: (percent: number) => void; midStep?: (step: string) => void } = {},
 ): StepPlan {
   const clonePath = backend.pathOf(plan.cloneName);
   const vm = plan.vmRunning ? plan.vm : null;
@@ -42,7 +42,7 @@ export function lvmCowSteps(
               journal,
               vm,
               () => backend.cowClone(plan.cloneName),
-              () => hooks.whilePaused?.('clone'),
+              () => hooks.midStep?.('clone'),
             );
           } finally {
             if (freeze !== null && 'frozen' in freeze) await thawGuest(deps.libvirt, journal, vm);
@@ -60,7 +60,7 @@ export function lvmCowSteps(
         forceShare: true,
         cow: { volume: backend.activePath, health: () => backend.cowHealth(plan.cloneName) },
         onProgress: hooks.onExportProgress,
-        ...(plan.exportBytes === undefined ? {} : { bytesTotal: plan.exportBytes }),
+        bytesTotal: plan.exportBytes,
       }),
       publishStep(deps, {
         partPath: plan.partPath,
@@ -111,7 +111,7 @@ export function lvmCowSteps(
           }
           // Never `qemu-img rebase -u` under a running QEMU (seed defect 5): QEMU writes the header itself.
           await withVmPaused(deps.libvirt, journal, vm, async () => {
-            hooks.whilePaused?.('repoint');
+            hooks.midStep?.('repoint');
             if (needsBacking) await deps.libvirt.blockdevReopen(vm, [reopenWithBacking(top, nodeName)]);
             await deps.libvirt.changeBackingFile(vm, {
               device: top.nodeName,

@@ -43,7 +43,7 @@ export function offlineSteps(
         compress: plan.compress,
         forceShare: false, // takes the image lock: fails if a VM started meanwhile
         onProgress: hooks.onExportProgress,
-        ...(plan.exportBytes === undefined ? {} : { bytesTotal: plan.exportBytes }),
+        bytesTotal: plan.exportBytes,
       }),
       publishStep(deps, {
         partPath: plan.partPath,
