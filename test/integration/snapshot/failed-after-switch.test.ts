@@ -3,13 +3,11 @@
 // snapshot of the volume is a full one and removes the frozen layer the failed job left behind.
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AgentError, HostCommandError } from '../../../src/errors/index.js';
 import type { QemuImg } from '../../../src/host/qemu-img.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
-  assertLibvirtReady,
-  Cleanup,
   createQcow2,
   guestFlush,
   guestWrite,
@@ -18,19 +16,12 @@ import {
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
 import { qemuOpenFilesUnder } from '../../helpers/vm-watch.js';
-import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
+import { fileSnapshotCommand, runCreate } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('lrfail');
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('lrfail');
 
 /** The real QemuImg, except that every convert fails the way a full store makes it fail. */
 function storeFullQemuImg(real: QemuImg): QemuImg {

@@ -5,11 +5,9 @@
 // opens whole in a fresh QEMU after destroy + start.
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
-  assertLibvirtReady,
-  Cleanup,
   createQcow2,
   guestFlush,
   guestWrite,
@@ -17,19 +15,12 @@ import {
   virsh,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
+import { fileSnapshotCommand, runCreate } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('lrchain');
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('lrchain');
 
 describe('live-rotate strategy, file pool, running VM', () => {
   it('builds a chain of a running VM with auto; data matches references; never paused', async () => {

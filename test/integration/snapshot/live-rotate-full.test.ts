@@ -6,11 +6,9 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
-  assertLibvirtReady,
-  Cleanup,
   createQcow2,
   guestFlush,
   guestWrite,
@@ -19,19 +17,12 @@ import {
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
 import { blockCensus, qemuChain, qemuOpenFilesUnder, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
+import { fileSnapshotCommand, runCreate } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('lrfull');
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('lrfull');
 
 describe('live-rotate: a full snapshot on top of a delta chain', () => {
   it('re-points at the new full and closes every node of the old chain', async () => {

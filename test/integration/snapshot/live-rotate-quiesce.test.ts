@@ -3,30 +3,16 @@
 // the snapshot is taken crash-consistent, the result says quiesced 'unavailable', nothing is left
 // marked frozen, and the data matches the reference.
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createSnapshot } from '../../../src/snapshot/index.js';
-import {
-  assertLibvirtReady,
-  Cleanup,
-  createQcow2,
-  guestWrite,
-  startTestDomain,
-  virsh,
-} from '../../helpers/libvirt-fixtures.js';
+import { createQcow2, guestWrite, startTestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { FileStepJournal, fileSnapshotCommand, type Harness, jobContext, makeHarness } from './harness.js';
+import { FileStepJournal, fileSnapshotCommand, jobContext } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('lrquiesce');
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('lrquiesce');
 
 describe('live-rotate quiesce without an answering guest agent', () => {
   it('reports quiesced unavailable and leaves nothing frozen', async () => {

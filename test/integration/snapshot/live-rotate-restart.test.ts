@@ -8,11 +8,9 @@
 // After every snapshot QEMU holds exactly the disk's chain: no leaked layer or fdset.
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
-  assertLibvirtReady,
-  Cleanup,
   createQcow2,
   guestFlush,
   guestWrite,
@@ -27,19 +25,12 @@ import {
   roundWrites,
 } from '../../helpers/reference-images.js';
 import { blockCensus, qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
+import { fileSnapshotCommand, runCreate } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('lrrestart');
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('lrrestart');
 
 /** One volume with its domain, its live reference and the snapshots taken so far. */
 class Volume {

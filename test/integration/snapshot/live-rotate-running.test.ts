@@ -6,13 +6,11 @@
 // - the guest keeps writing during the export, and every write made before, during and after is
 //   where it should be: the snapshot holds the disk as it was at the switch, the live disk holds all.
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ProgressUpdate } from '../../../src/jobs/types.js';
 import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode } from '../../helpers/images.js';
 import {
-  assertLibvirtReady,
-  Cleanup,
   createQcow2,
   guestFlush,
   guestWrite,
@@ -27,20 +25,13 @@ import {
   roundWrites,
 } from '../../helpers/reference-images.js';
 import { LifecycleWatch, StatePoller } from '../../helpers/vm-watch.js';
-import { FileStepJournal, fileSnapshotCommand, type Harness, jobContext, makeHarness } from './harness.js';
+import { FileStepJournal, fileSnapshotCommand, jobContext } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;
 const SIZE = 32 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('lrrun', { failpoints: 'export-rate=1M' });
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('lrrun', { failpoints: 'export-rate=1M' });
 
 async function newVolume(file: string): Promise<{ active: string; dom: TestDomain; live: ReferenceDisk }> {
   const active = join(h.pool, file);

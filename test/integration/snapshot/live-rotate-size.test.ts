@@ -6,32 +6,18 @@
 // and that plus 1 MiB of QCOW2 metadata. Rewrites of old clusters count again; a round with no
 // writes gives an empty delta.
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { infoOf, mapOf } from '../../helpers/images.js';
-import {
-  assertLibvirtReady,
-  Cleanup,
-  createQcow2,
-  guestFlush,
-  guestWrite,
-  startTestDomain,
-} from '../../helpers/libvirt-fixtures.js';
+import { createQcow2, guestFlush, guestWrite, startTestDomain } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, type PatternWrite, ReferenceDisk } from '../../helpers/reference-images.js';
-import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
+import { fileSnapshotCommand, runCreate } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const CLUSTER = 64 * 1024;
 const SIZE = 32 * MiB;
 const METADATA = 1 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('lrsize');
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('lrsize');
 
 /** Writes of whole clusters: [first cluster, cluster count, pattern]. */
 function clusters(spec: Array<[number, number, number]>): PatternWrite[] {

@@ -4,11 +4,9 @@
 // current one; the VM keeps running; QEMU wrote the new backing (change-backing-file), never qemu-img.
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
-  assertLibvirtReady,
-  Cleanup,
   createQcow2,
   guestFlush,
   guestWrite,
@@ -16,19 +14,12 @@ import {
   virsh,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
+import { fileSnapshotCommand, runCreate } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('cowchain', { reflink: true });
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('cowchain', { reflink: true });
 
 describe('lvm-cow strategy, reflink file pool, running VM', () => {
   it('builds a 10-snapshot chain of a running VM; data matches references; the VM keeps running', async () => {

@@ -2,26 +2,19 @@
 import { cp, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runTool } from '../../../src/host/exec.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { removeIfUnreferenced } from '../../../src/snapshot/chain.js';
 import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf, makeQcow2 } from '../../helpers/images.js';
-import { assertLibvirtReady, Cleanup, guestWrite, startTestDomain } from '../../helpers/libvirt-fixtures.js';
+import { guestWrite, startTestDomain } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { command, FileStepJournal, jobContext } from './harness.js';
+import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
-const cleanup = new Cleanup();
-let h: Harness;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  h = await makeHarness('seed', { reflink: true });
-  cleanup.add('harness', () => h.cleanup());
-});
-afterAll(() => cleanup.run());
+const { h, cleanup } = libvirtSuite('seed', { reflink: true });
 
 function snapshotCommand(file: string, dir: string, parents: string[], snapshot: string, extra: object = {}) {
   return command('snapshot.create', {
