@@ -26,6 +26,7 @@ export interface AgentConfig {
   stateDir: string;
   store: { roots: string[] };
   pools: { fileRoots: string[]; volumeGroups: string[] };
+  snapshot: { liveRotate: 'enabled' | 'disabled' };
   limits: {
     maxConcurrentJobs: number;
     maxMessageBytes: number;

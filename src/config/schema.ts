@@ -119,6 +119,14 @@ export const configSchema = {
       env: 'AGENT_STORE_ROOTS',
     },
   },
+  snapshot: {
+    liveRotate: {
+      doc: "The live-rotate strategy. 'disabled' (default): auto never picks it and an explicit request is refused, because the rotation changes the disk chain behind libvirt (a managedsave, save or migration would reopen the volume without its backing chain). 'enabled' runs it anyway: only for tests of the rotation itself.",
+      format: ['disabled', 'enabled'],
+      default: 'disabled',
+      env: 'AGENT_LIVE_ROTATE',
+    },
+  },
   pools: {
     fileRoots: {
       doc: 'Directories that hold file pools; file volumes must be under one.',

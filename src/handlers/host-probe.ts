@@ -9,9 +9,12 @@ import type { StrategyName } from '../protocol/index.js';
 import type { HostProbe, HostReport } from './ping.js';
 
 /** Maps the capability probe to what ping reports; `auto` is listed when any strategy can run. */
-export function hostReport(capabilities: Capabilities): HostReport {
+export function hostReport(
+  capabilities: Capabilities,
+  options: { liveRotate: 'enabled' | 'disabled' } = { liveRotate: 'disabled' },
+): HostReport {
   const strategies: StrategyName[] = (['offline', 'lvm-cow', 'live-rotate'] as const).filter(
-    (s) => capabilities.strategies[s].available,
+    (s) => capabilities.strategies[s].available && (s !== 'live-rotate' || options.liveRotate === 'enabled'),
   );
   return {
     tools: {
@@ -35,5 +38,5 @@ export function capabilityProbe(config: AgentConfig, logger: Logger): HostProbe 
     filePool: new FilePool({ roots: config.pools.fileRoots, qemuImg, timeoutMs, logger }),
     logger,
   };
-  return async () => hostReport(await probeCapabilities(deps, config));
+  return async () => hostReport(await probeCapabilities(deps, config), config.snapshot);
 }

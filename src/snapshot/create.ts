@@ -6,7 +6,7 @@ import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
-import { liveRotateSteps, probeLiveRotate } from './live-rotate.js';
+import { LIVE_ROTATE_DISABLED, liveRotateSteps, probeLiveRotate } from './live-rotate.js';
 import { lvmCowSteps } from './lvm-cow.js';
 import { offlineSteps } from './offline.js';
 import type { CreatePlan } from './plan.js';
@@ -99,7 +99,9 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   const mayRotate = params.options.strategy === 'auto' || params.options.strategy === 'live-rotate';
   const liveRotate =
     mayRotate && vm?.running && vm.target !== null
-      ? await probeLiveRotate(deps, vm.name, vm.target, backend, active.virtualSize)
+      ? deps.liveRotate === 'enabled'
+        ? await probeLiveRotate(deps, vm.name, vm.target, backend, active.virtualSize)
+        : { supported: false, reason: LIVE_ROTATE_DISABLED }
       : null;
   const strategy = chooseStrategy({
     requested: params.options.strategy,

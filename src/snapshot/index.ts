@@ -62,5 +62,5 @@ export function createSnapshotDeps(
   });
   const lvm = new Lvm({ timeoutMs: config.timeouts.toolMs, logger });
   const libvirt = new Libvirt({ uri: config.libvirt.uri, timeoutMs: config.timeouts.toolMs, logger });
-  return { qemuImg, store, filePool, lvm, libvirt, failpoints };
+  return { qemuImg, store, filePool, lvm, libvirt, failpoints, liveRotate: config.snapshot.liveRotate };
 }

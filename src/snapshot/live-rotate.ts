@@ -17,6 +17,10 @@ import { freezeGuest, thawGuest } from './vm.js';
 import type { VolumeBackend } from './volumes.js';
 
 /** Tags the fdsets this agent hands QEMU, so a layer's fdset is found again (recovery, removal). */
+/** Why live-rotate is refused unless configured: it changes the chain behind libvirt's back. */
+export const LIVE_ROTATE_DISABLED =
+  "disabled on this host (snapshot.liveRotate): the rotation changes the disk's chain behind libvirt, so a managedsave, save or migration would reopen the volume without its backing chain";
+
 export const FDSET_TAG = 'clvm-snapshot-agent';
 
 /** The old chain's nodes that the repoint detached, journaled so close-frozen finds them after a crash. */

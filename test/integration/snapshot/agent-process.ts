@@ -19,6 +19,7 @@ export interface AgentEnv {
   poolRoot: string;
   logFile: string;
   failpoints?: string;
+  liveRotate?: 'enabled' | 'disabled';
 }
 
 /** One agent process. `exited` resolves with how it ended. */
@@ -44,6 +45,7 @@ export class AgentProcess {
         AGENT_HTTP_HOST: '127.0.0.1',
         AGENT_LOG_LEVEL: 'info',
         AGENT_FAILPOINTS: env.failpoints ?? '',
+        AGENT_LIVE_ROTATE: env.liveRotate ?? 'disabled',
         AGENT_SHUTDOWN_GRACE_MS: '20000',
       },
     });

@@ -80,6 +80,7 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
     storeRoot: s.storeRoot,
     poolRoot: s.poolRoot,
     logFile: join(s.base, 'agent.log'),
+    liveRotate: 'enabled' as const,
   };
   const slow = failpoint.includes(':export:during') ? ',export-rate=1M' : '';
   const first = AgentProcess.start({ ...env, failpoints: `${failpoint}${slow}` });

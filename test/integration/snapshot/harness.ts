@@ -54,7 +54,12 @@ export interface Harness {
 /** Temp pool and store roots (the pool on a loop-mounted XFS when `reflink`), and the real adapters. */
 export async function makeHarness(
   label: string,
-  opts: { reflink?: boolean; failpoints?: string; xfsBytes?: number } = {},
+  opts: {
+    reflink?: boolean;
+    failpoints?: string;
+    xfsBytes?: number;
+    liveRotate?: 'enabled' | 'disabled';
+  } = {},
 ): Promise<Harness> {
   const base = await mkdtemp(join(tmpdir(), `clvmt-${label}-${process.pid}-`));
   const xfs = opts.reflink ? await mountXfs(`clvmt-${label}-${process.pid}`, opts.xfsBytes) : null;
@@ -77,6 +82,8 @@ export async function makeHarness(
     libvirt: new Libvirt({ uri: LIBVIRT_URI, timeoutMs: 60_000 }),
     cowPollMs: 200,
     failpoints,
+    // The engine suites exercise the rotation itself; the agent's default keeps it disabled.
+    liveRotate: opts.liveRotate ?? 'enabled',
   };
   return {
     base,

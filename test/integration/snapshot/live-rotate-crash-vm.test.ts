@@ -77,6 +77,7 @@ function agentEnv() {
     storeRoot,
     poolRoot: join(base, 'pools'),
     logFile: join(base, 'agent.log'),
+    liveRotate: 'enabled' as const,
   };
 }
 

@@ -1,0 +1,62 @@
+// live-rotate is off by default (config snapshot.liveRotate): it changes the disk's chain behind
+// libvirt, so a managedsave/save/migration would reopen the volume without its backing chain.
+// With the agent's default on a running VM: `auto` picks lvm-cow and says why; an explicit
+// `live-rotate` is refused before any step runs; the ping report does not offer it.
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { hostReport } from '../../../src/handlers/index.js';
+import type { Capabilities } from '../../../src/host/capabilities.js';
+import { createQcow2, guestWrite, imageInfo, startTestDomain } from '../../helpers/libvirt-fixtures.js';
+import { fileSnapshotCommand, runCreate } from './harness.js';
+import { libvirtSuite } from './suite.js';
+
+const MiB = 1024 * 1024;
+const { h, cleanup } = libvirtSuite('lrdis', { reflink: true, liveRotate: 'disabled' });
+
+describe('live-rotate disabled (the default)', () => {
+  it('auto picks lvm-cow for a running VM; an explicit live-rotate is refused and changes nothing', async () => {
+    const active = join(h.pool, 'gate.qcow2');
+    await createQcow2(active, 16);
+    const dom = await startTestDomain(cleanup, { label: 'lrdis', disk: { type: 'file', path: active } });
+    await guestWrite(dom, 0x5a, 0, MiB);
+
+    const refused = runCreate(
+      h,
+      fileSnapshotCommand(h, {
+        file: 'gate.qcow2',
+        vm: dom.name,
+        parents: [],
+        snapshot: 'snap-1',
+        options: { strategy: 'live-rotate' },
+      }),
+    );
+    await expect(refused).rejects.toMatchObject({
+      code: 'STRATEGY_UNAVAILABLE',
+      message: expect.stringMatching(/snapshot\.liveRotate.*libvirt/),
+    });
+    // Refused at planning: the volume has no new backing and no file was made in the store.
+    expect((await imageInfo(active))['backing-filename']).toBeUndefined();
+
+    const picked = await runCreate(
+      h,
+      fileSnapshotCommand(h, { file: 'gate.qcow2', vm: dom.name, parents: [], snapshot: 'snap-1' }),
+    );
+    expect(picked.strategy.name).toBe('lvm-cow');
+    expect(picked.strategy.reason).toMatch(/live-rotate is unavailable \(disabled on this host/);
+  });
+
+  it('ping does not offer live-rotate unless it is enabled', () => {
+    const available = { available: true, lvmPools: true, filePools: [], reasons: [] };
+    const caps = {
+      strategies: { offline: available, 'lvm-cow': available, 'live-rotate': available },
+      tools: { qemuImg: '7.2', qemu: '7.2', libvirt: '9.0', lvm: '2.03' },
+    } as unknown as Capabilities;
+    expect(hostReport(caps).strategies).toEqual(['auto', 'offline', 'lvm-cow']);
+    expect(hostReport(caps, { liveRotate: 'enabled' }).strategies).toEqual([
+      'auto',
+      'offline',
+      'lvm-cow',
+      'live-rotate',
+    ]);
+  });
+});
