@@ -149,7 +149,7 @@ const publisher: Stage<Ctx> = {
       names: ctx.names,
       outboxDir: outboxDir(ctx.config),
       confirmTimeoutMs: ctx.config.broker.confirmTimeoutMs,
-      logger: ctx.logger.child({ component: 'publisher' }),
+      logger: ctx.logger,
     });
     p.on('depth', (depth: number) => ctx.metrics.outboxDepth.set(depth));
     p.on('returned', (returned: ReturnedEvent) =>
@@ -225,7 +225,7 @@ const consumer: Stage<Ctx> = {
       hostId: ctx.config.hostId,
       prefetch: ctx.config.broker.prefetch,
       handler: ctx.runner!.handleCommand,
-      logger: ctx.logger.child({ component: 'consumer' }),
+      logger: ctx.logger,
     });
     ctx.consumer.start();
   },
