@@ -162,7 +162,7 @@ const publisher: Stage<Ctx> = {
       names: ctx.names,
       outboxDir: outboxDir(ctx.config),
       confirmTimeoutMs: ctx.config.broker.confirmTimeoutMs,
-      logger: ctx.logger.child({ component: 'publisher' }),
+      logger: ctx.logger,
       stallAfterMs: ctx.config.broker.outboxStallMs,
       replacementFor: (original, reason) => quarantineNotice(ctx.config.hostId, original, reason),
     });
@@ -242,7 +242,7 @@ const consumer: Stage<Ctx> = {
       hostId: ctx.config.hostId,
       prefetch: ctx.config.broker.prefetch,
       handler: ctx.runner!.handleCommand,
-      logger: ctx.logger.child({ component: 'consumer' }),
+      logger: ctx.logger,
     });
     ctx.consumer.start();
   },
