@@ -43,19 +43,22 @@ function matching(pattern: string): fc.Arbitrary<string> {
 export function arbitraryFor(
   schema: JsonSchema,
   components: Record<string, JsonSchema>,
+  cache = new Map<string, fc.Arbitrary<unknown>>(),
 ): fc.Arbitrary<unknown> {
   const ref = schema.$ref as string | undefined;
   if (ref) {
+    // The protocol's schemas have no cycles: each reference is built once and reused.
     const id = ref.split('/').pop()!;
     const target = components[id];
     if (!target) throw new Error(`unresolved ${ref}`);
-    return fc.constant(null).chain(() => arbitraryFor(target, components));
+    if (!cache.has(id)) cache.set(id, arbitraryFor(target, components, cache));
+    return cache.get(id)!;
   }
   const all = schema.allOf as JsonSchema[] | undefined;
-  if (all?.length === 1) return arbitraryFor(all[0]!, components);
+  if (all?.length === 1) return arbitraryFor(all[0]!, components, cache);
   if (all) throw new Error('allOf with several schemas is not supported');
   const alternatives = (schema.oneOf ?? schema.anyOf) as JsonSchema[] | undefined;
-  if (alternatives) return fc.oneof(...alternatives.map((s) => arbitraryFor(s, components)));
+  if (alternatives) return fc.oneof(...alternatives.map((s) => arbitraryFor(s, components, cache)));
   if ('const' in schema) return fc.constant(schema.const);
   if (Array.isArray(schema.enum)) return fc.constantFrom(...(schema.enum as unknown[]));
   switch (schema.type) {
@@ -63,13 +66,13 @@ export function arbitraryFor(
       const properties = (schema.properties ?? {}) as Record<string, JsonSchema>;
       const required = (schema.required ?? []) as string[];
       const record: Record<string, fc.Arbitrary<unknown>> = {};
-      for (const [key, sub] of Object.entries(properties)) record[key] = arbitraryFor(sub, components);
+      for (const [key, sub] of Object.entries(properties)) record[key] = arbitraryFor(sub, components, cache);
       return fc.record(record, { requiredKeys: required });
     }
     case 'array': {
       const minLength = (schema.minItems as number | undefined) ?? 0;
       const maxLength = Math.min((schema.maxItems as number | undefined) ?? 3, minLength + 3);
-      return fc.array(arbitraryFor(schema.items as JsonSchema, components), { minLength, maxLength });
+      return fc.array(arbitraryFor(schema.items as JsonSchema, components, cache), { minLength, maxLength });
     }
     case 'string': {
       const minLength = (schema.minLength as number | undefined) ?? 0;
