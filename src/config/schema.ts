@@ -80,6 +80,12 @@ export const configSchema = {
       default: 10_000,
     },
     prefetch: { doc: 'Unacknowledged commands the consumer may hold.', format: positiveInt, default: 4 },
+    outboxStallMs: {
+      doc: 'While the broker is connected, /readyz reports not ready when the oldest unsent event has not moved for this long.',
+      format: positiveInt,
+      default: 60_000,
+      env: 'AGENT_OUTBOX_STALL_MS',
+    },
   },
   topology: {
     commandsExchange: {
