@@ -161,6 +161,12 @@ export const configSchema = {
       default: 120_000,
       env: 'AGENT_SHUTDOWN_GRACE_MS',
     },
+    exportBytesPerSecond: {
+      doc: "Bandwidth of this host's snapshot exports together, in bytes per second (qemu-img convert -r); 0: no limit. Concurrent exports take turns at this rate, so together they never exceed it; a command's options.bandwidthBytesPerSecond may only lower it.",
+      format: 'nat',
+      default: 0,
+      env: 'AGENT_EXPORT_BYTES_PER_SECOND',
+    },
     progressIntervalMs: {
       doc: 'At most one progress event per job per interval.',
       format: 'nat',
