@@ -15,7 +15,12 @@ export interface StepIO {
   /** Aborted on job.cancel/shutdown; never aborted for steps at or after the point of no return. */
   signal: AbortSignal;
   /** Percent/bytes of the current step (the runner adds step name and index). */
-  progress(update: { percent?: number; bytesDone?: number; bytesTotal?: number }): void;
+  progress(update: {
+    percent?: number;
+    bytesDone?: number;
+    bytesTotal?: number;
+    bytesPerSecond?: number;
+  }): void;
 }
 
 /**

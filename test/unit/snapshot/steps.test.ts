@@ -187,10 +187,12 @@ describe('recoverSteps', () => {
     );
     expect(forward).toEqual(['run d']);
     const back: string[] = [];
-    await recoverSteps(
-      fakePlan(back, { doneCheck: false }),
-      env(await crashedAfter({ a: 'done', b: 'done', c: 'started' })),
-    ).catch(() => {});
+    await expect(
+      recoverSteps(
+        fakePlan(back, { doneCheck: false }),
+        env(await crashedAfter({ a: 'done', b: 'done', c: 'started' })),
+      ),
+    ).rejects.toMatchObject({ code: 'JOB_INTERRUPTED', details: { rolledBack: true, step: 'c' } });
     expect(back).toEqual(['undo c', 'undo b', 'undo a']);
   });
 
@@ -200,7 +202,10 @@ describe('recoverSteps', () => {
     await new EngineJournal(journal).update((r) => {
       r.phase = 'rolling-back';
     });
-    await recoverSteps(fakePlan(log), env(journal)).catch(() => {});
+    await expect(recoverSteps(fakePlan(log), env(journal))).rejects.toMatchObject({
+      code: 'JOB_INTERRUPTED',
+      details: { rolledBack: true },
+    });
     expect(log).toEqual(['undo a']);
   });
 });
