@@ -61,6 +61,11 @@ export function createSnapshotDeps(
     logger,
   });
   const lvm = new Lvm({ timeoutMs: config.timeouts.toolMs, logger });
-  const libvirt = new Libvirt({ uri: config.libvirt.uri, timeoutMs: config.timeouts.toolMs, logger });
+  const libvirt = new Libvirt({
+    uri: config.libvirt.uri,
+    timeoutMs: config.timeouts.toolMs,
+    copyTimeoutMs: config.timeouts.exportMs,
+    logger,
+  });
   return { qemuImg, store, filePool, lvm, libvirt, failpoints, liveRotate: config.snapshot.liveRotate };
 }
