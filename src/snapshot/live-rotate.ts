@@ -86,6 +86,7 @@ export function liveRotateSteps(
     forceShare: true, // QEMU holds the old top read-only
     onProgress: hooks.onExportProgress,
     bytesTotal: plan.exportBytes,
+    bandwidth: plan.bandwidthBytesPerSecond,
   });
 
   return {
