@@ -33,6 +33,7 @@ export interface AgentConfig {
     maxMessageBytes: number;
     shutdownGraceMs: number;
     progressIntervalMs: number;
+    exportBytesPerSecond: number;
   };
   timeouts: { toolMs: number; exportMs: number };
   libvirt: { uri: string };

@@ -204,6 +204,7 @@ export class CommandConsumer extends EventEmitter {
 
   private onDelivery(channel: Channel, message: ConsumeMessage): void {
     const command = toIncomingCommand(message);
+    if (command.deliveryCount > 0) this.logRedelivery(command);
     const work = this.handle(channel, message, command);
     this.inFlight.add(work);
     void work.finally(() => this.inFlight.delete(work));
@@ -229,6 +230,29 @@ export class CommandConsumer extends EventEmitter {
         { err: error, messageId: command.messageId, disposition },
         'channel closed before the command was settled; RabbitMQ will redeliver it',
       );
+    }
+  }
+
+  /**
+   * x-delivery-count grows each time a consumer holding the command unacked goes away (agent
+   * crash, channel or node lost), and the queue dead-letters it past the delivery limit. The agent
+   * acks right after journaling, so only commands caught in that short window count a loss;
+   * a command close to the limit is worth a warning (see docs/operations.md, delivery limit).
+   */
+  private logRedelivery(command: IncomingCommand): void {
+    const limit = this.opts.names.deliveryLimit;
+    const fields = {
+      messageId: command.messageId,
+      deliveryCount: command.deliveryCount,
+      deliveryLimit: limit,
+    };
+    if (command.deliveryCount >= limit - 1) {
+      this.logger.warn(
+        fields,
+        'command redelivered near the delivery limit: one more consumer loss dead-letters it',
+      );
+    } else {
+      this.logger.info(fields, 'command redelivered (an earlier consumer lost it unacked)');
     }
   }
 

@@ -110,6 +110,12 @@ export const snapshotCreateResult = z
     strategy: z.object({ name: strategyName.exclude(['auto']), reason: z.string() }),
     vmPauseMs: z.number().min(0),
     activePath: z.string(),
+    volumePath: z
+      .string()
+      .optional()
+      .describe(
+        "Where the volume's active layer is after the job: the path to give libvirt for the volume from now on. live-rotate moves it to a new file with every snapshot (<volume>.lr-a, .lr-b...); absent or equal to activePath otherwise.",
+      ),
     quiesced: z.enum(['yes', 'not-requested', 'unavailable']).optional(),
     steps: z.array(z.object({ name: z.string(), durationMs: z.number().min(0) })),
   })
