@@ -1,4 +1,5 @@
 import { Command as Commander, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { AgentClient } from '../client/index.js';
 import { type AgentConfig, loadConfig } from '../config/index.js';
 import { startDashboard } from '../dashboard/server.js';
 import { AgentError } from '../errors/index.js';
@@ -11,7 +12,7 @@ import { EXIT, type ExitCode, exitCodeOf, usageError } from './exit-codes.js';
 import { formatBytes } from './format.js';
 import { type CliIo, writeJson, writeLine } from './io.js';
 import { createJobProgressView } from './progress-view.js';
-import { sendAndWait, type TerminalEvent } from './send-and-wait.js';
+import type { TerminalEvent } from './send-and-wait.js';
 import { watchEvents } from './watch.js';
 
 /** Options every snapctl command accepts (commander merges them from any position). */
@@ -409,21 +410,26 @@ async function sendCommand(
   const view = createJobProgressView(io, { json });
   let terminal: TerminalEvent;
   try {
-    terminal = await withConnection(config, (model) =>
-      sendAndWait(model, command, {
-        hostId: config.hostId,
-        commandsExchange: config.topology.commandsExchange,
-        eventsExchange: config.topology.eventsExchange,
+    const client = await AgentClient.connect({
+      urls: config.broker.urls,
+      connectTimeoutMs: config.broker.connectTimeoutMs,
+      commandsExchange: config.topology.commandsExchange,
+      eventsExchange: config.topology.eventsExchange,
+      confirmTimeoutMs: config.broker.confirmTimeoutMs,
+      ...(config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
+    });
+    try {
+      terminal = await client.run(config.hostId, command, {
         replyTo: Boolean(opts.replyTo),
         timeoutMs: (opts.timeout ?? DEFAULT_TIMEOUT_S[command.type]) * 1000,
-        confirmTimeoutMs: config.broker.confirmTimeoutMs,
         onEvent: (event) => view.onEvent(event),
         onInvalid: (problem) => {
           if (!json) writeLine(io.stderr, `snapctl: ignored a message on the events exchange: ${problem}`);
         },
-        ...(config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
-      }),
-    );
+      });
+    } finally {
+      await client.close();
+    }
   } finally {
     view.stop();
   }

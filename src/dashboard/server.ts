@@ -2,8 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import type { ChannelModel } from 'amqplib';
-import { connectBroker, messageOf, subscribeEvents } from '../cli/broker-session.js';
+import { messageOf } from '../cli/broker-session.js';
+import { AgentClient } from '../client/index.js';
 import type { Logger } from '../observability/logger.js';
 import { silentLogger } from '../observability/logger.js';
 import { DashboardState } from './state.js';
@@ -67,16 +67,18 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
     }, PUSH_INTERVAL_MS);
   };
 
-  let model: ChannelModel | undefined;
+  let model: AgentClient | undefined;
   let reconnectTimer: NodeJS.Timeout | undefined;
   let reconnectDelay = RECONNECT_MIN_MS;
   const connectAndSubscribe = async (): Promise<void> => {
-    const connection = await connectBroker(options.brokerUrls, options.connectTimeoutMs);
+    const connection = await AgentClient.connect({
+      urls: options.brokerUrls,
+      connectTimeoutMs: options.connectTimeoutMs,
+      eventsExchange: options.eventsExchange,
+    });
     try {
-      await subscribeEvents(
-        connection,
-        options.eventsExchange,
-        [options.binding ?? '#'],
+      await connection.subscribe(
+        { patterns: [options.binding ?? '#'] },
         (event) => {
           state.apply(event);
           pushSoon();
@@ -85,14 +87,14 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
           logger.warn({ routingKey: meta.routingKey, problem }, 'dashboard: invalid event ignored'),
       );
     } catch (error) {
-      await connection.close().catch(() => {});
+      await connection.close();
       throw error;
     }
     model = connection;
     reconnectDelay = RECONNECT_MIN_MS;
     state.setBroker(true);
     pushSoon();
-    connection.on('close', (error?: Error) => {
+    connection.onClose((error?: Error) => {
       model = undefined;
       if (closed) return;
       state.setBroker(false, error ? messageOf(error) : 'connection closed');
