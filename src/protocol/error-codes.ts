@@ -382,6 +382,12 @@ export const FAILURE_CODES = [
     meaning: 'A host tool was stopped (cancel or shutdown).',
   },
   {
+    code: 'HOST_IO_ERROR',
+    retryable: 'yes',
+    commands: ANY,
+    meaning: 'A host tool hit an I/O error (e.g. an NFS server restarting); the job was rolled back.',
+  },
+  {
     code: 'HOST_COMMAND_FAILED',
     retryable: 'no',
     commands: ANY,
