@@ -149,6 +149,19 @@ export class JobRunner {
     return 'ack';
   };
 
+  /**
+   * True when the job's `accepted` may never have reached the outbox. Its "published" flag is
+   * written after the outbox append without a directory fsync, so it can be missing although the
+   * event was sent: a later event of the job (a sequence past 1, a terminal) or the event still in
+   * the outbox proves it was, and then it is not sent a second time.
+   */
+  private acceptedMissing(record: JobRecord): boolean {
+    const accepted = record.accepted;
+    if (!accepted || accepted.published) return false;
+    if (record.sequence > 1 || record.terminal) return false;
+    return !(this.opts.sink.holds?.(accepted.event.id) ?? false);
+  }
+
   /** Queues the recorded `accepted` event (sequence 1) and notes once it is in the outbox. */
   private emitAccepted(record: JobRecord): Promise<void> {
     return this.enqueueEmit(record.id, async () => {
@@ -179,7 +192,7 @@ export class JobRunner {
     const outcome = { rerun: [] as string[], republished: [] as string[], failed: [] as string[] };
     for (const record of this.opts.journal.list()) {
       // Killed between the journal write and the outbox write: `accepted` first, before anything else.
-      if (record.accepted && !record.accepted.published) {
+      if (this.acceptedMissing(record)) {
         await this.emitAccepted(record);
         outcome.republished.push(record.id);
       }

@@ -161,6 +161,10 @@ export class EventPublisher extends EventEmitter implements EventSink {
     return this.outbox?.depth ?? 0;
   }
 
+  holds(eventId: string): boolean {
+    return this.outbox?.entries().some((entry) => entry.event.event.id === eventId) ?? false;
+  }
+
   /** Age of the oldest unsent persistent event (from its `time`), 0 when the outbox is empty. */
   oldestUnsentAgeMs(now = Date.now()): number {
     const head = this.outbox?.head();

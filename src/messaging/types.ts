@@ -39,4 +39,6 @@ export interface OutgoingEvent {
 export interface EventSink {
   /** Resolves once a persistent event is durably in the outbox (not necessarily confirmed). */
   publish(event: OutgoingEvent): Promise<void>;
+  /** True when the event (by id) is still waiting in the outbox. */
+  holds?(eventId: string): boolean;
 }
