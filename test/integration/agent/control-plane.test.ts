@@ -321,3 +321,63 @@ describe('control plane: no message can silence the agent (real broker)', () => 
     expect((await readyz(agent)).status).toBe(200);
   });
 });
+
+describe('control plane: kill -9 in a burst (child process, real broker)', () => {
+  const agents: TestAgent[] = [];
+  let client: TestClient | undefined;
+  afterEach(async () => {
+    await client?.close();
+    client = undefined;
+    for (const a of agents.splice(0).reverse()) await a.stop();
+  });
+
+  it('every job of a 120-command burst cut by kill -9 has accepted(1) first and exactly one terminal', async () => {
+    const first = await startTestAgent({
+      mode: 'child',
+      entry: 'test/helpers/agent-child.ts',
+      env: { TEST_SLOW_CREATE_MS: '30' },
+      overrides: { broker: { prefetch: 32 }, limits: { maxConcurrentJobs: 8 } },
+    });
+    agents.push(first);
+    client = await TestClient.open(first);
+    const ids = Array.from({ length: 120 }, (_, i) => `i11-burst-${i}`);
+    for (const id of ids) {
+      await client.send({
+        id,
+        type: 'snapshot.create',
+        params: {
+          volume: { kind: 'lvm', vg: 'vg0', lv: id },
+          store: { root: first.config.store.roots[0], dir: id },
+          snapshot: 'snap-1',
+        },
+      });
+    }
+    // Kill while intake is busy: some jobs journaled, some accepted, some finished.
+    await waitFor(
+      () => (client!.events.filter((e) => e.kind === 'accepted').length >= 20 ? true : undefined),
+      30_000,
+    );
+    first.child!.kill('SIGKILL');
+    await first.exited;
+    const second = await startTestAgent({
+      mode: 'child',
+      entry: 'test/helpers/agent-child.ts',
+      env: { TEST_SLOW_CREATE_MS: '30' },
+      stateDir: first.stateDir,
+      reuse: first,
+    });
+    agents.push(second);
+    for (const id of ids) await client.waitTerminal(id, 60_000);
+    for (const id of ids) {
+      const seen = new Set<string>();
+      const stream = client.of(id).filter((e) => !seen.has(e.event.id) && seen.add(e.event.id));
+      expect(`${stream[0]?.kind}:${stream[0]?.event.sequence}`, id).toBe('accepted:0000000001');
+      expect(
+        stream.filter((e) => ['succeeded', 'failed', 'rejected'].includes(e.kind ?? '')),
+        id,
+      ).toHaveLength(1);
+      const sequences = stream.map((e) => Number(e.event.sequence));
+      expect(sequences, id).toEqual([...sequences].sort((a, b) => a - b));
+    }
+  });
+});
