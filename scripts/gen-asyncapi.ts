@@ -7,14 +7,18 @@ import { stringify } from 'yaml';
 import { z } from 'zod';
 import {
   type AgentEvent,
+  COMMAND_SIGNATURE_HEADERS,
   COMMAND_TYPES,
   type Command,
+  ENVELOPE_FIELD_PATTERNS,
+  ENVELOPE_VERSION,
   EVENT_KINDS,
   type EventKind,
   eventTypePrefix,
   SIGNATURE_HEADER,
   volumeKey,
 } from '../src/protocol/index.js';
+import { signatureExample } from '../src/protocol/signature-example.js';
 import { AGENT_VERSION } from '../src/version.js';
 
 export const ASYNCAPI_FILE = fileURLToPath(new URL('../docs/asyncapi.yaml', import.meta.url));
@@ -241,6 +245,34 @@ const pascal = (s: string) =>
     .map((w) => w[0]!.toUpperCase() + w.slice(1))
     .join('');
 
+const SIGNATURE_DESCRIPTION = [
+  'Signed commands (Ed25519; agents with security.publicKeys): the management plane signs, agents hold',
+  'only public keys. Headers: ' +
+    Object.values(COMMAND_SIGNATURE_HEADERS)
+      .map((h) => `\`${h}\``)
+      .join(', ') +
+    '. The signed bytes are, in UTF-8, each header value exactly as sent, lines ended by one LF:',
+  '',
+  `    ${ENVELOPE_VERSION}`,
+  '    key-id:<x-clvm-key-id>',
+  '    host-id:<x-clvm-host-id>',
+  '    issued-at:<x-clvm-issued-at>',
+  '    expires-at:<x-clvm-expires-at>',
+  '    <empty line>',
+  '    <the exact body bytes, no trailing newline added>',
+  '',
+  '`x-clvm-signature` = standard base64 of the Ed25519 signature (RFC 8032, no pre-hash) of those',
+  'bytes. `x-signature-example` below is a complete example (its key is public: never use it): e.g.',
+  '`openssl pkeyutl -sign -rawin -inkey example.pem -in signed-bytes | base64 -w0` prints its signature.',
+  'Refusals (a `rejected` event, error.code): SIGNATURE_MISSING, SIGNATURE_ENVELOPE_INVALID (a',
+  'malformed header), SIGNING_KEY_UNKNOWN, SIGNING_KEY_RETIRED (known but not in',
+  'security.acceptedKeyIds), SIGNATURE_INVALID, WRONG_HOST (x-clvm-host-id is another host),',
+  'COMMAND_LIFETIME_TOO_LONG (expiresAt - issuedAt > security.maxCommandLifetimeMs),',
+  'COMMAND_NOT_YET_VALID (issuedAt more than security.clockSkewMs ahead), COMMAND_EXPIRED,',
+  'COMMAND_REPLAYED (an id this agent already received; the journal keeps ids at least until',
+  'their expiresAt, so a signed command never runs twice).',
+];
+
 /** The whole AsyncAPI document as a plain object. */
 export function buildAsyncApi(): Record<string, unknown> {
   const commandMessages = Object.fromEntries(
@@ -260,7 +292,13 @@ export function buildAsyncApi(): Record<string, unknown> {
           },
           examples: (commandExamples[type] ?? []).map((payload) => ({
             name: payload.id,
-            headers: { [SIGNATURE_HEADER]: 'sha256=<hex HMAC-SHA256 of the body>' },
+            headers: {
+              [COMMAND_SIGNATURE_HEADERS.signature]: '<base64 Ed25519 signature of the envelope and body>',
+              [COMMAND_SIGNATURE_HEADERS.keyId]: 'mp-2026-11',
+              [COMMAND_SIGNATURE_HEADERS.hostId]: HOST,
+              [COMMAND_SIGNATURE_HEADERS.issuedAt]: '2026-11-30T05:00:00.000Z',
+              [COMMAND_SIGNATURE_HEADERS.expiresAt]: '2026-11-30T05:15:00.000Z',
+            },
             payload,
           })),
         },
@@ -301,10 +339,12 @@ export function buildAsyncApi(): Record<string, unknown> {
         'Commands: publish to the direct exchange `clvm.commands` with routing key = the host id; the',
         "message lands in that host's quorum queue `clvm.agent.<hostId>`. Set the AMQP `messageId` to the",
         'command `id` (they must be equal when both are set), optionally `replyTo` and `correlationId` to get',
-        'the terminal event (succeeded | failed | rejected) as an RPC reply. When signing is on, header',
-        `\`${SIGNATURE_HEADER}\` = \`sha256=<hex HMAC-SHA256 of the raw body>\`. A command id runs at most once:`,
-        'sending it again returns the recorded terminal event. Invalid commands are answered `rejected` and',
-        'dead-lettered to `clvm.commands.dlx` → `clvm.commands.dead`.',
+        'the terminal event (succeeded | failed | rejected) as an RPC reply. A command id runs at most once:',
+        'sending it again returns the recorded terminal event (signed commands: it is refused',
+        '`COMMAND_REPLAYED`). Invalid commands are answered `rejected` and dead-lettered to',
+        '`clvm.commands.dlx` → `clvm.commands.dead`.',
+        '',
+        ...SIGNATURE_DESCRIPTION,
         '',
         'Events: CloudEvents 1.0 structured JSON on the topic exchange `clvm.events`, routing key',
         '`<hostId>.<volumeKey>.<kind>` (volumeKey = `lvm~<vg>~<lv>`, `file~<pool>~<file>` or `agent`, each',
@@ -314,6 +354,7 @@ export function buildAsyncApi(): Record<string, unknown> {
         'config.topology.',
       ].join('\n'),
       license: { name: 'Apache-2.0' },
+      'x-signature-example': signatureExample(),
     },
     defaultContentType: 'application/json',
     servers: {
@@ -438,11 +479,40 @@ export function buildAsyncApi(): Record<string, unknown> {
       schemas: {
         CommandHeaders: {
           type: 'object',
+          description:
+            'AMQP headers of a command. With security.publicKeys configured (Ed25519 mode) the five x-clvm-* headers are required (see the info description and x-signature-example for the signed bytes); the legacy HMAC header is then ignored.',
           properties: {
+            [COMMAND_SIGNATURE_HEADERS.signature]: {
+              type: 'string',
+              pattern: '^[A-Za-z0-9+/]{86}==$',
+              description: 'Standard base64 of the 64-byte Ed25519 signature of the signed bytes.',
+            },
+            [COMMAND_SIGNATURE_HEADERS.keyId]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.keyId.source,
+              description: 'Id of the signing key, as the agent knows it (security.publicKeys).',
+            },
+            [COMMAND_SIGNATURE_HEADERS.hostId]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.hostId.source,
+              description: 'The host the command is for (the routing key).',
+            },
+            [COMMAND_SIGNATURE_HEADERS.issuedAt]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.issuedAt.source,
+              description: 'RFC 3339 UTC time the command was signed.',
+            },
+            [COMMAND_SIGNATURE_HEADERS.expiresAt]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.expiresAt.source,
+              description:
+                'RFC 3339 UTC time after which the agent refuses it; at most security.maxCommandLifetimeMs after issuedAt.',
+            },
             [SIGNATURE_HEADER]: {
               type: 'string',
               pattern: '^sha256=[0-9a-f]{64}$',
-              description: 'Required when the agent has security.signingKey set.',
+              description:
+                'LEGACY (weaker): hex HMAC-SHA256 of the raw body; required only when the agent has security.signingKey set and no publicKeys.',
             },
           },
         },

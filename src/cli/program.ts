@@ -2,7 +2,13 @@ import { Command as Commander, CommanderError, InvalidArgumentError, Option } fr
 import { type AgentConfig, loadConfig } from '../config/index.js';
 import { startDashboard } from '../dashboard/server.js';
 import { AgentError } from '../errors/index.js';
-import { type Command, type CommandType, EVENT_KINDS, type EventKind } from '../protocol/index.js';
+import {
+  type Command,
+  type CommandType,
+  ENVELOPE_FIELD_PATTERNS,
+  EVENT_KINDS,
+  type EventKind,
+} from '../protocol/index.js';
 import { connectBroker } from './broker-session.js';
 import { buildCommand, parseList, parseVolume } from './command-builder.js';
 import { type DeadLetterDetail, peekDeadLetters, replayDeadLetters, summaryOf } from './dlq.js';
@@ -12,6 +18,7 @@ import { formatBytes } from './format.js';
 import { type CliIo, writeJson, writeLine } from './io.js';
 import { createJobProgressView } from './progress-view.js';
 import { sendAndWait, type TerminalEvent } from './send-and-wait.js';
+import { DEFAULT_COMMAND_LIFETIME_S, loadSigner, writeKeyPair } from './signing-keys.js';
 import { watchEvents } from './watch.js';
 
 /** Options every snapctl command accepts (commander merges them from any position). */
@@ -20,6 +27,9 @@ interface GlobalOptions {
   brokerUrl?: string[];
   host?: string;
   signingKey?: string;
+  signingKeyFile?: string;
+  keyId?: string;
+  lifetime?: number;
   commandsExchange?: string;
   eventsExchange?: string;
   deadLetterQueue?: string;
@@ -105,7 +115,20 @@ function buildProgram(
       '--host <id>',
       'target host id (default: config hostId; for watch/dlq: all hosts / original host)',
     )
-    .option('--signing-key <key>', 'HMAC key to sign commands (prefer $AGENT_SIGNING_KEY: flags show in ps)')
+    .option(
+      '--signing-key-file <file>',
+      'Ed25519 private key (PEM) that signs commands (default: $SNAPCTL_SIGNING_KEY_FILE)',
+    )
+    .option('--key-id <id>', 'key id of --signing-key-file, as the agents know it (default: $SNAPCTL_KEY_ID)')
+    .option(
+      '--lifetime <seconds>',
+      `how long a signed command stays valid (default ${DEFAULT_COMMAND_LIFETIME_S})`,
+      positiveInteger,
+    )
+    .option(
+      '--signing-key <key>',
+      'LEGACY shared HMAC key (prefer $AGENT_SIGNING_KEY: flags show in ps; prefer --signing-key-file)',
+    )
     .option('--commands-exchange <name>', 'commands exchange (default: config topology.commandsExchange)')
     .option('--events-exchange <name>', 'events exchange (default: config topology.eventsExchange)')
     .option('--dead-letter-queue <name>', 'dead-letter queue (default: config topology.deadLetterQueue)')
@@ -122,6 +145,28 @@ function buildProgram(
       const command = buildCommand(type, params(named), opts.id);
       setExit(await sendCommand(io, env, opts, command));
     };
+
+  program
+    .command('keys')
+    .description('command signing keys')
+    .command('generate')
+    .description('write a new Ed25519 key pair: <out>.key (private, 0600) and <out>.pub')
+    .requiredOption('--out <prefix>', 'path prefix of the two files (never overwritten)')
+    .action(async function (this: Commander) {
+      // --key-id (the id agents will know the public key by) is the global option.
+      const opts = this.optsWithGlobals<GlobalOptions & { out: string }>();
+      if (!opts.keyId || !ENVELOPE_FIELD_PATTERNS.keyId.test(opts.keyId))
+        throw usageError('keys generate needs --key-id <id> (1-64 letters, digits, _.:-)');
+      const written = await writeKeyPair(opts.out);
+      const entry = { [opts.keyId]: written.publicRaw };
+      if (opts.json) writeJson(io, { ok: true, keyId: opts.keyId, ...written });
+      else {
+        writeLine(io.stdout, `private key: ${written.privateFile} (keep it on the management plane only)`);
+        writeLine(io.stdout, `public key:  ${written.publicFile}`);
+        writeLine(io.stdout, `agent config (security.publicKeys): ${JSON.stringify(entry)}`);
+        writeLine(io.stdout, `or in the environment: AGENT_PUBLIC_KEYS=${opts.keyId}=${written.publicRaw}`);
+      }
+    });
 
   program
     .command('ping')
@@ -405,6 +450,7 @@ async function sendCommand(
   command: Command,
 ): Promise<ExitCode> {
   const config = configFrom(env, opts);
+  const signer = loadSigner(opts, env);
   const json = Boolean(opts.json);
   const view = createJobProgressView(io, { json });
   let terminal: TerminalEvent;
@@ -421,7 +467,8 @@ async function sendCommand(
         onInvalid: (problem) => {
           if (!json) writeLine(io.stderr, `snapctl: ignored a message on the events exchange: ${problem}`);
         },
-        ...(config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
+        ...(signer ? { signer } : {}),
+        ...(!signer && config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
       }),
     );
   } finally {

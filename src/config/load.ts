@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import convict from 'convict';
 import { ConfigError } from '../errors/index.js';
+import { DEFAULT_RETENTION_MS } from '../jobs/journal.js';
 import { configSchema } from './schema.js';
 
 export interface AgentConfig {
@@ -35,7 +36,13 @@ export interface AgentConfig {
   };
   timeouts: { toolMs: number; exportMs: number };
   libvirt: { uri: string };
-  security: { signingKey: string };
+  security: {
+    publicKeys: Record<string, string>;
+    acceptedKeyIds: string[];
+    clockSkewMs: number;
+    maxCommandLifetimeMs: number;
+    signingKey: string;
+  };
   http: { host: string; port: number };
   log: { level: string };
 }
@@ -70,13 +77,39 @@ export function loadConfig(options: LoadConfigOptions = {}): { config: AgentConf
     // set() wins over the environment, load() would not.
     for (const [key, value] of flatten(options.overrides ?? {})) conf.set(key as never, value as never);
     conf.validate({ allowed: 'strict' });
+    const config = conf.getProperties() as unknown as AgentConfig;
+    checkSecurity(config.security);
     // convict.toString() masks every value marked sensitive.
-    return { config: conf.getProperties() as unknown as AgentConfig, redacted: conf.toString() };
+    return { config, redacted: conf.toString() };
   } catch (error) {
     if (error instanceof ConfigError) throw error;
     const message = error instanceof Error ? error.message : String(error);
     const key = /^([\w.]+):/.exec(message)?.[1];
     throw new ConfigError(`invalid configuration: ${message}`, { key, cause: error });
+  }
+}
+
+/** Rules across the security keys (each key alone is checked by the schema). */
+function checkSecurity(security: AgentConfig['security']): void {
+  const keyIds = Object.keys(security.publicKeys);
+  if (keyIds.length > 0 && security.signingKey) {
+    throw new ConfigError(
+      'security.signingKey: the legacy HMAC key and security.publicKeys are both set; choose one (publicKeys)',
+      { key: 'security.signingKey' },
+    );
+  }
+  const unknown = security.acceptedKeyIds.filter((id) => !keyIds.includes(id));
+  if (unknown.length > 0) {
+    throw new ConfigError(
+      `security.acceptedKeyIds: ${unknown.join(', ')} not in security.publicKeys (${keyIds.join(', ') || 'none'})`,
+      { key: 'security.acceptedKeyIds' },
+    );
+  }
+  if (security.maxCommandLifetimeMs > DEFAULT_RETENTION_MS) {
+    throw new ConfigError(
+      `security.maxCommandLifetimeMs: ${security.maxCommandLifetimeMs} is longer than the journal keeps command ids (${DEFAULT_RETENTION_MS} ms)`,
+      { key: 'security.maxCommandLifetimeMs' },
+    );
   }
 }
 

@@ -5,18 +5,22 @@ import { confineChild, confinePath } from '../host/paths.js';
 import type { IncomingCommand } from '../messaging/types.js';
 import {
   type Command,
+  type CommandEnvelope,
   commandSchema,
   SIGNATURE_HEADER,
   type StoreRef,
   type VolumeRef,
   verifySignature,
 } from '../protocol/index.js';
+import { type CommandKeyPolicy, checkCommandSignature } from './command-signature.js';
 
 /** What intake checks against (a slice of AgentConfig). */
 export interface IntakePolicy {
   maxMessageBytes: number;
-  /** When non-empty, every command must carry a valid HMAC signature header. */
+  /** Legacy: when non-empty (and no commandKeys), every command must carry a valid HMAC header. */
   signingKey: string;
+  /** When set, every command must carry a valid Ed25519 envelope (takes the place of signingKey). */
+  commandKeys?: CommandKeyPolicy;
   storeRoots: readonly string[];
   fileRoots: readonly string[];
   /** Empty: any VG with a valid name. */
@@ -38,10 +42,24 @@ export const REJECT_CODES = [
   'STORE_ROOT_NOT_CONFIGURED',
   'VOLUME_GROUP_NOT_ALLOWED',
   'MESSAGE_ID_MISMATCH',
+  // Ed25519 envelope (src/jobs/command-signature.ts); COMMAND_REPLAYED comes from the job runner.
+  'SIGNATURE_ENVELOPE_INVALID',
+  'SIGNING_KEY_UNKNOWN',
+  'SIGNING_KEY_RETIRED',
+  'WRONG_HOST',
+  'COMMAND_LIFETIME_TOO_LONG',
+  'COMMAND_NOT_YET_VALID',
+  'COMMAND_EXPIRED',
+  'COMMAND_REPLAYED',
 ] as const;
 
 export type IntakeResult =
-  | { ok: true; command: Command }
+  | {
+      ok: true;
+      command: Command;
+      /** The verified Ed25519 envelope (only in that mode). */
+      envelope?: CommandEnvelope;
+    }
   | {
       ok: false;
       error: ValidationError;
@@ -53,7 +71,7 @@ export type IntakeResult =
 
 /**
  * Checks one delivery in the order that keeps untrusted bytes furthest from the code:
- * size → signature (before the body is even parsed) → JSON → zod schema → semantics
+ * size → signature (Ed25519 envelope, or legacy HMAC; before the body is even parsed) → JSON → zod schema → semantics
  * (roots, VGs, messageId). Never throws for bad input; returns the precise reason.
  */
 export async function validateIncoming(
@@ -77,7 +95,15 @@ export async function validateIncoming(
       ),
     );
   }
-  if (policy.signingKey) {
+  let envelope: CommandEnvelope | undefined;
+  if (policy.commandKeys) {
+    try {
+      envelope = checkCommandSignature(incoming, policy.commandKeys);
+    } catch (error) {
+      if (error instanceof ValidationError) return fail(error);
+      throw error;
+    }
+  } else if (policy.signingKey) {
     const header = incoming.headers[SIGNATURE_HEADER];
     if (header === undefined) {
       return fail(
@@ -114,7 +140,7 @@ export async function validateIncoming(
     if (error instanceof ValidationError) return fail(error, body);
     throw error;
   }
-  return { ok: true, command };
+  return envelope ? { ok: true, command, envelope } : { ok: true, command };
 }
 
 /** Maps the first zod issue to a rejection code and the dotted path of the field. */

@@ -98,13 +98,28 @@ export class JobRunner {
     if (!result.ok) return this.reject(incoming, { ...result, retryable: false });
     const command = result.command;
     if (this.intakeBusy.has(command.id) || this.opts.journal.has(command.id)) {
+      // Signed mode: a seen id arriving fresh (not a broker redelivery after a crash) is a replay,
+      // refused on its own; it still never runs. Unsigned/legacy: the recorded result is re-sent.
+      if (result.envelope && !incoming.redelivered) {
+        return this.reject(incoming, {
+          error: new ValidationError(
+            'COMMAND_REPLAYED',
+            `command id ${command.id} was already received; a signed command runs once (the first job is unaffected)`,
+            { field: 'id' },
+          ),
+          id: command.id,
+          type: command.type,
+          volume: 'volume' in command.params ? (command.params.volume ?? null) : null,
+          retryable: false,
+        });
+      }
       await this.answerDuplicate(command.id, incoming);
       return 'ack';
     }
     this.intakeBusy.add(command.id);
     let record: JobRecord;
     try {
-      record = newRecord(command, incoming);
+      record = newRecord(command, incoming, result.envelope?.expiresAt ?? null);
       try {
         await this.opts.journal.create(record);
       } catch (error) {
@@ -498,7 +513,7 @@ export class JobRunner {
   };
 }
 
-function newRecord(command: Command, incoming: IncomingCommand): JobRecord {
+function newRecord(command: Command, incoming: IncomingCommand, commandExpiresAt: string | null): JobRecord {
   const volume = 'volume' in command.params ? (command.params.volume ?? null) : null;
   let lockKey: string | null = null;
   if (volume) lockKey = `volume:${volumeKey(volume)}`;
@@ -522,6 +537,7 @@ function newRecord(command: Command, incoming: IncomingCommand): JobRecord {
     steps: {},
     stepsWritten: false,
     terminal: null,
+    commandExpiresAt,
   };
 }
 

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { AgentConfig } from '../config/index.js';
 import { baseHandlers, cachedProbe, capabilityProbe, type HostProbe } from '../handlers/index.js';
 import { writeFileAtomic } from '../jobs/atomic-file.js';
+import { commandKeyPolicy } from '../jobs/command-signature.js';
 import { buildEvent } from '../jobs/events.js';
 import { JobRunner } from '../jobs/job-runner.js';
 import { JobJournal } from '../jobs/journal.js';
@@ -183,6 +184,7 @@ const jobs: Stage<Ctx> = {
       policy: {
         maxMessageBytes: config.limits.maxMessageBytes,
         signingKey: config.security.signingKey,
+        commandKeys: commandKeyPolicy({ hostId: config.hostId, ...config.security }),
         storeRoots: config.store.roots,
         fileRoots: config.pools.fileRoots,
         volumeGroups: config.pools.volumeGroups,
