@@ -2,6 +2,7 @@ import { Command as Commander, CommanderError, InvalidArgumentError, Option } fr
 import { type AgentConfig, loadConfig } from '../config/index.js';
 import { startDashboard } from '../dashboard/server.js';
 import { AgentError } from '../errors/index.js';
+import { Rabbitmqctl } from '../host/rabbitmqctl.js';
 import {
   type Command,
   type CommandType,
@@ -9,6 +10,18 @@ import {
   EVENT_KINDS,
   type EventKind,
 } from '../protocol/index.js';
+import {
+  applyRights,
+  type BrokerRights,
+  declareFor,
+  HOST_USER_PREFIX,
+  hostRights,
+  MANAGEMENT_USER,
+  managementRights,
+  passwordFrom,
+  rightsLines,
+  vhostOf,
+} from './broker-provision.js';
 import { connectBroker } from './broker-session.js';
 import { buildCommand, parseList, parseVolume } from './command-builder.js';
 import { type DeadLetterDetail, peekDeadLetters, replayDeadLetters, summaryOf } from './dlq.js';
@@ -167,6 +180,77 @@ function buildProgram(
         writeLine(io.stdout, `or in the environment: AGENT_PUBLIC_KEYS=${opts.keyId}=${written.publicRaw}`);
       }
     });
+
+  const broker = program
+    .command('broker')
+    .description('broker users and rights (runs rabbitmqctl on a broker node)');
+  const provisionOptions = (c: Commander) =>
+    c
+      .option('--vhost <name>', 'vhost (default: the one of the first broker URL)')
+      .option('--password-file <file>', 'the password, first line (default: a new random one, printed once)')
+      .option('--rabbitmqctl-node <node>', 'node rabbitmqctl talks to (default: its own default)')
+      .option(
+        '--no-declare',
+        'only set the user and rights (do not declare the exchanges and queues over AMQP)',
+      );
+  const provision = async (
+    opts: GlobalOptions & {
+      vhost?: string;
+      passwordFile?: string;
+      rabbitmqctlNode?: string;
+      declare: boolean;
+    },
+    rightsOf: (config: AgentConfig, vhost: string) => BrokerRights,
+    hostId?: string,
+  ) => {
+    const config = configFrom(env, opts);
+    const vhost = opts.vhost ?? vhostOf(config.broker.urls[0]!);
+    const rights = rightsOf(config, vhost);
+    if (opts.declare) await withConnection(config, (model) => declareFor(model, config.topology, hostId));
+    const ctl = new Rabbitmqctl({
+      timeoutMs: 60_000,
+      ...(opts.rabbitmqctlNode ? { node: opts.rabbitmqctlNode } : {}),
+    });
+    const { password, generated } = await passwordFrom(opts.passwordFile);
+    const outcome = await applyRights(ctl, rights, password);
+    if (opts.json) {
+      writeJson(io, { ok: true, outcome, ...rights, ...(generated ? { password } : {}) });
+      return;
+    }
+    for (const line of rightsLines(rights)) writeLine(io.stdout, line);
+    writeLine(io.stdout, `${outcome}${generated ? `; password (shown once): ${password}` : ''}`);
+  };
+  provisionOptions(
+    broker
+      .command('provision-host')
+      .description("create or update a host's broker user with only that host's rights")
+      .argument('<hostId>', 'the host id (its agent config hostId)')
+      .option('--user <name>', `broker user (default ${HOST_USER_PREFIX}<hostId>)`),
+  ).action(async function (this: Commander, hostId: string) {
+    const opts = this.optsWithGlobals<Parameters<typeof provision>[0] & { user?: string }>();
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/.test(hostId))
+      throw usageError(`host id ${JSON.stringify(hostId)} is not valid`);
+    await provision(
+      opts,
+      (config, vhost) =>
+        hostRights(config.topology, vhost, hostId, opts.user ?? `${HOST_USER_PREFIX}${hostId}`),
+      hostId,
+    );
+    if (!opts.json) {
+      writeLine(io.stdout, `agent ${hostId}: set topology.declare=false and broker.urls with this user`);
+    }
+  });
+  provisionOptions(
+    broker
+      .command('provision-management')
+      .description("create or update the management plane's broker user")
+      .option('--user <name>', `broker user (default ${MANAGEMENT_USER})`),
+  ).action(async function (this: Commander) {
+    const opts = this.optsWithGlobals<Parameters<typeof provision>[0] & { user?: string }>();
+    await provision(opts, (config, vhost) =>
+      managementRights(config.topology, vhost, opts.user ?? MANAGEMENT_USER),
+    );
+  });
 
   program
     .command('ping')

@@ -23,6 +23,7 @@ export interface AgentConfig {
     deadLetterExchange: string;
     deadLetterQueue: string;
     deliveryLimit: number;
+    declare?: boolean;
   };
   stateDir: string;
   store: { roots: string[] };

@@ -136,6 +136,12 @@ export const configSchema = {
       format: positiveInt,
       default: 5,
     },
+    declare: {
+      doc: "Declare the exchanges, the dead-letter queue and this host's queue at start (true), or only check that they exist (false: for a broker user with only this host's rights, from 'snapctl broker provision-host', which declares them).",
+      format: Boolean,
+      default: true,
+      env: 'AGENT_DECLARE_TOPOLOGY',
+    },
   },
   stateDir: {
     doc: 'Local directory for the job journal and the event outbox (must survive restarts).',
