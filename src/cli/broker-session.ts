@@ -1,6 +1,7 @@
 import type { KeyObject } from 'node:crypto';
 import { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, connect } from 'amqplib';
 import { AgentError } from '../errors/index.js';
+import type { BrokerTlsOptions } from '../messaging/broker-tls.js';
 import {
   type AgentEvent,
   type Command,
@@ -23,12 +24,16 @@ export function redactUrl(url: string): string {
  * Opens one connection, trying each URL in turn. Every attempt is bounded by `timeoutMs`.
  * Throws BROKER_UNREACHABLE (exit code 5) naming every URL tried (credentials hidden).
  */
-export async function connectBroker(urls: readonly string[], timeoutMs: number): Promise<ChannelModel> {
+export async function connectBroker(
+  urls: readonly string[],
+  timeoutMs: number,
+  tls: BrokerTlsOptions = {},
+): Promise<ChannelModel> {
   const problems: string[] = [];
   for (const url of urls) {
     try {
       const model = await withTimeout(
-        connect(url, { timeout: timeoutMs, clientProperties: { connection_name: 'snapctl' } }),
+        connect(url, { ...tls, timeout: timeoutMs, clientProperties: { connection_name: 'snapctl' } }),
         timeoutMs,
         `no answer within ${timeoutMs} ms`,
       );

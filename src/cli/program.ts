@@ -3,6 +3,7 @@ import { type AgentConfig, loadConfig } from '../config/index.js';
 import { startDashboard } from '../dashboard/server.js';
 import { AgentError } from '../errors/index.js';
 import { Rabbitmqctl } from '../host/rabbitmqctl.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import {
   type Command,
   type CommandType,
@@ -483,6 +484,7 @@ function buildProgram(
         brokerUrls: config.broker.urls,
         eventsExchange: config.topology.eventsExchange,
         connectTimeoutMs: config.broker.connectTimeoutMs,
+        tls: brokerTlsOptions(config.broker.tls),
         port: opts.port,
         host: opts.listen,
       });
@@ -518,7 +520,11 @@ async function withConnection<T>(
   config: AgentConfig,
   use: (model: Awaited<ReturnType<typeof connectBroker>>) => Promise<T>,
 ): Promise<T> {
-  const model = await connectBroker(config.broker.urls, config.broker.connectTimeoutMs);
+  const model = await connectBroker(
+    config.broker.urls,
+    config.broker.connectTimeoutMs,
+    brokerTlsOptions(config.broker.tls),
+  );
   try {
     return await use(model);
   } finally {

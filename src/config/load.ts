@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import convict from 'convict';
 import { ConfigError } from '../errors/index.js';
 import { DEFAULT_RETENTION_MS } from '../jobs/journal.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import { configSchema } from './schema.js';
 
 export interface AgentConfig {
@@ -15,6 +16,8 @@ export interface AgentConfig {
     reconnectMaxMs: number;
     confirmTimeoutMs: number;
     prefetch: number;
+    /** Optional in the type: configs built by hand (tests) may leave it out. */
+    tls?: { caFile: string; certFile: string; keyFile: string };
   };
   topology: {
     commandsExchange: string;
@@ -80,6 +83,8 @@ export function loadConfig(options: LoadConfigOptions = {}): { config: AgentConf
     conf.validate({ allowed: 'strict' });
     const config = conf.getProperties() as unknown as AgentConfig;
     checkSecurity(config.security);
+    // Unreadable or malformed TLS files are a configuration error naming the key (exit 78).
+    brokerTlsOptions(config.broker.tls);
     // convict.toString() masks every value marked sensitive.
     return { config, redacted: conf.toString() };
   } catch (error) {

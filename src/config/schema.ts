@@ -112,6 +112,26 @@ export const configSchema = {
       default: 10_000,
     },
     prefetch: { doc: 'Unacknowledged commands the consumer may hold.', format: positiveInt, default: 4 },
+    tls: {
+      caFile: {
+        doc: "PEM CA certificate(s) that signed the broker's certificate, for amqps:// URLs (empty: the system's CAs). The broker's certificate is always verified.",
+        format: String,
+        default: '',
+        env: 'AGENT_BROKER_CA_FILE',
+      },
+      certFile: {
+        doc: 'PEM client certificate presented to the broker (optional; with broker.tls.keyFile).',
+        format: String,
+        default: '',
+        env: 'AGENT_BROKER_CERT_FILE',
+      },
+      keyFile: {
+        doc: 'PEM private key of broker.tls.certFile.',
+        format: String,
+        default: '',
+        env: 'AGENT_BROKER_KEY_FILE',
+      },
+    },
   },
   topology: {
     commandsExchange: {

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import type { ChannelModel } from 'amqplib';
 import { connectBroker, messageOf, subscribeEvents } from '../cli/broker-session.js';
+import type { BrokerTlsOptions } from '../messaging/broker-tls.js';
 import type { Logger } from '../observability/logger.js';
 import { silentLogger } from '../observability/logger.js';
 import { DashboardState } from './state.js';
@@ -33,6 +34,8 @@ export interface DashboardOptions {
   brokerUrls: readonly string[];
   eventsExchange: string;
   connectTimeoutMs: number;
+  /** CA and client certificate for amqps:// URLs. */
+  tls?: BrokerTlsOptions;
   port: number;
   host: string;
   /** Binding on the events exchange (default `#`: every host, volume and kind). */
@@ -71,7 +74,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
   let reconnectTimer: NodeJS.Timeout | undefined;
   let reconnectDelay = RECONNECT_MIN_MS;
   const connectAndSubscribe = async (): Promise<void> => {
-    const connection = await connectBroker(options.brokerUrls, options.connectTimeoutMs);
+    const connection = await connectBroker(options.brokerUrls, options.connectTimeoutMs, options.tls);
     try {
       await subscribeEvents(
         connection,

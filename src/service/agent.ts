@@ -8,6 +8,7 @@ import { buildEvent } from '../jobs/events.js';
 import { JobRunner } from '../jobs/job-runner.js';
 import { JobJournal } from '../jobs/journal.js';
 import type { HandlerRegistry } from '../jobs/types.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import { CommandConsumer } from '../messaging/command-consumer.js';
 import { BrokerConnection } from '../messaging/connection.js';
 import { EventPublisher, type ReturnedEvent } from '../messaging/event-publisher.js';
@@ -124,6 +125,7 @@ const connections: Stage<Ctx> = {
         connectTimeoutMs: b.connectTimeoutMs,
         reconnectMinMs: b.reconnectMinMs,
         reconnectMaxMs: b.reconnectMaxMs,
+        tls: brokerTlsOptions(b.tls),
         logger: ctx.logger.child({ connection: role }),
       });
       ctx.metrics.brokerConnected.set({ role }, 0);
