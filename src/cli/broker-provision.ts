@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ChannelModel } from 'amqplib';
 import type { AgentConfig } from '../config/index.js';
-import type { Rabbitmqctl, TopicPermissions, VhostPermissions } from '../host/rabbitmqctl.js';
 import { declareSharedTopology, declareTopology, topologyNames } from '../messaging/topology.js';
 import { usageError } from './exit-codes.js';
+import type { Rabbitmqctl, TopicPermissions, VhostPermissions } from './rabbitmqctl.js';
 
 /** Default broker user of a host's agent: this prefix + the host id. */
 export const HOST_USER_PREFIX = 'clvm-agent-';

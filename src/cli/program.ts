@@ -2,7 +2,6 @@ import { Command as Commander, CommanderError, InvalidArgumentError, Option } fr
 import { type AgentConfig, loadConfig } from '../config/index.js';
 import { startDashboard } from '../dashboard/server.js';
 import { AgentError } from '../errors/index.js';
-import { Rabbitmqctl } from '../host/rabbitmqctl.js';
 import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import {
   type Command,
@@ -31,6 +30,7 @@ import { EXIT, type ExitCode, exitCodeOf, usageError } from './exit-codes.js';
 import { formatBytes } from './format.js';
 import { type CliIo, writeJson, writeLine } from './io.js';
 import { createJobProgressView } from './progress-view.js';
+import { Rabbitmqctl } from './rabbitmqctl.js';
 import { sendAndWait, type TerminalEvent } from './send-and-wait.js';
 import { DEFAULT_COMMAND_LIFETIME_S, loadSigner, writeKeyPair } from './signing-keys.js';
 import { watchEvents } from './watch.js';

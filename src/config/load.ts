@@ -18,6 +18,7 @@ export interface AgentConfig {
     prefetch: number;
     /** Optional in the type: configs built by hand (tests) may leave it out. */
     tls?: { caFile: string; certFile: string; keyFile: string };
+    outboxStallMs: number;
   };
   topology: {
     commandsExchange: string;
@@ -37,6 +38,7 @@ export interface AgentConfig {
     maxMessageBytes: number;
     shutdownGraceMs: number;
     progressIntervalMs: number;
+    exportBytesPerSecond: number;
   };
   timeouts: { toolMs: number; exportMs: number };
   libvirt: { uri: string };

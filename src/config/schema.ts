@@ -132,6 +132,12 @@ export const configSchema = {
         env: 'AGENT_BROKER_KEY_FILE',
       },
     },
+    outboxStallMs: {
+      doc: 'While the broker is connected, /readyz reports not ready when the oldest unsent event has not moved for this long.',
+      format: positiveInt,
+      default: 60_000,
+      env: 'AGENT_OUTBOX_STALL_MS',
+    },
   },
   topology: {
     commandsExchange: {
@@ -179,9 +185,9 @@ export const configSchema = {
   },
   snapshot: {
     liveRotate: {
-      doc: "The live-rotate strategy. 'disabled' (default): auto never picks it and an explicit request is refused, because the rotation changes the disk chain behind libvirt (a managedsave, save or migration would reopen the volume without its backing chain). 'enabled' runs it anyway: only for tests of the rotation itself.",
+      doc: "The live-rotate strategy. 'enabled' (default): auto prefers it for running VMs on file pools. It rotates through libvirt, so libvirt's descriptions stay true, but the volume's active layer moves to a new file with every snapshot (the result's volumePath): 'disabled' for a management plane that cannot apply that path (auto then picks lvm-cow and an explicit live-rotate is refused).",
       format: ['disabled', 'enabled'],
-      default: 'disabled',
+      default: 'enabled',
       env: 'AGENT_LIVE_ROTATE',
     },
   },
@@ -212,6 +218,12 @@ export const configSchema = {
       format: 'nat',
       default: 120_000,
       env: 'AGENT_SHUTDOWN_GRACE_MS',
+    },
+    exportBytesPerSecond: {
+      doc: "Bandwidth of this host's snapshot exports together, in bytes per second (qemu-img convert -r); 0: no limit. Concurrent exports take turns at this rate, so together they never exceed it; a command's options.bandwidthBytesPerSecond may only lower it.",
+      format: 'nat',
+      default: 0,
+      env: 'AGENT_EXPORT_BYTES_PER_SECOND',
     },
     progressIntervalMs: {
       doc: 'At most one progress event per job per interval.',

@@ -18,6 +18,8 @@ export interface RunOptions {
   okExitCodes?: readonly number[];
   /** Open file descriptors of this process handed to the child as its fds 3, 4, ... (in order). */
   passFds?: readonly number[];
+  /** Called with the child's pid once it is spawned (the export bandwidth turns stop/continue it). */
+  onSpawn?: (pid: number) => void;
 }
 
 export interface RunResult {
@@ -28,6 +30,8 @@ export interface RunResult {
 }
 
 const PATTERNS: ReadonlyArray<[HostCommandFailureKind, RegExp]> = [
+  // First: a failing disk or a dead NFS server also makes lvm say "not found" (it cannot read its labels).
+  ['io-error', /Input\/output error|\bEIO\b|Stale (NFS )?file handle|\bESTALE\b/i],
   ['no-space', /No space left|Insufficient free space|ENOSPC|not enough free space|Disk quota exceeded/i],
   [
     'busy',
@@ -83,6 +87,7 @@ export async function runTool(
       ...(options.passFds ?? []),
     ] as Options['stdio'],
   });
+  if (options.onSpawn && subprocess.pid !== undefined) options.onSpawn(subprocess.pid);
   if (options.onStdout) subprocess.stdout?.on('data', (c: Buffer) => options.onStdout?.(c.toString('utf8')));
   if (options.onStderr) subprocess.stderr?.on('data', (c: Buffer) => options.onStderr?.(c.toString('utf8')));
   const result = await subprocess;

@@ -92,6 +92,13 @@ export interface ConvertTuning {
  * 1.2-1.4× faster and changed nothing for full exports (docs/benchmarks.md "qemu-img convert options").
  */
 export const EXPORT_TUNING: Readonly<ConvertTuning> = Object.freeze({ outOfOrder: true });
+/**
+ * Exports under a bandwidth limit (-r): one request in flight. With the default 8 coroutines
+ * qemu-img reads ~16 MiB ahead of the limiter, so its progress runs seconds ahead of the data
+ * written (ETA wrong) and every resume after a turn (SIGCONT) bursts; a throttled copy gains
+ * nothing from parallel requests anyway (measured: bench/bandwidth.ts).
+ */
+export const RATE_LIMITED_TUNING: Readonly<ConvertTuning> = Object.freeze({ coroutines: 1 });
 
 export type CacheMode = 'none' | 'writeback' | 'writethrough' | 'directsync' | 'unsafe';
 
@@ -115,6 +122,13 @@ export interface ConvertOptions {
   progress?: (p: ConvertProgress) => void;
   /** Bytes the progress refers to; default: the data to copy, from `qemu-img map` of the source. */
   progressBytesTotal?: number;
+  /**
+   * `-r`: bytes per second of this process (QEMU 7.2: data it copies, zeros and unallocated ranges
+   * are free; fixed for the whole run; the first rate-limit slice goes out at once).
+   */
+  rateLimit?: number;
+  /** Called with the qemu-img pid once it runs. */
+  onSpawn?: (pid: number) => void;
   signal?: AbortSignal;
 }
 
@@ -365,6 +379,17 @@ export class QemuImg {
       }
       args.push('-m', String(tuning.coroutines));
     }
+    if (opts.rateLimit !== undefined) {
+      if (!Number.isSafeInteger(opts.rateLimit) || opts.rateLimit < 1)
+        throw new ValidationError(
+          'INVALID_ARGUMENT',
+          'rateLimit must be a positive whole number of bytes/s',
+          {
+            field: 'rateLimit',
+          },
+        );
+      args.push('-r', String(opts.rateLimit));
+    }
     if (tuning.targetCache) args.push('-t', tuning.targetCache);
     if (tuning.sourceCache) args.push('-T', tuning.sourceCache);
     const source = checkAbsolutePath(opts.source, 'source');
@@ -380,7 +405,7 @@ export class QemuImg {
           format: opts.sourceFormat,
         }));
     }
-    await this.withProgress([...args, source, target], bytesTotal, opts.progress, opts.signal);
+    await this.withProgress([...args, source, target], bytesTotal, opts.progress, opts.signal, opts.onSpawn);
   }
 
   /**
@@ -548,9 +573,10 @@ export class QemuImg {
     bytesTotal: number,
     progress: ((p: ConvertProgress) => void) | undefined,
     signal: AbortSignal | undefined,
+    onSpawn?: (pid: number) => void,
   ): Promise<void> {
     if (!progress) {
-      await this.tool(args, { signal, timeoutMs: this.exportTimeoutMs });
+      await this.tool(args, { signal, timeoutMs: this.exportTimeoutMs, onSpawn });
       return;
     }
     const parser = new QemuProgressParser((percent) => progress(progressFromPercent(percent, bytesTotal)));
@@ -558,6 +584,7 @@ export class QemuImg {
     const withP = [args[0] ?? '', '-p', ...args.slice(1)];
     await this.tool(withP, {
       signal,
+      onSpawn,
       timeoutMs: this.exportTimeoutMs,
       onStdout: (chunk) => parser.push(chunk),
     });

@@ -42,6 +42,13 @@ export interface JobRecord {
   terminal: RecordedTerminal | null;
   /** expiresAt of a signed command: the record (its id) is kept at least until then. */
   commandExpiresAt?: string | null;
+  /**
+   * The job's `accepted` event, built before the record is written so recovery can publish it
+   * (same event id) when the agent died before it reached the outbox. Absent in older records.
+   */
+  accepted?: RecordedTerminal;
+  /** Hex SHA-256 of the command's raw body: a later message under this id is a duplicate only when equal. */
+  bodySha256?: string;
 }
 
 const FILE_SUFFIX = '.json';

@@ -8,7 +8,7 @@ import { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessa
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyRights, declareFor, hostRights, managementRights } from '../../../src/cli/broker-provision.js';
-import { Rabbitmqctl } from '../../../src/host/rabbitmqctl.js';
+import { Rabbitmqctl } from '../../../src/cli/rabbitmqctl.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
 import { startTestAgent, type TestAgent, uniqueSuffix, waitFor } from '../../helpers/agent.js';
 import { brokerUrl } from '../../helpers/broker.js';

@@ -17,7 +17,7 @@ import { command, FileStepJournal, jobContext } from '../snapshot/harness.js';
 
 const MiB = 1024 * 1024;
 
-/** Content hash, size, mtime and atime (as before hashing) of every file under `dir`. */
+/** Content hash, size, mtime and whether the file was read since armAtime, of every file under `dir`. */
 async function fingerprint(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
@@ -29,7 +29,10 @@ async function fingerprint(dir: string): Promise<Record<string, string>> {
       .digest('hex');
     // Our own read moved the atime: put it back, so that a read by anyone else still shows.
     await utimes(path, new Date(s.atimeMs), new Date(s.mtimeMs));
-    out[path] = `${hash} size=${s.size} mtime=${s.mtimeMs} atime=${s.atimeMs}`;
+    // Restoring times loses sub-millisecond digits: compare mtime to 10 ms, and atime as "still
+    // before mtime" (armAtime), which any read in between would have ended.
+    out[path] =
+      `${hash} size=${s.size} mtime=${Math.round(s.mtimeMs / 10)} unread=${s.atimeMs < s.mtimeMs - 1000}`;
   }
   return out;
 }

@@ -1,5 +1,5 @@
 import { HostCommandError } from '../errors/index.js';
-import { runTool } from './exec.js';
+import { runTool } from '../host/exec.js';
 
 /** RabbitMQ permissions of one user in one vhost: regular expressions over resource names. */
 export interface VhostPermissions {
@@ -25,7 +25,8 @@ export interface RabbitmqctlOptions {
 
 /**
  * The rabbitmqctl adapter (the only place that runs it): users, permissions and topic
- * permissions. Passwords go through stdin, never the argument list (which `ps` shows).
+ * permissions. snapctl's, not the agent's (hence not in src/host: the agent image has no
+ * rabbitmqctl, and no agent needs it). Passwords go through stdin, never the argument list (which `ps` shows).
  * Needs to run where rabbitmqctl can reach the node (its Erlang cookie).
  */
 export class Rabbitmqctl {
