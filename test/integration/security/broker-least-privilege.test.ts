@@ -2,7 +2,8 @@
 // user; A's agent runs fully with it (start-up declarations, consuming, events, a dead-lettered
 // rejection), and A's credentials are refused everything that belongs to host B or to everyone.
 // Prints the allowed/denied table. Runs in its own vhost, removed afterwards with the users.
-import { writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, connect } from 'amqplib';
 import { execa } from 'execa';
@@ -30,6 +31,7 @@ const topology = {
   declare: false,
 };
 const ctl = new Rabbitmqctl({ timeoutMs: 60_000 });
+const pwFile = join(tmpdir(), `i12-pw-${sfx}`);
 const rabbitmqctl = (args: string[]) => execa('rabbitmqctl', args, { timeout: 60_000 });
 
 function urlAs(user: string): string {
@@ -78,26 +80,29 @@ describe('per-host broker rights (real broker)', () => {
     await rabbitmqctl(['set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*']);
     // Host A through the CLI (declares the shared topology with the operator's URL); B and the
     // management plane through the same functions in-process.
-    const pwFile = join(process.env.TMPDIR ?? '/tmp', `i12-pw-${sfx}`);
     await writeFile(pwFile, `${password}\n`, { mode: 0o600 });
-    const run = await snapctl([
-      'broker',
-      'provision-host',
-      hostA,
-      '--user',
-      users.a,
-      '--password-file',
-      pwFile,
-      '--broker-url',
-      urlAs('guest'),
-      '--json',
+    // rabbitmqctl starts an Erlang VM per call (seconds): the three users are provisioned at once.
+    const [run] = await Promise.all([
+      snapctl([
+        'broker',
+        'provision-host',
+        hostA,
+        '--user',
+        users.a,
+        '--password-file',
+        pwFile,
+        '--broker-url',
+        urlAs('guest'),
+        '--json',
+      ]),
+      applyRights(ctl, hostRights(topology, vhost, hostB, users.b), password).then(async () =>
+        // Provisioning again only re-sets the password (idempotent).
+        expect(await ctl.putUser(users.b, password)).toBe('updated'),
+      ),
+      applyRights(ctl, managementRights(topology, vhost, users.mgmt), password),
     ]);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(lastJson(run.stdout)).toMatchObject({ ok: true, outcome: 'created', user: users.a, vhost });
-    await applyRights(ctl, hostRights(topology, vhost, hostB, users.b), password);
-    await applyRights(ctl, managementRights(topology, vhost, users.mgmt), password);
-    // Provisioning again only re-sets the password (idempotent).
-    expect(await ctl.putUser(users.b, password)).toBe('updated');
     const guest = await connect(urlAs('guest'));
     await declareFor(guest, topology, hostB);
     await guest.close();
@@ -118,7 +123,8 @@ describe('per-host broker rights (real broker)', () => {
     await asMgmt?.close().catch(() => {});
     await agent?.stopAgent();
     await rabbitmqctl(['delete_vhost', vhost]).catch(() => {});
-    for (const user of Object.values(users)) await ctl.deleteUser(user).catch(() => {});
+    await rm(pwFile, { force: true });
+    await Promise.all(Object.values(users).map((user) => ctl.deleteUser(user).catch(() => {})));
     await agent?.stop();
   });
 
