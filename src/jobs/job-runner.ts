@@ -104,6 +104,21 @@ export class JobRunner {
     if (usedBy !== undefined || this.opts.journal.has(command.id)) {
       // Older records carry no digest: treated as the same body (the behaviour they were written under).
       if (usedBy === undefined || usedBy === bodySha256) {
+        // Signed mode: a seen id arriving fresh (not a broker redelivery after a crash) is a replay,
+        // refused on its own; it never runs twice. Unsigned/legacy: the recorded result is re-sent.
+        if (result.envelope && !incoming.redelivered) {
+          return this.reject(incoming, bodySha256, {
+            error: new ValidationError(
+              'COMMAND_REPLAYED',
+              `command id ${command.id} was already received; a signed command runs once (the first job is unaffected)`,
+              { field: 'id' },
+            ),
+            id: command.id,
+            type: command.type,
+            volume: volumeOf(command),
+            retryable: false,
+          });
+        }
         await this.answerDuplicate(command.id, incoming);
         return 'ack';
       }
@@ -122,7 +137,7 @@ export class JobRunner {
     this.intakeBusy.set(command.id, bodySha256);
     let record: JobRecord;
     try {
-      record = newRecord(command, incoming, this.opts.hostId, bodySha256);
+      record = newRecord(command, incoming, this.opts.hostId, bodySha256, result.envelope?.expiresAt ?? null);
       try {
         await this.opts.journal.create(record);
       } catch (error) {
@@ -574,6 +589,8 @@ export function newRecord(
   incoming: Pick<IncomingCommand, 'replyTo' | 'correlationId'>,
   hostId: string,
   bodySha256: string,
+  /** expiresAt of a signed command (the journal keeps its id at least until then). */
+  commandExpiresAt: string | null = null,
 ): JobRecord {
   const volume = volumeOf(command);
   let lockKey: string | null = null;
@@ -611,6 +628,7 @@ export function newRecord(
       published: false,
     },
     bodySha256,
+    commandExpiresAt,
   };
 }
 

@@ -40,6 +40,8 @@ export interface JobRecord {
   /** True once the handler wrote to its StepJournal (a step ran, so "nothing to roll back" is unknown). */
   stepsWritten: boolean;
   terminal: RecordedTerminal | null;
+  /** expiresAt of a signed command: the record (its id) is kept at least until then. */
+  commandExpiresAt?: string | null;
   /**
    * The job's `accepted` event, built before the record is written so recovery can publish it
    * (same event id) when the agent died before it reached the outbox. Absent in older records.
@@ -70,7 +72,7 @@ export class JobJournal {
 
   /**
    * Creates the directory, removes temp files of interrupted writes, loads every record and
-   * prunes finished jobs older than `retentionMs`.
+   * prunes finished jobs older than `retentionMs` whose signed expiresAt (if any) has passed.
    */
   async open(retentionMs = DEFAULT_RETENTION_MS, now = Date.now()): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
@@ -91,7 +93,10 @@ export class JobJournal {
         throw new JournalError(`journal record ${path} is unreadable: ${String(error)}`, error);
       }
       const finished = record.finishedAt ? Date.parse(record.finishedAt) : Number.NaN;
-      if (record.terminal?.published && now - finished > retentionMs) {
+      // A signed command's id stays until its expiresAt too, so a replay is always recognised.
+      const expires = record.commandExpiresAt ? Date.parse(record.commandExpiresAt) : Number.NaN;
+      const expired = Number.isNaN(expires) || now > expires;
+      if (record.terminal?.published && now - finished > retentionMs && expired) {
         await unlink(path);
         pruned = true;
         continue;

@@ -3,10 +3,12 @@ import { join } from 'node:path';
 import type { AgentConfig } from '../config/index.js';
 import { baseHandlers, cachedProbe, capabilityProbe, type HostProbe } from '../handlers/index.js';
 import { writeFileAtomic } from '../jobs/atomic-file.js';
+import { commandKeyPolicy } from '../jobs/command-signature.js';
 import { buildEvent, quarantineNotice } from '../jobs/events.js';
 import { JobRunner } from '../jobs/job-runner.js';
 import { JobJournal } from '../jobs/journal.js';
 import type { HandlerRegistry } from '../jobs/types.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import { CommandConsumer } from '../messaging/command-consumer.js';
 import { BrokerConnection } from '../messaging/connection.js';
 import { EventPublisher, type ReturnedEvent } from '../messaging/event-publisher.js';
@@ -136,6 +138,7 @@ const connections: Stage<Ctx> = {
         connectTimeoutMs: b.connectTimeoutMs,
         reconnectMinMs: b.reconnectMinMs,
         reconnectMaxMs: b.reconnectMaxMs,
+        tls: brokerTlsOptions(b.tls),
         logger: ctx.logger.child({ connection: role }),
       });
       ctx.metrics.brokerConnected.set({ role }, 0);
@@ -200,6 +203,7 @@ const jobs: Stage<Ctx> = {
       policy: {
         maxMessageBytes: config.limits.maxMessageBytes,
         signingKey: config.security.signingKey,
+        commandKeys: commandKeyPolicy({ hostId: config.hostId, ...config.security }),
         storeRoots: config.store.roots,
         fileRoots: config.pools.fileRoots,
         volumeGroups: config.pools.volumeGroups,

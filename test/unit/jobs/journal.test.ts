@@ -74,6 +74,25 @@ describe('JobJournal', () => {
     expect((await readdir(join(dir, 'jobs'))).sort()).toEqual(['young.json']);
   });
 
+  it('keeps a finished signed command past the retention until its expiresAt (a replay stays recognised)', async () => {
+    const j = new JobJournal(dir);
+    await j.open();
+    const old = new Date(Date.now() - 10 * 24 * 3600_000).toISOString();
+    const finished = {
+      state: 'succeeded' as const,
+      finishedAt: old,
+      terminal: { event: {} as never, routingKey: 'x', published: true },
+    };
+    await j.create(
+      record('signed-live', { ...finished, commandExpiresAt: new Date(Date.now() + 60_000).toISOString() }),
+    );
+    await j.create(record('signed-gone', { ...finished, commandExpiresAt: old }));
+    const again = new JobJournal(dir);
+    await again.open();
+    expect(again.has('signed-live')).toBe(true);
+    expect(again.has('signed-gone')).toBe(false);
+  });
+
   it('writeFileAtomic leaves no temp file when the target directory is missing', async () => {
     await expect(writeFileAtomic(join(dir, 'nope', 'x.json'), 'x')).rejects.toThrow(/ENOENT/);
     await writeFileAtomic(join(dir, 'x.json'), 'one');
