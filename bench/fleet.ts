@@ -1,14 +1,13 @@
 // Fleet benchmark (issue 13): N simulated hosts against the 3-node cluster of
 // scripts/rabbit-cluster.sh, plus a management-plane simulator.
-//   npm run bench:fleet -- [--hosts 250,500,1000] [--per-process 250] [--rates 1,10,100] [--seconds 15]
+//   npm run bench:fleet -- [--hosts 250,500,1000,1500] [--per-process 100] [--rates 1,10,100] [--seconds 15]
 // For each fleet size (hosts are added, never restarted): fork processes of simulated hosts
 // (bench/fleet-worker.ts: each host is the agent's real consumer, intake, journal, scheduler and
-// publisher with an instant agent.ping), wait until every consumer is registered, read broker
-// memory (erlang:memory(total) summed over the nodes) and the workers' RSS; then the management
-// plane sends agent.ping to random hosts at each fleet-wide rate for `seconds`, subscribed to all
-// events on one queue, and records command→accepted and command→terminal latency. At the end all
-// hosts stop (queues stay): the memory left over, minus the empty cluster's, is the queues'; the
-// difference before and after is the connections'. The cluster is stopped unless --keep-cluster.
+// publisher with an instant agent.ping), wait until every consumer is registered, read the
+// broker's memory breakdown (rabbit_vm:memory() and the beams' RSS, summed over the nodes) and the
+// workers' RSS; then the management plane sends agent.ping to random hosts at each fleet-wide
+// rate for `seconds`, subscribed to all events on one queue, and records command→accepted and
+// command→terminal latency. The cluster is stopped at the end unless --keep-cluster.
 import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -22,8 +21,8 @@ import type { WorkerMessage, WorkerStart } from './fleet-worker.js';
 
 const { values: args } = parseArgs({
   options: {
-    hosts: { type: 'string', default: '250,500,1000' },
-    'per-process': { type: 'string', default: '250' },
+    hosts: { type: 'string', default: '250,500,1000,1500' },
+    'per-process': { type: 'string', default: '100' },
     rates: { type: 'string', default: '1,10,100' },
     seconds: { type: 'string', default: '15' },
     'keep-cluster': { type: 'boolean', default: false },
@@ -50,17 +49,41 @@ function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
-/** Erlang memory of each node (bytes) and the beam processes' RSS (MB). */
-async function brokerMemory(): Promise<{ erlangMb: number; rssMb: number }> {
-  let erlang = 0;
-  let rss = 0;
+/**
+ * Broker memory summed over the three nodes: rabbit_vm:memory() categories (bytes, what RabbitMQ's
+ * own memory breakdown reports) and the beam processes' RSS (MB).
+ */
+interface BrokerMemory {
+  rssMb: number;
+  erlangMb: number;
+  /** connection_readers + writers + channels + other. */
+  connectionsMb: number;
+  /** quorum_queue_procs + quorum_ets. */
+  quorumMb: number;
+  binaryMb: number;
+}
+
+async function brokerMemory(): Promise<BrokerMemory> {
+  const sum: BrokerMemory = { rssMb: 0, erlangMb: 0, connectionsMb: 0, quorumMb: 0, binaryMb: 0 };
   for (const n of NODES) {
-    erlang += Number((await cluster.ctl(n, 'eval', 'erlang:memory(total).')).trim());
+    const out = await cluster.ctl(n, 'eval', 'rabbit_vm:memory().');
+    const item = (key: string) => Number(new RegExp(`\\{${key},(\\d+)\\}`).exec(out)?.[1] ?? 0) / 1048576;
+    sum.erlangMb += item('erlang');
+    sum.connectionsMb += [
+      'connection_readers',
+      'connection_writers',
+      'connection_channels',
+      'connection_other',
+    ]
+      .map(item)
+      .reduce((a, b) => a + b, 0);
+    sum.quorumMb += item('quorum_queue_procs') + item('quorum_ets');
+    sum.binaryMb += item('binary');
     const pid = (await cluster.pid(n)).trim();
     const status = await readFile(`/proc/${pid}/status`, 'utf8');
-    rss += Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) / 1024;
+    sum.rssMb += Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) / 1024;
   }
-  return { erlangMb: erlang / 1048576, rssMb: rss };
+  return sum;
 }
 
 class Worker {
@@ -184,7 +207,7 @@ async function main(): Promise<void> {
   const stateRoot = await mkdtemp(join(tmpdir(), 'fleet-'));
   const workers: Worker[] = [];
   const hostIds: string[] = [];
-  const sizes: Array<Record<string, number>> = [];
+  const sizes: Array<{ agentBaseMb: number } & Record<string, unknown>> = [];
   const results: RateResult[] = [];
   const f = (n: number, d = 1) => n.toFixed(d);
   try {
@@ -224,22 +247,26 @@ async function main(): Promise<void> {
       // Base RSS of a worker before its hosts started (tsx + modules), from the ready messages so far.
       agentBase = (sizes.at(-1)?.agentBaseMb ?? 0) + ready.reduce((s, m) => s + m.baseRssMb, 0);
       const mem = await brokerMemory();
+      const n = hostIds.length;
       const size = {
-        hosts: hostIds.length,
+        hosts: n,
         processes: workers.length,
         startSeconds,
-        brokerErlangMb: mem.erlangMb,
-        brokerRssMb: mem.rssMb,
-        brokerPerHostKb: ((mem.erlangMb - base.erlangMb) * 1024) / hostIds.length,
-        brokerRssPerHostKb: ((mem.rssMb - base.rssMb) * 1024) / hostIds.length,
+        broker: mem,
+        brokerRssPerHostKb: ((mem.rssMb - base.rssMb) * 1024) / n,
+        quorumPerQueueKb: ((mem.quorumMb - base.quorumMb) * 1024) / n,
+        perConnectionKb: ((mem.connectionsMb - base.connectionsMb) * 1024) / (2 * n),
+        binaryPerHostKb: ((mem.binaryMb - base.binaryMb) * 1024) / n,
         agentRssMb: agentRss,
         agentBaseMb: agentBase,
-        agentPerHostKb: ((agentRss - agentBase) * 1024) / hostIds.length,
+        agentPerHostKb: ((agentRss - agentBase) * 1024) / n,
       };
       sizes.push(size);
       console.log(
-        `${size.hosts} hosts in ${size.processes} processes (step started in ${f(startSeconds)} s): broker ${f(mem.erlangMb)} MB Erlang / ${f(mem.rssMb)} MB RSS ` +
-          `(per host over the empty cluster: ${f(size.brokerPerHostKb, 0)} KB Erlang, ${f(size.brokerRssPerHostKb, 0)} KB RSS); agents ${f(agentRss)} MB RSS, ${f(size.agentPerHostKb, 0)} KB per host`,
+        `${n} hosts in ${size.processes} processes (added in ${f(startSeconds)} s): broker RSS ${f(mem.rssMb)} MB ` +
+          `(+${f(size.brokerRssPerHostKb, 0)} KB per host over the empty cluster); per host queue ${f(size.quorumPerQueueKb, 0)} KB ` +
+          `(quorum procs + ETS, 3 replicas), per connection ${f(size.perConnectionKb, 0)} KB, binaries ${f(size.binaryPerHostKb, 0)} KB per host; ` +
+          `agents ${f(agentRss)} MB RSS, ${f(size.agentPerHostKb, 0)} KB per host`,
       );
       for (const rate of rates) {
         const r = await runRate(plane, hostIds, hostIds.length, rate);
@@ -250,33 +277,12 @@ async function main(): Promise<void> {
         );
       }
     }
-    // Hosts gone, queues left: what the queues alone hold.
-    const withConnections = await brokerMemory();
-    await Promise.all(workers.map((w) => w.ask({ type: 'stop' })));
-    await new Promise((r) => setTimeout(r, 5000));
-    const queuesOnly = await brokerMemory();
-    const n = hostIds.length;
-    const perQueueKb = ((queuesOnly.erlangMb - base.erlangMb) * 1024) / n;
-    const perConnectionKb = ((withConnections.erlangMb - queuesOnly.erlangMb) * 1024) / (2 * n);
-    const perQueueRssKb = ((queuesOnly.rssMb - base.rssMb) * 1024) / n;
-    const perConnectionRssKb = ((withConnections.rssMb - queuesOnly.rssMb) * 1024) / (2 * n);
-    console.log(
-      `broker, ${n} host queues (3 replicas each) and ${2 * n} connections: per host queue (cluster-wide) ${f(perQueueKb, 0)} KB Erlang / ${f(perQueueRssKb, 0)} KB RSS, ` +
-        `per connection (with its channels) ${f(perConnectionKb, 0)} KB Erlang / ${f(perConnectionRssKb, 0)} KB RSS; ` +
-        `empty cluster ${f(base.erlangMb)} MB Erlang, ${f(base.rssMb)} MB RSS`,
-    );
     console.log(
       JSON.stringify({
         machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
         base,
         sizes,
         results,
-        perQueueKb,
-        perConnectionKb,
-        perQueueRssKb,
-        perConnectionRssKb,
-        withConnections,
-        queuesOnly,
         minutes: (Date.now() - t0) / 60000,
       }),
     );
