@@ -53,8 +53,10 @@ USER root
 
 # Health and metrics (config http.port): /livez, /readyz, /metrics.
 EXPOSE 9464
-HEALTHCHECK --interval=30s --timeout=5s \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:9464/livez').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+# The check reads the agent's configuration (AGENT_CONFIG, environment) for http.host/http.port,
+# so a port changed there is followed (a fixed 9464 here would report a healthy agent unhealthy).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
+  CMD ["node", "dist/service/healthcheck.js"]
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
 # node directly (not npm): signals reach the agent, and no npm process sits in between.

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=(qemu-utils qemu-system-x86 qemu-block-extra libvirt-daemon-system libvirt-clients lvm2 xfsprogs util-linux busybox-static chromium xz-utils dmsetup)
+need_pkgs=(qemu-utils qemu-system-x86 qemu-block-extra libvirt-daemon-system libvirt-clients lvm2 xfsprogs util-linux busybox-static chromium xz-utils dmsetup podman runc mmdebstrap)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,3 +38,7 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 virsh -c qemu:///system version >/dev/null || { echo "ensure-host: libvirtd does not answer" >&2; exit 1; }
+
+# The image test (test/integration/container): podman with runc (scripts/podman/containers.conf)
+# and a local node:24-bookworm-slim built from Debian packages and the npm registry (cached).
+bash scripts/ensure-base-image.sh

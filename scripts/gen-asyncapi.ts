@@ -226,6 +226,14 @@ export const eventExamples: Record<EventKind, AgentEvent[]> = {
     }),
   ],
   started: [event('started', 7, `agent:${HOST}`, null, { hostId: HOST, agentVersion: AGENT_VERSION })],
+  quarantined: [
+    event('quarantined', 3, 'cmd-0010', VOLUME, {
+      jobId: 'cmd-0010',
+      eventId: 'f1c6d9a2-5b8e-4c1a-9d7e-2a4b6c8d0e1f',
+      eventType: 'io.clvm.snapshot-agent.succeeded',
+      reason: 'the broker refused event f1c6d9a2-5b8e-4c1a-9d7e-2a4b6c8d0e1f for good: PRECONDITION_FAILED',
+    }),
+  ],
   stopping: [
     event('stopping', 8, `agent:${HOST}`, null, {
       hostId: HOST,
@@ -472,6 +480,8 @@ const EVENT_SUMMARIES: Record<EventKind, string> = {
   failed: 'The job failed; rolledBack says whether the volume is as before. Terminal.',
   started: 'The agent started (correlationid agent:<hostId>).',
   stopping: 'The agent is shutting down (correlationid agent:<hostId>).',
+  quarantined:
+    'An event of this job could never be published and was set aside on the agent; this takes its place (same correlationid and sequence).',
 };
 
 /** The YAML text of the document. */

@@ -14,6 +14,7 @@ export interface AgentConfig {
     reconnectMaxMs: number;
     confirmTimeoutMs: number;
     prefetch: number;
+    outboxStallMs: number;
   };
   topology: {
     commandsExchange: string;
@@ -32,6 +33,7 @@ export interface AgentConfig {
     maxMessageBytes: number;
     shutdownGraceMs: number;
     progressIntervalMs: number;
+    exportBytesPerSecond: number;
   };
   timeouts: { toolMs: number; exportMs: number };
   libvirt: { uri: string };

@@ -80,6 +80,12 @@ export const configSchema = {
       default: 10_000,
     },
     prefetch: { doc: 'Unacknowledged commands the consumer may hold.', format: positiveInt, default: 4 },
+    outboxStallMs: {
+      doc: 'While the broker is connected, /readyz reports not ready when the oldest unsent event has not moved for this long.',
+      format: positiveInt,
+      default: 60_000,
+      env: 'AGENT_OUTBOX_STALL_MS',
+    },
   },
   topology: {
     commandsExchange: {
@@ -154,6 +160,12 @@ export const configSchema = {
       format: 'nat',
       default: 120_000,
       env: 'AGENT_SHUTDOWN_GRACE_MS',
+    },
+    exportBytesPerSecond: {
+      doc: "Bandwidth of this host's snapshot exports together, in bytes per second (qemu-img convert -r); 0: no limit. Concurrent exports take turns at this rate, so together they never exceed it; a command's options.bandwidthBytesPerSecond may only lower it.",
+      format: 'nat',
+      default: 0,
+      env: 'AGENT_EXPORT_BYTES_PER_SECOND',
     },
     progressIntervalMs: {
       doc: 'At most one progress event per job per interval.',

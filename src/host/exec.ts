@@ -18,6 +18,8 @@ export interface RunOptions {
   okExitCodes?: readonly number[];
   /** Open file descriptors of this process handed to the child as its fds 3, 4, ... (in order). */
   passFds?: readonly number[];
+  /** Called with the child's pid once it is spawned (the export bandwidth turns stop/continue it). */
+  onSpawn?: (pid: number) => void;
 }
 
 export interface RunResult {
@@ -28,6 +30,8 @@ export interface RunResult {
 }
 
 const PATTERNS: ReadonlyArray<[HostCommandFailureKind, RegExp]> = [
+  // First: a failing disk or a dead NFS server also makes lvm say "not found" (it cannot read its labels).
+  ['io-error', /Input\/output error|\bEIO\b|Stale (NFS )?file handle|\bESTALE\b/i],
   ['no-space', /No space left|Insufficient free space|ENOSPC|not enough free space|Disk quota exceeded/i],
   [
     'busy',
@@ -81,6 +85,7 @@ function spawnTool(file: string, args: readonly string[], options: RunOptions): 
       // Tools must not wait on a terminal or read the agent's stdin.
       stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', ...(options.passFds ?? [])],
     });
+    if (options.onSpawn && child.pid !== undefined) options.onSpawn(child.pid);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let timedOut = false;

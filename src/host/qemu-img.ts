@@ -115,6 +115,13 @@ export interface ConvertOptions {
   progress?: (p: ConvertProgress) => void;
   /** Bytes the progress refers to; default: the data to copy, from `qemu-img map` of the source. */
   progressBytesTotal?: number;
+  /**
+   * `-r`: bytes per second of this process (QEMU 7.2: data it copies, zeros and unallocated ranges
+   * are free; fixed for the whole run; the first rate-limit slice goes out at once).
+   */
+  rateLimit?: number;
+  /** Called with the qemu-img pid once it runs. */
+  onSpawn?: (pid: number) => void;
   signal?: AbortSignal;
 }
 
@@ -365,6 +372,17 @@ export class QemuImg {
       }
       args.push('-m', String(tuning.coroutines));
     }
+    if (opts.rateLimit !== undefined) {
+      if (!Number.isSafeInteger(opts.rateLimit) || opts.rateLimit < 1)
+        throw new ValidationError(
+          'INVALID_ARGUMENT',
+          'rateLimit must be a positive whole number of bytes/s',
+          {
+            field: 'rateLimit',
+          },
+        );
+      args.push('-r', String(opts.rateLimit));
+    }
     if (tuning.targetCache) args.push('-t', tuning.targetCache);
     if (tuning.sourceCache) args.push('-T', tuning.sourceCache);
     const source = checkAbsolutePath(opts.source, 'source');
@@ -380,7 +398,7 @@ export class QemuImg {
           format: opts.sourceFormat,
         }));
     }
-    await this.withProgress([...args, source, target], bytesTotal, opts.progress, opts.signal);
+    await this.withProgress([...args, source, target], bytesTotal, opts.progress, opts.signal, opts.onSpawn);
   }
 
   /**
@@ -548,9 +566,10 @@ export class QemuImg {
     bytesTotal: number,
     progress: ((p: ConvertProgress) => void) | undefined,
     signal: AbortSignal | undefined,
+    onSpawn?: (pid: number) => void,
   ): Promise<void> {
     if (!progress) {
-      await this.tool(args, { signal, timeoutMs: this.exportTimeoutMs });
+      await this.tool(args, { signal, timeoutMs: this.exportTimeoutMs, onSpawn });
       return;
     }
     const parser = new QemuProgressParser((percent) => progress(progressFromPercent(percent, bytesTotal)));
@@ -558,6 +577,7 @@ export class QemuImg {
     const withP = [args[0] ?? '', '-p', ...args.slice(1)];
     await this.tool(withP, {
       signal,
+      onSpawn,
       timeoutMs: this.exportTimeoutMs,
       onStdout: (chunk) => parser.push(chunk),
     });

@@ -272,13 +272,22 @@ export function toIncomingCommand(message: ConsumeMessage): IncomingCommand {
     correlationId: stringOrUndefined(message.properties.correlationId),
     replyTo: stringOrUndefined(message.properties.replyTo),
     headers,
+    contentType:
+      typeof message.properties.contentType === 'string' ? message.properties.contentType : undefined,
+    contentEncoding:
+      typeof message.properties.contentEncoding === 'string' ? message.properties.contentEncoding : undefined,
     redelivered: message.fields.redelivered,
     deliveryCount: deliveryCountOf(headers['x-delivery-count']),
   };
 }
 
+/**
+ * A short-string property the agent may echo back (messageId, correlationId, replyTo). amqplib
+ * decodes invalid UTF-8 as U+FFFD, which can make it longer than AMQP's 255 bytes: such a value
+ * could never be sent again, so it is treated as absent.
+ */
 function stringOrUndefined(value: unknown): string | undefined {
-  return typeof value === 'string' && value.length > 0 ? value : undefined;
+  return typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= 255 ? value : undefined;
 }
 
 function deliveryCountOf(value: unknown): number {

@@ -18,14 +18,21 @@ export interface AgentMetrics {
   rejected: Counter<'reason'>;
   /** Events the broker returned as unroutable (nobody bound for their routing key). */
   unroutedEvents: Counter<'exchange'>;
+  /** Outbox entries the broker can never accept, moved to the quarantine folder. */
+  quarantinedEvents: Counter;
+  /** Age of the oldest unsent persistent event, read at scrape time from `outboxOldestAgeSource`. */
+  outboxOldestAge: Gauge;
+  /** Seconds since the oldest unsent event was made (the publisher sets it once started). */
+  outboxOldestAgeSource: () => number;
 }
 
 /** Creates the metrics on a fresh registry; `defaultMetrics` adds process metrics (RSS, CPU, event loop). */
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): AgentMetrics {
   const registry = new Registry();
+  let metrics: AgentMetrics | undefined;
   if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'clvm_agent_' });
   const registers = [registry];
-  return {
+  metrics = {
     registry,
     jobs: new Counter({
       name: 'clvm_agent_jobs_total',
@@ -74,5 +81,20 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Agent
       labelNames: ['exchange'],
       registers,
     }),
+    quarantinedEvents: new Counter({
+      name: 'clvm_agent_events_quarantined_total',
+      help: 'Outbox entries the broker can never accept, moved to the outbox quarantine folder',
+      registers,
+    }),
+    outboxOldestAge: new Gauge({
+      name: 'clvm_agent_outbox_oldest_age_seconds',
+      help: 'Age of the oldest persistent event not yet confirmed by the broker (0 when the outbox is empty)',
+      registers,
+      collect() {
+        this.set(metrics?.outboxOldestAgeSource() ?? 0);
+      },
+    }),
+    outboxOldestAgeSource: () => 0,
   };
+  return metrics;
 }

@@ -48,6 +48,15 @@ export const snapshotCreateParams = z
         verify: z.enum(['none', 'metadata', 'full']).default('metadata'),
         compress: z.boolean().default(false),
         maxChainLength: z.number().int().min(1).max(1000).default(16),
+        bandwidthBytesPerSecond: z
+          .number()
+          .int()
+          .min(1024 * 1024)
+          .max(Number.MAX_SAFE_INTEGER)
+          .optional()
+          .describe(
+            "export bandwidth of this snapshot in bytes per second (at least 1 MiB/s); the host's limits.exportBytesPerSecond still caps it",
+          ),
       })
       .strict()
       .prefault({}),

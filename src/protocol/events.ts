@@ -10,6 +10,7 @@ export const EVENT_KINDS = [
   'failed',
   'started',
   'stopping',
+  'quarantined',
 ] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];
 /** Kinds that end a job: exactly one of them is published per command id. */
@@ -118,6 +119,20 @@ export const agentLifecycleData = z
   .object({ hostId: z.string(), agentVersion: z.string(), reason: z.string().optional() })
   .meta({ id: 'AgentLifecycleData' });
 
+export const quarantinedData = z
+  .object({
+    jobId: z.string().describe('correlationid of the event that was set aside'),
+    eventId: z.string().describe('id of the event that was set aside'),
+    eventType: z.string(),
+    reason: z.string().describe('why the broker can never accept it'),
+  })
+  .meta({
+    id: 'QuarantinedData',
+    description:
+      'An event of this job could never be published (e.g. the broker refuses it for good). It was kept in the ' +
+      "agent's outbox quarantine folder; this event takes its place, with the same correlationid and sequence.",
+  });
+
 export const EVENT_DATA = {
   accepted: acceptedData,
   rejected: rejectedData,
@@ -126,6 +141,7 @@ export const EVENT_DATA = {
   failed: failedData,
   started: agentLifecycleData,
   stopping: agentLifecycleData,
+  quarantined: quarantinedData,
 } as const satisfies Record<EventKind, z.ZodType>;
 
 export type EventData<K extends EventKind> = z.infer<(typeof EVENT_DATA)[K]>;
@@ -160,6 +176,7 @@ export const eventSchemas = {
   failed: cloudEvent('failed'),
   started: cloudEvent('started'),
   stopping: cloudEvent('stopping'),
+  quarantined: cloudEvent('quarantined'),
 } as const;
 
 export const eventSchema = z
@@ -171,6 +188,7 @@ export const eventSchema = z
     eventSchemas.failed,
     eventSchemas.started,
     eventSchemas.stopping,
+    eventSchemas.quarantined,
   ])
   .meta({ id: 'Event' });
 export type AgentEvent = z.infer<typeof eventSchema>;

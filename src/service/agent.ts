@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { AgentConfig } from '../config/index.js';
 import { baseHandlers, cachedProbe, capabilityProbe, type HostProbe } from '../handlers/index.js';
 import { writeFileAtomic } from '../jobs/atomic-file.js';
-import { buildEvent } from '../jobs/events.js';
+import { buildEvent, quarantineNotice } from '../jobs/events.js';
 import { JobRunner } from '../jobs/job-runner.js';
 import { JobJournal } from '../jobs/journal.js';
 import type { HandlerRegistry } from '../jobs/types.js';
@@ -101,6 +101,19 @@ const observability: Stage<Ctx> = {
               ? { ok: true }
               : { ok: false, detail: 'the publishing connection to the broker is down' },
         },
+        {
+          name: 'outbox',
+          check: () => {
+            const stall = ctx.publisher?.stall();
+            if (!stall) return { ok: true };
+            return {
+              ok: false,
+              detail:
+                `the oldest unsent event (${stall.eventId}) has not moved for ${Math.round(stall.sinceMs / 1000)} s ` +
+                `while the broker is connected${stall.lastError ? `; last error: ${stall.lastError}` : ''}`,
+            };
+          },
+        },
       ],
     });
     ctx.logger.info({ http: ctx.health.address }, 'health server listening');
@@ -149,8 +162,12 @@ const publisher: Stage<Ctx> = {
       names: ctx.names,
       outboxDir: outboxDir(ctx.config),
       confirmTimeoutMs: ctx.config.broker.confirmTimeoutMs,
-      logger: ctx.logger.child({ component: 'publisher' }),
+      logger: ctx.logger,
+      stallAfterMs: ctx.config.broker.outboxStallMs,
+      replacementFor: (original, reason) => quarantineNotice(ctx.config.hostId, original, reason),
     });
+    p.on('quarantined', () => ctx.metrics.quarantinedEvents.inc());
+    ctx.metrics.outboxOldestAgeSource = () => p.oldestUnsentAgeMs() / 1000;
     p.on('depth', (depth: number) => ctx.metrics.outboxDepth.set(depth));
     p.on('returned', (returned: ReturnedEvent) =>
       ctx.metrics.unroutedEvents.inc({ exchange: returned.exchange }),
@@ -225,7 +242,7 @@ const consumer: Stage<Ctx> = {
       hostId: ctx.config.hostId,
       prefetch: ctx.config.broker.prefetch,
       handler: ctx.runner!.handleCommand,
-      logger: ctx.logger.child({ component: 'consumer' }),
+      logger: ctx.logger,
     });
     ctx.consumer.start();
   },

@@ -22,26 +22,47 @@ export function exportStep(
     onProgress?: (percent: number) => void;
     /** Bytes to copy, measured by the planner (spares a `qemu-img map` for the progress total). */
     bytesTotal?: number;
+    /** The command's bandwidth (bytes/s); the host's limit caps it (deps.bandwidth). */
+    bandwidth?: number;
   },
 ): Step {
   const convert = async (io: StepIO, signal: AbortSignal): Promise<void> => {
     await removePart(deps.store, opts.partPath);
-    await deps.qemuImg.convert({
-      source: opts.source,
-      target: opts.partPath,
-      sourceFormat: 'qcow2',
-      targetFormat: 'qcow2',
-      forceShare: opts.forceShare,
-      ...(opts.parentBacking === null ? {} : { backing: { file: opts.parentBacking, format: 'qcow2' } }),
-      compress: opts.compress ? 'zlib' : false,
-      tuning: EXPORT_TUNING,
-      progressBytesTotal: opts.bytesTotal,
-      signal,
-      progress: (p) => {
-        io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
-        opts.onProgress?.(p.percent);
-      },
-    });
+    const ticket = deps.bandwidth?.admit(opts.bandwidth, signal);
+    const rateLimit = ticket ? ticket.rate : opts.bandwidth;
+    // The average rate since the copy began: with a limit it is the limit (or its share), so the
+    // ETA that consumers derive from it (bytes left / rate) holds.
+    const started = performance.now();
+    try {
+      await deps.qemuImg.convert({
+        source: opts.source,
+        target: opts.partPath,
+        sourceFormat: 'qcow2',
+        targetFormat: 'qcow2',
+        forceShare: opts.forceShare,
+        ...(opts.parentBacking === null ? {} : { backing: { file: opts.parentBacking, format: 'qcow2' } }),
+        compress: opts.compress ? 'zlib' : false,
+        tuning: EXPORT_TUNING,
+        progressBytesTotal: opts.bytesTotal,
+        ...(rateLimit === undefined ? {} : { rateLimit }),
+        ...(ticket ? { onSpawn: (pid: number) => ticket.attach(pid) } : {}),
+        signal,
+        progress: (p) => {
+          const seconds = (performance.now() - started) / 1000;
+          const bytesPerSecond =
+            seconds > 0.5 && p.bytesDone > 0 ? Math.round(p.bytesDone / seconds) : undefined;
+          io.progress({
+            percent: p.percent,
+            bytesDone: p.bytesDone,
+            bytesTotal: p.bytesTotal,
+            ...(bytesPerSecond === undefined ? {} : { bytesPerSecond }),
+          });
+          opts.onProgress?.(p.percent);
+        },
+      });
+    } finally {
+      ticket?.release();
+    }
   };
   return {
     name: 'export',

@@ -165,6 +165,9 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
     verify: params.options.verify,
     compress: params.options.compress,
     quiesce: params.options.quiesce,
+    ...(params.options.bandwidthBytesPerSecond === undefined
+      ? {}
+      : { bandwidthBytesPerSecond: params.options.bandwidthBytesPerSecond }),
   };
 }
 

@@ -3,6 +3,7 @@ import type { Libvirt } from '../host/libvirt.js';
 import type { Lvm } from '../host/lvm.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import type { SnapshotStore } from '../host/store.js';
+import type { ExportBandwidth } from './export-bandwidth.js';
 import type { Failpoints } from './failpoints.js';
 
 /** The adapters the snapshot engine composes; plain objects, so lab suites can build them without the agent. */
@@ -18,4 +19,6 @@ export interface SnapshotDeps {
   liveRotate?: 'enabled' | 'disabled';
   /** How often the CoW fill level is read during an lvm-cow export (default 1000 ms). */
   cowPollMs?: number;
+  /** The host's export bandwidth (config limits.exportBytesPerSecond); absent: exports are not limited. */
+  bandwidth?: ExportBandwidth;
 }

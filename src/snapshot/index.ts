@@ -12,6 +12,7 @@ import type { Logger } from '../observability/logger.js';
 import { createSnapshot } from './create.js';
 import { deleteSnapshot } from './delete.js';
 import type { SnapshotDeps } from './deps.js';
+import { ExportBandwidth } from './export-bandwidth.js';
 import { Failpoints } from './failpoints.js';
 import { revertSnapshot } from './revert.js';
 import { verifyChain } from './verify.js';
@@ -62,5 +63,15 @@ export function createSnapshotDeps(
   });
   const lvm = new Lvm({ timeoutMs: config.timeouts.toolMs, logger });
   const libvirt = new Libvirt({ uri: config.libvirt.uri, timeoutMs: config.timeouts.toolMs, logger });
-  return { qemuImg, store, filePool, lvm, libvirt, failpoints, liveRotate: config.snapshot.liveRotate };
+  const bandwidth = new ExportBandwidth({ hostLimit: config.limits.exportBytesPerSecond, logger });
+  return {
+    qemuImg,
+    store,
+    filePool,
+    lvm,
+    libvirt,
+    failpoints,
+    liveRotate: config.snapshot.liveRotate,
+    bandwidth,
+  };
 }

@@ -189,6 +189,7 @@ export function liveRotateSteps(
         forceShare: true, // QEMU holds the frozen layer read-only
         onProgress: hooks.onExportProgress,
         bytesTotal: plan.exportBytes,
+        bandwidth: plan.bandwidthBytesPerSecond,
       }),
       publishStep(deps, {
         partPath: plan.partPath,

@@ -61,6 +61,7 @@ export function lvmCowSteps(
         cow: { volume: backend.activePath, health: () => backend.cowHealth(plan.cloneName) },
         onProgress: hooks.onExportProgress,
         bytesTotal: plan.exportBytes,
+        bandwidth: plan.bandwidthBytesPerSecond,
       }),
       publishStep(deps, {
         partPath: plan.partPath,

@@ -44,6 +44,7 @@ export function offlineSteps(
         forceShare: false, // takes the image lock: fails if a VM started meanwhile
         onProgress: hooks.onExportProgress,
         bytesTotal: plan.exportBytes,
+        bandwidth: plan.bandwidthBytesPerSecond,
       }),
       publishStep(deps, {
         partPath: plan.partPath,

@@ -32,4 +32,6 @@ export interface CreatePlan {
   verify: 'none' | 'metadata' | 'full';
   compress: boolean;
   quiesce: boolean;
+  /** The command's export bandwidth, bytes/s (absent: the host's limit alone). */
+  bandwidthBytesPerSecond?: number;
 }

@@ -1,4 +1,4 @@
-// The seed's known defects (ARCHITECTURE §8), each with a test that fails on the seed's behaviour.
+// The seed's known defects (docs/architecture.md), each with a test that fails on the seed's behaviour.
 import { cp, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';

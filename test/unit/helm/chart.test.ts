@@ -1,29 +1,20 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Ajv from 'ajv';
 import { describe, expect, it } from 'vitest';
-import { parse, parseAllDocuments } from 'yaml';
+import { parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../../src/config/index.js';
 import { createMetrics } from '../../../src/observability/metrics.js';
+import { CHART, daemonSet, stubTemplate, templateFiles, templates, values } from '../../helpers/chart.js';
 
 // No helm binary here: the chart is checked piece by piece. values.yaml against its schema (ajv),
 // every .Values reference against values.yaml, each template's YAML once template actions are
 // stubbed, the agent config it renders against the agent's own config loader, and the Grafana
 // dashboard's metric names against the agent's metrics registry.
 
-const CHART = fileURLToPath(new URL('../../../helm/clvm-snapshot-agent/', import.meta.url));
-const values = parse(readFileSync(`${CHART}values.yaml`, 'utf8')) as Record<string, unknown>;
 const schema = JSON.parse(readFileSync(`${CHART}values.schema.json`, 'utf8')) as object;
-const templateFiles = readdirSync(`${CHART}templates`).filter((f) => f.endsWith('.yaml'));
-const templates = Object.fromEntries(
-  [...templateFiles, '_helpers.tpl', 'NOTES.txt'].map((f) => [
-    f,
-    readFileSync(`${CHART}templates/${f}`, 'utf8'),
-  ]),
-);
 
 function validator() {
   // Helm validates values.schema.json as JSON Schema draft-07.
@@ -35,26 +26,6 @@ function clone<T>(value: T): T {
   return structuredClone(value);
 }
 
-/**
- * Template text → plain YAML: lines that hold only actions are dropped, except block outputs
- * (`| nindent N`) which become one unique stub key at that indent; inline actions become STUB.
- */
-function stubTemplate(text: string): string {
-  const withoutComments = text.replace(/\{\{-?\s*\/\*[\s\S]*?\*\/\s*-?\}\}/g, '');
-  return withoutComments
-    .split('\n')
-    .map((line, index) => {
-      const onlyActions = /^\s*(\{\{[^}]*\}\}\s*)+$/.test(line);
-      if (onlyActions) {
-        const indent = /\b(?:nindent|indent)\s+(\d+)/.exec(line);
-        return indent ? `${' '.repeat(Number(indent[1]))}stub_${index}: STUB` : null;
-      }
-      return line.replace(/\{\{[^}]*\}\}/g, 'STUB');
-    })
-    .filter((line): line is string => line !== null)
-    .join('\n');
-}
-
 function hasPath(object: unknown, path: readonly string[]): boolean {
   let current = object;
   for (const key of path) {
@@ -62,35 +33,6 @@ function hasPath(object: unknown, path: readonly string[]): boolean {
     current = (current as Record<string, unknown>)[key];
   }
   return true;
-}
-
-interface ContainerDoc {
-  env: Array<{
-    name: string;
-    value?: string;
-    valueFrom?: { fieldRef?: { fieldPath: string }; secretKeyRef?: { key: string } };
-  }>;
-  securityContext: { privileged: boolean };
-  livenessProbe: { httpGet: unknown };
-  readinessProbe: { httpGet: unknown };
-  ports: Array<{ name: string }>;
-  volumeMounts: Array<{ name: string; mountPath: string; mountPropagation?: string }>;
-}
-interface DaemonSetDoc {
-  kind: string;
-  spec: {
-    updateStrategy: unknown;
-    template: {
-      spec: { containers: ContainerDoc[]; volumes: Array<{ name: string; hostPath?: { path: string } }> };
-    };
-  };
-}
-
-function daemonSet(): DaemonSetDoc {
-  const docs = parseAllDocuments(stubTemplate(templates['daemonset.yaml']!));
-  const ds = docs.map((d) => d.toJS() as DaemonSetDoc | null).find((d) => d?.kind === 'DaemonSet');
-  if (!ds) throw new Error('daemonset.yaml holds no DaemonSet');
-  return ds;
 }
 
 describe('values.yaml and values.schema.json', () => {
