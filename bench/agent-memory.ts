@@ -2,7 +2,8 @@
 //   npm run bench:memory -- [--count 10000] [--concurrency 32] [--node-flags "--max-semi-space-size=1"]
 // Builds, starts `node [flags] dist/main.js` against the local broker with unique names, waits
 // until ready and idle, reads VmRSS (and heap from /metrics), sends `count` agent.ping commands
-// with `concurrency` outstanding, waits idle again, reads again. Names and temp dirs are removed.
+// with `concurrency` outstanding, reads again 5 s and 30 s after the last answer. Environment
+// variables (e.g. MALLOC_ARENA_MAX) pass through to the agent. Names and temp dirs are removed.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -153,6 +154,9 @@ async function main(): Promise<void> {
     const seconds = (performance.now() - started) / 1000;
     await settle();
     const afterCommands = await sample(child.pid!, port);
+    // V8's memory reducer shrinks the heap once the process has been idle for a while.
+    await new Promise((r) => setTimeout(r, 25_000));
+    const afterIdle = await sample(child.pid!, port);
     if (args['heap-snapshot']) {
       child.kill('SIGUSR2');
       const keep = join(tmpdir(), `agent-${count}.heapsnapshot`);
@@ -175,8 +179,11 @@ async function main(): Promise<void> {
     console.log(`node ${process.version} ${nodeFlags.join(' ')} dist/main.js`);
     console.log(`after start:           ${line(afterStart)}`);
     console.log(`after ${count} commands: ${line(afterCommands)}; peak RSS ${f(afterCommands.hwmMb)} MB`);
+    console.log(`30 s later (idle):     ${line(afterIdle)}`);
     console.log(`(${Math.round(count / seconds)} commands/s at ${concurrency} outstanding)`);
-    console.log(JSON.stringify({ node: process.version, nodeFlags, count, afterStart, afterCommands }));
+    console.log(
+      JSON.stringify({ node: process.version, nodeFlags, count, afterStart, afterCommands, afterIdle }),
+    );
     await ch.close();
   } finally {
     child.kill('SIGTERM');
