@@ -66,7 +66,7 @@ interface BrokerMemory {
 async function brokerMemory(): Promise<BrokerMemory> {
   const sum: BrokerMemory = { rssMb: 0, erlangMb: 0, connectionsMb: 0, quorumMb: 0, binaryMb: 0 };
   for (const n of NODES) {
-    const out = await cluster.ctl(n, 'eval', 'rabbit_vm:memory().');
+    const out = await cluster.slowCtl(n, 300_000, 'eval', 'rabbit_vm:memory().');
     const item = (key: string) => Number(new RegExp(`\\{${key},(\\d+)\\}`).exec(out)?.[1] ?? 0) / 1048576;
     sum.erlangMb += item('erlang');
     sum.connectionsMb += [
