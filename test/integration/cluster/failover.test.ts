@@ -13,6 +13,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectionName } from '../../../src/messaging/connection.js';
 import { eventKindOf } from '../../../src/protocol/index.js';
 import { startTestAgent, type TestAgent, uniqueSuffix } from '../../helpers/agent.js';
 import { CLUSTER_URLS, cluster, type NodeNo, nodeOfUrl } from '../../helpers/cluster.js';
@@ -72,6 +73,37 @@ function maxDeliveryCount(): number {
   return max;
 }
 
+/**
+ * Makes the agent's `role` connection leave node `away` (rabbitmqctl close_connection: the agent
+ * reconnects to its next URL), so a fault on that node hits only what the case means to hit.
+ */
+async function moveOff(role: 'consume' | 'publish', away: NodeNo): Promise<void> {
+  const name = connectionName(agent.hostId, role);
+  for (let attempt = 0; nodeOf(role) === away; attempt++) {
+    if (attempt >= 3) throw new Error(`the ${role} connection stays on clu${away}`);
+    const rows = JSON.parse(
+      await cluster.ctl(away, 'list_connections', 'name', 'client_properties', '--formatter', 'json'),
+    ) as Array<{ name: string; client_properties: Array<[string, string, unknown]> }>;
+    const address = rows.find((r) =>
+      r.client_properties.some(([key, , value]) => key === 'connection_name' && value === name),
+    )?.name;
+    const table = await cluster.ctl(away, 'list_connections', 'pid', 'name', '--no-table-headers');
+    const pid = table
+      .split('\n')
+      .map((line) => line.split('\t'))
+      .find(([, addr]) => addr?.trim() === address)?.[0];
+    if (!address || !pid) throw new Error(`no ${role} connection of the agent on clu${away}`);
+    const connects = agent.output().split('"connected to the broker"').length;
+    await cluster.ctl(away, 'close_connection', pid.trim(), 'failover test: move the connection');
+    const until = Date.now() + 30_000;
+    while (agent.output().split('"connected to the broker"').length === connects) {
+      if (Date.now() > until) throw new Error(`the ${role} connection did not come back`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  await waitReady(30_000);
+}
+
 async function ready(): Promise<boolean> {
   const res = await fetch(`${baseUrl}/readyz`, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
   return res?.status === 200;
@@ -111,10 +143,12 @@ async function runCase(
   burst: number,
   fault: () => Promise<NodeNo | undefined>,
   repair: () => Promise<void> = async () => undefined,
+  prepare: () => Promise<void> = async () => undefined,
 ): Promise<Figures> {
   caseNo += 1;
   await cluster.waitHealthy([agent.names.commandQueue, subQueue]);
   await waitReady(30_000);
+  await prepare();
   const resendsBefore = sender.resends;
   const dupBefore = sub.duplicates;
   const tag = `c${caseNo}-${name}`;
@@ -269,6 +303,12 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
         return killed;
       },
       () => cluster.startNode(killed).then(() => undefined),
+      // Only the leader goes: the agent's connections live elsewhere.
+      async () => {
+        const leader = await cluster.leaderOf(agent.names.commandQueue);
+        await moveOff('consume', leader);
+        await moveOff('publish', leader);
+      },
     );
   });
 
@@ -283,6 +323,8 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
         return killed;
       },
       () => cluster.startNode(killed).then(() => undefined),
+      // Only the publisher's node goes: the consumer lives elsewhere.
+      () => moveOff('consume', nodeOf('publish')),
     );
   });
 
