@@ -1,7 +1,7 @@
 // Steps shared by strategies: export to a part file, publish, verify, and the volume swap
 // (retire the old active, promote the staging volume, remove the retired one).
 import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
-import { EXPORT_TUNING, type QemuImg } from '../host/qemu-img.js';
+import { EXPORT_TUNING, type QemuImg, RATE_LIMITED_TUNING } from '../host/qemu-img.js';
 import { backingOf, pathExists, removeIfUnreferenced, removePart, storeChainProblems } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import type { Step, StepIO } from './steps.js';
@@ -42,12 +42,13 @@ export function exportStep(
         forceShare: opts.forceShare,
         ...(opts.parentBacking === null ? {} : { backing: { file: opts.parentBacking, format: 'qcow2' } }),
         compress: opts.compress ? 'zlib' : false,
-        tuning: EXPORT_TUNING,
+        tuning: rateLimit === undefined ? EXPORT_TUNING : RATE_LIMITED_TUNING,
         progressBytesTotal: opts.bytesTotal,
         ...(rateLimit === undefined ? {} : { rateLimit }),
         ...(ticket ? { onSpawn: (pid: number) => ticket.attach(pid) } : {}),
         signal,
         progress: (p) => {
+          ticket?.progress(p.bytesDone);
           const seconds = (performance.now() - started) / 1000;
           const bytesPerSecond =
             seconds > 0.5 && p.bytesDone > 0 ? Math.round(p.bytesDone / seconds) : undefined;
@@ -72,20 +73,30 @@ export function exportStep(
       const overflow = new AbortController();
       let overflowed: CowHealth | null = null;
       let pollError: unknown = null;
-      const poll = setInterval(() => {
-        cow.health().then(
-          (health) => {
-            if (health.overflowed && overflowed === null) {
-              overflowed = health;
+      // One fill-level read at a time, the next one `cowPollMs` after the previous answered: on a
+      // loaded host an `lvs` can take longer than the interval, and overlapping ones queue on the
+      // VG lock and slow every other LVM command of the job (the lab VM under load).
+      let polling = true;
+      let inFlight: Promise<void> = Promise.resolve();
+      let timer: NodeJS.Timeout | undefined;
+      const schedule = (): void => {
+        timer = setTimeout(() => {
+          inFlight = cow.health().then(
+            (health) => {
+              if (health.overflowed && overflowed === null) {
+                overflowed = health;
+                overflow.abort();
+              }
+              if (polling) schedule();
+            },
+            (error: unknown) => {
+              pollError = error;
               overflow.abort();
-            }
-          },
-          (error: unknown) => {
-            pollError = error;
-            overflow.abort();
-          },
-        );
-      }, deps.cowPollMs ?? 1000);
+            },
+          );
+        }, deps.cowPollMs ?? 1000);
+      };
+      schedule();
       try {
         await convert(io, AbortSignal.any([io.signal, overflow.signal]));
       } catch (error) {
@@ -93,7 +104,9 @@ export function exportStep(
         if (overflowed !== null) throw new CowOverflowError(cow.volume, (overflowed as CowHealth).percent);
         throw error;
       } finally {
-        clearInterval(poll);
+        polling = false;
+        clearTimeout(timer);
+        await inFlight; // no lvs of this step outlives it
       }
       // The copy may have read a snapshot that overflowed at its very end.
       const health = await cow.health();
