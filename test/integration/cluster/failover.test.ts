@@ -63,10 +63,10 @@ function nodeOf(role: 'consume' | 'publish'): NodeNo {
   return found;
 }
 
-/** Highest x-delivery-count the agent logged for a redelivered command. */
-function maxDeliveryCount(): number {
+/** Highest x-delivery-count the agent logged for a redelivered command since output offset `from`. */
+function maxDeliveryCount(from: number): number {
   let max = 0;
-  for (const line of agent.output().split('\n')) {
+  for (const line of agent.output().slice(from).split('\n')) {
     if (!line.includes('"command redelivered')) continue;
     max = Math.max(max, (JSON.parse(line) as { deliveryCount: number }).deliveryCount);
   }
@@ -149,6 +149,7 @@ async function runCase(
   await cluster.waitHealthy([agent.names.commandQueue, subQueue]);
   await waitReady(30_000);
   await prepare();
+  const logFrom = agent.output().length;
   const resendsBefore = sender.resends;
   const dupBefore = sub.duplicates;
   const tag = `c${caseNo}-${name}`;
@@ -232,7 +233,7 @@ async function runCase(
     resends: sender.resends - resendsBefore,
     ranTwice,
     deadLettered: await deadLettered(),
-    maxDeliveryCount: maxDeliveryCount(),
+    maxDeliveryCount: maxDeliveryCount(logFrom),
     readyAgainMs,
     snapshotMs,
   };
@@ -278,7 +279,7 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     await agent?.stop().catch(() => undefined); // temp dirs (its broker objects went with the cluster)
   }, 120_000);
 
-  it('kill -9 of the node the agent consumes from', async () => {
+  it('kill -9 of the node the agent consumes from', { timeout: 240_000 }, async () => {
     let killed: NodeNo = 1;
     await runCase(
       'kill-consumer-node',
@@ -292,7 +293,7 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     );
   });
 
-  it('kill -9 of the quorum leader of the command queue', async () => {
+  it('kill -9 of the quorum leader of the command queue', { timeout: 240_000 }, async () => {
     let killed: NodeNo = 1;
     await runCase(
       'kill-queue-leader',
@@ -312,7 +313,9 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     );
   });
 
-  it('kill -9 of the node the publisher uses, while events await confirms', async () => {
+  it('kill -9 of the node the publisher uses, while events await confirms', {
+    timeout: 240_000,
+  }, async () => {
     let killed: NodeNo = 1;
     await runCase(
       'kill-publisher-node',
@@ -328,7 +331,9 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     );
   });
 
-  it(`freeze (SIGSTOP) of the consumer's node for 3 heartbeats (${3 * HEARTBEAT_S} s)`, async () => {
+  it(`freeze (SIGSTOP) of the consumer's node for 3 heartbeats (${3 * HEARTBEAT_S} s)`, {
+    timeout: 240_000,
+  }, async () => {
     await runCase('freeze-consumer-node', 100, async () => {
       const frozen = nodeOf('consume');
       await cluster.freeze(frozen);
@@ -341,14 +346,18 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     });
   });
 
-  it.runIf(FULL)('rolling restart of all three nodes during a 200-command burst', async () => {
-    await runCase('rolling-restart', 200, async () => {
-      for (const n of [1, 2, 3] as const) {
-        await cluster.stopNode(n);
-        await cluster.startNode(n);
-        await cluster.waitHealthy([agent.names.commandQueue]);
-      }
-      return undefined;
-    });
-  });
+  it.runIf(FULL)(
+    'rolling restart of all three nodes during a 200-command burst',
+    { timeout: 400_000 },
+    async () => {
+      await runCase('rolling-restart', 200, async () => {
+        for (const n of [1, 2, 3] as const) {
+          await cluster.stopNode(n);
+          await cluster.startNode(n);
+          await cluster.waitHealthy([agent.names.commandQueue]);
+        }
+        return undefined;
+      });
+    },
+  );
 });
