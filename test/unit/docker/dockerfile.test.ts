@@ -95,7 +95,10 @@ describe('Dockerfile', () => {
 
   it('runs node dist/main.js under tini, as root with the reason written next to it', () => {
     expect(runtime.lines).toContain('ENTRYPOINT ["/usr/bin/tini", "--"]');
-    expect(runtime.lines).toContain('CMD ["node", "dist/main.js"]');
+    expect(runtime.lines).toContain(
+      'CMD ["node", "--max-semi-space-size=1", "--optimize-for-size", "--single-threaded-gc", "dist/main.js"]',
+    );
+    expect(runtime.lines).toContain('ENV MALLOC_ARENA_MAX=2');
     expect(aptPackages(runtime)).toContain('tini');
     const userIndex = runtime.lines.indexOf('USER root');
     expect(userIndex).toBeGreaterThan(0);

@@ -54,6 +54,37 @@ describe('JobJournal', () => {
     expect(onDisk.steps).toEqual({ a: 3, b: 2 });
   });
 
+  it('keeps only the ids of finished, published jobs in memory and reads their records from disk', async () => {
+    const j = new JobJournal(dir);
+    await j.open();
+    await j.create(record('done'));
+    await j.create(record('open'));
+    const event = { id: 'e1', type: 'io.clvm.snapshot-agent.succeeded' } as unknown as NonNullable<
+      JobRecord['terminal']
+    >['event'];
+    await j.update('done', (r) => {
+      r.state = 'succeeded';
+      r.finishedAt = new Date().toISOString();
+      r.terminal = { event, routingKey: 'h.agent.succeeded', published: false };
+    });
+    expect(j.list().map((r) => r.id)).toEqual(['done', 'open']); // not yet in the outbox: still listed
+    await j.update('done', (r) => {
+      r.terminal!.published = true;
+    });
+    expect(j.list().map((r) => r.id)).toEqual(['open']);
+    expect(j.has('done')).toBe(true);
+    expect(j.get('done')).toMatchObject({ state: 'succeeded', terminal: { event, published: true } });
+    await expect(j.create(record('done'))).rejects.toThrow(/already journaled/);
+    await expect(j.update('done', () => undefined)).rejects.toThrow(/not in the journal/);
+
+    const again = new JobJournal(dir);
+    await again.open();
+    expect(again.list().map((r) => r.id)).toEqual(['open']);
+    expect(again.has('done')).toBe(true);
+    expect(again.get('done')?.terminal?.published).toBe(true);
+    expect(again.get('never')).toBeUndefined();
+  });
+
   it('removes temp files of interrupted writes and prunes old finished jobs', async () => {
     const j = new JobJournal(dir);
     await j.open();
