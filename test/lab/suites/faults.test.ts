@@ -207,10 +207,16 @@ beforeAll(async () => {
   }
 });
 
+/** The outcomes so far, after every case (a long full run stopped early still leaves its record). */
+function saveOutcomes(): void {
+  mkdirSync('.lab-cache', { recursive: true });
+  const file = join('.lab-cache', `fault-matrix-${FULL ? 'full' : 'sample'}.json`);
+  writeFileSync(file, `${JSON.stringify(outcomes, null, 1)}\n`);
+}
+
 afterAll(async () => {
   const label = FULL ? 'full' : 'sample';
-  mkdirSync('.lab-cache', { recursive: true });
-  writeFileSync(join('.lab-cache', `fault-matrix-${label}.json`), `${JSON.stringify(outcomes, null, 1)}\n`);
+  saveOutcomes();
   console.log(
     [
       `fault matrix (${label}): case → outcome`,
@@ -331,6 +337,7 @@ describe(`snapshot jobs on a failing store and pool (${FULL ? 'full matrix' : 's
     await clear();
     if (c.where === 'store') outcome.fsck = await store.repair();
     outcomes.push(outcome);
+    saveOutcomes();
 
     // One clear outcome: a specific code, and the rollback flag where the point of no return was not reached.
     if (outcome.result === 'failed') {
@@ -370,5 +377,6 @@ describe(`snapshot jobs on a failing store and pool (${FULL ? 'full matrix' : 's
     const visible = readdirSync(join(store.mountPoint, v.lv)).filter((f) => !f.startsWith('.'));
     expect(visible.filter((f) => !v.parents.includes(f)).sort()).toEqual([...v.orphans].sort());
     outcome.seconds = Math.round((performance.now() - started) / 100) / 10;
+    saveOutcomes();
   });
 });
