@@ -172,7 +172,9 @@ try {
       problems.push(`boot ${i}: exit ${b.exitCode}\n${b.lines.slice(-30).join('\n')}`);
       break;
     }
-    const steps = tagged(b, 'POWERCUT-STEP');
+    // Only the new job's steps (recovery of the previous cut prints its own first).
+    const armedAt = b.lines.findIndex((l) => l.startsWith('POWERCUT-T armed '));
+    const steps = tagged({ ...b, lines: armedAt < 0 ? [] : b.lines.slice(armedAt) }, 'POWERCUT-STEP');
     const result: Record<string, unknown> = {
       cut: i,
       strategy,
