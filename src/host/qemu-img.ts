@@ -92,6 +92,13 @@ export interface ConvertTuning {
  * 1.2-1.4× faster and changed nothing for full exports (docs/benchmarks.md "qemu-img convert options").
  */
 export const EXPORT_TUNING: Readonly<ConvertTuning> = Object.freeze({ outOfOrder: true });
+/**
+ * Exports under a bandwidth limit (-r): one request in flight. With the default 8 coroutines
+ * qemu-img reads ~16 MiB ahead of the limiter, so its progress runs seconds ahead of the data
+ * written (ETA wrong) and every resume after a turn (SIGCONT) bursts; a throttled copy gains
+ * nothing from parallel requests anyway (measured: bench/bandwidth.ts).
+ */
+export const RATE_LIMITED_TUNING: Readonly<ConvertTuning> = Object.freeze({ coroutines: 1 });
 
 export type CacheMode = 'none' | 'writeback' | 'writethrough' | 'directsync' | 'unsafe';
 

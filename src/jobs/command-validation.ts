@@ -4,8 +4,11 @@ import { ValidationError } from '../errors/index.js';
 import { confineChild, confinePath } from '../host/paths.js';
 import type { IncomingCommand } from '../messaging/types.js';
 import {
+  COMMAND_ID_PATTERN,
   type Command,
   commandSchema,
+  REJECTION_CODE_LIST,
+  type RejectionCode,
   SIGNATURE_HEADER,
   type StoreRef,
   type VolumeRef,
@@ -23,28 +26,9 @@ export interface IntakePolicy {
   volumeGroups: readonly string[];
 }
 
-/** Rejection codes intake produces (the `rejected` event's error.code and the metric's reason). */
-export const REJECT_CODES = [
-  'MESSAGE_TOO_LARGE',
-  'SIGNATURE_MISSING',
-  'SIGNATURE_INVALID',
-  'INVALID_JSON',
-  'UNKNOWN_COMMAND_TYPE',
-  'SCHEMA_INVALID',
-  'INVALID_NAME',
-  'INVALID_PATH',
-  'INVALID_ID',
-  'PATH_OUTSIDE_ROOTS',
-  'STORE_ROOT_NOT_CONFIGURED',
-  'VOLUME_GROUP_NOT_ALLOWED',
-  'MESSAGE_ID_MISMATCH',
-  'UNSUPPORTED_CONTENT_TYPE',
-  'UNSUPPORTED_CONTENT_ENCODING',
-  'INVALID_UTF8',
-  'INVALID_UNICODE',
-  'ID_CONFLICT',
-] as const;
-export type RejectCode = (typeof REJECT_CODES)[number];
+/** Rejection codes (the `rejected` event's error.code and the metric's reason): the catalogue's. */
+export const REJECT_CODES = REJECTION_CODE_LIST;
+export type RejectCode = RejectionCode;
 
 /** Content types a command may declare (or none at all); parameters other than charset=utf-8 are refused. */
 const JSON_CONTENT_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
@@ -292,7 +276,7 @@ function readString(body: unknown, key: string): string | null {
 /** A body id is used for the rejection only when it is a plausible id (it becomes a routing/reply value). */
 function readId(body: unknown): string | null {
   const id = readString(body, 'id');
-  return id !== null && /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(id) ? id : null;
+  return id !== null && COMMAND_ID_PATTERN.test(id) ? id : null;
 }
 
 function readVolume(body: unknown): VolumeRef | null {

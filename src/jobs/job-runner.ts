@@ -11,7 +11,7 @@ import type { CommandDisposition, EventSink, IncomingCommand, OutgoingEvent } fr
 import type { Logger } from '../observability/logger.js';
 import type { AgentMetrics } from '../observability/metrics.js';
 import type { Command, CommandType, EventData, VolumeRef } from '../protocol/index.js';
-import { volumeKey } from '../protocol/index.js';
+import { REJECTION_CODE_LIST, type RejectionCode, volumeKey } from '../protocol/index.js';
 import { type IntakePolicy, type IntakeResult, validateIncoming } from './command-validation.js';
 import { buildEvent } from './events.js';
 import type { JobJournal, JobRecord } from './journal.js';
@@ -272,7 +272,10 @@ export class JobRunner {
         jobId: r.id,
         commandType: r.type,
         error: {
-          code: r.error.code,
+          // The document lists every rejection code; anything else would be a bug, reported as such.
+          code: (REJECTION_CODE_LIST as readonly string[]).includes(r.error.code)
+            ? (r.error.code as RejectionCode)
+            : 'INTAKE_FAILED',
           message: r.error.message,
           retryable: r.retryable,
           ...(r.error.field ? { field: r.error.field } : {}),

@@ -1,7 +1,7 @@
 // Steps shared by strategies: export to a part file, publish, verify, and the volume swap
 // (retire the old active, promote the staging volume, remove the retired one).
 import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
-import { EXPORT_TUNING, type QemuImg } from '../host/qemu-img.js';
+import { EXPORT_TUNING, type QemuImg, RATE_LIMITED_TUNING } from '../host/qemu-img.js';
 import { backingOf, pathExists, removeIfUnreferenced, removePart, storeChainProblems } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import type { Step, StepIO } from './steps.js';
@@ -42,12 +42,13 @@ export function exportStep(
         forceShare: opts.forceShare,
         ...(opts.parentBacking === null ? {} : { backing: { file: opts.parentBacking, format: 'qcow2' } }),
         compress: opts.compress ? 'zlib' : false,
-        tuning: EXPORT_TUNING,
+        tuning: rateLimit === undefined ? EXPORT_TUNING : RATE_LIMITED_TUNING,
         progressBytesTotal: opts.bytesTotal,
         ...(rateLimit === undefined ? {} : { rateLimit }),
         ...(ticket ? { onSpawn: (pid: number) => ticket.attach(pid) } : {}),
         signal,
         progress: (p) => {
+          ticket?.progress(p.bytesDone);
           const seconds = (performance.now() - started) / 1000;
           const bytesPerSecond =
             seconds > 0.5 && p.bytesDone > 0 ? Math.round(p.bytesDone / seconds) : undefined;

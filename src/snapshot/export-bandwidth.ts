@@ -6,8 +6,11 @@
 // each qemu-img runs with -r = its own rate (the host limit, or a command's lower one), and only a
 // set whose rates fit in the host limit runs at a time; the others are stopped (SIGSTOP) and
 // continued (SIGCONT) in round-robin every `quantumMs`. The total stays at or below the host
-// limit (plus at most one rate-limit slice per turn), n exports of the same rate each get 1/n of
-// it over time, and when one finishes the others get its share at the next turn.
+// limit, n exports of the same rate each get 1/n of it over time, and when one finishes the
+// others get its share at once. qemu-img's limiter forgets its history while stopped, so each
+// resume copies a few MiB at full speed; the scheduler therefore also keeps account (a token
+// bucket filled at the host limit, drained by the bytes the exports report) and, at the next turn,
+// pauses every export until the bucket has paid back what the bursts took.
 import type { Logger } from '../observability/logger.js';
 
 export interface ExportBandwidthOptions {
@@ -18,6 +21,8 @@ export interface ExportBandwidthOptions {
   /** Stops or continues a process; default process.kill. */
   sendSignal?: (pid: number, signal: 'SIGSTOP' | 'SIGCONT') => void;
   logger?: Logger;
+  /** Monotonic milliseconds (tests). */
+  now?: () => number;
 }
 
 /** One export's admission: its rate and the hooks that let the scheduler pause it. */
@@ -26,6 +31,8 @@ export interface ExportTicket {
   readonly rate: number | undefined;
   /** The export's qemu-img process, once spawned. */
   attach(pid: number): void;
+  /** Bytes this export has copied so far (its progress): the account of the host's bandwidth. */
+  progress(bytesDone: number): void;
   /** The export ended (done, failed or aborted); a stopped process is continued so it can exit. */
   release(): void;
 }
@@ -37,9 +44,11 @@ interface Entry {
   runnable: boolean;
   /** Whether its process is stopped now. */
   stopped: boolean;
+  /** Bytes copied so far. */
+  done: number;
 }
 
-export const DEFAULT_QUANTUM_MS = 5000;
+export const DEFAULT_QUANTUM_MS = 2000;
 
 export class ExportBandwidth {
   readonly hostLimit: number;
@@ -50,6 +59,12 @@ export class ExportBandwidth {
   /** Index of the entry whose turn starts the running set. */
   private turn = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** The account: since when exports have been active, and the bytes of those already released. */
+  private accountSince = 0;
+  private releasedBytes = 0;
+  private pausedUntil = 0;
+  private resumeTimer: NodeJS.Timeout | undefined;
+  private readonly now: () => number;
 
   constructor(opts: ExportBandwidthOptions) {
     if (!Number.isSafeInteger(opts.hostLimit) || opts.hostLimit < 0)
@@ -58,6 +73,7 @@ export class ExportBandwidth {
     this.quantumMs = opts.quantumMs ?? DEFAULT_QUANTUM_MS;
     this.sendSignal = opts.sendSignal ?? ((pid, signal) => process.kill(pid, signal));
     this.logger = opts.logger;
+    this.now = opts.now ?? (() => performance.now());
   }
 
   /** The rate an export runs at: the command's, never above the host limit. */
@@ -78,9 +94,13 @@ export class ExportBandwidth {
   admit(requested: number | undefined, signal?: AbortSignal): ExportTicket {
     const rate = this.rateFor(requested);
     if (this.hostLimit === 0 || rate === undefined) {
-      return { rate, attach: () => undefined, release: () => undefined };
+      return { rate, attach: () => undefined, progress: () => undefined, release: () => undefined };
     }
-    const entry: Entry = { rate, pid: undefined, runnable: false, stopped: false };
+    const entry: Entry = { rate, pid: undefined, runnable: false, stopped: false, done: 0 };
+    if (this.entries.length === 0) {
+      this.accountSince = this.now();
+      this.releasedBytes = 0;
+    }
     this.entries.push(entry);
     this.reschedule();
     let released = false;
@@ -90,6 +110,7 @@ export class ExportBandwidth {
       signal?.removeEventListener('abort', release);
       const index = this.entries.indexOf(entry);
       this.entries.splice(index, 1);
+      this.releasedBytes += entry.done;
       if (index < this.turn) this.turn -= 1;
       if (entry.stopped && entry.pid !== undefined) this.signalProcess(entry, 'SIGCONT');
       this.reschedule();
@@ -103,13 +124,24 @@ export class ExportBandwidth {
         // Spawned while another set has the turn: it waits (after at most a few ms of copying).
         if (!entry.runnable) this.signalProcess(entry, 'SIGSTOP');
       },
+      progress: (bytesDone) => {
+        entry.done = Math.max(entry.done, bytesDone);
+      },
       release,
     };
+  }
+
+  /** Bytes copied beyond what the host limit allowed since exports became active. */
+  debtBytes(): number {
+    const done = this.releasedBytes + this.entries.reduce((sum, e) => sum + e.done, 0);
+    const allowed = ((this.now() - this.accountSince) / 1000) * this.hostLimit;
+    return done - allowed;
   }
 
   /** Stops the turn timer and continues every stopped export (agent shutdown). */
   close(): void {
     this.clearTimer();
+    this.pausedUntil = 0;
     for (const entry of this.entries) if (entry.stopped) this.signalProcess(entry, 'SIGCONT');
   }
 
@@ -118,16 +150,18 @@ export class ExportBandwidth {
     const n = this.entries.length;
     if (n === 0) {
       this.turn = 0;
+      this.pausedUntil = 0;
       this.clearTimer();
       return;
     }
     if (this.turn >= n) this.turn = 0;
+    const paused = this.now() < this.pausedUntil;
     let budget = this.hostLimit;
     let running = 0;
     for (let k = 0; k < n; k++) {
       const entry = this.entries[(this.turn + k) % n]!;
-      // The entry whose turn it is always runs; the following ones while they fit.
-      const fits = k === 0 || (entry.rate <= budget && running === k);
+      // The entry whose turn it is always runs (unless all pause); the following ones while they fit.
+      const fits = !paused && (k === 0 || (entry.rate <= budget && running === k));
       entry.runnable = fits;
       if (fits) {
         budget -= entry.rate;
@@ -139,11 +173,10 @@ export class ExportBandwidth {
       if (entry.runnable && entry.stopped) this.signalProcess(entry, 'SIGCONT');
       else if (!entry.runnable && !entry.stopped) this.signalProcess(entry, 'SIGSTOP');
     }
-    if (running < n && !this.timer) {
+    // Turns are needed while some wait, or to settle the account (also for a single export).
+    if (!this.timer) {
       this.timer = setInterval(() => this.nextTurn(), this.quantumMs);
       this.timer.unref();
-    } else if (running === n) {
-      this.clearTimer();
     }
   }
 
@@ -151,7 +184,19 @@ export class ExportBandwidth {
     const n = this.entries.length;
     if (n === 0) return;
     const running = this.entries.filter((e) => e.runnable).length;
-    this.turn = (this.turn + running) % n;
+    this.turn = (this.turn + Math.max(running, 1)) % n;
+    const debt = this.debtBytes();
+    if (debt > 0 && n > 1) {
+      // Bursts after resumes went above the limit: everyone waits until the bucket has refilled.
+      const pauseMs = (debt / this.hostLimit) * 1000;
+      this.pausedUntil = this.now() + pauseMs;
+      if (this.resumeTimer) clearTimeout(this.resumeTimer);
+      this.resumeTimer = setTimeout(() => {
+        this.resumeTimer = undefined;
+        this.reschedule();
+      }, pauseMs);
+      this.resumeTimer.unref();
+    }
     this.reschedule();
   }
 
@@ -169,6 +214,8 @@ export class ExportBandwidth {
 
   private clearTimer(): void {
     if (this.timer) clearInterval(this.timer);
+    if (this.resumeTimer) clearTimeout(this.resumeTimer);
     this.timer = undefined;
+    this.resumeTimer = undefined;
   }
 }

@@ -86,6 +86,29 @@ describe('ExportBandwidth', () => {
     expect(r.stopped.size).toBe(0);
   });
 
+  it('bursts above the host limit are paid back: every export pauses at the next turn', () => {
+    const r = recorder();
+    let now = 0;
+    const bw = new ExportBandwidth({
+      hostLimit: 100,
+      quantumMs: 1000,
+      sendSignal: r.sendSignal,
+      now: () => now,
+    });
+    const a = bw.admit(undefined);
+    a.attach(1);
+    bw.admit(undefined).attach(2);
+    // After 1 s at a limit of 100 B/s, 150 bytes were copied: 50 too many = 0.5 s of pause.
+    now = 1000;
+    a.progress(150);
+    vi.advanceTimersByTime(1000);
+    expect(bw.debtBytes()).toBe(50);
+    expect([...r.stopped].sort()).toEqual([1, 2]);
+    now = 1500;
+    vi.advanceTimersByTime(500);
+    expect([...r.stopped]).toEqual([1]);
+  });
+
   it('a process that already exited (ESRCH) is not an error; other signal errors are', () => {
     const bw = new ExportBandwidth({
       hostLimit: 100,
