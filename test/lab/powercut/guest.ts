@@ -196,8 +196,11 @@ function jobRecord(cmd: Command): JobRecord {
   };
 }
 
-/** Prints each step as it starts (the host reads the last one before the cut). */
-function tracing(journal: StepJournal): StepJournal {
+/**
+ * Prints each step as it starts (the host reads the last one before the cut); `onFirstStep` runs
+ * once, when the first step starts (the planning before it changes nothing on disk).
+ */
+function tracing(journal: StepJournal, onFirstStep?: () => void): StepJournal {
   const seen = new Set<string>();
   return {
     read: journal.read,
@@ -206,7 +209,10 @@ function tracing(journal: StepJournal): StepJournal {
       const record = patch.engine as EngineRecord | undefined;
       for (const [step, state] of Object.entries(record?.steps ?? {})) {
         const key = `${step}:${state}`;
-        if (state === 'started' && !seen.has(key)) process.stdout.write(`POWERCUT-STEP ${step}\n`);
+        if (state === 'started' && !seen.has(key)) {
+          if (seen.size === 0) onFirstStep?.();
+          process.stdout.write(`POWERCUT-STEP ${step}\n`);
+        }
         seen.add(key);
       }
     },
@@ -217,6 +223,7 @@ async function runJob(
   journal: JobJournal,
   cmd: Command,
   recovering: boolean,
+  onFirstStep?: () => void,
 ): Promise<{ ok: true } | { ok: false; code: string; rolledBack: unknown; step: unknown }> {
   const ctx = {
     jobId: cmd.id,
@@ -224,7 +231,7 @@ async function runJob(
     logger: silentLogger(),
     signal: new AbortController().signal,
     progress: () => {},
-    journal: tracing(journal.stepJournal(cmd.id)),
+    journal: tracing(journal.stepJournal(cmd.id), onFirstStep),
     recovering,
   };
   try {
@@ -300,7 +307,7 @@ async function recoverAndCheck(model: Model): Promise<Record<string, unknown>> {
   return report;
 }
 
-/** Guest writes, then one snapshot job (the host cuts it after /job/armed appears). */
+/** Guest writes, then one snapshot job (the host cuts it after /job/armed appears, at its first step). */
 async function snapshotJob(model: Model, strategy: Strategy): Promise<Record<string, unknown>> {
   await guestWrites(model);
   model.counter++;
@@ -315,10 +322,13 @@ async function snapshotJob(model: Model, strategy: Strategy): Promise<Record<str
   await journal.open();
   const cmd = command(id, name, strategy, model.parents);
   await journal.create(jobRecord(cmd));
-  mark('armed');
-  writeFileSync('/job/armed', `${Date.now()}\n`);
-  const started = performance.now();
-  const outcome = await runJob(journal, cmd, false);
+  // The host's clock for the cut starts at the first step: the cuts spread over the steps, not the planning.
+  let started = performance.now();
+  const outcome = await runJob(journal, cmd, false, () => {
+    mark('armed');
+    writeFileSync('/job/armed', `${Date.now()}\n`);
+    started = performance.now();
+  });
   const ms = Math.round(performance.now() - started);
   if (outcome.ok) model.parents.push(name);
   model.pending = null;

@@ -4,8 +4,8 @@
 //
 //   node --import tsx test/lab/powercut/run.ts [--cuts 100] [--seed 14] [--out FILE]
 //
-// The moment of each cut is uniform over [0, 1.2 × the strategy's uncut job time, measured in the
-// set-up boot], so the cuts spread over the steps; the step each cut hit is the last one the guest
+// The moment of each cut is uniform over [0, 1.2 × the strategy's uncut job time from its first step,
+// measured in the set-up boot], so the cuts spread over the steps; the step each cut hit is the last one the guest
 // printed. Exit code 1 when any check found a problem. Results: a summary on stdout and a JSON file
 // (default .lab-cache/powercut-<seed>.json).
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
