@@ -123,7 +123,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   const mayRotate = params.options.strategy === 'auto' || params.options.strategy === 'live-rotate';
   const liveRotate =
     mayRotate && vm?.running && vm.target !== null
-      ? deps.liveRotate === 'enabled'
+      ? deps.liveRotate !== 'disabled'
         ? await probeLiveRotate(deps, vm.name, vm.target, backend, active.virtualSize)
         : { supported: false, reason: LIVE_ROTATE_DISABLED }
       : null;

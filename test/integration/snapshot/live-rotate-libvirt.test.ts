@@ -30,7 +30,7 @@ const { h, cleanup } = libvirtSuite('lrtruth');
 let second: SecondLibvirtd | null = null;
 afterAll(async () => {
   await second?.stop();
-});
+}, 120_000);
 
 /** Oracle: two raw files hold the same bytes (`qemu-img compare`, sizes may differ by zeros). */
 async function rawDiffers(a: string, b: string): Promise<string | null> {
@@ -188,5 +188,5 @@ describe('live-rotate leaves libvirt telling the truth (file pool)', () => {
     });
     await virsh(['start', dom.name]);
     await readBack();
-  });
+  }, 300_000); // one domain through every operation in sequence (~70-100 s on this shared machine)
 });
