@@ -14,6 +14,7 @@ export interface AgentConfig {
     reconnectMaxMs: number;
     confirmTimeoutMs: number;
     prefetch: number;
+    outboxStallMs: number;
   };
   topology: {
     commandsExchange: string;

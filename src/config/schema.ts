@@ -80,6 +80,12 @@ export const configSchema = {
       default: 10_000,
     },
     prefetch: { doc: 'Unacknowledged commands the consumer may hold.', format: positiveInt, default: 4 },
+    outboxStallMs: {
+      doc: 'While the broker is connected, /readyz reports not ready when the oldest unsent event has not moved for this long.',
+      format: positiveInt,
+      default: 60_000,
+      env: 'AGENT_OUTBOX_STALL_MS',
+    },
   },
   topology: {
     commandsExchange: {
@@ -121,9 +127,9 @@ export const configSchema = {
   },
   snapshot: {
     liveRotate: {
-      doc: "The live-rotate strategy. 'disabled' (default): auto never picks it and an explicit request is refused, because the rotation changes the disk chain behind libvirt (a managedsave, save or migration would reopen the volume without its backing chain). 'enabled' runs it anyway: only for tests of the rotation itself.",
+      doc: "The live-rotate strategy. 'enabled' (default): auto prefers it for running VMs on file pools. It rotates through libvirt, so libvirt's descriptions stay true, but the volume's active layer moves to a new file with every snapshot (the result's volumePath): 'disabled' for a management plane that cannot apply that path (auto then picks lvm-cow and an explicit live-rotate is refused).",
       format: ['disabled', 'enabled'],
-      default: 'disabled',
+      default: 'enabled',
       env: 'AGENT_LIVE_ROTATE',
     },
   },

@@ -28,9 +28,33 @@ export class AgentError extends Error {
   }
 }
 
+/**
+ * System call failures (node's fs errors) that say what happened to the disk or the store, with
+ * the same codes as a host tool failing for the same reason (HostCommandError). An fsync or rename
+ * on a failing store is not an internal error of the agent.
+ */
+const SYSTEM_ERRORS: Readonly<Record<string, { code: string; retryable: boolean }>> = {
+  EIO: { code: 'HOST_IO_ERROR', retryable: true },
+  ESTALE: { code: 'HOST_IO_ERROR', retryable: true },
+  EROFS: { code: 'HOST_IO_ERROR', retryable: true },
+  ETIMEDOUT: { code: 'HOST_TIMEOUT', retryable: true },
+  ENOSPC: { code: 'HOST_NO_SPACE', retryable: false },
+  EDQUOT: { code: 'HOST_NO_SPACE', retryable: false },
+};
+
 /** Wraps anything thrown into an AgentError without losing it (kept as `cause`). */
 export function toAgentError(error: unknown, fallbackCode = 'INTERNAL'): AgentError {
   if (error instanceof AgentError) return error;
+  const errno = (error as NodeJS.ErrnoException | null)?.code;
+  const system = typeof errno === 'string' ? SYSTEM_ERRORS[errno] : undefined;
+  if (system !== undefined) {
+    const { syscall, path } = error as NodeJS.ErrnoException;
+    return new AgentError(system.code, (error as Error).message, {
+      cause: error,
+      retryable: system.retryable,
+      details: { errno, ...(syscall ? { syscall } : {}), ...(path ? { path } : {}) },
+    });
+  }
   const message = error instanceof Error ? error.message : String(error);
   return new AgentError(fallbackCode, message, { cause: error });
 }

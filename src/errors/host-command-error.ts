@@ -6,6 +6,7 @@ export type HostCommandFailureKind =
   | 'not-found'
   | 'busy'
   | 'no-space'
+  | 'io-error'
   | 'invalid-argument'
   | 'transient'
   | 'timeout'
@@ -17,6 +18,7 @@ const CODES: Record<HostCommandFailureKind, string> = {
   'not-found': 'HOST_NOT_FOUND',
   busy: 'HOST_BUSY',
   'no-space': 'HOST_NO_SPACE',
+  'io-error': 'HOST_IO_ERROR',
   'invalid-argument': 'HOST_INVALID_ARGUMENT',
   transient: 'HOST_TRANSIENT',
   timeout: 'HOST_TIMEOUT',
@@ -24,7 +26,8 @@ const CODES: Record<HostCommandFailureKind, string> = {
   failed: 'HOST_COMMAND_FAILED',
 };
 
-const RETRYABLE: ReadonlySet<HostCommandFailureKind> = new Set(['busy', 'transient', 'timeout']);
+// io-error: the job is rolled back and a store or disk that failed (an NFS server restarting) may be back.
+const RETRYABLE: ReadonlySet<HostCommandFailureKind> = new Set(['busy', 'transient', 'timeout', 'io-error']);
 
 /** A host tool (qemu-img, virsh, lvm...) failed; carries the command line, exit code and stderr. */
 export class HostCommandError extends AgentError {

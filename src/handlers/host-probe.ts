@@ -11,7 +11,7 @@ import type { HostProbe, HostReport } from './ping.js';
 /** Maps the capability probe to what ping reports; `auto` is listed when any strategy can run. */
 export function hostReport(
   capabilities: Capabilities,
-  options: { liveRotate: 'enabled' | 'disabled' } = { liveRotate: 'disabled' },
+  options: { liveRotate: 'enabled' | 'disabled' } = { liveRotate: 'enabled' },
 ): HostReport {
   const strategies: StrategyName[] = (['offline', 'lvm-cow', 'live-rotate'] as const).filter(
     (s) => capabilities.strategies[s].available && (s !== 'live-rotate' || options.liveRotate === 'enabled'),

@@ -30,6 +30,8 @@ export interface RunResult {
 }
 
 const PATTERNS: ReadonlyArray<[HostCommandFailureKind, RegExp]> = [
+  // First: a failing disk or a dead NFS server also makes lvm say "not found" (it cannot read its labels).
+  ['io-error', /Input\/output error|\bEIO\b|Stale (NFS )?file handle|\bESTALE\b/i],
   ['no-space', /No space left|Insufficient free space|ENOSPC|not enough free space|Disk quota exceeded/i],
   [
     'busy',

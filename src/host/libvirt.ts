@@ -64,6 +64,8 @@ export interface LibvirtOptions {
   uri: string;
   /** Timeout of each virsh call. */
   timeoutMs: number;
+  /** Timeout of calls that copy data (a block commit); default timeoutMs. */
+  copyTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -80,11 +82,13 @@ const TARGET_NAME = /^[a-z]+[a-z0-9]*$/;
 export class Libvirt {
   readonly uri: string;
   readonly timeoutMs: number;
+  readonly copyTimeoutMs: number;
   private readonly logger: Logger | undefined;
 
   constructor(opts: LibvirtOptions) {
     this.uri = opts.uri;
     this.timeoutMs = opts.timeoutMs;
+    this.copyTimeoutMs = opts.copyTimeoutMs ?? opts.timeoutMs;
     this.logger = opts.logger;
   }
 
@@ -302,6 +306,65 @@ export class Libvirt {
     ]);
   }
 
+  /**
+   * Starts merging the layers from `top` down to just above `base` into `base` while the VM runs,
+   * through libvirt so its chain follows (`virsh blockcommit --top --base`, a non-active commit:
+   * `top` is not the active layer). libvirt finishes the job by itself, also when this process
+   * dies, and then drops the merged layers from the domain's chain; their files stay for the caller
+   * to remove. Wait for it with waitForBlockJob.
+   */
+  async startBlockCommit(domain: string, opts: { target: string; top: string; base: string }): Promise<void> {
+    await this.virsh([
+      'blockcommit',
+      '--domain',
+      checkDomain(domain),
+      '--path',
+      checkTarget(opts.target),
+      '--top',
+      opts.top,
+      '--base',
+      opts.base,
+    ]);
+  }
+
+  /** Whether libvirt runs a block job (commit, copy, pull) on the disk now (`virsh blockjob --info`). */
+  async blockJobRunning(domain: string, target: string): Promise<boolean> {
+    const { stdout } = await this.virsh([
+      'blockjob',
+      '--domain',
+      checkDomain(domain),
+      '--path',
+      checkTarget(target),
+      '--info',
+    ]);
+    return !/No current block job/i.test(stdout) && stdout.trim() !== '';
+  }
+
+  /** Waits (up to copyTimeoutMs) until no block job runs on the disk, e.g. one a killed client started. */
+  async waitForBlockJob(domain: string, target: string, pollMs = 200): Promise<void> {
+    const deadline = Date.now() + this.copyTimeoutMs;
+    while (await this.blockJobRunning(domain, target)) {
+      if (Date.now() > deadline) {
+        throw new HostCommandError('timeout', `a block job on ${target} of ${domain} still runs`, {
+          command: 'virsh',
+          args: ['blockjob', domain, target, '--info'],
+        });
+      }
+      await new Promise((resolve) => setTimeout(resolve, pollMs));
+    }
+  }
+
+  /**
+   * The disk's chain as libvirt describes it (`virsh dumpxml`, `<source>` then each
+   * `<backingStore><source>`), top first: what a managedsave, save, migration or restart would
+   * open. `inactive`: the persistent definition (a defined domain that is shut off).
+   */
+  async diskSources(domain: string, target: string, opts: { inactive?: boolean } = {}): Promise<string[]> {
+    const args = ['dumpxml', '--domain', checkDomain(domain), ...(opts.inactive ? ['--inactive'] : [])];
+    const { stdout } = await this.virsh(args);
+    return diskSourcesFromXml(stdout, checkTarget(target));
+  }
+
   /** Opens a new block node (QMP blockdev-add); see qcow2Blockdev for the usual options. */
   async blockdevAdd(domain: string, options: BlockdevOptions): Promise<void> {
     await this.qmp(domain, 'blockdev-add', options);
@@ -372,9 +435,9 @@ export class Libvirt {
     }
   }
 
-  private virsh(args: string[], passFds?: number[]) {
+  private virsh(args: string[], passFds?: number[], timeoutMs?: number) {
     return runTool('virsh', ['-c', this.uri, ...args], {
-      timeoutMs: this.timeoutMs,
+      timeoutMs: timeoutMs ?? this.timeoutMs,
       logger: this.logger,
       ...(passFds === undefined ? {} : { passFds }),
     });
@@ -441,6 +504,25 @@ export function diskAliasesFromXml(xml: string): Map<string, string> {
     if (target !== undefined && alias !== undefined) aliases.set(target, alias);
   }
   return aliases;
+}
+
+/** Paths of one disk's chain in a domain XML, top first (`<source file|dev>` of each level). */
+export function diskSourcesFromXml(xml: string, target: string): string[] {
+  for (const disk of xml.matchAll(/<disk\b[\s\S]*?<\/disk>/g)) {
+    const dev = /<target\b[^>]*\bdev=['"]([^'"]+)['"]/.exec(disk[0])?.[1];
+    if (dev !== target) continue;
+    return [...disk[0].matchAll(/<source\b[^>]*\b(?:file|dev)=['"]([^'"]+)['"]/g)].map((m) => xmlText(m[1]!));
+  }
+  return [];
+}
+
+function xmlText(text: string): string {
+  return text
+    .replaceAll('&apos;', "'")
+    .replaceAll('&quot;', '"')
+    .replaceAll('&lt;', '<')
+    .replaceAll('&gt;', '>')
+    .replaceAll('&amp;', '&');
 }
 
 function parseFsCount(stdout: string, pattern: RegExp): number {

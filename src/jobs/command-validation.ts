@@ -4,8 +4,11 @@ import { ValidationError } from '../errors/index.js';
 import { confineChild, confinePath } from '../host/paths.js';
 import type { IncomingCommand } from '../messaging/types.js';
 import {
+  COMMAND_ID_PATTERN,
   type Command,
   commandSchema,
+  REJECTION_CODE_LIST,
+  type RejectionCode,
   SIGNATURE_HEADER,
   type StoreRef,
   type VolumeRef,
@@ -23,22 +26,15 @@ export interface IntakePolicy {
   volumeGroups: readonly string[];
 }
 
-/** Rejection codes intake produces (the `rejected` event's error.code and the metric's reason). */
-export const REJECT_CODES = [
-  'MESSAGE_TOO_LARGE',
-  'SIGNATURE_MISSING',
-  'SIGNATURE_INVALID',
-  'INVALID_JSON',
-  'UNKNOWN_COMMAND_TYPE',
-  'SCHEMA_INVALID',
-  'INVALID_NAME',
-  'INVALID_PATH',
-  'INVALID_ID',
-  'PATH_OUTSIDE_ROOTS',
-  'STORE_ROOT_NOT_CONFIGURED',
-  'VOLUME_GROUP_NOT_ALLOWED',
-  'MESSAGE_ID_MISMATCH',
-] as const;
+/** Rejection codes (the `rejected` event's error.code and the metric's reason): the catalogue's. */
+export const REJECT_CODES = REJECTION_CODE_LIST;
+export type RejectCode = RejectionCode;
+
+/** Content types a command may declare (or none at all); parameters other than charset=utf-8 are refused. */
+const JSON_CONTENT_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
+/** Content encodings a command may declare (or none): the body is never compressed. */
+const IDENTITY_ENCODING = /^identity$/i;
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
 
 export type IntakeResult =
   | { ok: true; command: Command }
@@ -94,15 +90,53 @@ export async function validateIncoming(
       );
     }
   }
+  if (incoming.contentType !== undefined && !JSON_CONTENT_TYPE.test(incoming.contentType)) {
+    return fail(
+      new ValidationError(
+        'UNSUPPORTED_CONTENT_TYPE',
+        `content-type ${JSON.stringify(incoming.contentType)} is not supported: send application/json or none`,
+        { field: 'properties.contentType' },
+      ),
+    );
+  }
+  if (incoming.contentEncoding !== undefined && !IDENTITY_ENCODING.test(incoming.contentEncoding)) {
+    return fail(
+      new ValidationError(
+        'UNSUPPORTED_CONTENT_ENCODING',
+        `content-encoding ${JSON.stringify(incoming.contentEncoding)} is not supported: send the JSON as is`,
+        { field: 'properties.contentEncoding' },
+      ),
+    );
+  }
+  let text: string;
+  try {
+    text = strictUtf8.decode(incoming.body);
+  } catch (error) {
+    return fail(
+      new ValidationError('INVALID_UTF8', 'command body is not valid UTF-8 (or holds overlong sequences)', {
+        field: 'body',
+        cause: error,
+      }),
+    );
+  }
   let body: unknown;
   try {
-    body = JSON.parse(incoming.body.toString('utf8'));
+    body = JSON.parse(text);
   } catch (error) {
     return fail(
       new ValidationError('INVALID_JSON', `command body is not JSON: ${(error as Error).message}`, {
         field: 'body',
         cause: error,
       }),
+    );
+  }
+  const unicode = unicodeProblem(body, '');
+  if (unicode) {
+    return fail(
+      new ValidationError('INVALID_UNICODE', `${unicode.field || 'command'}: ${unicode.problem}`, {
+        field: unicode.field || undefined,
+      }),
+      body,
     );
   }
   const parsed = commandSchema.safeParse(body);
@@ -126,7 +160,7 @@ export function schemaError(error: z.ZodError, body: unknown): ValidationError {
     field = field ? `${field}.${issue.keys[0]}` : issue.keys[0];
   }
   const message = `${field || 'command'}: ${issue.message}`;
-  let code: (typeof REJECT_CODES)[number] = 'SCHEMA_INVALID';
+  let code: RejectCode = 'SCHEMA_INVALID';
   if (field === 'type' && typeof readString(body, 'type') === 'string') code = 'UNKNOWN_COMMAND_TYPE';
   else if (/^invalid (LVM name|VM name|file name)/.test(issue.message)) code = 'INVALID_NAME';
   else if (/^invalid (path|directory)/.test(issue.message)) code = 'INVALID_PATH';
@@ -193,6 +227,46 @@ async function checkVolume(volume: VolumeRef, policy: IntakePolicy): Promise<voi
   await confineChild(volume.pool, volume.file, policy.fileRoots, 'params.volume.file');
 }
 
+/**
+ * The first string (key or value) holding a lone UTF-16 surrogate or a NUL, with its dotted path.
+ * Iterative: a deeply nested body must not overflow the stack.
+ */
+export function unicodeProblem(
+  root: unknown,
+  rootField: string,
+): { field: string; problem: string } | undefined {
+  const stack: Array<[unknown, string]> = [[root, rootField]];
+  while (stack.length > 0) {
+    const [value, field] = stack.pop()!;
+    if (typeof value === 'string') {
+      const problem = stringProblem(value, field);
+      if (problem) return problem;
+      continue;
+    }
+    if (value === null || typeof value !== 'object') continue;
+    const entries = Array.isArray(value)
+      ? value.map((v, i) => [String(i), v] as const)
+      : Object.entries(value);
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const [key, child] = entries[i]!;
+      const path = field ? `${field}.${key}` : key;
+      const problem = stringProblem(key, path);
+      if (problem) return problem;
+      stack.push([child, path]);
+    }
+  }
+  return undefined;
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function stringProblem(value: string, field: string): { field: string; problem: string } | undefined {
+  if (LONE_SURROGATE.test(value))
+    return { field, problem: 'holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)' };
+  if (value.includes('\u0000')) return { field, problem: 'holds a NUL character' };
+  return undefined;
+}
+
 function readString(body: unknown, key: string): string | null {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) return null;
   const value = (body as Record<string, unknown>)[key];
@@ -202,7 +276,7 @@ function readString(body: unknown, key: string): string | null {
 /** A body id is used for the rejection only when it is a plausible id (it becomes a routing/reply value). */
 function readId(body: unknown): string | null {
   const id = readString(body, 'id');
-  return id !== null && /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(id) ? id : null;
+  return id !== null && COMMAND_ID_PATTERN.test(id) ? id : null;
 }
 
 function readVolume(body: unknown): VolumeRef | null {

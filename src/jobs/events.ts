@@ -2,10 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { OutgoingEvent } from '../messaging/types.js';
 import {
   type AgentEvent,
+  boundWord,
   type EventData,
   type EventKind,
+  encodeWord,
   eventRoutingKey,
   eventTypePrefix,
+  routingWord,
   type VolumeRef,
   volumeKey,
 } from '../protocol/index.js';
@@ -57,6 +60,46 @@ export function buildEvent<K extends EventKind>(kind: K, opts: BuildEventOptions
   if (opts.replyTo) {
     outgoing.replyTo = opts.replyTo;
     outgoing.correlationId = opts.replyCorrelationId ?? opts.correlationId;
+  }
+  return outgoing;
+}
+
+/**
+ * The event that takes the place of one the broker can never accept (outbox quarantine): same
+ * correlationid and sequence, routed on the host/volume words of the original's subject, with the
+ * original's replyTo so a caller waiting for a reply learns of it.
+ */
+export function quarantineNotice(hostId: string, original: OutgoingEvent, reason: string): OutgoingEvent {
+  const e = original.event as Partial<AgentEvent>;
+  const correlationId = typeof e.correlationid === 'string' ? e.correlationid : 'unknown';
+  const sequence = typeof e.sequence === 'string' && /^\d{10}$/.test(e.sequence) ? e.sequence : '0000000001';
+  const subject = typeof e.subject === 'string' ? e.subject : 'agent';
+  const event = {
+    specversion: '1.0',
+    id: randomUUID(),
+    source: `${AGENT_NAME}/${hostId}`,
+    type: `${eventTypePrefix}quarantined`,
+    subject,
+    time: new Date().toISOString(),
+    datacontenttype: 'application/json',
+    correlationid: correlationId,
+    sequence,
+    data: {
+      jobId: correlationId,
+      eventId: typeof e.id === 'string' ? e.id : 'unknown',
+      eventType: typeof e.type === 'string' ? e.type : 'unknown',
+      reason: reason.slice(0, 1000),
+    },
+  } as AgentEvent;
+  const outgoing: OutgoingEvent = {
+    event,
+    routingKey: `${routingWord(hostId)}.${boundWord(encodeWord(subject))}.quarantined`,
+    persistent: true,
+  };
+  if (original.replyTo && Buffer.byteLength(original.replyTo) <= 255) {
+    outgoing.replyTo = original.replyTo;
+    const cid = original.correlationId ?? correlationId;
+    outgoing.correlationId = Buffer.byteLength(cid) <= 255 ? cid : undefined;
   }
   return outgoing;
 }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
   AgentError,
@@ -11,7 +12,7 @@ import type { Logger } from '../observability/logger.js';
 import type { AgentMetrics } from '../observability/metrics.js';
 import { volumeLabel } from '../observability/volume-metrics.js';
 import type { Command, CommandType, EventData, VolumeRef } from '../protocol/index.js';
-import { volumeKey } from '../protocol/index.js';
+import { REJECTION_CODE_LIST, type RejectionCode, volumeKey } from '../protocol/index.js';
 import { type IntakePolicy, type IntakeResult, validateIncoming } from './command-validation.js';
 import { buildEvent } from './events.js';
 import type { JobJournal, JobRecord } from './journal.js';
@@ -54,7 +55,8 @@ type Terminal =
 export class JobRunner {
   private readonly scheduler: JobScheduler;
   private readonly controllers = new Map<string, AbortController>();
-  private readonly intakeBusy = new Set<string>();
+  /** Ids being journaled now, with the SHA-256 of their body. */
+  private readonly intakeBusy = new Map<string, string>();
   private readonly emitChains = new Map<string, Promise<void>>();
   private readonly log: Logger;
 
@@ -81,6 +83,7 @@ export class JobRunner {
    * Never throws.
    */
   readonly handleCommand = async (incoming: IncomingCommand): Promise<CommandDisposition> => {
+    const bodySha256 = createHash('sha256').update(incoming.body).digest('hex');
     let result: IntakeResult;
     try {
       result = await validateIncoming(incoming, this.opts.policy);
@@ -88,47 +91,56 @@ export class JobRunner {
       // Not the command's fault (e.g. EACCES while resolving a path): refuse it, retryable.
       const agentError = toAgentError(error, 'INTAKE_FAILED');
       this.log.error({ err: error, messageId: incoming.messageId }, 'intake check failed');
-      return this.reject(incoming, {
-        error: new ValidationError(agentError.code, agentError.message, { cause: error }),
+      return this.reject(incoming, bodySha256, {
+        error: new ValidationError('INTAKE_FAILED', agentError.message, { cause: error }),
         id: incoming.messageId ?? null,
         type: null,
         volume: null,
         retryable: true,
       });
     }
-    if (!result.ok) return this.reject(incoming, { ...result, retryable: false });
+    if (!result.ok) return this.reject(incoming, bodySha256, { ...result, retryable: false });
     const command = result.command;
-    if (this.intakeBusy.has(command.id) || this.opts.journal.has(command.id)) {
-      await this.answerDuplicate(command.id, incoming);
-      return 'ack';
+    const usedBy = this.intakeBusy.get(command.id) ?? this.opts.journal.get(command.id)?.bodySha256;
+    if (usedBy !== undefined || this.opts.journal.has(command.id)) {
+      // Older records carry no digest: treated as the same body (the behaviour they were written under).
+      if (usedBy === undefined || usedBy === bodySha256) {
+        await this.answerDuplicate(command.id, incoming);
+        return 'ack';
+      }
+      return this.reject(incoming, bodySha256, {
+        error: new ValidationError(
+          'ID_CONFLICT',
+          `command id ${JSON.stringify(command.id)} is already used by a command with a different body; it does not run`,
+          { field: 'id' },
+        ),
+        id: command.id,
+        type: command.type,
+        volume: volumeOf(command),
+        retryable: false,
+      });
     }
-    this.intakeBusy.add(command.id);
+    this.intakeBusy.set(command.id, bodySha256);
     let record: JobRecord;
     try {
-      record = newRecord(command, incoming);
+      record = newRecord(command, incoming, this.opts.hostId, bodySha256);
       try {
         await this.opts.journal.create(record);
       } catch (error) {
         this.log.error({ err: error, jobId: command.id }, 'cannot journal the command');
         const agentError = toAgentError(error);
-        return this.reject(incoming, {
-          error: new ValidationError(agentError.code, agentError.message, { cause: error }),
+        this.intakeBusy.delete(command.id);
+        return this.reject(incoming, bodySha256, {
+          error: new ValidationError('JOURNAL_UNAVAILABLE', agentError.message, { cause: error }),
           id: command.id,
           type: command.type,
           volume: record.volume,
           retryable: true,
         });
       }
-      const accepted = buildEvent('accepted', {
-        hostId: this.opts.hostId,
-        correlationId: record.id,
-        sequence: 1,
-        volume: record.volume,
-        data: { jobId: record.id, commandType: record.type, volume: record.volume },
-      });
       // Journal → ack → accepted: the delivery is acked as soon as the job is durable; `accepted`
       // enters the job's ordered event chain first, so it still precedes every later event.
-      void this.enqueueEmit(record.id, () => this.opts.sink.publish(accepted)).catch((error: unknown) =>
+      void this.emitAccepted(record).catch((error: unknown) =>
         this.log.error({ err: error, jobId: record.id }, 'cannot publish the accepted event'),
       );
     } finally {
@@ -138,6 +150,27 @@ export class JobRunner {
     return 'ack';
   };
 
+  /** Queues the recorded `accepted` event (sequence 1) and notes once it is in the outbox. */
+  private emitAccepted(record: JobRecord): Promise<void> {
+    return this.enqueueEmit(record.id, async () => {
+      const accepted = record.accepted;
+      if (!accepted || accepted.published) return;
+      await this.opts.sink.publish({
+        event: accepted.event,
+        routingKey: accepted.routingKey,
+        persistent: true,
+      });
+      // No directory fsync: a lost flag only means recovery sends the same event (same id) again.
+      await this.opts.journal.update(
+        record.id,
+        (r) => {
+          if (r.accepted) r.accepted.published = true;
+        },
+        { durable: false },
+      );
+    });
+  }
+
   /**
    * Start-up recovery: re-publishes recorded terminal events that never reached the outbox,
    * re-runs unfinished jobs with `recovering = true` (their handler decides: roll back or finish),
@@ -146,6 +179,11 @@ export class JobRunner {
   async recover(): Promise<{ rerun: string[]; republished: string[]; failed: string[] }> {
     const outcome = { rerun: [] as string[], republished: [] as string[], failed: [] as string[] };
     for (const record of this.opts.journal.list()) {
+      // Killed between the journal write and the outbox write: `accepted` first, before anything else.
+      if (record.accepted && !record.accepted.published) {
+        await this.emitAccepted(record);
+        outcome.republished.push(record.id);
+      }
       if (record.terminal) {
         if (record.terminal.published) continue;
         await this.enqueueEmit(record.id, async () => {
@@ -208,6 +246,7 @@ export class JobRunner {
 
   private async reject(
     incoming: IncomingCommand,
+    bodySha256: string,
     r: {
       error: ValidationError;
       id: string | null;
@@ -222,16 +261,22 @@ export class JobRunner {
       `command rejected: ${r.error.message}`,
     );
     if (r.id === null) return 'dead-letter';
+    // A message under an id that is already used must never join that job's stream.
+    const used = this.intakeBusy.has(r.id) || this.opts.journal.has(r.id);
+    const correlationId = used ? conflictCorrelationId(r.id, bodySha256) : r.id;
     const event = buildEvent('rejected', {
       hostId: this.opts.hostId,
-      correlationId: r.id,
+      correlationId,
       sequence: 1,
       volume: r.volume,
       data: {
         jobId: r.id,
         commandType: r.type,
         error: {
-          code: r.error.code,
+          // The document lists every rejection code; anything else would be a bug, reported as such.
+          code: (REJECTION_CODE_LIST as readonly string[]).includes(r.error.code)
+            ? (r.error.code as RejectionCode)
+            : 'INTAKE_FAILED',
           message: r.error.message,
           retryable: r.retryable,
           ...(r.error.field ? { field: r.error.field } : {}),
@@ -501,12 +546,37 @@ export class JobRunner {
   };
 }
 
-function newRecord(command: Command, incoming: IncomingCommand): JobRecord {
-  const volume = 'volume' in command.params ? (command.params.volume ?? null) : null;
+/**
+ * correlationid of a rejection under an id already used: `<id>#<first 16 hex of SHA-256 of the body>`.
+ * "#" never appears in a command id, so it is never a job's correlationid.
+ */
+export function conflictCorrelationId(id: string, bodySha256: string): string {
+  return `${id}#${bodySha256.slice(0, 16)}`;
+}
+
+function volumeOf(command: Command): VolumeRef | null {
+  return 'volume' in command.params ? (command.params.volume ?? null) : null;
+}
+
+/** The journal record of a newly accepted command, its `accepted` event included (not yet published). */
+export function newRecord(
+  command: Command,
+  incoming: Pick<IncomingCommand, 'replyTo' | 'correlationId'>,
+  hostId: string,
+  bodySha256: string,
+): JobRecord {
+  const volume = volumeOf(command);
   let lockKey: string | null = null;
   if (volume) lockKey = `volume:${volumeKey(volume)}`;
   else if (command.type === 'chain.verify')
     lockKey = `store:${command.params.store.root}/${command.params.store.dir}`;
+  const accepted = buildEvent('accepted', {
+    hostId,
+    correlationId: command.id,
+    sequence: 1,
+    volume,
+    data: { jobId: command.id, commandType: command.type, volume },
+  });
   return {
     version: 1,
     id: command.id,
@@ -525,6 +595,12 @@ function newRecord(command: Command, incoming: IncomingCommand): JobRecord {
     steps: {},
     stepsWritten: false,
     terminal: null,
+    accepted: {
+      event: accepted.event,
+      routingKey: accepted.routingKey,
+      published: false,
+    },
+    bodySha256,
   };
 }
 

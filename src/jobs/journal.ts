@@ -40,6 +40,13 @@ export interface JobRecord {
   /** True once the handler wrote to its StepJournal (a step ran, so "nothing to roll back" is unknown). */
   stepsWritten: boolean;
   terminal: RecordedTerminal | null;
+  /**
+   * The job's `accepted` event, built before the record is written so recovery can publish it
+   * (same event id) when the agent died before it reached the outbox. Absent in older records.
+   */
+  accepted?: RecordedTerminal;
+  /** Hex SHA-256 of the command's raw body: a later message under this id is a duplicate only when equal. */
+  bodySha256?: string;
 }
 
 const FILE_SUFFIX = '.json';

@@ -204,6 +204,7 @@ export class CommandConsumer extends EventEmitter {
 
   private onDelivery(channel: Channel, message: ConsumeMessage): void {
     const command = toIncomingCommand(message);
+    if (command.deliveryCount > 0) this.logRedelivery(command);
     const work = this.handle(channel, message, command);
     this.inFlight.add(work);
     void work.finally(() => this.inFlight.delete(work));
@@ -232,6 +233,29 @@ export class CommandConsumer extends EventEmitter {
     }
   }
 
+  /**
+   * x-delivery-count grows each time a consumer holding the command unacked goes away (agent
+   * crash, channel or node lost), and the queue dead-letters it past the delivery limit. The agent
+   * acks right after journaling, so only commands caught in that short window count a loss;
+   * a command close to the limit is worth a warning (see docs/operations.md, delivery limit).
+   */
+  private logRedelivery(command: IncomingCommand): void {
+    const limit = this.opts.names.deliveryLimit;
+    const fields = {
+      messageId: command.messageId,
+      deliveryCount: command.deliveryCount,
+      deliveryLimit: limit,
+    };
+    if (command.deliveryCount >= limit - 1) {
+      this.logger.warn(
+        fields,
+        'command redelivered near the delivery limit: one more consumer loss dead-letters it',
+      );
+    } else {
+      this.logger.info(fields, 'command redelivered (an earlier consumer lost it unacked)');
+    }
+  }
+
   private setActive(active: boolean): void {
     if (this.isActive === active) return;
     this.isActive = active;
@@ -248,13 +272,22 @@ export function toIncomingCommand(message: ConsumeMessage): IncomingCommand {
     correlationId: stringOrUndefined(message.properties.correlationId),
     replyTo: stringOrUndefined(message.properties.replyTo),
     headers,
+    contentType:
+      typeof message.properties.contentType === 'string' ? message.properties.contentType : undefined,
+    contentEncoding:
+      typeof message.properties.contentEncoding === 'string' ? message.properties.contentEncoding : undefined,
     redelivered: message.fields.redelivered,
     deliveryCount: deliveryCountOf(headers['x-delivery-count']),
   };
 }
 
+/**
+ * A short-string property the agent may echo back (messageId, correlationId, replyTo). amqplib
+ * decodes invalid UTF-8 as U+FFFD, which can make it longer than AMQP's 255 bytes: such a value
+ * could never be sent again, so it is treated as absent.
+ */
 function stringOrUndefined(value: unknown): string | undefined {
-  return typeof value === 'string' && value.length > 0 ? value : undefined;
+  return typeof value === 'string' && value.length > 0 && Buffer.byteLength(value) <= 255 ? value : undefined;
 }
 
 function deliveryCountOf(value: unknown): number {

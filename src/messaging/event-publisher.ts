@@ -25,6 +25,45 @@ export interface EventPublisherOptions {
   /** Backoff after a failed publish on a live connection (defaults 200 ms .. 10 s). */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /**
+   * The event that takes the place of one the broker can never accept (see quarantine); null or
+   * absent: the entry is only moved aside.
+   */
+  replacementFor?: (quarantined: OutgoingEvent, reason: string) => OutgoingEvent | null;
+  /** The outbox head counts as stalled when it has not moved for this long while connected (default 60 s). */
+  stallAfterMs?: number;
+}
+
+/** What 'quarantined' listeners get. */
+export interface QuarantinedEvent {
+  event: OutgoingEvent;
+  reason: string;
+  replacement: OutgoingEvent | null;
+}
+
+/** The outbox head has not moved while the broker is connected (see EventPublisher.stall). */
+export interface OutboxStall {
+  eventId: string;
+  sinceMs: number;
+  lastError: string | null;
+}
+
+/** AMQP short strings (routing key, message properties) are at most 255 bytes. */
+const SHORTSTR_MAX = 255;
+
+/**
+ * An event the broker can never accept: a property or routing key that AMQP cannot encode, or a
+ * permanent refusal (PRECONDITION_FAILED, e.g. larger than the broker's max message size).
+ * Sending it again cannot help, so it is quarantined instead of blocking the outbox.
+ */
+export class UnpublishableEventError extends AgentError {
+  constructor(message: string, options: { cause?: unknown; eventId?: string } = {}) {
+    super('EVENT_UNPUBLISHABLE', message, {
+      cause: options.cause,
+      retryable: false,
+      details: options.eventId ? { eventId: options.eventId } : {},
+    });
+  }
 }
 
 /** What 'returned' listeners get: an event the broker could not route (nobody bound for its key). */
@@ -57,7 +96,17 @@ export interface ReturnedEvent {
  * Non-persistent events (progress) are sent only while connected, without waiting for a confirm,
  * and never stored: while the broker is away they are dropped.
  *
- * Events: 'returned' (ReturnedEvent), 'confirmed' (OutgoingEvent), 'depth' (outbox depth).
+ * An entry the broker can never accept (UnpublishableEventError: an AMQP encoding limit, or a
+ * channel closed with PRECONDITION_FAILED while it was being sent) is quarantined: kept on disk in
+ * `<outbox>/quarantine/` with its reason, logged as an error, emitted as 'quarantined', and replaced
+ * in place by `replacementFor`'s event. Transient failures (broker away, confirm timeout, nack)
+ * still retry the same entry in order.
+ *
+ * While the broker is connected and the head entry does not move for `stallAfterMs`, the outbox
+ * is stalled (`stall()`, a log line at start and end, 'stall' / 'stall-end' events).
+ *
+ * Events: 'returned' (ReturnedEvent), 'confirmed' (OutgoingEvent), 'depth' (outbox depth),
+ * 'quarantined' (QuarantinedEvent), 'stall' (OutboxStall), 'stall-end'.
  */
 export class EventPublisher extends EventEmitter implements EventSink {
   private readonly opts: EventPublisherOptions;
@@ -69,6 +118,14 @@ export class EventPublisher extends EventEmitter implements EventSink {
   private readonly closeController = new AbortController();
   private wake: (() => void) | undefined;
   private writer: Promise<void> | undefined;
+  /** The head entry's seq and since when it is the head while connected (stall detection). */
+  private headSeq: number | undefined;
+  private headSince = Date.now();
+  private lastError: string | null = null;
+  /** A PRECONDITION_FAILED channel close seen while the head was being sent. */
+  private refusal: Error | undefined;
+  private stalled = false;
+  private stallTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: EventPublisherOptions) {
     super();
@@ -89,7 +146,11 @@ export class EventPublisher extends EventEmitter implements EventSink {
     this.emit('depth', this.outbox.depth);
     // Open the channel on every (re)connect, so progress flows again even when no persistent event is due.
     this.opts.connection.on('connected', this.openSoon);
+    this.opts.connection.on('connected', this.restartStallClock);
     if (this.opts.connection.connected) this.openSoon();
+    const stallMs = this.stallAfterMs;
+    this.stallTimer = setInterval(() => this.checkStall(), Math.max(50, Math.min(1000, stallMs / 4)));
+    this.stallTimer.unref();
     this.writer = this.writeLoop().catch((error: unknown) => {
       this.logger.error({ err: error }, 'event writer stopped unexpectedly');
     });
@@ -98,6 +159,48 @@ export class EventPublisher extends EventEmitter implements EventSink {
   /** Persistent events waiting in the outbox (0 before start). */
   get outboxDepth(): number {
     return this.outbox?.depth ?? 0;
+  }
+
+  /** Age of the oldest unsent persistent event (from its `time`), 0 when the outbox is empty. */
+  oldestUnsentAgeMs(now = Date.now()): number {
+    const head = this.outbox?.head();
+    if (!head) return 0;
+    const time = Date.parse(head.event.event.time);
+    return Number.isFinite(time) ? Math.max(0, now - time) : 0;
+  }
+
+  /** The stall of the outbox head while connected, or undefined when it moves (or is empty). */
+  stall(now = Date.now()): OutboxStall | undefined {
+    const head = this.outbox?.head();
+    if (!head || !this.opts.connection.connected || this.closing) return undefined;
+    if (head.seq !== this.headSeq) return undefined; // the writer has not picked it up yet
+    const sinceMs = now - this.headSince;
+    if (sinceMs < this.stallAfterMs) return undefined;
+    return { eventId: head.event.event.id, sinceMs, lastError: this.lastError };
+  }
+
+  private get stallAfterMs(): number {
+    return this.opts.stallAfterMs ?? 60_000;
+  }
+
+  private readonly restartStallClock = (): void => {
+    this.headSince = Date.now();
+  };
+
+  private checkStall(): void {
+    const stall = this.stall();
+    if (stall && !this.stalled) {
+      this.stalled = true;
+      this.logger.error(
+        { ...stall, depth: this.outboxDepth },
+        'outbox stalled: its head has not moved while the broker is connected',
+      );
+      this.emit('stall', stall);
+    } else if (!stall && this.stalled) {
+      this.stalled = false;
+      this.logger.info({ depth: this.outboxDepth }, 'outbox moving again');
+      this.emit('stall-end');
+    }
   }
 
   /**
@@ -146,6 +249,8 @@ export class EventPublisher extends EventEmitter implements EventSink {
     if (this.closing) return;
     this.closing = true;
     this.opts.connection.off('connected', this.openSoon);
+    this.opts.connection.off('connected', this.restartStallClock);
+    clearInterval(this.stallTimer);
     this.closeController.abort();
     this.wake?.();
     await this.writer;
@@ -210,11 +315,23 @@ export class EventPublisher extends EventEmitter implements EventSink {
         this.wake = undefined;
         continue;
       }
+      if (entry.seq !== this.headSeq) {
+        this.headSeq = entry.seq;
+        this.headSince = Date.now();
+        this.lastError = null;
+      }
       try {
+        this.refusal = undefined;
         const channel = await this.confirmChannel();
         await this.sendConfirmed(channel, entry);
       } catch (error) {
         if (this.closing) break;
+        const permanent = this.permanentFailure(error, entry);
+        if (permanent) {
+          await this.quarantine(outbox, entry, permanent);
+          continue;
+        }
+        this.lastError = error instanceof Error ? error.message : String(error);
         failures += 1;
         this.logger.warn(
           { err: error, eventId: entry.event.event.id, failures, depth: outbox.depth },
@@ -230,6 +347,53 @@ export class EventPublisher extends EventEmitter implements EventSink {
       failures = 0;
       await this.removeConfirmed(outbox, entry);
     }
+  }
+
+  /** The reason when `error` means the broker can never accept the entry; undefined when it is transient. */
+  private permanentFailure(error: unknown, entry: OutboxEntry): string | undefined {
+    if (error instanceof UnpublishableEventError) return error.message;
+    const refusal = this.refusal;
+    if (refusal) {
+      return `the broker refused event ${entry.event.event.id} for good: ${refusal.message}`;
+    }
+    return undefined;
+  }
+
+  /** Moves a never-publishable entry aside (see the class comment); its replacement takes its place. */
+  private async quarantine(outbox: Outbox, entry: OutboxEntry, reason: string): Promise<void> {
+    const original = entry.event;
+    // A replacement that cannot be published either is dropped, not replaced again.
+    const isReplacement = original.event.type.endsWith('.quarantined');
+    let replacement: OutgoingEvent | null = null;
+    if (!isReplacement) {
+      try {
+        replacement = this.opts.replacementFor?.(original, reason) ?? null;
+      } catch (error) {
+        this.logger.error({ err: error, eventId: original.event.id }, 'cannot build the quarantine notice');
+      }
+    }
+    try {
+      await outbox.quarantine(entry, reason, replacement);
+    } catch (error) {
+      // The entry stays the head: the next attempt quarantines it again.
+      this.lastError = error instanceof Error ? error.message : String(error);
+      this.logger.error({ err: error, eventId: original.event.id }, 'cannot quarantine an outbox entry');
+      await sleep(this.opts.retryMaxMs ?? 10_000, this.closeController.signal);
+      return;
+    }
+    this.logger.error(
+      {
+        eventId: original.event.id,
+        type: original.event.type,
+        correlationId: original.event.correlationid,
+        reason,
+        quarantineDir: outbox.quarantineDir,
+        replacementId: replacement?.event.id ?? null,
+      },
+      'event the broker can never accept moved to the outbox quarantine',
+    );
+    this.emit('quarantined', { event: original, reason, replacement } satisfies QuarantinedEvent);
+    this.emit('depth', outbox.depth);
   }
 
   private async removeConfirmed(outbox: Outbox, entry: OutboxEntry): Promise<void> {
@@ -248,15 +412,37 @@ export class EventPublisher extends EventEmitter implements EventSink {
 
   /** Publishes one entry (and its reply) and waits for every confirm. */
   private async sendConfirmed(channel: ConfirmChannel, entry: OutboxEntry): Promise<void> {
-    const body = Buffer.from(JSON.stringify(entry.event.event));
-    const confirms = this.deliveries(entry.event).map(
+    const eventId = entry.event.event?.id;
+    let body: Buffer;
+    try {
+      body = Buffer.from(JSON.stringify(entry.event.event));
+    } catch (error) {
+      throw new UnpublishableEventError(`event ${eventId} cannot be serialised`, { cause: error, eventId });
+    }
+    const deliveries = this.deliveries(entry.event);
+    // Checked before anything is sent, so an event is never half-published (event sent, reply not).
+    for (const d of deliveries) assertEncodable(d, eventId);
+    const confirms = deliveries.map(
       ({ exchange, routingKey, options }) =>
         new Promise<void>((resolve, reject) => {
-          channel.publish(exchange, routingKey, body, options, (error: unknown) => {
-            if (error) {
-              reject(new PublishNackedError('the broker did not accept the event', { cause: error }));
-            } else resolve();
-          });
+          try {
+            channel.publish(exchange, routingKey, body, options, (error: unknown) => {
+              if (error) {
+                reject(new PublishNackedError('the broker did not accept the event', { cause: error }));
+              } else resolve();
+            });
+          } catch (error) {
+            // amqplib throws IllegalOperationError on a closed channel (transient); anything else
+            // is a frame it cannot encode (permanent).
+            if (error instanceof Error && error.name === 'IllegalOperationError') reject(error);
+            else
+              reject(
+                new UnpublishableEventError(`event ${eventId} cannot be encoded: ${String(error)}`, {
+                  cause: error,
+                  eventId,
+                }),
+              );
+          }
         }),
     );
     const ms = this.opts.confirmTimeoutMs;
@@ -272,7 +458,8 @@ export class EventPublisher extends EventEmitter implements EventSink {
     e: OutgoingEvent,
   ): Array<{ exchange: string; routingKey: string; options: Options.Publish }> {
     const base: Options.Publish = {
-      contentType: 'application/json',
+      // CloudEvents AMQP binding, structured mode: the whole event is the body.
+      contentType: CLOUDEVENTS_CONTENT_TYPE,
       messageId: e.event.id,
       type: e.event.type,
       timestamp: timestampSeconds(e.event.time),
@@ -316,7 +503,11 @@ export class EventPublisher extends EventEmitter implements EventSink {
       () => new BrokerUnavailableError(`opening the events channel took over ${ms} ms`, { role: 'publish' }),
       (late) => late.close(),
     );
-    channel.on('error', (error: Error) => this.logger.warn({ err: error }, 'events channel error'));
+    channel.on('error', (error: Error) => {
+      this.logger.warn({ err: error }, 'events channel error');
+      // PRECONDITION_FAILED on a publish (e.g. over the broker's max message size) will not change.
+      if ((error as { code?: unknown }).code === 406) this.refusal = error;
+    });
     channel.on('close', () => {
       if (this.channel === channel) this.channel = undefined;
     });
@@ -371,6 +562,32 @@ export class EventPublisher extends EventEmitter implements EventSink {
       'the broker could not route an event (nobody bound to its routing key); dropped',
     );
     this.emit('returned', returned);
+  }
+}
+
+/** The AMQP content-type of every event (CloudEvents structured mode). */
+export const CLOUDEVENTS_CONTENT_TYPE = 'application/cloudevents+json';
+
+/** Throws UnpublishableEventError when a routing key or string property exceeds AMQP's short-string limit. */
+function assertEncodable(
+  d: { routingKey: string; options: Options.Publish },
+  eventId: string | undefined,
+): void {
+  const fields: Array<[string, unknown]> = [
+    ['routing key', d.routingKey],
+    ['messageId', d.options.messageId],
+    ['correlationId', d.options.correlationId],
+    ['type', d.options.type],
+    ['appId', d.options.appId],
+  ];
+  for (const [name, value] of fields) {
+    if (value === undefined) continue;
+    if (typeof value !== 'string' || Buffer.byteLength(value) > SHORTSTR_MAX) {
+      throw new UnpublishableEventError(
+        `event ${eventId}: its ${name} does not fit an AMQP short string (${SHORTSTR_MAX} bytes)`,
+        { eventId },
+      );
+    }
   }
 }
 

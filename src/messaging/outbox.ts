@@ -13,6 +13,7 @@ export interface OutboxEntry {
 
 const ENTRY = /^(\d{16})\.json$/;
 const TEMP_SUFFIX = '.tmp';
+const QUARANTINE_DIR = 'quarantine';
 
 /**
  * The on-disk outbox of persistent events: one file per entry (`<16-digit seq>.json`) in one
@@ -102,6 +103,47 @@ export class Outbox {
     // No directory fsync: if the unlink is lost in a crash the event is sent again (at least once).
   }
 
+  /** Where entries the broker can never accept are kept (`quarantine/<seq>.json` + `<seq>.reason.json`). */
+  get quarantineDir(): string {
+    return join(this.dir, QUARANTINE_DIR);
+  }
+
+  /**
+   * Moves `entry` aside for good: its event goes to the quarantine folder with `reason`, and in
+   * the outbox it is replaced in place (same position) by `replacement`, or removed when that is
+   * null. Crash-safe in that order: a crash in between leaves the original in the outbox, which is
+   * then quarantined again (same file names) at the next attempt.
+   */
+  async quarantine(entry: OutboxEntry, reason: string, replacement: OutgoingEvent | null): Promise<void> {
+    const name = String(entry.seq).padStart(16, '0');
+    try {
+      await mkdir(this.quarantineDir, { recursive: true, mode: 0o700 });
+      await writeDurably(
+        join(this.quarantineDir, `${name}.reason.json`),
+        JSON.stringify({
+          seq: entry.seq,
+          eventId: entry.event.event.id,
+          reason,
+          at: new Date().toISOString(),
+        }),
+      );
+      await writeDurably(join(this.quarantineDir, `${name}.json`), safeJson(entry.event));
+      await syncDir(this.quarantineDir);
+      if (replacement) {
+        await writeDurably(this.pathOf(entry.seq), JSON.stringify(replacement));
+        entry.event = replacement;
+      } else {
+        await this.remove(entry);
+      }
+      await syncDir(this.dir);
+    } catch (error) {
+      throw new OutboxError(`cannot quarantine outbox entry ${entry.seq}`, {
+        cause: error,
+        path: this.pathOf(entry.seq),
+      });
+    }
+  }
+
   private async write(event: OutgoingEvent): Promise<OutboxEntry> {
     const seq = this.nextSeq;
     const finalPath = this.pathOf(seq);
@@ -154,6 +196,28 @@ async function readEntry(path: string, logger: Logger): Promise<OutgoingEvent | 
     );
     await rename(path, `${path}.corrupt`);
     return undefined;
+  }
+}
+
+/** Writes a file through a temp file + fsync + rename (the caller fsyncs the directory). */
+async function writeDurably(path: string, text: string): Promise<void> {
+  const temp = `${path}${TEMP_SUFFIX}`;
+  const file = await open(temp, 'w', 0o600);
+  try {
+    await file.writeFile(text);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+  await rename(temp, path);
+}
+
+/** JSON of anything an entry may hold; a value JSON cannot carry (BigInt, cycle) is described instead. */
+function safeJson(value: unknown): string {
+  try {
+    return JSON.stringify(value);
+  } catch (error) {
+    return JSON.stringify({ unserialisable: String(error) });
   }
 }
 

@@ -7,6 +7,9 @@ export interface IncomingCommand {
   correlationId: string | undefined;
   replyTo: string | undefined;
   headers: Record<string, unknown>;
+  /** AMQP content-type / content-encoding properties, as sent. */
+  contentType?: string | undefined;
+  contentEncoding?: string | undefined;
   redelivered: boolean;
   /** x-delivery-count of the quorum queue (0 on first delivery). */
   deliveryCount: number;

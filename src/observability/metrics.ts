@@ -33,11 +33,18 @@ export interface AgentMetrics {
   volumes: VolumeMetrics;
   /** Work to do before each scrape (e.g. probing the store); set by the agent. */
   beforeCollect: Array<() => Promise<void>>;
+  /** Outbox entries the broker can never accept, moved to the quarantine folder. */
+  quarantinedEvents: Counter;
+  /** Age of the oldest unsent persistent event, read at scrape time from `outboxOldestAgeSource`. */
+  outboxOldestAge: Gauge;
+  /** Seconds since the oldest unsent event was made (the publisher sets it once started). */
+  outboxOldestAgeSource: () => number;
 }
 
 /** Creates the metrics on a fresh registry; `defaultMetrics` adds process metrics (RSS, CPU, event loop). */
 export function createMetrics(options: { defaultMetrics?: boolean; maxVolumes?: number } = {}): AgentMetrics {
   const registry = new Registry();
+  let metrics: AgentMetrics | undefined;
   if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'clvm_agent_' });
   const registers = [registry];
   const beforeCollect: Array<() => Promise<void>> = [];
@@ -55,7 +62,7 @@ export function createMetrics(options: { defaultMetrics?: boolean; maxVolumes?: 
     );
     return running;
   };
-  const metrics: Omit<AgentMetrics, 'volumes' | 'beforeCollect'> = {
+  const base: Omit<AgentMetrics, 'volumes' | 'beforeCollect'> = {
     registry,
     jobs: new Counter({
       name: 'clvm_agent_jobs_total',
@@ -148,16 +155,31 @@ export function createMetrics(options: { defaultMetrics?: boolean; maxVolumes?: 
       registers,
       collect: runBeforeCollect,
     }),
+    quarantinedEvents: new Counter({
+      name: 'clvm_agent_events_quarantined_total',
+      help: 'Outbox entries the broker can never accept, moved to the outbox quarantine folder',
+      registers,
+    }),
+    outboxOldestAge: new Gauge({
+      name: 'clvm_agent_outbox_oldest_age_seconds',
+      help: 'Age of the oldest persistent event not yet confirmed by the broker (0 when the outbox is empty)',
+      registers,
+      collect() {
+        this.set(metrics?.outboxOldestAgeSource() ?? 0);
+      },
+    }),
+    outboxOldestAgeSource: () => 0,
   };
   const volumes = new VolumeMetrics(
     {
-      lastSuccess: metrics.volumeLastSuccess,
-      lastFailure: metrics.volumeLastFailure,
-      exportedBytes: metrics.volumeExportedBytes,
-      chainDepth: metrics.volumeChainDepth,
-      evicted: metrics.volumeSeriesEvicted,
+      lastSuccess: base.volumeLastSuccess,
+      lastFailure: base.volumeLastFailure,
+      exportedBytes: base.volumeExportedBytes,
+      chainDepth: base.volumeChainDepth,
+      evicted: base.volumeSeriesEvicted,
     },
     options.maxVolumes,
   );
-  return { ...metrics, volumes, beforeCollect };
+  metrics = { ...base, volumes, beforeCollect };
+  return metrics;
 }

@@ -1,6 +1,12 @@
 import { z } from 'zod';
 import { absolutePath, fileName, lvmName, relativeDir, vmName } from './names.js';
 
+/** Command ids: also file names of the journal and AMQP messageIds. */
+export const COMMAND_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+export const commandId = z
+  .string()
+  .regex(COMMAND_ID_PATTERN, 'invalid command id: 1-128 characters of letters, digits and "_.:-"');
+
 /** A volume on an LVM pool (QCOW2 inside an LV) or in a file pool (QCOW2 file). */
 export const lvmVolumeRef = z
   .object({ kind: z.literal('lvm'), vg: lvmName, lv: lvmName })
@@ -102,16 +108,9 @@ export const chainVerifyParams = z
   .meta({ id: 'ChainVerifyParams' });
 
 export const jobCancelParams = z
-  .object({ jobId: z.string().min(1).max(128) })
+  .object({ jobId: commandId.describe('id of the job to cancel') })
   .strict()
   .meta({ id: 'JobCancelParams' });
-
-const commandId = z
-  .string()
-  .regex(
-    /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/,
-    'invalid command id: 1-128 characters of letters, digits and "_.:-"',
-  );
 
 function command<T extends string, P extends z.ZodType>(type: T, params: P, id: string) {
   return z

@@ -1,4 +1,5 @@
 export * from './commands.js';
+export * from './error-codes.js';
 export * from './events.js';
 export * from './names.js';
 export * from './routing.js';

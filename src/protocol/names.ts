@@ -35,10 +35,23 @@ export function lvmNameProblem(name: string): string | undefined {
   return undefined;
 }
 
-export const lvmName = z.string().superRefine((v, ctx) => {
-  const problem = lvmNameProblem(v);
-  if (problem) ctx.addIssue({ code: 'custom', message: `invalid LVM name: ${problem}` });
-});
+/**
+ * The same rule as lvmNameProblem, as one ECMAScript regular expression, so the JSON Schema in
+ * docs/asyncapi.yaml states it exactly (lookaheads for "." / "..", reserved prefixes and words).
+ */
+export const LVM_NAME_PATTERN = new RegExp(
+  `^(?!\\.{1,2}$)(?!${LVM_RESERVED_PREFIXES.join('|')})(?!.*(?:${LVM_RESERVED_WORDS.join('|')}))[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$`,
+);
+
+export const lvmName = z
+  .string()
+  .min(1, 'invalid LVM name: must be 1 to 127 characters')
+  .max(127, 'invalid LVM name: must be 1 to 127 characters')
+  .regex(
+    LVM_NAME_PATTERN,
+    `invalid LVM name: letters, digits and "+_.-", not starting with "-", not "." or "..", not starting with ${LVM_RESERVED_PREFIXES.join(' or ')}, without the reserved words ${LVM_RESERVED_WORDS.join(' ')}`,
+  )
+  .describe('LVM VG or LV name (lvm(8) VALID NAMES)');
 
 /** libvirt domain names as CloudStack makes them (i-2-34-VM, r-5-VM, uuids). */
 export const vmName = z
@@ -49,33 +62,33 @@ export const vmName = z
   );
 
 /** One path segment (a file name): no separators, no leading dot or dash, no control characters. */
+export const FILE_NAME_SOURCE = '[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}';
 export const fileName = z
   .string()
   .regex(
-    /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$/,
+    new RegExp(`^${FILE_NAME_SOURCE}$`),
     'invalid file name: letters, digits and "_.+-" only, not starting with "." or "-"',
   );
 
-/** A relative directory below a root: file-name segments joined by "/". */
+/** A relative directory below a root: file-name segments joined by "/" (so no "..", "." or "//"). */
 export const relativeDir = z
   .string()
-  .min(1)
-  .max(1024)
-  .refine(
-    (v) => v.split('/').every((seg) => /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$/.test(seg)),
-    'invalid directory: relative, segments of letters, digits and "_.+-", no "..", no leading "/"',
+  .min(1, 'invalid directory: empty')
+  .max(1024, 'invalid directory: longer than 1024 characters')
+  .regex(
+    new RegExp(`^${FILE_NAME_SOURCE}(?:/${FILE_NAME_SOURCE})*$`),
+    'invalid directory: relative, segments of letters, digits and "_.+-" (not starting with "." or "-"), no leading or trailing "/"',
   );
 
-/** An absolute, normalised path with no "..", "." or empty segments. */
+/**
+ * An absolute, normalised path whose every segment is a file name (the rule the agent applies to
+ * the segments below a root applies to the root's own too): no "..", ".", "//", trailing "/",
+ * spaces or control characters. Configured roots follow the same rule (config check).
+ */
 export const absolutePath = z
   .string()
-  .max(4096)
-  .refine(
-    (v) =>
-      v.startsWith('/') &&
-      v
-        .slice(1)
-        .split('/')
-        .every((seg) => seg.length > 0 && seg !== '.' && seg !== '..' && !/[\0\n\r]/.test(seg)),
-    'invalid path: must be absolute and normalised (no "..", ".", "//", or control characters)',
+  .max(4096, 'invalid path: longer than 4096 characters')
+  .regex(
+    new RegExp(`^(?:/${FILE_NAME_SOURCE})+$`),
+    'invalid path: must be absolute and normalised, segments of letters, digits and "_.+-" not starting with "." or "-"',
   );

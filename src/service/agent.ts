@@ -5,7 +5,7 @@ import { baseHandlers, cachedProbe, capabilityProbe, type HostProbe } from '../h
 import { QemuImg } from '../host/qemu-img.js';
 import { SnapshotStore } from '../host/store.js';
 import { writeFileAtomic } from '../jobs/atomic-file.js';
-import { buildEvent } from '../jobs/events.js';
+import { buildEvent, quarantineNotice } from '../jobs/events.js';
 import { JobRunner } from '../jobs/job-runner.js';
 import { JobJournal } from '../jobs/journal.js';
 import type { HandlerRegistry } from '../jobs/types.js';
@@ -104,6 +104,19 @@ const observability: Stage<Ctx> = {
               ? { ok: true }
               : { ok: false, detail: 'the publishing connection to the broker is down' },
         },
+        {
+          name: 'outbox',
+          check: () => {
+            const stall = ctx.publisher?.stall();
+            if (!stall) return { ok: true };
+            return {
+              ok: false,
+              detail:
+                `the oldest unsent event (${stall.eventId}) has not moved for ${Math.round(stall.sinceMs / 1000)} s ` +
+                `while the broker is connected${stall.lastError ? `; last error: ${stall.lastError}` : ''}`,
+            };
+          },
+        },
       ],
     });
     ctx.logger.info({ http: ctx.health.address }, 'health server listening');
@@ -152,8 +165,12 @@ const publisher: Stage<Ctx> = {
       names: ctx.names,
       outboxDir: outboxDir(ctx.config),
       confirmTimeoutMs: ctx.config.broker.confirmTimeoutMs,
-      logger: ctx.logger.child({ component: 'publisher' }),
+      logger: ctx.logger,
+      stallAfterMs: ctx.config.broker.outboxStallMs,
+      replacementFor: (original, reason) => quarantineNotice(ctx.config.hostId, original, reason),
     });
+    p.on('quarantined', () => ctx.metrics.quarantinedEvents.inc());
+    ctx.metrics.outboxOldestAgeSource = () => p.oldestUnsentAgeMs() / 1000;
     p.on('depth', (depth: number) => ctx.metrics.outboxDepth.set(depth));
     p.on('returned', (returned: ReturnedEvent) =>
       ctx.metrics.unroutedEvents.inc({ exchange: returned.exchange }),
@@ -228,7 +245,7 @@ const consumer: Stage<Ctx> = {
       hostId: ctx.config.hostId,
       prefetch: ctx.config.broker.prefetch,
       handler: ctx.runner!.handleCommand,
-      logger: ctx.logger.child({ component: 'consumer' }),
+      logger: ctx.logger,
     });
     ctx.consumer.start();
   },

@@ -73,20 +73,30 @@ export function exportStep(
       const overflow = new AbortController();
       let overflowed: CowHealth | null = null;
       let pollError: unknown = null;
-      const poll = setInterval(() => {
-        cow.health().then(
-          (health) => {
-            if (health.overflowed && overflowed === null) {
-              overflowed = health;
+      // One fill-level read at a time, the next one `cowPollMs` after the previous answered: on a
+      // loaded host an `lvs` can take longer than the interval, and overlapping ones queue on the
+      // VG lock and slow every other LVM command of the job (the lab VM under load).
+      let polling = true;
+      let inFlight: Promise<void> = Promise.resolve();
+      let timer: NodeJS.Timeout | undefined;
+      const schedule = (): void => {
+        timer = setTimeout(() => {
+          inFlight = cow.health().then(
+            (health) => {
+              if (health.overflowed && overflowed === null) {
+                overflowed = health;
+                overflow.abort();
+              }
+              if (polling) schedule();
+            },
+            (error: unknown) => {
+              pollError = error;
               overflow.abort();
-            }
-          },
-          (error: unknown) => {
-            pollError = error;
-            overflow.abort();
-          },
-        );
-      }, deps.cowPollMs ?? 1000);
+            },
+          );
+        }, deps.cowPollMs ?? 1000);
+      };
+      schedule();
       try {
         await convert(io, AbortSignal.any([io.signal, overflow.signal]));
       } catch (error) {
@@ -94,7 +104,9 @@ export function exportStep(
         if (overflowed !== null) throw new CowOverflowError(cow.volume, (overflowed as CowHealth).percent);
         throw error;
       } finally {
-        clearInterval(poll);
+        polling = false;
+        clearTimeout(timer);
+        await inFlight; // no lvs of this step outlives it
       }
       // The copy may have read a snapshot that overflowed at its very end.
       const health = await cow.health();

@@ -1,11 +1,13 @@
 import { stat } from 'node:fs/promises';
-import { AgentError, JobInterruptedError, PathExistsError } from '../errors/index.js';
+import { basename, dirname, join } from 'node:path';
+import { AgentError, HostCommandError, JobInterruptedError, PathExistsError } from '../errors/index.js';
 import type { JobContext } from '../jobs/types.js';
-import type { SnapshotCreateResult } from '../protocol/index.js';
+import type { SnapshotCreateResult, VolumeRef } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
+import { familyNames, layerHoldsWritesSince, nextLayerName, resolveActiveLayer } from './live-layers.js';
 import { LIVE_ROTATE_DISABLED, liveRotateSteps, probeLiveRotate } from './live-rotate.js';
 import { lvmCowSteps } from './lvm-cow.js';
 import { offlineSteps } from './offline.js';
@@ -35,7 +37,8 @@ export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Pr
   } catch (error) {
     throw withOutcome(error, { rolledBack: true, step: null });
   }
-  const backend = await volumeBackend(ctx.command.params.volume, deps);
+  // The plan names the layer it snapshots (a command may name the volume by another of its names).
+  const backend = await volumeBackend(volumeOfPlan(ctx.command.params.volume, plan), deps);
   const steps = createSteps(plan, backend, deps, journal);
   try {
     if (ctx.recovering) {
@@ -46,7 +49,11 @@ export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Pr
   } catch (error) {
     throw withOutcome(error, { rolledBack: false, step: null });
   }
-  await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
+  try {
+    await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
+  } catch (error) {
+    throw withVolumePath(error, plan, journal);
+  }
   return createResult(plan, journal, steps);
 }
 
@@ -78,7 +85,7 @@ export function createSteps(
 /** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */
 export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Promise<CreatePlan> {
   const params = ctx.command.params;
-  const backend = await volumeBackend(params.volume, deps);
+  const backend = await activeLayerBackend(params.volume, params.vm, deps);
   if (!(await pathExists(backend.activePath))) {
     throw new AgentError('VOLUME_NOT_FOUND', `volume ${backend.activePath} does not exist`, {
       details: { path: backend.activePath },
@@ -120,11 +127,18 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   const parentDepth = parentExists
     ? (await deps.store.readChain(parentPath)).filter((m) => m.storeRoot !== null).length
     : 0;
+  // The active layer holds exactly the writes since the parent: its header names the parent, or a
+  // live rotation made it the top when it took the parent (the pool's layer record says so).
+  const writesSinceParent =
+    parentPath !== null &&
+    (active.backingPath === parentPath ||
+      (backend instanceof FileVolumeBackend &&
+        (await layerHoldsWritesSince(backend.dir, backend.activeName)) === parentPath));
   const kind = chooseKind({
     parentName,
     parentExists,
     parentDepth,
-    activeBacksOntoParent: parentPath !== null && active.backingPath === parentPath,
+    activeBacksOntoParent: writesSinceParent,
     maxChainLength: params.options.maxChainLength,
   });
   const delta = kind.kind === 'delta' && parentPath !== null;
@@ -139,6 +153,16 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   await backend.ensureSpace(strategy.name === 'lvm-cow' ? 'cow' : 'overlay', active.virtualSize);
 
   const tag = jobTag(ctx.jobId);
+  const live =
+    strategy.name === 'live-rotate' && backend instanceof FileVolumeBackend
+      ? {
+          stagingName: await nextLayerName(backend.dir, backend.activeName),
+          liveLayers: localLayers(
+            backend,
+            activeChain.map((m) => m.path),
+          ),
+        }
+      : null;
   return {
     strategy: strategy.name,
     strategyReason: strategy.reason,
@@ -158,7 +182,8 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
     chainDepth: delta ? parentDepth + 1 : 1,
     virtualSize: active.virtualSize,
     exportBytes,
-    stagingName: backend.tempName('stg', tag),
+    stagingName: live?.stagingName ?? backend.tempName('stg', tag),
+    ...(live === null ? {} : { liveLayers: live.liveLayers }),
     retiredName: backend.tempName('old', tag),
     cloneName: backend.tempName('cow', tag),
     tag,
@@ -194,6 +219,8 @@ async function createResult(
     strategy: { name: plan.strategy, reason: plan.strategyReason },
     vmPauseMs: Math.round(record.pauseMs * 1000) / 1000,
     activePath: plan.activePath,
+    volumePath:
+      plan.strategy === 'live-rotate' ? join(dirname(plan.activePath), plan.stagingName) : plan.activePath,
     quiesced: !plan.quiesce
       ? 'not-requested'
       : quiesced === 'yes' || quiesced === 'unavailable'
@@ -201,4 +228,63 @@ async function createResult(
         : 'unavailable',
     steps: steps.steps.map((s) => ({ name: s.name, durationMs: record.timings[s.name] ?? 0 })),
   };
+}
+
+/** The volume's active layer after the job: live-rotate's new layer once libvirt switched to it. */
+function volumePathOf(plan: CreatePlan, journal: EngineJournal): string {
+  const switched = plan.strategy === 'live-rotate' && journal.get().steps.switch === 'done';
+  return switched ? join(dirname(plan.activePath), plan.stagingName) : plan.activePath;
+}
+
+/** A failure after live-rotate's switch still tells the management plane where the volume is now. */
+function withVolumePath(error: unknown, plan: CreatePlan, journal: EngineJournal): unknown {
+  if (!(error instanceof AgentError) || plan.strategy !== 'live-rotate') return error;
+  if (journal.get().steps.switch !== 'done') return error;
+  return new AgentError(error.code, error.message, {
+    cause: error.cause ?? error,
+    retryable: error.retryable,
+    details: { ...error.details, volumePath: volumePathOf(plan, journal) },
+  });
+}
+
+/** The command's volume reference, pointed at the layer the plan snapshots. */
+function volumeOfPlan(volume: VolumeRef, plan: CreatePlan): VolumeRef {
+  return volume.kind === 'file' ? { ...volume, file: basename(plan.activePath) } : volume;
+}
+
+/**
+ * The backend of the volume's active layer. A file volume that live rotation moved may be named by
+ * any of its names (base or layer names): the running VM's disk, else the headers, say which is on top.
+ */
+async function activeLayerBackend(
+  volume: VolumeRef,
+  vm: string | null,
+  deps: SnapshotDeps,
+): Promise<VolumeBackend> {
+  const backend = await volumeBackend(volume, deps);
+  if (!(backend instanceof FileVolumeBackend) || volume.kind !== 'file') return backend;
+  let sources: string[] | null = null;
+  if (vm !== null) {
+    try {
+      if ((await deps.libvirt.domainState(vm)).state !== 'shut off') {
+        sources = (await deps.libvirt.disks(vm)).map((d) => d.source);
+      }
+    } catch (error) {
+      // inspectVm reports an unknown domain with its own error.
+      if (!(error instanceof HostCommandError && error.kind === 'not-found')) throw error;
+    }
+  }
+  const name = await resolveActiveLayer(deps.qemuImg, backend.dir, backend.activeName, sources);
+  return name === backend.activeName ? backend : volumeBackend({ ...volume, file: name }, deps);
+}
+
+/** The active chain's layers that are this volume's own files in its pool (top first, down to its base). */
+function localLayers(backend: FileVolumeBackend, chain: string[]): string[] {
+  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
+  const layers: string[] = [];
+  for (const path of chain) {
+    if (!own.has(path)) break;
+    layers.push(path);
+  }
+  return layers;
 }

@@ -5,8 +5,9 @@
 // - `<plan>:<step>:before|after`: the agent SIGKILLs itself right before a step starts or right
 //   after its end was journaled (plan = offline | lvm-cow | live-rotate | delete | revert).
 // - `<plan>:export:during`: SIGKILL at the first export progress update between 0 and 100 %.
-// - `lvm-cow:clone:during`, `lvm-cow:repoint:during` (VM paused by us), `live-rotate:switch:during`
-//   (blockdev-snapshot returned, the journal not yet updated).
+// - `lvm-cow:clone:during`, `lvm-cow:repoint:during` (VM paused by us), `live-rotate:commit-frozen:during`
+//   (libvirt's block commit started, not waited for), `live-rotate:switch:during`
+//   (libvirt's external snapshot returned, the journal not yet updated).
 // - `export-rate=<bytes/s>`: qemu-img convert runs with `-r <rate>` (a slow export to cancel or kill).
 // SIGKILL (not an exception) so that nothing — no finally, no rollback — runs: exactly what kill -9 does.
 import { writeSync } from 'node:fs';

@@ -62,7 +62,12 @@ export function createSnapshotDeps(
     logger,
   });
   const lvm = new Lvm({ timeoutMs: config.timeouts.toolMs, logger });
-  const libvirt = new Libvirt({ uri: config.libvirt.uri, timeoutMs: config.timeouts.toolMs, logger });
+  const libvirt = new Libvirt({
+    uri: config.libvirt.uri,
+    timeoutMs: config.timeouts.toolMs,
+    copyTimeoutMs: config.timeouts.exportMs,
+    logger,
+  });
   const bandwidth = new ExportBandwidth({ hostLimit: config.limits.exportBytesPerSecond, logger });
   return {
     qemuImg,

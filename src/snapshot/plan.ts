@@ -24,7 +24,13 @@ export interface CreatePlan {
   virtualSize: number;
   /** Bytes the export copies, as measured when planning (absent in plans journaled by older versions). */
   exportBytes?: number;
+  /** live-rotate: the new active layer's name. Other strategies: the staging volume's name. */
   stagingName: string;
+  /**
+   * live-rotate: the volume's local layers from the active one down to its base (paths, top first);
+   * the commit merges all but the base into the base.
+   */
+  liveLayers?: string[];
   retiredName: string;
   cloneName: string;
   /** Short id of the job (temporary names, QEMU node names). */

@@ -51,6 +51,12 @@ export interface RunEnv {
   progress(update: ProgressUpdate): void;
   failpoints: Failpoints;
   logger: Logger;
+  /**
+   * How often the point-of-no-return check is asked again when it cannot answer (default 4 tries,
+   * 2 s apart): the failure that stopped the step (a disk or store error) is often what stops the
+   * check too, and "cannot tell" leaves the volume as it is, possibly without its name.
+   */
+  isDoneRetry?: { attempts: number; delayMs: number };
 }
 
 const NEVER = new AbortController().signal;
@@ -101,7 +107,7 @@ export async function runSteps(plan: StepPlan, env: RunEnv, from = 0): Promise<v
     } catch (error) {
       let committed: boolean;
       try {
-        committed = i > ponr || (i === ponr && (await isDone(step)));
+        committed = i > ponr || (i === ponr && (await isDoneRetrying(step, env)));
       } catch (checkError) {
         // Cannot tell whether the point of no return was passed: touch nothing, say so.
         env.logger.error({ err: checkError, step: step.name }, 'cannot tell whether the step took effect');
@@ -185,6 +191,23 @@ async function rollBack(plan: StepPlan, env: RunEnv, last: number): Promise<void
 
 async function isDone(step: Step): Promise<boolean> {
   return step.isDone ? step.isDone() : false;
+}
+
+/** isDone, asked again a few times when it throws; throws the last error when it never answers. */
+async function isDoneRetrying(step: Step, env: RunEnv): Promise<boolean> {
+  const { attempts, delayMs } = env.isDoneRetry ?? { attempts: 4, delayMs: 2_000 };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await isDone(step);
+    } catch (error) {
+      if (attempt >= attempts) throw error;
+      env.logger.warn(
+        { err: error, step: step.name, attempt },
+        'cannot tell whether the step took effect; asking again',
+      );
+      await new Promise((r) => setTimeout(r, delayMs));
+    }
+  }
 }
 
 /** The run environment of a job's steps, from its JobContext. */

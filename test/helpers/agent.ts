@@ -351,6 +351,9 @@ export class TestClient {
       correlationId?: string;
       headers?: Record<string, unknown>;
       signingKey?: string;
+      /** AMQP content-type: default application/json; null sends none. */
+      contentType?: string | null;
+      contentEncoding?: string;
     } = {},
   ): Promise<void> {
     const raw = Buffer.isBuffer(body)
@@ -362,7 +365,8 @@ export class TestClient {
       opts.messageId ?? (body && typeof body === 'object' ? (body as { id?: string }).id : undefined);
     this.ch.publish(this.names.commandsExchange, this.hostId, raw, {
       persistent: true,
-      contentType: 'application/json',
+      ...(opts.contentType === null ? {} : { contentType: opts.contentType ?? 'application/json' }),
+      ...(opts.contentEncoding ? { contentEncoding: opts.contentEncoding } : {}),
       ...(id ? { messageId: id } : {}),
       ...(opts.replyTo ? { replyTo: opts.replyTo } : {}),
       ...(opts.correlationId ? { correlationId: opts.correlationId } : {}),

@@ -7,15 +7,23 @@ import { readdir, readFile, readlink } from 'node:fs/promises';
 import { execa } from 'execa';
 import { LIBVIRT_URI, virsh } from './libvirt-fixtures.js';
 
-/** Sends one QMP command through `virsh qemu-monitor-command`; throws on a QMP error. */
-export async function qmp<T>(domain: string, execute: string, args?: Record<string, unknown>): Promise<T> {
-  const reply = JSON.parse(
-    await virsh([
-      'qemu-monitor-command',
-      domain,
-      JSON.stringify(args === undefined ? { execute } : { execute, arguments: args }),
-    ]),
-  ) as { return?: T; error?: { class: string; desc: string } };
+/** Sends one QMP command through `virsh qemu-monitor-command` (another daemon: `uri`); throws on a QMP error. */
+export async function qmp<T>(
+  domain: string,
+  execute: string,
+  args?: Record<string, unknown>,
+  uri?: string,
+): Promise<T> {
+  const request = [
+    'qemu-monitor-command',
+    domain,
+    JSON.stringify(args === undefined ? { execute } : { execute, arguments: args }),
+  ];
+  const text =
+    uri === undefined
+      ? await virsh(request)
+      : (await execa('virsh', ['-c', uri, ...request], { timeout: 60_000 })).stdout;
+  const reply = JSON.parse(text) as { return?: T; error?: { class: string; desc: string } };
   if (reply.error) throw new Error(`QMP ${execute}: ${reply.error.class}: ${reply.error.desc}`);
   return reply.return as T;
 }
@@ -157,10 +165,13 @@ export async function qemuOpenFilesUnder(domain: string, dir: string): Promise<s
  */
 export async function qemuChain(
   domain: string,
+  uri?: string,
 ): Promise<Array<{ filename: string; path: string; nodeName: string }>> {
   const blocks = await qmp<Array<{ inserted?: { 'node-name': string; image: QmpBlockImage } }>>(
     domain,
     'query-block',
+    undefined,
+    uri,
   );
   const inserted = blocks.find((b) => b.inserted !== undefined)?.inserted;
   if (inserted === undefined) throw new Error(`no disk inserted in ${domain}`);
@@ -168,7 +179,7 @@ export async function qemuChain(
   for (let image: QmpBlockImage | undefined = inserted.image; image; image = image['backing-image']) {
     chain.push({
       filename: image.filename,
-      path: await resolveInQemu(domain, image.filename),
+      path: uri === undefined ? await resolveInQemu(domain, image.filename) : image.filename,
       nodeName: chain.length === 0 ? inserted['node-name'] : '',
     });
   }
@@ -179,17 +190,23 @@ export async function qemuChain(
  * Reads the whole disk through the domain's QEMU: blockdev-backup (sync full) of the disk's top
  * node into a new raw file, which the caller then compares with a reference.
  */
-export async function readBackThroughQemu(domain: string, outFile: string, sizeBytes: number): Promise<void> {
+export async function readBackThroughQemu(
+  domain: string,
+  outFile: string,
+  sizeBytes: number,
+  uri?: string,
+): Promise<void> {
   await execa('truncate', ['-s', String(sizeBytes), outFile], { timeout: 30_000 });
-  const [top] = await qemuChain(domain);
+  const [top] = await qemuChain(domain, uri);
   const tag = `rb${process.pid}${Date.now().toString(36)}`;
-  await qmp(domain, 'blockdev-add', {
+  const call = <T>(execute: string, args?: Record<string, unknown>) => qmp<T>(domain, execute, args, uri);
+  await call('blockdev-add', {
     'node-name': tag,
     driver: 'raw',
     file: { driver: 'file', filename: outFile },
   });
   try {
-    await qmp(domain, 'blockdev-backup', {
+    await call('blockdev-backup', {
       'job-id': tag,
       device: top!.nodeName,
       target: tag,
@@ -198,11 +215,11 @@ export async function readBackThroughQemu(domain: string, outFile: string, sizeB
     });
     const deadline = Date.now() + 60_000;
     for (;;) {
-      const jobs = await qmp<Array<{ id: string; status: string; error?: string }>>(domain, 'query-jobs');
+      const jobs = await call<Array<{ id: string; status: string; error?: string }>>('query-jobs');
       const job = jobs.find((j) => j.id === tag);
       if (job === undefined) throw new Error(`backup job ${tag} disappeared`);
       if (job.status === 'concluded') {
-        await qmp(domain, 'job-dismiss', { id: tag });
+        await call('job-dismiss', { id: tag });
         if (job.error !== undefined) throw new Error(`backup job failed: ${job.error}`);
         break;
       }
@@ -210,7 +227,7 @@ export async function readBackThroughQemu(domain: string, outFile: string, sizeB
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   } finally {
-    await qmp(domain, 'blockdev-del', { 'node-name': tag });
+    await call('blockdev-del', { 'node-name': tag });
   }
 }
 

@@ -14,7 +14,7 @@ cache="${LAB_CACHE_DIR:-$project/.lab-cache}"
 log() { echo "lab-build: $*" >&2; }
 
 # Host packages whose installed files go into the guest (all installed by scripts/ensure-host.sh).
-host_pkgs=(busybox-static lvm2 dmsetup qemu-utils qemu-system-x86 libc6)
+host_pkgs=(busybox-static lvm2 dmsetup qemu-utils qemu-system-x86 libc6 e2fsprogs util-linux)
 # Packages only the guest needs: downloaded and unpacked, never installed on the host.
 guest_pkgs=(lvm2-lockd sanlock libsanlock1 libsanlock-client1 libdlm3)
 
@@ -87,7 +87,10 @@ ln -s ../run "$root/var/run"
 # Modules and their dependencies (busybox depmod: this host has no kmod).
 moddir="$work/kernel/lib/modules/$kver"
 busybox depmod -b "$work/kernel" "$kver"
-wanted=(virtio_pci virtio_blk 9pnet_virtio 9p dm-mod dm-snapshot dm-bufio loop nbd softdog)
+# dm-flakey, dm-delay, dm-log-writes and ext4 (a store file system on a faulty device): the fault
+# suites load them on demand (the error target is built into dm-mod).
+wanted=(virtio_pci virtio_blk 9pnet_virtio 9p dm-mod dm-snapshot dm-bufio loop nbd softdog
+  dm-flakey dm-delay dm-log-writes ext4 crc32c_generic)
 declare -A seen=()
 queue=()
 for m in "${wanted[@]}"; do
@@ -119,6 +122,7 @@ copy_file() { # copy_file SRC DEST_IN_ROOT: keeps symlinks' targets as regular f
 }
 binaries=(
   /sbin/lvm /sbin/dmsetup /usr/bin/qemu-img /usr/bin/qemu-io /usr/bin/qemu-nbd /usr/bin/qemu-system-x86_64
+  /sbin/mke2fs /sbin/e2fsck /usr/bin/fallocate
   "$(command -v node)"
 )
 for b in "${binaries[@]}"; do copy_file "$b" "/usr/bin/$(basename "$b")"; done
@@ -130,6 +134,7 @@ for tool in lvs vgs pvs lvcreate lvremove lvrename lvchange lvextend lvresize lv
   vgchange vgextend vgreduce vgdisplay vgscan pvcreate pvremove pvscan pvdisplay; do
   ln -s lvm "$root/usr/bin/$tool"
 done
+ln -s mke2fs "$root/usr/bin/mkfs.ext4"
 
 # Shared libraries: every DT_NEEDED of every binary (ldd on the host, with the guest-only libraries
 # on the search path), plus all of glibc's libraries (dlopen'ed NSS modules and friends).

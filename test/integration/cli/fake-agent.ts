@@ -183,7 +183,7 @@ export async function startFakeAgent(options: FakeAgentOptions): Promise<FakeAge
       emit('rejected', id, null, {
         jobId: id,
         commandType: null,
-        error: { code: 'INVALID_COMMAND', message: parsed.error.message, retryable: false },
+        error: { code: 'SCHEMA_INVALID', message: parsed.error.message, retryable: false },
       });
       channel.ack(message);
       return;

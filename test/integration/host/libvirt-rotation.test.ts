@@ -1,4 +1,4 @@
-// The live-rotation building blocks (ARCHITECTURE §2.3) at adapter level, on real libvirt + QEMU,
+// The live-rotation building blocks (docs/strategies.md, live-rotate) at adapter level, on real libvirt + QEMU,
 // for file disks and loop-device block disks: switch writes to a new overlay (libvirt external
 // snapshot, or blockdev-add + blockdev-snapshot), export the frozen layer, then re-point the live
 // overlay at the export with blockdev-add + blockdev-reopen + change-backing-file + blockdev-del.

@@ -83,7 +83,7 @@ describe('EventPublisher', () => {
     const first = r.collector.messages[0]!;
     expect(first.fields.routingKey).toBe(`${r.hostId}.agent.started`);
     expect(first.properties).toMatchObject({
-      contentType: 'application/json',
+      contentType: 'application/cloudevents+json',
       messageId: sent[0]!.event.id,
       type: sent[0]!.event.type,
       appId: 'clvm-snapshot-agent',

@@ -1,7 +1,7 @@
-// Crash matrix, live-rotate strategy, part 1 (up to the frozen layer's renames; the export and
-// later steps are in live-rotate-crash-late.test.ts, to keep each file short): a plain file pool
-// (no reflink needed), a running type='qemu' VM, RabbitMQ and real agent processes killed with
-// SIGKILL at step boundaries and right after blockdev-snapshot returned (switch:during). The guest
+// Crash matrix, live-rotate strategy, part 1 (up to the switch and the export; the later steps are
+// in live-rotate-crash-late.test.ts, to keep each file short): a plain file pool (no reflink
+// needed), a running type='qemu' VM, RabbitMQ and real agent processes killed with SIGKILL at step
+// boundaries and right after libvirt's external snapshot returned (switch:during). The guest
 // also writes while the agent is dead: those writes reach the live disk and stay out of the snapshot.
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { assertLibvirtReady, Cleanup } from '../../helpers/libvirt-fixtures.js';
@@ -16,19 +16,19 @@ beforeAll(async () => {
 });
 afterAll(() => cleanup.run());
 
-// Point of no return: switch (QEMU writes to the new overlay). Cells before it roll back; the
+// Point of no return: switch (libvirt put the new layer on top). Cells before it roll back; the
 // rest finish. The finishing cells come first so that the rolled-back ones are deltas on a chain.
 const cells: Array<[string, boolean]> = [
-  ['live-rotate:switch:during', false], // blockdev-snapshot returned, the journal still says started
+  ['live-rotate:switch:during', false], // snapshot-create-as returned, the journal still says started
   ['live-rotate:switch:after', false],
-  ['live-rotate:retire-active:after', false],
-  ['live-rotate:promote-overlay:after', false],
+  ['live-rotate:export:before', false],
+  ['live-rotate:export:during', false],
   ['live-rotate:create-overlay:before', true],
   ['live-rotate:create-overlay:after', true],
   ['live-rotate:switch:before', true],
 ];
 
-describe('crash matrix: live-rotate with a running VM on a plain file pool (create to promote)', () => {
+describe('crash matrix: live-rotate with a running VM on a plain file pool (create to export)', () => {
   it.each(cells)(
     'kill -9 at %s, restart: rolled back = %s, chain intact, VM never paused, no write lost',
     async (point, back) => {

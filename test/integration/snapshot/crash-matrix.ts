@@ -5,11 +5,11 @@
 // live-rotate adds its own checks (liveRotateCrashAt) and guest writes while the agent is dead.
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { expect } from 'vitest';
 import { eventKindOf } from '../../../src/protocol/index.js';
-import { checkExitCode, infoOf } from '../../helpers/images.js';
+import { checkExitCode } from '../../helpers/images.js';
 import {
   type Cleanup,
   createQcow2,
@@ -25,7 +25,7 @@ import {
   ReferenceDisk,
   roundWrites,
 } from '../../helpers/reference-images.js';
-import { blockCensus } from '../../helpers/vm-watch.js';
+import { blockCensus, qemuChain } from '../../helpers/vm-watch.js';
 import { AgentProcess, HostBus } from './agent-process.js';
 
 export interface CrashSetup {
@@ -47,6 +47,8 @@ export interface CrashSetup {
    * writes belong to the live disk but not to the snapshot (taken before them).
    */
   writeWhileDown?: boolean;
+  /** The volume's active layer now (live-rotate moves it); default: the volume file. */
+  activeImage?: () => Promise<string>;
   chain: string[];
   refs: ReferenceDisk[];
   round: number;
@@ -138,14 +140,16 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
 
   // Chain intact, data right, nothing temporary left, VM running.
   expect((await readdir(join(s.storeRoot, 'vol'))).sort()).toEqual([...s.chain].sort());
-  expect(await readdir(s.pool)).toEqual([s.volumeFile]);
+  const active = s.activeImage === undefined ? join(s.pool, s.volumeFile) : await s.activeImage();
+  // The volume file (live-rotate: its base and its active layer); no temporary file.
+  const files = [...new Set([s.volumeFile, basename(active)])].sort();
+  expect((await readdir(s.pool)).filter((f) => !f.startsWith('.')).sort()).toEqual(files);
   for (const [i, member] of s.chain.entries()) {
     const path = join(s.storeRoot, 'vol', member);
     expect(await checkExitCode(path)).toBe(0);
     expect(await differsFromReference(path, s.refs[i]!)).toBeNull();
   }
   await s.settle();
-  const active = join(s.pool, s.volumeFile);
   expect(await checkExitCode(active)).toBe(0);
   expect(await differsFromReference(active, s.live)).toBeNull();
   if (s.vm !== null) {
@@ -170,6 +174,7 @@ export async function liveRotateCrashSetup(cleanup: Cleanup, label: string): Pro
   const active = join(pool, 'vol.qcow2');
   await createQcow2(active, SIZE / MiB);
   const dom = await startTestDomain(cleanup, { label, disk: { type: 'file', path: active } });
+  const activeImage = async (): Promise<string> => (await libvirtChain(dom.name))[0]!;
   const bus = await HostBus.open(`h7${label}-${randomBytes(3).toString('hex')}`);
   cleanup.add('bus', () => bus.close());
   return {
@@ -187,6 +192,7 @@ export async function liveRotateCrashSetup(cleanup: Cleanup, label: string): Pro
     settle: () => guestFlush(dom),
     strategy: 'live-rotate',
     writeWhileDown: true,
+    activeImage,
     chain: [],
     refs: [],
     round: 0,
@@ -194,10 +200,17 @@ export async function liveRotateCrashSetup(cleanup: Cleanup, label: string): Pro
   };
 }
 
+/** The chain libvirt describes for the domain's disk (live XML), top first. */
+async function libvirtChain(domain: string): Promise<string[]> {
+  const disk = /<disk[\s\S]*?<\/disk>/.exec(await virsh(['dumpxml', domain]))?.[0] ?? '';
+  return [...disk.matchAll(/<source file='([^']+)'/g)].map((m) => m[1]!);
+}
+
 /**
  * One live-rotate cell: crashAt, then what is special to live rotation: the VM was never paused
- * (libvirt's reason is still "booted"), the active header names the last snapshot, and QEMU holds
- * exactly the disk's chain (no leaked layer or fdset).
+ * (libvirt's reason is still "booted"), libvirt describes exactly the chain QEMU reads, which is the
+ * active layer on the volume's base (both on primary storage, nothing from the store), and QEMU
+ * holds no leaked layer or fdset.
  */
 export async function liveRotateCrashAt(s: CrashSetup, failpoint: string, rollsBack: boolean): Promise<void> {
   if (failpoint.endsWith(':export:during')) {
@@ -209,12 +222,11 @@ export async function liveRotateCrashAt(s: CrashSetup, failpoint: string, rollsB
   await crashAt(s, failpoint, rollsBack);
   const vm = s.vm!;
   expect((await virsh(['domstate', '--reason', vm])).trim()).toBe('running (booted)');
-  const last = s.chain.at(-1);
-  if (last !== undefined) {
-    expect((await infoOf(join(s.pool, s.volumeFile)))['backing-filename']).toBe(
-      join(s.storeRoot, 'vol', last),
-    );
-  }
+  const described = await libvirtChain(vm);
+  expect((await qemuChain(vm)).map((l) => l.filename)).toEqual(described);
+  const base = join(s.pool, s.volumeFile);
+  expect(described.at(-1)).toBe(base);
+  expect(described.length).toBe(s.chain.length === 0 ? 1 : 2);
   const census = await blockCensus(vm);
   expect(census.qcow2Nodes).toHaveLength(census.chainDepth);
   expect(census.fdsets).toEqual(census.fdsetsInUse);

@@ -1,6 +1,7 @@
 // live-rotate failing after its point of no return (the store refuses the export): nothing is
-// undone, the VM keeps running on a three-layer chain that opens whole, no write is lost; the next
-// snapshot of the volume is a full one and removes the frozen layer the failed job left behind.
+// undone, the failure names the volume's new active layer, the VM keeps running on a three-layer
+// chain that libvirt describes as it is, no write is lost; the next snapshot of the volume is a
+// full one and merges the layer the failed job left behind into the base.
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -15,7 +16,7 @@ import {
   virsh,
 } from '../../helpers/libvirt-fixtures.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { qemuOpenFilesUnder } from '../../helpers/vm-watch.js';
+import { qemuChain, qemuOpenFilesUnder } from '../../helpers/vm-watch.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
 import { libvirtSuite } from './suite.js';
 
@@ -73,33 +74,39 @@ describe('live-rotate failing after the switch', () => {
       (error: unknown) => error,
     );
     expect(failure).toBeInstanceOf(AgentError);
-    expect((failure as AgentError).details).toMatchObject({ rolledBack: false, step: 'export' });
+    const details = (failure as AgentError).details;
+    expect(details).toMatchObject({ rolledBack: false, step: 'export', volumePath: `${active}.lr-b` });
 
-    // The VM writes on; the volume path opens overlay → frozen layer → snap-1, all of it.
+    // The VM writes on; libvirt describes the three layers QEMU reads: lr-b → lr-a → base.
     await write(3);
     await guestFlush(dom);
     expect((await virsh(['domstate', dom.name])).trim()).toBe('running');
-    expect(await checkExitCode(active)).toBe(0);
-    expect(await differsFromReference(active, live)).toBeNull();
-    const pool = await readdir(h.pool);
-    expect(pool).toHaveLength(2);
-    expect(pool.some((f) => /^vol1\.qcow2\.old-[0-9a-f]{10}$/.test(f))).toBe(true);
+    const three = [`${active}.lr-b`, `${active}.lr-a`, active];
+    expect((await qemuChain(dom.name)).map((n) => n.path)).toEqual(three);
+    expect(await virsh(['domblklist', dom.name])).toContain(`${active}.lr-b`);
+    expect(await checkExitCode(three[0]!)).toBe(0);
+    expect(await differsFromReference(three[0]!, live)).toBeNull();
 
-    // The next snapshot copies the whole chain (the active no longer backs onto snap-1) and
-    // removes both frozen layers.
+    // The next snapshot copies the whole chain (the active layer does not hold exactly the writes
+    // since snap-1) and merges both older layers into the base.
     const next = await snapshot('snap-3', ['snap-1']);
     expect(next.snapshot.kind).toBe('full');
     expect(next.snapshot.fullReason).toMatch(/does not back onto parent snap-1/);
     const reference = await live.freeze(join(h.base, 'ref-3.raw'));
     expect(await differsFromReference(next.snapshot.path, reference)).toBeNull();
-    expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
-    expect((await infoOf(active))['backing-filename']).toBe(next.snapshot.path);
-    // QEMU let go of every frozen layer (an fdset left behind would keep a removed file open).
-    expect(await qemuOpenFilesUnder(dom.name, h.pool)).toEqual([active]);
-    expect(await qemuOpenFilesUnder(dom.name, h.storeRoot)).toEqual([next.snapshot.path]);
+    const current = next.volumePath!;
+    expect(current).toBe(`${active}.lr-c`);
+    expect((await readdir(h.pool)).filter((f) => !f.startsWith('.')).sort()).toEqual([
+      'vol1.qcow2',
+      'vol1.qcow2.lr-c',
+    ]);
+    expect((await infoOf(current))['backing-filename']).toBe(active);
+    // QEMU let go of every merged layer and never opened a store file.
+    expect(await qemuOpenFilesUnder(dom.name, h.pool)).toEqual([active, current].sort());
+    expect(await qemuOpenFilesUnder(dom.name, h.storeRoot)).toEqual([]);
     await write(4);
     await guestFlush(dom);
-    expect(await differsFromReference(active, live)).toBeNull();
+    expect(await differsFromReference(current, live)).toBeNull();
     expect((await virsh(['domstate', dom.name])).trim()).toBe('running');
   });
 });

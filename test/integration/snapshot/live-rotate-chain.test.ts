@@ -1,8 +1,9 @@
 // live-rotate strategy on a plain file pool (no reflink needed) and a running type='qemu' VM:
 // a chain of snapshots with guest writes between them. After every snapshot each snapshot equals
 // the raw reference of its moment and the live disk equals the current one; the VM never pauses;
-// each delta holds only the round's writes; libvirt still names the volume's path; the volume
-// opens whole in a fresh QEMU after destroy + start.
+// each delta holds only the round's writes; libvirt names the new active layer (the result's
+// volumePath, alternating between two layer names) on the local base; the volume opens whole in
+// a fresh QEMU after destroy + start.
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -30,6 +31,7 @@ describe('live-rotate strategy, file pool, running VM', () => {
     const live = await ReferenceDisk.create(join(h.base, 'ref-live.raw'), SIZE);
     const frozen: ReferenceDisk[] = [];
     const names: string[] = [];
+    let current = active;
 
     for (let round = 1; round <= 6; round++) {
       const writes = roundWrites(round, SIZE);
@@ -49,25 +51,31 @@ describe('live-rotate strategy, file pool, running VM', () => {
       frozen.push(await live.freeze(join(h.base, `ref-${round}.raw`)));
 
       expect(result.strategy.name).toBe('live-rotate');
-      expect(result.strategy.reason).toMatch(/^auto: the VM is running and QEMU \d+\.\d+\.\d+ rotates live/);
+      expect(result.strategy.reason).toMatch(
+        /^auto: the VM is running and libvirt rotates the file-pool volume live/,
+      );
       expect(result.snapshot.kind).toBe(round === 1 ? 'full' : 'delta');
       expect(result.vmPauseMs).toBe(0);
       if (round === 3) expect(result.quiesced).toBe('unavailable');
       expect(result.steps.map((s) => s.name)).toEqual([
         'create-overlay',
         'switch',
-        'retire-active',
-        'promote-overlay',
         'export',
         'publish',
         'verify',
-        'repoint',
-        'close-frozen',
+        'record-layer',
+        'commit-frozen',
         'remove-frozen',
       ]);
+      // Alternating layer names on the base, which keeps the volume's first name.
+      const layer = `vol1.qcow2.lr-${round % 2 === 1 ? 'a' : 'b'}`;
+      expect(result.activePath).toBe(current);
+      expect(result.volumePath).toBe(join(h.pool, layer));
+      current = result.volumePath!;
       expect((await virsh(['domstate', '--reason', dom.name])).trim()).toBe('running (booted)');
-      expect((await virsh(['domblklist', dom.name])).includes(active)).toBe(true);
-      expect((await infoOf(active))['backing-filename']).toBe(join(h.storeRoot, 'vol1', name));
+      expect((await virsh(['domblklist', dom.name])).includes(current)).toBe(true);
+      expect((await infoOf(current))['backing-filename']).toBe(active);
+      expect((await infoOf(active))['backing-filename']).toBeUndefined();
       if (round > 1)
         expect((await infoOf(result.snapshot.path))['backing-filename']).toBe(`snap-${round - 1}`);
 
@@ -77,8 +85,8 @@ describe('live-rotate strategy, file pool, running VM', () => {
         expect(await checkExitCode(path)).toBe(0);
       }
       await guestFlush(dom);
-      expect(await differsFromReference(active, live)).toBeNull();
-      expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
+      expect(await differsFromReference(current, live)).toBeNull();
+      expect((await readdir(h.pool)).sort()).toEqual(['.vol1.qcow2.clvm-live.json', 'vol1.qcow2', layer]);
     }
     expect((await readdir(join(h.storeRoot, 'vol1'))).sort()).toEqual([...names].sort());
 
@@ -88,6 +96,6 @@ describe('live-rotate strategy, file pool, running VM', () => {
     for (const w of extra) await guestWrite(dom, w.pattern, w.offset, w.length);
     await live.apply(extra);
     await guestFlush(dom);
-    expect(await differsFromReference(active, live)).toBeNull();
+    expect(await differsFromReference(current, live)).toBeNull();
   });
 });

@@ -1,18 +1,19 @@
 // live-rotate crashes where the VM also changes while the agent is dead (kill -9 through
 // AGENT_FAILPOINTS, real agent processes, RabbitMQ): the guest writes, then the domain is destroyed
-// (and maybe started again, opening the chain by itself) before the agent restarts. Recovery must
-// finish on whatever it finds (a stopped VM: the header is set offline; a fresh QEMU: the repoint
-// works on libvirt's node names) and keep every flushed guest write: the live disk, read back
-// through the domain's QEMU, equals the reference. A VM started again on the old top before the
-// overlay took the volume's name is the one case that cannot finish: the agent stops and keeps
-// the overlay (see the `keep` cells).
+// (and maybe started again) before the agent restarts. libvirt tracked the switch, so a domain
+// started again opens the new chain from libvirt's own description; recovery finishes on whatever
+// it finds (a stopped VM: the old layers stay in the chain, described by libvirt, and the next
+// rotation merges them) and keeps every flushed guest write: the live disk, read back through the
+// domain's QEMU, equals the reference. The one case that cannot finish is a domain started from a
+// description older than the switch (`stale`: a management plane that did not apply volumePath):
+// the guest runs on the old top again; the agent stops and keeps the new layer (`keep`).
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventKindOf } from '../../../src/protocol/index.js';
-import { checkExitCode, infoOf } from '../../helpers/images.js';
+import { checkExitCode } from '../../helpers/images.js';
 import {
   assertLibvirtReady,
   Cleanup,
@@ -81,18 +82,27 @@ function agentEnv() {
   };
 }
 
+/** The chain libvirt describes for the domain's disk (live, or the persistent one), top first. */
+async function described(inactive = false): Promise<string[]> {
+  const xml = await virsh(['dumpxml', ...(inactive ? ['--inactive'] : []), dom.name]);
+  const disk = /<disk[\s\S]*?<\/disk>/.exec(xml)?.[0] ?? '';
+  return [...disk.matchAll(/<source file='([^']+)'/g)].map((m) => m[1]!);
+}
+
 /**
  * Kill at `failpoint`; while the agent is dead the guest writes and flushes, then the domain is
- * destroyed and (`restart`) started again; the agent restarts. `finish`: the job must finish.
- * `keep`: the VM was started again on the old top before the overlay got the volume's name, so the
- * guest no longer sees the overlay's writes; the agent must stop without promoting or deleting it.
+ * destroyed and (`restart`) started again, or (`stale`) started from its description saved before
+ * the job; the agent restarts. `finish`: the job must finish. `keep`: the guest runs on the old top
+ * and no longer sees the new layer's writes; the agent must stop without merging or deleting it.
  */
 async function crashWithVmChange(
   failpoint: string,
-  vm: 'destroy' | 'restart',
+  vm: 'destroy' | 'restart' | 'stale',
   outcome: 'finish' | 'keep',
 ): Promise<void> {
   round += 1;
+  const before = join(base, `before-${round}.xml`);
+  await writeFile(before, await virsh(['dumpxml', '--inactive', dom.name]));
   await write(roundWrites(900 + round, SIZE));
   const ref = await live.freeze(join(base, `ref-${round}.raw`));
   const name = `snap-${round}`;
@@ -112,10 +122,11 @@ async function crashWithVmChange(
   await write(whileDown);
   await guestFlush(dom);
   await virsh(['destroy', dom.name]);
-  if (vm === 'restart') await virsh(['start', dom.name]);
+  if (vm === 'stale') await virsh(['define', before]);
+  if (vm !== 'destroy') await virsh(['start', dom.name]);
 
   const second = AgentProcess.start(agentEnv());
-  let data: { rolledBack?: boolean; error?: { code: string } };
+  let data: { rolledBack?: boolean; error?: { code: string; details?: Record<string, unknown> } };
   try {
     await bus.waitForStarted(++starts);
     const terminal = await bus.waitForTerminal(jobId);
@@ -128,30 +139,26 @@ async function crashWithVmChange(
   } finally {
     await second.stop();
   }
-  const active = join(pool, 'vol.qcow2');
   if (outcome === 'finish') {
     chain.push(name);
     refs.push(ref);
-    expect(await readdir(pool)).toEqual(['vol.qcow2']);
   } else {
-    // Nothing was promoted and nothing deleted: the overlay holds exactly the writes made while
+    // Nothing was merged and nothing deleted: the new layer holds exactly the writes made while
     // the agent was dead (read without its backing), which the restarted guest no longer sees.
     expect(data.rolledBack).toBe(false);
     expect(data.error?.code).toBe('VOLUME_STATE_UNEXPECTED');
-    const left = (await readdir(pool)).filter((f) => f !== 'vol.qcow2');
-    expect(left).toHaveLength(1);
-    expect(left[0]).toMatch(/^vol\.qcow2\.stg-/);
-    const overlay = join(pool, left[0]!);
+    const layer = data.error?.details?.volumePath as string;
+    expect(layer).toMatch(/\/vol\.qcow2\.lr-[a-d]$/);
     const alone = await ReferenceDisk.create(join(base, `overlay-${round}.raw`), SIZE);
     await alone.apply(whileDown);
     const standalone = `json:${JSON.stringify({
       driver: 'qcow2',
-      file: { driver: 'file', filename: overlay },
+      file: { driver: 'file', filename: layer },
       backing: null,
     })}`;
     expect(await differsFromReference(standalone, alone)).toBeNull();
     live = await ref.freeze(join(base, `live-${round}.raw`));
-    await rm(overlay); // the operator's decision, after inspection
+    await rm(layer); // the operator's decision, after inspection
   }
   expect((await readdir(join(storeRoot, 'vol'))).sort()).toEqual([...chain].sort());
   for (const [i, member] of chain.entries()) {
@@ -159,17 +166,22 @@ async function crashWithVmChange(
     expect(await checkExitCode(path)).toBe(0);
     expect(await differsFromReference(path, refs[i]!)).toBeNull();
   }
-  if (chain.length > 0)
-    expect((await infoOf(active))['backing-filename']).toBe(join(storeRoot, 'vol', chain.at(-1)!));
+  // libvirt's description (persistent while stopped) is a chain of the volume's own files in the
+  // pool that holds the live data, and no other file of the volume is left there.
+  const layers = await described(vm === 'destroy');
+  expect(layers.at(-1)).toBe(join(pool, 'vol.qcow2'));
+  expect((await readdir(pool)).filter((f) => !f.startsWith('.')).sort()).toEqual(
+    layers.map((l) => l.slice(pool.length + 1)).sort(),
+  );
   if (vm === 'destroy') {
-    expect(await checkExitCode(active)).toBe(0);
-    expect(await differsFromReference(active, live)).toBeNull();
+    expect(await checkExitCode(layers[0]!)).toBe(0);
+    expect(await differsFromReference(layers[0]!, live)).toBeNull();
     await virsh(['start', dom.name]);
-  } else {
-    const census = await blockCensus(dom.name);
-    expect(census.qcow2Nodes).toHaveLength(census.chainDepth);
-    expect(census.fdsets).toEqual(census.fdsetsInUse);
   }
+  expect(await described()).toEqual(layers);
+  const census = await blockCensus(dom.name);
+  expect(census.qcow2Nodes).toHaveLength(census.chainDepth);
+  expect(census.fdsets).toEqual(census.fdsetsInUse);
   // The guest's view, through the domain's QEMU.
   const out = join(base, `readback-${round}.raw`);
   await readBackThroughQemu(dom.name, out, SIZE);
@@ -180,18 +192,19 @@ async function crashWithVmChange(
 }
 
 describe('live-rotate: kill -9, and the VM is destroyed (and started) before the agent restarts', () => {
+  // A stopped VM keeps its old layers (libvirt's description names them); the next rotation of
+  // the running VM merges them: destroy and restart cells alternate.
   it.each([
-    ['live-rotate:promote-overlay:after', 'restart', 'finish'],
-    ['live-rotate:export:after', 'destroy', 'finish'],
-    ['live-rotate:switch:after', 'destroy', 'finish'],
     ['live-rotate:switch:during', 'destroy', 'finish'],
     ['live-rotate:verify:after', 'restart', 'finish'],
-    // Started again before the overlay got the volume's name: the restart already dropped the
-    // overlay's writes from the guest's view; the agent neither promotes nor deletes them.
-    ['live-rotate:switch:after', 'restart', 'keep'],
-    ['live-rotate:switch:during', 'restart', 'keep'],
-    ['live-rotate:retire-active:after', 'restart', 'keep'],
-    ['live-rotate:export:after', 'restart', 'finish'], // and the volume rotates again afterwards
+    ['live-rotate:switch:after', 'destroy', 'finish'],
+    ['live-rotate:record-layer:after', 'restart', 'finish'],
+    ['live-rotate:export:after', 'destroy', 'finish'],
+    ['live-rotate:switch:after', 'restart', 'finish'],
+    ['live-rotate:commit-frozen:before', 'destroy', 'finish'],
+    ['live-rotate:switch:during', 'restart', 'finish'],
+    // Started from the description saved before the job: the guest runs on the old top again.
+    ['live-rotate:switch:after', 'stale', 'keep'],
   ] as const)('kill -9 at %s, VM %s: %s', async (point, vm, outcome) => {
     await crashWithVmChange(point, vm, outcome);
   });

@@ -1,7 +1,7 @@
-// live-rotate is off by default (config snapshot.liveRotate): it changes the disk's chain behind
-// libvirt, so a managedsave/save/migration would reopen the volume without its backing chain.
-// With the agent's default on a running VM: `auto` picks lvm-cow and says why; an explicit
-// `live-rotate` is refused before any step runs; the ping report does not offer it.
+// live-rotate can be turned off (config snapshot.liveRotate 'disabled'): for a management plane
+// that cannot apply the volume path the result reports (live rotation moves the active layer).
+// Then on a running VM: `auto` picks lvm-cow and says why; an explicit `live-rotate` is refused
+// before any step runs; the ping report does not offer it. The default is 'enabled'.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hostReport } from '../../../src/handlers/index.js';
@@ -13,7 +13,7 @@ import { libvirtSuite } from './suite.js';
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('lrdis', { reflink: true, liveRotate: 'disabled' });
 
-describe('live-rotate disabled (the default)', () => {
+describe('live-rotate disabled (config)', () => {
   it('auto picks lvm-cow for a running VM; an explicit live-rotate is refused and changes nothing', async () => {
     const active = join(h.pool, 'gate.qcow2');
     await createQcow2(active, 16);
@@ -32,7 +32,7 @@ describe('live-rotate disabled (the default)', () => {
     );
     await expect(refused).rejects.toMatchObject({
       code: 'STRATEGY_UNAVAILABLE',
-      message: expect.stringMatching(/snapshot\.liveRotate.*libvirt/),
+      message: expect.stringMatching(/snapshot\.liveRotate.*volumePath/),
     });
     // Refused at planning: the volume has no new backing and no file was made in the store.
     expect((await imageInfo(active))['backing-filename']).toBeUndefined();
@@ -45,18 +45,13 @@ describe('live-rotate disabled (the default)', () => {
     expect(picked.strategy.reason).toMatch(/live-rotate is unavailable \(disabled on this host/);
   });
 
-  it('ping does not offer live-rotate unless it is enabled', () => {
+  it('ping offers live-rotate unless it is disabled (enabled by default)', () => {
     const available = { available: true, lvmPools: true, filePools: [], reasons: [] };
     const caps = {
       strategies: { offline: available, 'lvm-cow': available, 'live-rotate': available },
       tools: { qemuImg: '7.2', qemu: '7.2', libvirt: '9.0', lvm: '2.03' },
     } as unknown as Capabilities;
-    expect(hostReport(caps).strategies).toEqual(['auto', 'offline', 'lvm-cow']);
-    expect(hostReport(caps, { liveRotate: 'enabled' }).strategies).toEqual([
-      'auto',
-      'offline',
-      'lvm-cow',
-      'live-rotate',
-    ]);
+    expect(hostReport(caps, { liveRotate: 'disabled' }).strategies).toEqual(['auto', 'offline', 'lvm-cow']);
+    expect(hostReport(caps).strategies).toEqual(['auto', 'offline', 'lvm-cow', 'live-rotate']);
   });
 });

@@ -161,8 +161,12 @@ describe('live-rotate watched while it runs', () => {
         expect(await differsFromReference(path, ref)).toBeNull();
       }
       await guestFlush(dom);
-      expect(await checkExitCode(active)).toBe(0);
-      expect(await differsFromReference(active, live)).toBeNull();
+      // The volume's active layer is now the one the result names (on the base `active`).
+      expect(result.activePath).toBe(round === 1 ? active : `${active}.lr-a`);
+      const now = result.volumePath!;
+      expect(now).toBe(`${active}.lr-${round === 1 ? 'a' : 'b'}`);
+      expect(await checkExitCode(now)).toBe(0);
+      expect(await differsFromReference(now, live)).toBeNull();
     }
     expect((await virsh(['domstate', '--reason', dom.name])).trim()).toBe('running (booted)');
     expect(watch.lines()).toEqual([]);

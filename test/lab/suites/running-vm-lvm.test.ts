@@ -1,7 +1,7 @@
 // A running VM on an LVM volume (inside the lab guest): a bare QEMU (`-machine none`, TCG) holds the
 // QCOW2-on-LV through -blockdev nodes and a QMP socket, like libvirt's QEMU does on a hypervisor.
 // Guest writes go through HMP `qemu-io <node>`; reads are done outside QEMU with -U (force share).
-// Covers the lvm-cow path (ARCHITECTURE 2.2) and live rotation (2.3) on real LVM, including the
+// Covers the lvm-cow path (docs/strategies.md) and live rotation on real LVM, including the
 // order of steps that live rotation needs on LVM (see docs/lab.md "Findings").
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -111,12 +111,17 @@ describe('DashboardState', () => {
       event('rejected', 'hv3', 'r1', {
         jobId: 'r1',
         commandType: null,
-        error: { code: 'BAD', message: 'no', retryable: false },
+        error: { code: 'SCHEMA_INVALID', message: 'no', retryable: false },
       }),
     );
     const failures = state.snapshot().failures;
     expect(failures.length).toBe(RECENT_LIMIT);
-    expect(failures[0]).toMatchObject({ jobId: 'r1', kind: 'rejected', code: 'BAD', rolledBack: null });
+    expect(failures[0]).toMatchObject({
+      jobId: 'r1',
+      kind: 'rejected',
+      code: 'SCHEMA_INVALID',
+      rolledBack: null,
+    });
     expect(failures[1]).toMatchObject({ jobId: `f${RECENT_LIMIT + 4}`, kind: 'failed', rolledBack: false });
   });
 

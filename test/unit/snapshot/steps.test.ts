@@ -103,6 +103,39 @@ describe('runSteps', () => {
     expect(error).toMatchObject({ details: { rolledBack: false } });
   });
 
+  it('asks the point-of-no-return check again when it cannot answer (the fault that failed the step is gone)', async () => {
+    // The lab fault matrix: EIO on the LVM pool during promote-staging; lvs failed in the check too, the job
+    // said "cannot tell" and left the volume's LV under its retired name.
+    const log: string[] = [];
+    const plan = fakePlan(log, { failAt: 'c' });
+    let checks = 0;
+    plan.steps[2]!.isDone = async () => {
+      checks++;
+      if (checks < 3) throw new Error('lvs: read failed: Input/output error');
+      return false;
+    };
+    const error = await runSteps(plan, {
+      ...env(new MemoryJournal()),
+      isDoneRetry: { attempts: 4, delayMs: 1 },
+    }).catch((e: unknown) => e);
+    expect(checks).toBe(3);
+    expect(log).toEqual(['run a', 'run b', 'run c', 'undo c', 'undo b', 'undo a']);
+    expect(error).toMatchObject({ details: { rolledBack: true, step: 'c' } });
+
+    // Never answers: nothing is touched, and the failure says so.
+    const untouched: string[] = [];
+    const stuck = fakePlan(untouched, { failAt: 'c' });
+    stuck.steps[2]!.isDone = async () => {
+      throw new Error('still failing');
+    };
+    const stuckError = await runSteps(stuck, {
+      ...env(new MemoryJournal()),
+      isDoneRetry: { attempts: 2, delayMs: 1 },
+    }).catch((e: unknown) => e);
+    expect(untouched).toEqual(['run a', 'run b', 'run c']);
+    expect(stuckError).toMatchObject({ details: { rolledBack: false, step: 'c' } });
+  });
+
   it('stops at the next safe point when cancelled and rolls back (JOB_CANCELLED)', async () => {
     const log: string[] = [];
     const controller = new AbortController();
@@ -154,10 +187,12 @@ describe('recoverSteps', () => {
     );
     expect(forward).toEqual(['run d']);
     const back: string[] = [];
-    await recoverSteps(
-      fakePlan(back, { doneCheck: false }),
-      env(await crashedAfter({ a: 'done', b: 'done', c: 'started' })),
-    ).catch(() => {});
+    await expect(
+      recoverSteps(
+        fakePlan(back, { doneCheck: false }),
+        env(await crashedAfter({ a: 'done', b: 'done', c: 'started' })),
+      ),
+    ).rejects.toMatchObject({ code: 'JOB_INTERRUPTED', details: { rolledBack: true, step: 'c' } });
     expect(back).toEqual(['undo c', 'undo b', 'undo a']);
   });
 
@@ -167,7 +202,10 @@ describe('recoverSteps', () => {
     await new EngineJournal(journal).update((r) => {
       r.phase = 'rolling-back';
     });
-    await recoverSteps(fakePlan(log), env(journal)).catch(() => {});
+    await expect(recoverSteps(fakePlan(log), env(journal))).rejects.toMatchObject({
+      code: 'JOB_INTERRUPTED',
+      details: { rolledBack: true },
+    });
     expect(log).toEqual(['undo a']);
   });
 });

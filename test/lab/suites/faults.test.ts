@@ -1,0 +1,374 @@
+// Bad days for storage: the snapshot engine on a store and an LVM pool that fail mid-job.
+//
+// The store (ext4, no journal, errors=continue) and the pool's only PV sit on device-mapper devices
+// (helpers/faults.ts) whose tables are reloaded at a chosen step of a job: EIO on reads, writes or
+// both, a slow device, or a file system / VG that fills up. The switch happens when the job's
+// journal says the step started (the engine journals every step before running it), or, for
+// "during export", at the export's first progress between 0 and 100 % (the export is slowed with
+// the engine's export-rate failpoint so there is a middle).
+//
+// For every case: exactly one outcome (succeeded, or failed with a specific code and rolledBack);
+// a failure before the point of no return is rolled back (the transient fault is cleared when
+// the rollback starts); the volume reads exactly its reference (qemu-img compare against a raw
+// reference written with qemu-io) and passes qemu-img check; no snapshot file is left under the
+// snapshot's name unless the job succeeded or passed its point of no return, and then it matches
+// the reference; no temporary LV is left by a rolled-back or succeeded job; then the fault is
+// cleared, the store repaired (umount, e2fsck, mount) and the next snapshot succeeds and matches.
+//
+// `lab_fault_matrix=full` (kernel argument → environment; `npm run test:faults`) runs every case;
+// by default a sample runs (one guest boot, inside `npm test`). Results: a table on stdout and
+// .lab-cache/fault-matrix-<sample|full>.json.
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentError } from '../../../src/errors/index.js';
+import { runTool } from '../../../src/host/exec.js';
+import { FilePool } from '../../../src/host/file-pool.js';
+import { Libvirt } from '../../../src/host/libvirt.js';
+import { Lvm } from '../../../src/host/lvm.js';
+import { QemuImg } from '../../../src/host/qemu-img.js';
+import { SnapshotStore } from '../../../src/host/store.js';
+import type { ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
+import {
+  createSnapshot,
+  type EngineRecord,
+  Failpoints,
+  type SnapshotDeps,
+} from '../../../src/snapshot/index.js';
+import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
+import { command, jobContext } from '../../integration/snapshot/harness.js';
+import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../helpers/faults.js';
+import { claimDisk, sh } from '../helpers/lab.js';
+
+const MiB = 1024 * 1024;
+const VIRTUAL = 32 * MiB;
+const FULL = process.env.lab_fault_matrix === 'full';
+
+type Strategy = 'offline' | 'lvm-cow';
+type Fault = 'eio' | 'eio-read' | 'eio-write' | 'slow' | 'enospc';
+type Where = 'store' | 'pool';
+/** The job's moment: its first step (staging / clone), the export (mid-copy), publish, verify, the point of no return. */
+type Moment = 'create' | 'export' | 'publish' | 'verify' | 'promote';
+
+const STEP: Record<Strategy, Record<Moment, string>> = {
+  offline: {
+    create: 'create-staging',
+    export: 'export',
+    publish: 'publish',
+    verify: 'verify',
+    promote: 'promote-staging',
+  },
+  'lvm-cow': { create: 'clone', export: 'export', publish: 'publish', verify: 'verify', promote: 'repoint' },
+};
+const ORDER: Record<Strategy, string[]> = {
+  offline: [
+    'create-staging',
+    'export',
+    'publish',
+    'verify',
+    'rebase-staging',
+    'retire-active',
+    'promote-staging',
+    'remove-retired',
+  ],
+  'lvm-cow': ['clone', 'export', 'publish', 'verify', 'remove-clone', 'repoint'],
+};
+const PONR: Record<Strategy, string> = { offline: 'promote-staging', 'lvm-cow': 'repoint' };
+
+interface FaultCase {
+  strategy: Strategy;
+  where: Where;
+  fault: Fault;
+  moment: Moment;
+}
+
+/** Which moments a fault on a device can matter at (the others would only prove a no-op). */
+const MOMENTS: Record<Where, Record<Fault, Moment[]>> = {
+  store: {
+    eio: ['export', 'publish', 'verify', 'promote'],
+    'eio-write': ['export', 'publish'],
+    'eio-read': ['verify', 'promote'],
+    slow: ['export', 'publish'],
+    enospc: ['export', 'publish'],
+  },
+  pool: {
+    eio: ['create', 'export', 'verify', 'promote'],
+    'eio-write': ['create', 'promote'],
+    'eio-read': ['export', 'verify'],
+    slow: ['export'],
+    enospc: ['create'],
+  },
+};
+
+/** A small sample for `npm test`: each strategy, both devices, every moment at least once. */
+const SAMPLE = new Set([
+  'offline/store/eio-write/publish',
+  'offline/pool/eio/promote',
+  'lvm-cow/store/eio/export',
+  'lvm-cow/pool/eio-read/verify',
+]);
+/** A fault lasts this long, or until the job starts rolling back (a burst: a store or disk that comes back). */
+const BURST_MS = 3_000;
+
+const caseName = (c: FaultCase) => `${c.strategy}/${c.where}/${c.fault}/${c.moment}`;
+const CASES: FaultCase[] = (['offline', 'lvm-cow'] as const)
+  .flatMap((strategy) =>
+    (['store', 'pool'] as const).flatMap((where) =>
+      (Object.entries(MOMENTS[where]) as Array<[Fault, Moment[]]>).flatMap(([fault, moments]) =>
+        moments.map((moment) => ({ strategy, where, fault, moment })),
+      ),
+    ),
+  )
+  .filter((c) => FULL || SAMPLE.has(caseName(c)));
+
+/** The job layer's journal in memory, calling `onWrite` (awaited) with each new engine record. */
+class TriggerJournal implements StepJournal {
+  private facts: Record<string, unknown> = {};
+  constructor(private readonly onWrite: (record: EngineRecord) => Promise<void>) {}
+  read<T extends Record<string, unknown>>(): T {
+    return structuredClone(this.facts) as T;
+  }
+  async write(patch: Record<string, unknown>): Promise<void> {
+    this.facts = { ...this.facts, ...structuredClone(patch) };
+    const record = this.facts.engine as EngineRecord | undefined;
+    if (record) await this.onWrite(record);
+  }
+}
+
+interface Outcome {
+  case: string;
+  result: 'succeeded' | 'failed';
+  code?: string;
+  rolledBack?: boolean;
+  step?: string | null;
+  retryable?: boolean;
+  message?: string;
+  fsck?: number;
+  leftLvs?: string[];
+  seconds: number;
+}
+
+const lvm = new Lvm({ timeoutMs: 60_000 });
+const qemuImg = new QemuImg({ timeoutMs: 60_000, exportTimeoutMs: 120_000 });
+// Faulted jobs export slowly (qemu-img convert -r), so "during the export" has a middle.
+const slowQemuImg = new QemuImg({
+  timeoutMs: 60_000,
+  exportTimeoutMs: 120_000,
+  run: Failpoints.parse('export-rate=4M').wrapRunner(runTool),
+});
+let release: () => void = () => undefined;
+let store: FaultyStore;
+let pool: FaultyPool;
+let work: string;
+const outcomes: Outcome[] = [];
+
+interface Volume {
+  lv: string;
+  path: string;
+  live: ReferenceDisk;
+  /** Snapshots the caller knows (succeeded jobs), oldest first. */
+  parents: string[];
+  /** Snapshots published by jobs that then failed past their point of no return (not in the caller's records). */
+  orphans: string[];
+  counter: number;
+  round: number;
+}
+const volumes = new Map<Strategy, Volume>();
+
+function deps(slow: boolean): SnapshotDeps {
+  const img = slow ? slowQemuImg : qemuImg;
+  return {
+    qemuImg: img,
+    store: new SnapshotStore({ roots: [store.mountPoint], qemuImg: img }),
+    filePool: new FilePool({ roots: [work], qemuImg: img, timeoutMs: 60_000 }),
+    lvm,
+    libvirt: new Libvirt({ uri: 'qemu:///system', timeoutMs: 60_000 }), // never reached: no VM
+    cowPollMs: 200,
+  };
+}
+
+beforeAll(async () => {
+  await loadFaultModules();
+  const disk = claimDisk();
+  release = disk.release;
+  // Stale labels from an earlier user of the disk must not show up under the slices.
+  await sh('dd', ['if=/dev/zero', `of=${disk.disk}`, 'bs=1M', 'count=4', 'conv=fsync']);
+  pool = await FaultyPool.create(disk.disk, 1024 * MiB, MiB);
+  store = await FaultyStore.create(disk.disk, 256 * MiB, 1026 * MiB);
+  work = mkdtempSync(join(tmpdir(), 'faults-'));
+  for (const strategy of ['offline', 'lvm-cow'] as const) {
+    const lv = `vol-${strategy}`;
+    const { fullyAllocatedBytes } = await qemuImg.measure({ sizeBytes: VIRTUAL });
+    const created = await lvm.createVolume({ vg: pool.vg, name: lv, sizeBytes: fullyAllocatedBytes });
+    await qemuImg.create({ path: created.path, sizeBytes: VIRTUAL });
+    const live = await ReferenceDisk.create(join(work, `${lv}.raw`), VIRTUAL);
+    volumes.set(strategy, { lv, path: created.path, live, parents: [], orphans: [], counter: 0, round: 0 });
+  }
+});
+
+afterAll(async () => {
+  const label = FULL ? 'full' : 'sample';
+  mkdirSync('.lab-cache', { recursive: true });
+  writeFileSync(join('.lab-cache', `fault-matrix-${label}.json`), `${JSON.stringify(outcomes, null, 1)}\n`);
+  console.log(
+    [
+      `fault matrix (${label}): case → outcome`,
+      ...outcomes.map(
+        (o) =>
+          `${o.case.padEnd(34)} ${o.result}${o.code ? ` ${o.code}` : ''}${o.rolledBack === undefined ? '' : ` rolledBack=${o.rolledBack}`}${o.step ? ` step=${o.step}` : ''}${o.retryable ? ' retryable' : ''} fsck=${o.fsck ?? '-'} ${o.seconds}s${o.leftLvs?.length ? ` left=${o.leftLvs.join(',')}` : ''}`,
+      ),
+    ].join('\n'),
+  );
+  await store?.remove().catch(() => undefined);
+  await pool?.remove().catch(() => undefined);
+  if (work) rmSync(work, { recursive: true, force: true });
+  release();
+});
+
+/** The guest writes 6 MiB somewhere new (through qemu-io), and the reference gets the same write. */
+async function guestWrites(v: Volume): Promise<void> {
+  v.round++;
+  const pattern = 1 + ((v.round * 37) % 250);
+  const offset = ((v.round * 5) % 26) * MiB;
+  await sh('qemu-io', ['-f', 'qcow2', '-c', `write -q -P ${pattern} ${offset} ${6 * MiB}`, v.path]);
+  await v.live.apply([{ pattern, offset, length: 6 * MiB }]);
+}
+
+async function runJob(
+  v: Volume,
+  strategy: Strategy,
+  name: string,
+  opts: {
+    journal?: StepJournal;
+    slow?: boolean;
+    verify?: 'metadata' | 'full';
+    onProgress?: (u: ProgressUpdate) => void;
+  } = {},
+) {
+  const cmd = command('snapshot.create', {
+    volume: { kind: 'lvm', vg: pool.vg, lv: v.lv },
+    vm: null,
+    store: { root: store.mountPoint, dir: v.lv },
+    parents: v.parents,
+    snapshot: name,
+    options: { strategy, verify: opts.verify ?? 'metadata' },
+  });
+  const journal = opts.journal ?? new TriggerJournal(async () => undefined);
+  return createSnapshot(jobContext(cmd, journal, { onProgress: opts.onProgress }), deps(opts.slow ?? false));
+}
+
+const lvNames = async () => (await lvm.listVolumes(pool.vg)).map((lv) => lv.name).sort();
+
+async function expectVolumeMatches(v: Volume): Promise<void> {
+  expect(await differsFromReference(v.path, v.live)).toBeNull();
+  expect((await qemuImg.check(v.path)).ok).toBe(true);
+}
+
+describe(`snapshot jobs on a failing store and pool (${FULL ? 'full matrix' : 'sample'})`, () => {
+  it.each(CASES.map((c) => [caseName(c), c] as const))('%s', async (_name, c) => {
+    const started = performance.now();
+    const v = volumes.get(c.strategy)!;
+    const device = c.where === 'store' ? store.device : pool.device;
+    const step = STEP[c.strategy][c.moment];
+    await guestWrites(v);
+    const lvsBefore = await lvNames();
+    const reference = await v.live.freeze(join(work, `${v.lv}-ref-${v.round}.raw`));
+
+    let armed = false;
+    let clearing: Promise<void> | null = null;
+    let burst: NodeJS.Timeout | undefined;
+    const clear = (): Promise<void> => {
+      clearTimeout(burst);
+      clearing ??=
+        c.fault === 'enospc' ? (c.where === 'store' ? store.unfill() : pool.unfill()) : device.set('ok');
+      return clearing;
+    };
+    const armBurst = () => {
+      armed = true;
+      burst = setTimeout(() => void clear().catch(() => undefined), BURST_MS);
+    };
+    const inject = async () => {
+      if (c.fault === 'enospc') await (c.where === 'store' ? store.fill() : pool.fill());
+      else await device.set(c.fault as FaultMode);
+      armBurst();
+    };
+    const duringExport = c.moment === 'export' && c.fault !== 'enospc';
+    const journal = new TriggerJournal(async (record) => {
+      if (!armed && !duringExport && record.steps[step] === 'started') await inject();
+      // A transient fault: the rollback runs on a healthy device.
+      if (armed && record.phase === 'rolling-back') await clear();
+    });
+    const onProgress = (u: ProgressUpdate) => {
+      if (armed || !duringExport || u.step !== 'export') return;
+      if ((u.percent ?? 0) > 0 && (u.percent ?? 100) < 100) {
+        device.setSync(c.fault as FaultMode);
+        armBurst();
+      }
+    };
+    const name = `snap-${++v.counter}`;
+    const outcome: Outcome = { case: caseName(c), result: 'succeeded', seconds: 0 };
+    try {
+      await runJob(v, c.strategy, name, {
+        journal,
+        slow: c.moment === 'export',
+        verify: c.moment === 'verify' ? 'full' : 'metadata',
+        onProgress,
+      });
+    } catch (error) {
+      expect(error).toBeInstanceOf(AgentError);
+      const e = error as AgentError;
+      Object.assign(outcome, {
+        result: 'failed',
+        code: e.code,
+        rolledBack: e.details.rolledBack,
+        step: e.details.step,
+        retryable: e.retryable,
+        message: e.message.slice(0, 200),
+      });
+    }
+    expect(armed, 'the fault was switched on during the job').toBe(true);
+    await clear();
+    if (c.where === 'store') outcome.fsck = await store.repair();
+    outcomes.push(outcome);
+
+    // One clear outcome: a specific code, and the rollback flag where the point of no return was not reached.
+    if (outcome.result === 'failed') {
+      expect(outcome.code).not.toBe('INTERNAL');
+      expect(typeof outcome.rolledBack).toBe('boolean');
+      const failedAt = ORDER[c.strategy].indexOf(outcome.step ?? '');
+      const ponr = ORDER[c.strategy].indexOf(PONR[c.strategy]);
+      if (failedAt >= 0 && failedAt < ponr) expect(outcome.rolledBack).toBe(true);
+    }
+    // The volume reads exactly as before the job (a snapshot never changes what the guest sees).
+    await expectVolumeMatches(v);
+    const snapshotPath = join(store.mountPoint, v.lv, name);
+    if (outcome.result === 'succeeded' || outcome.rolledBack === false) {
+      // Published: complete, and equal to the volume at the job's moment.
+      if (existsSync(snapshotPath)) {
+        expect((await qemuImg.check(snapshotPath)).ok).toBe(true);
+        expect(await differsFromReference(snapshotPath, reference)).toBeNull();
+        if (outcome.result === 'failed') v.orphans.push(name);
+      } else expect(outcome.result).toBe('failed');
+    } else {
+      expect(existsSync(snapshotPath), `${name} must not be published by a rolled-back job`).toBe(false);
+    }
+    const left = (await lvNames()).filter((lv) => !lvsBefore.includes(lv));
+    outcome.leftLvs = left;
+    if (outcome.result === 'succeeded' || outcome.rolledBack === true) expect(left).toEqual([]);
+    if (outcome.result === 'succeeded') v.parents.push(name);
+
+    // The fault is gone: the next snapshot succeeds and is correct.
+    const next = `snap-${++v.counter}`;
+    const result = await runJob(v, c.strategy, next);
+    expect(result.strategy.name).toBe(c.strategy);
+    v.parents.push(next);
+    expect((await qemuImg.check(join(store.mountPoint, v.lv, next))).ok).toBe(true);
+    expect(await differsFromReference(join(store.mountPoint, v.lv, next), reference)).toBeNull();
+    await expectVolumeMatches(v);
+    // Only snapshots the caller knows carry a snapshot's name, plus those of jobs that failed past their point of no return.
+    const visible = readdirSync(join(store.mountPoint, v.lv)).filter((f) => !f.startsWith('.'));
+    expect(visible.filter((f) => !v.parents.includes(f)).sort()).toEqual([...v.orphans].sort());
+    outcome.seconds = Math.round((performance.now() - started) / 100) / 10;
+  });
+});
