@@ -356,7 +356,20 @@ export const FAILURE_CODES = [
     meaning: 'A host tool reported a missing object.',
   },
   { code: 'HOST_BUSY', retryable: 'yes', commands: ANY, meaning: 'A host tool reported a busy resource.' },
-  { code: 'HOST_NO_SPACE', retryable: 'yes', commands: ANY, meaning: 'A host tool ran out of space.' },
+  {
+    code: 'HOST_NO_SPACE',
+    retryable: 'no',
+    commands: ANY,
+    meaning:
+      'A host tool or a system call ran out of space (ENOSPC, EDQUOT); free space before sending it again.',
+  },
+  {
+    code: 'HOST_IO_ERROR',
+    retryable: 'yes',
+    commands: ANY,
+    meaning:
+      'A disk or the store returned an I/O error (EIO, ESTALE, EROFS); the job rolled back where it could.',
+  },
   {
     code: 'HOST_INVALID_ARGUMENT',
     retryable: 'no',
