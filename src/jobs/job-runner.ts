@@ -10,6 +10,7 @@ import {
 import type { CommandDisposition, EventSink, IncomingCommand, OutgoingEvent } from '../messaging/types.js';
 import type { Logger } from '../observability/logger.js';
 import type { AgentMetrics } from '../observability/metrics.js';
+import { volumeLabel } from '../observability/volume-metrics.js';
 import type { Command, CommandType, EventData, VolumeRef } from '../protocol/index.js';
 import { REJECTION_CODE_LIST, type RejectionCode, volumeKey } from '../protocol/index.js';
 import { type IntakePolicy, type IntakeResult, validateIncoming } from './command-validation.js';
@@ -515,6 +516,8 @@ export class JobRunner {
     const labels = { type: record.type, outcome: terminal.kind };
     this.opts.metrics.jobs.inc(labels);
     this.opts.metrics.jobDuration.observe(labels, terminal.data.durationMs / 1000);
+    if (record.type === 'snapshot.create' && record.volume)
+      recordVolumeOutcome(this.opts.metrics, record.volume, terminal);
   }
 
   private emitProgress(record: JobRecord, update: ProgressUpdate): Promise<void> {
@@ -643,4 +646,19 @@ function jsonSafe(details: Record<string, unknown>): Record<string, unknown> {
   } catch {
     return { note: 'details not serialisable' };
   }
+}
+
+/** The per-volume signals operators alert on: last success (with bytes and depth), last failure. */
+function recordVolumeOutcome(metrics: AgentMetrics, volume: VolumeRef, terminal: Terminal): void {
+  const label = volumeLabel(volume);
+  if (terminal.kind === 'failed') {
+    metrics.volumes.failed(label, new Date(), terminal.data.error.code);
+    return;
+  }
+  const snapshot = (terminal.data.result as { snapshot?: { physicalSize?: number; chainDepth?: number } })
+    .snapshot;
+  metrics.volumes.succeeded(label, new Date(), {
+    bytes: snapshot?.physicalSize ?? 0,
+    chainDepth: snapshot?.chainDepth ?? 0,
+  });
 }

@@ -130,6 +130,13 @@ describe('Dockerfile', () => {
       expect(installed.has(pkg)).toBe(true);
   });
 
+  it('HEALTHCHECK runs the compiled check that reads the port from the agent config (not a fixed 9464)', () => {
+    const health = runtime.lines.find((l) => l.startsWith('HEALTHCHECK'));
+    expect(health).toMatch(/CMD \["node", "dist\/service\/healthcheck\.js"\]$/);
+    expect(existsSync(`${ROOT}src/service/healthcheck.ts`)).toBe(true);
+    expect(health).not.toContain('9464');
+  });
+
   it('copies only paths that exist, and the dashboard assets the server reads', () => {
     for (const line of runtime.lines.concat(build.lines)) {
       const copy = /^COPY (?!--from)(.+)$/.exec(line);
