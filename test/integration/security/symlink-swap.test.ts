@@ -29,18 +29,21 @@ async function fingerprint(dir: string): Promise<Record<string, string>> {
       .digest('hex');
     // Our own read moved the atime: put it back, so that a read by anyone else still shows.
     await utimes(path, new Date(s.atimeMs), new Date(s.mtimeMs));
-    // Restoring times loses sub-millisecond digits: compare mtime to 10 ms, and atime as "still
-    // before mtime" (armAtime), which any read in between would have ended.
-    out[path] =
-      `${hash} size=${s.size} mtime=${Math.round(s.mtimeMs / 10)} unread=${s.atimeMs < s.mtimeMs - 1000}`;
+    // armAtime set whole seconds, which utimes restores exactly; atime "still before mtime" means
+    // nobody read the file in between.
+    out[path] = `${hash} size=${s.size} mtime=${s.mtimeMs} unread=${s.atimeMs < s.mtimeMs - 1000}`;
   }
   return out;
 }
 
-/** Sets atime before mtime: with relatime, the next read of the file moves its atime. */
+/**
+ * Sets atime an hour before mtime (with relatime, the next read of the file moves its atime), both
+ * in whole seconds: utimes takes seconds as a double, so sub-second times come back changed.
+ */
 async function armAtime(path: string): Promise<void> {
   const s = await stat(path);
-  await utimes(path, new Date(s.mtimeMs - 3600_000), new Date(s.mtimeMs));
+  const mtime = Math.floor(s.mtimeMs / 1000) * 1000;
+  await utimes(path, new Date(mtime - 3600_000), new Date(mtime));
 }
 
 describe('symlink swapped in during a running job', () => {
