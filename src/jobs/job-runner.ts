@@ -481,10 +481,8 @@ export class JobRunner {
 
   /** Records the terminal event in the journal, then publishes it (also to replyTo). Exactly once. */
   private async finish(record: JobRecord, terminal: Terminal): Promise<void> {
-    let recorded = false;
     await this.enqueueEmit(record.id, async () => {
       if (record.terminal) return;
-      recorded = true;
       const sequence = record.sequence + 1;
       const outgoing = buildEvent(terminal.kind, {
         hostId: this.opts.hostId,
@@ -501,6 +499,7 @@ export class JobRunner {
         r.finishedAt = new Date().toISOString();
         r.terminal = { event: outgoing.event, routingKey: outgoing.routingKey, published: false };
       });
+      this.countFinished(record, terminal);
       await this.opts.sink.publish(outgoing);
       // No directory fsync: if a power cut loses it, recovery publishes the same event (same id)
       // again, which at-least-once consumers already handle.
@@ -512,7 +511,11 @@ export class JobRunner {
         { durable: false },
       );
     });
-    if (!recorded) return;
+  }
+
+  /** Job counters and the per-volume signals; before the terminal event goes out, so a subscriber
+   * that reads /metrics on that event sees the job counted. */
+  private countFinished(record: JobRecord, terminal: Terminal): void {
     const labels = { type: record.type, outcome: terminal.kind };
     this.opts.metrics.jobs.inc(labels);
     this.opts.metrics.jobDuration.observe(labels, terminal.data.durationMs / 1000);
