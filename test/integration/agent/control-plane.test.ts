@@ -360,7 +360,7 @@ describe('control plane: kill -9 in a burst (child process, real broker)', () =>
     // Kill while intake is busy: some jobs journaled, some accepted, some finished.
     await waitFor(
       () => (client!.events.filter((e) => e.kind === 'accepted').length >= 20 ? true : undefined),
-      30_000,
+      60_000,
     );
     first.child!.kill('SIGKILL');
     await first.exited;
@@ -372,7 +372,7 @@ describe('control plane: kill -9 in a burst (child process, real broker)', () =>
       reuse: first,
     });
     agents.push(second);
-    for (const id of ids) await client.waitTerminal(id, 60_000);
+    for (const id of ids) await client.waitTerminal(id, 120_000);
     for (const id of ids) {
       const seen = new Set<string>();
       const stream = client.of(id).filter((e) => !seen.has(e.event.id) && seen.add(e.event.id));
@@ -384,5 +384,5 @@ describe('control plane: kill -9 in a burst (child process, real broker)', () =>
       const sequences = stream.map((e) => Number(e.event.sequence));
       expect(sequences, id).toEqual([...sequences].sort((a, b) => a - b));
     }
-  });
+  }, 240_000);
 });
