@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=(qemu-utils qemu-system-x86 qemu-block-extra libvirt-daemon-system libvirt-clients lvm2 xfsprogs util-linux busybox-static chromium xz-utils dmsetup podman runc mmdebstrap)
+need_pkgs=(qemu-utils qemu-system-x86 qemu-block-extra libvirt-daemon-system libvirt-clients lvm2 xfsprogs util-linux busybox-static chromium xz-utils dmsetup podman runc mmdebstrap openssl)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,8 +8,11 @@ import { z } from 'zod';
 import {
   type AgentEvent,
   COMMAND_RESULTS,
+  COMMAND_SIGNATURE_HEADERS,
   COMMAND_TYPES,
   type Command,
+  ENVELOPE_FIELD_PATTERNS,
+  ENVELOPE_VERSION,
   ERROR_CATALOGUE,
   EVENT_KINDS,
   type EventKind,
@@ -20,6 +23,7 @@ import {
   SIGNATURE_HEADER,
   volumeKey,
 } from '../src/protocol/index.js';
+import { signatureExample } from '../src/protocol/signature-example.js';
 import { AGENT_VERSION } from '../src/version.js';
 
 export const ASYNCAPI_FILE = fileURLToPath(new URL('../docs/asyncapi.yaml', import.meta.url));
@@ -254,6 +258,34 @@ const pascal = (s: string) =>
     .map((w) => w[0]!.toUpperCase() + w.slice(1))
     .join('');
 
+const SIGNATURE_DESCRIPTION = [
+  'Signed commands (Ed25519; agents with security.publicKeys): the management plane signs, agents hold',
+  'only public keys. Headers: ' +
+    Object.values(COMMAND_SIGNATURE_HEADERS)
+      .map((h) => `\`${h}\``)
+      .join(', ') +
+    '. The signed bytes are, in UTF-8, each header value exactly as sent, lines ended by one LF:',
+  '',
+  `    ${ENVELOPE_VERSION}`,
+  '    key-id:<x-clvm-key-id>',
+  '    host-id:<x-clvm-host-id>',
+  '    issued-at:<x-clvm-issued-at>',
+  '    expires-at:<x-clvm-expires-at>',
+  '    <empty line>',
+  '    <the exact body bytes, no trailing newline added>',
+  '',
+  '`x-clvm-signature` = standard base64 of the Ed25519 signature (RFC 8032, no pre-hash) of those',
+  'bytes. `x-signature-example` below is a complete example (its key is public: never use it): e.g.',
+  '`openssl pkeyutl -sign -rawin -inkey example.pem -in signed-bytes | base64 -w0` prints its signature.',
+  'Refusals (a `rejected` event, error.code): SIGNATURE_MISSING, SIGNATURE_ENVELOPE_INVALID (a',
+  'malformed header), SIGNING_KEY_UNKNOWN, SIGNING_KEY_RETIRED (known but not in',
+  'security.acceptedKeyIds), SIGNATURE_INVALID, WRONG_HOST (x-clvm-host-id is another host),',
+  'COMMAND_LIFETIME_TOO_LONG (expiresAt - issuedAt > security.maxCommandLifetimeMs),',
+  'COMMAND_NOT_YET_VALID (issuedAt more than security.clockSkewMs ahead), COMMAND_EXPIRED,',
+  'COMMAND_REPLAYED (an id this agent already received; the journal keeps ids at least until',
+  'their expiresAt, so a signed command never runs twice).',
+];
+
 /** The whole AsyncAPI document as a plain object. */
 export function buildAsyncApi(): Record<string, unknown> {
   const commandMessages = Object.fromEntries(
@@ -273,7 +305,13 @@ export function buildAsyncApi(): Record<string, unknown> {
           },
           examples: (commandExamples[type] ?? []).map((payload) => ({
             name: payload.id,
-            headers: { [SIGNATURE_HEADER]: 'sha256=<hex HMAC-SHA256 of the body>' },
+            headers: {
+              [COMMAND_SIGNATURE_HEADERS.signature]: '<base64 Ed25519 signature of the envelope and body>',
+              [COMMAND_SIGNATURE_HEADERS.keyId]: 'mp-2026-11',
+              [COMMAND_SIGNATURE_HEADERS.hostId]: HOST,
+              [COMMAND_SIGNATURE_HEADERS.issuedAt]: '2026-11-30T05:00:00.000Z',
+              [COMMAND_SIGNATURE_HEADERS.expiresAt]: '2026-11-30T05:15:00.000Z',
+            },
             payload,
           })),
         },
@@ -313,6 +351,7 @@ export function buildAsyncApi(): Record<string, unknown> {
         COMMAND_TYPES.map((type) => [type, { $ref: `#/components/schemas/${resultSchemaId(type)}` }]),
       ),
       license: { name: 'Apache-2.0' },
+      'x-signature-example': signatureExample(),
     },
     defaultContentType: 'application/json',
     servers: {
@@ -437,11 +476,40 @@ export function buildAsyncApi(): Record<string, unknown> {
       schemas: {
         CommandHeaders: {
           type: 'object',
+          description:
+            'AMQP headers of a command. With security.publicKeys configured (Ed25519 mode) the five x-clvm-* headers are required (see the info description and x-signature-example for the signed bytes); the legacy HMAC header is then ignored.',
           properties: {
+            [COMMAND_SIGNATURE_HEADERS.signature]: {
+              type: 'string',
+              pattern: '^[A-Za-z0-9+/]{86}==$',
+              description: 'Standard base64 of the 64-byte Ed25519 signature of the signed bytes.',
+            },
+            [COMMAND_SIGNATURE_HEADERS.keyId]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.keyId.source,
+              description: 'Id of the signing key, as the agent knows it (security.publicKeys).',
+            },
+            [COMMAND_SIGNATURE_HEADERS.hostId]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.hostId.source,
+              description: 'The host the command is for (the routing key).',
+            },
+            [COMMAND_SIGNATURE_HEADERS.issuedAt]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.issuedAt.source,
+              description: 'RFC 3339 UTC time the command was signed.',
+            },
+            [COMMAND_SIGNATURE_HEADERS.expiresAt]: {
+              type: 'string',
+              pattern: ENVELOPE_FIELD_PATTERNS.expiresAt.source,
+              description:
+                'RFC 3339 UTC time after which the agent refuses it; at most security.maxCommandLifetimeMs after issuedAt.',
+            },
             [SIGNATURE_HEADER]: {
               type: 'string',
               pattern: '^sha256=[0-9a-f]{64}$',
-              description: 'Required when the agent has security.signingKey set.',
+              description:
+                'LEGACY (weaker): hex HMAC-SHA256 of the raw body; required only when the agent has security.signingKey set and no publicKeys.',
             },
           },
         },
@@ -484,8 +552,10 @@ const DESCRIPTION = [
   'Publish to the direct exchange `clvm.commands` with routing key = the host id; the message lands in',
   "that host's quorum queue `clvm.agent.<hostId>`. Set the AMQP `messageId` to the command `id` (they must",
   'be equal when both are set), optionally `replyTo` and `correlationId` to get the terminal event',
-  '(succeeded | failed | rejected) as an RPC reply. When signing is on, header',
-  `\`${SIGNATURE_HEADER}\` = \`sha256=<hex HMAC-SHA256 of the raw body>\`.`,
+  '(succeeded | failed | rejected) as an RPC reply.',
+  '',
+  '## Signatures',
+  ...SIGNATURE_DESCRIPTION,
   '',
   'The body is UTF-8 JSON. AMQP `content-type` must be absent or `application/json` (a',
   '`charset=utf-8` parameter is allowed), else `UNSUPPORTED_CONTENT_TYPE`; `content-encoding` must be absent',
@@ -508,7 +578,10 @@ const DESCRIPTION = [
   '  limits.maxMessageBytes (`MESSAGE_TOO_LARGE`); signatures when signing is on.',
   '',
   '## Command ids',
-  'A command id names one job. The agent keeps the ids of finished jobs for 7 days (journal retention).',
+  'A command id names one job. The agent keeps the ids of finished jobs for 7 days (journal retention),',
+  'and the id of a signed command at least until its expiresAt. Signed commands (Ed25519 mode): any',
+  'message under an id already received is refused `COMMAND_REPLAYED` (correlationid as below), except',
+  'a broker redelivery of the same message after an agent crash, which is treated as below.',
   '- the same id with byte-identical body again: nothing runs; a finished job gets its recorded terminal',
   '  event again (same CloudEvents `id`), a queued or running job nothing (its terminal event follows).',
   '- the same id with any other body: nothing runs; it is answered `rejected` — `ID_CONFLICT` when the',

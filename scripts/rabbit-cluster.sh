@@ -65,7 +65,7 @@ ctl() {
 # line), so look at the environment the server script exported to it.
 is_node() {
   [ "$(cat "/proc/$1/comm" 2>/dev/null)" = beam.smp ] || return 1
-  tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$(node_name "$2")"
+  { tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$(node_name "$2")"
 }
 
 # The VM's pid when it is alive and really is node N (a stale pid file can name a reused pid).

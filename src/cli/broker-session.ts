@@ -1,6 +1,16 @@
+import type { KeyObject } from 'node:crypto';
 import { type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage, connect } from 'amqplib';
 import { AgentError } from '../errors/index.js';
-import { type AgentEvent, type Command, eventSchema, SIGNATURE_HEADER, signBody } from '../protocol/index.js';
+import type { BrokerTlsOptions } from '../messaging/broker-tls.js';
+import {
+  type AgentEvent,
+  type Command,
+  envelopeFor,
+  eventSchema,
+  SIGNATURE_HEADER,
+  signBody,
+  signCommand,
+} from '../protocol/index.js';
 
 /** RabbitMQ's direct reply-to pseudo queue: replies come back on the publishing channel. */
 export const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to';
@@ -14,12 +24,16 @@ export function redactUrl(url: string): string {
  * Opens one connection, trying each URL in turn. Every attempt is bounded by `timeoutMs`.
  * Throws BROKER_UNREACHABLE (exit code 5) naming every URL tried (credentials hidden).
  */
-export async function connectBroker(urls: readonly string[], timeoutMs: number): Promise<ChannelModel> {
+export async function connectBroker(
+  urls: readonly string[],
+  timeoutMs: number,
+  tls: BrokerTlsOptions = {},
+): Promise<ChannelModel> {
   const problems: string[] = [];
   for (const url of urls) {
     try {
       const model = await withTimeout(
-        connect(url, { timeout: timeoutMs, clientProperties: { connection_name: 'snapctl' } }),
+        connect(url, { ...tls, timeout: timeoutMs, clientProperties: { connection_name: 'snapctl' } }),
         timeoutMs,
         `no answer within ${timeoutMs} ms`,
       );
@@ -125,9 +139,19 @@ export function handleEventMessage(
   onEvent(parsed.data, { routingKey });
 }
 
+/** The management plane's Ed25519 key: signs each command for its target host. */
+export interface CommandSigner {
+  privateKey: KeyObject;
+  keyId: string;
+  /** expiresAt = issuedAt + lifetimeMs. */
+  lifetimeMs: number;
+}
+
 export interface PublishCommandOptions {
   exchange: string;
   hostId: string;
+  /** Ed25519 signer (preferred); the legacy HMAC signingKey is used only without it. */
+  signer?: CommandSigner;
   signingKey?: string;
   /** Set the AMQP replyTo (e.g. DIRECT_REPLY_TO); the channel must already consume it. */
   replyTo?: string;
@@ -144,8 +168,11 @@ export async function publishCommand(
   options: PublishCommandOptions,
 ): Promise<void> {
   const body = Buffer.from(JSON.stringify(command));
-  const headers: Record<string, string> = {};
-  if (options.signingKey) headers[SIGNATURE_HEADER] = signBody(body, options.signingKey);
+  let headers: Record<string, string> = {};
+  if (options.signer) {
+    const { privateKey, keyId, lifetimeMs } = options.signer;
+    headers = signCommand(body, envelopeFor(options.hostId, keyId, lifetimeMs), privateKey);
+  } else if (options.signingKey) headers[SIGNATURE_HEADER] = signBody(body, options.signingKey);
   let returned = false;
   const onReturn = (message: { properties: { messageId?: string } }) => {
     if (message.properties.messageId === command.id) returned = true;

@@ -3,7 +3,26 @@ import { AgentClient } from '../client/index.js';
 import { type AgentConfig, loadConfig } from '../config/index.js';
 import { startDashboard } from '../dashboard/server.js';
 import { AgentError } from '../errors/index.js';
-import { type Command, type CommandType, EVENT_KINDS, type EventKind } from '../protocol/index.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
+import {
+  type Command,
+  type CommandType,
+  ENVELOPE_FIELD_PATTERNS,
+  EVENT_KINDS,
+  type EventKind,
+} from '../protocol/index.js';
+import {
+  applyRights,
+  type BrokerRights,
+  declareFor,
+  HOST_USER_PREFIX,
+  hostRights,
+  MANAGEMENT_USER,
+  managementRights,
+  passwordFrom,
+  rightsLines,
+  vhostOf,
+} from './broker-provision.js';
 import { connectBroker } from './broker-session.js';
 import { buildCommand, parseList, parseVolume } from './command-builder.js';
 import { type DeadLetterDetail, peekDeadLetters, replayDeadLetters, summaryOf } from './dlq.js';
@@ -12,7 +31,9 @@ import { EXIT, type ExitCode, exitCodeOf, usageError } from './exit-codes.js';
 import { formatBytes } from './format.js';
 import { type CliIo, writeJson, writeLine } from './io.js';
 import { createJobProgressView } from './progress-view.js';
+import { Rabbitmqctl } from './rabbitmqctl.js';
 import type { TerminalEvent } from './send-and-wait.js';
+import { DEFAULT_COMMAND_LIFETIME_S, loadSigner, writeKeyPair } from './signing-keys.js';
 import { watchEvents } from './watch.js';
 
 /** Options every snapctl command accepts (commander merges them from any position). */
@@ -21,6 +42,9 @@ interface GlobalOptions {
   brokerUrl?: string[];
   host?: string;
   signingKey?: string;
+  signingKeyFile?: string;
+  keyId?: string;
+  lifetime?: number;
   commandsExchange?: string;
   eventsExchange?: string;
   deadLetterQueue?: string;
@@ -106,7 +130,20 @@ function buildProgram(
       '--host <id>',
       'target host id (default: config hostId; for watch/dlq: all hosts / original host)',
     )
-    .option('--signing-key <key>', 'HMAC key to sign commands (prefer $AGENT_SIGNING_KEY: flags show in ps)')
+    .option(
+      '--signing-key-file <file>',
+      'Ed25519 private key (PEM) that signs commands (default: $SNAPCTL_SIGNING_KEY_FILE)',
+    )
+    .option('--key-id <id>', 'key id of --signing-key-file, as the agents know it (default: $SNAPCTL_KEY_ID)')
+    .option(
+      '--lifetime <seconds>',
+      `how long a signed command stays valid (default ${DEFAULT_COMMAND_LIFETIME_S})`,
+      positiveInteger,
+    )
+    .option(
+      '--signing-key <key>',
+      'LEGACY shared HMAC key (prefer $AGENT_SIGNING_KEY: flags show in ps; prefer --signing-key-file)',
+    )
     .option('--commands-exchange <name>', 'commands exchange (default: config topology.commandsExchange)')
     .option('--events-exchange <name>', 'events exchange (default: config topology.eventsExchange)')
     .option('--dead-letter-queue <name>', 'dead-letter queue (default: config topology.deadLetterQueue)')
@@ -123,6 +160,99 @@ function buildProgram(
       const command = buildCommand(type, params(named), opts.id);
       setExit(await sendCommand(io, env, opts, command));
     };
+
+  program
+    .command('keys')
+    .description('command signing keys')
+    .command('generate')
+    .description('write a new Ed25519 key pair: <out>.key (private, 0600) and <out>.pub')
+    .requiredOption('--out <prefix>', 'path prefix of the two files (never overwritten)')
+    .action(async function (this: Commander) {
+      // --key-id (the id agents will know the public key by) is the global option.
+      const opts = this.optsWithGlobals<GlobalOptions & { out: string }>();
+      if (!opts.keyId || !ENVELOPE_FIELD_PATTERNS.keyId.test(opts.keyId))
+        throw usageError('keys generate needs --key-id <id> (1-64 letters, digits, _.:-)');
+      const written = await writeKeyPair(opts.out);
+      const entry = { [opts.keyId]: written.publicRaw };
+      if (opts.json) writeJson(io, { ok: true, keyId: opts.keyId, ...written });
+      else {
+        writeLine(io.stdout, `private key: ${written.privateFile} (keep it on the management plane only)`);
+        writeLine(io.stdout, `public key:  ${written.publicFile}`);
+        writeLine(io.stdout, `agent config (security.publicKeys): ${JSON.stringify(entry)}`);
+        writeLine(io.stdout, `or in the environment: AGENT_PUBLIC_KEYS=${opts.keyId}=${written.publicRaw}`);
+      }
+    });
+
+  const broker = program
+    .command('broker')
+    .description('broker users and rights (runs rabbitmqctl on a broker node)');
+  const provisionOptions = (c: Commander) =>
+    c
+      .option('--vhost <name>', 'vhost (default: the one of the first broker URL)')
+      .option('--password-file <file>', 'the password, first line (default: a new random one, printed once)')
+      .option('--rabbitmqctl-node <node>', 'node rabbitmqctl talks to (default: its own default)')
+      .option(
+        '--no-declare',
+        'only set the user and rights (do not declare the exchanges and queues over AMQP)',
+      );
+  const provision = async (
+    opts: GlobalOptions & {
+      vhost?: string;
+      passwordFile?: string;
+      rabbitmqctlNode?: string;
+      declare: boolean;
+    },
+    rightsOf: (config: AgentConfig, vhost: string) => BrokerRights,
+    hostId?: string,
+  ) => {
+    const config = configFrom(env, opts);
+    const vhost = opts.vhost ?? vhostOf(config.broker.urls[0]!);
+    const rights = rightsOf(config, vhost);
+    if (opts.declare) await withConnection(config, (model) => declareFor(model, config.topology, hostId));
+    const ctl = new Rabbitmqctl({
+      timeoutMs: 60_000,
+      ...(opts.rabbitmqctlNode ? { node: opts.rabbitmqctlNode } : {}),
+    });
+    const { password, generated } = await passwordFrom(opts.passwordFile);
+    const outcome = await applyRights(ctl, rights, password);
+    if (opts.json) {
+      writeJson(io, { ok: true, outcome, ...rights, ...(generated ? { password } : {}) });
+      return;
+    }
+    for (const line of rightsLines(rights)) writeLine(io.stdout, line);
+    writeLine(io.stdout, `${outcome}${generated ? `; password (shown once): ${password}` : ''}`);
+  };
+  provisionOptions(
+    broker
+      .command('provision-host')
+      .description("create or update a host's broker user with only that host's rights")
+      .argument('<hostId>', 'the host id (its agent config hostId)')
+      .option('--user <name>', `broker user (default ${HOST_USER_PREFIX}<hostId>)`),
+  ).action(async function (this: Commander, hostId: string) {
+    const opts = this.optsWithGlobals<Parameters<typeof provision>[0] & { user?: string }>();
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/.test(hostId))
+      throw usageError(`host id ${JSON.stringify(hostId)} is not valid`);
+    await provision(
+      opts,
+      (config, vhost) =>
+        hostRights(config.topology, vhost, hostId, opts.user ?? `${HOST_USER_PREFIX}${hostId}`),
+      hostId,
+    );
+    if (!opts.json) {
+      writeLine(io.stdout, `agent ${hostId}: set topology.declare=false and broker.urls with this user`);
+    }
+  });
+  provisionOptions(
+    broker
+      .command('provision-management')
+      .description("create or update the management plane's broker user")
+      .option('--user <name>', `broker user (default ${MANAGEMENT_USER})`),
+  ).action(async function (this: Commander) {
+    const opts = this.optsWithGlobals<Parameters<typeof provision>[0] & { user?: string }>();
+    await provision(opts, (config, vhost) =>
+      managementRights(config.topology, vhost, opts.user ?? MANAGEMENT_USER),
+    );
+  });
 
   program
     .command('ping')
@@ -355,6 +485,7 @@ function buildProgram(
         brokerUrls: config.broker.urls,
         eventsExchange: config.topology.eventsExchange,
         connectTimeoutMs: config.broker.connectTimeoutMs,
+        tls: brokerTlsOptions(config.broker.tls),
         port: opts.port,
         host: opts.listen,
       });
@@ -390,7 +521,11 @@ async function withConnection<T>(
   config: AgentConfig,
   use: (model: Awaited<ReturnType<typeof connectBroker>>) => Promise<T>,
 ): Promise<T> {
-  const model = await connectBroker(config.broker.urls, config.broker.connectTimeoutMs);
+  const model = await connectBroker(
+    config.broker.urls,
+    config.broker.connectTimeoutMs,
+    brokerTlsOptions(config.broker.tls),
+  );
   try {
     return await use(model);
   } finally {
@@ -406,6 +541,7 @@ async function sendCommand(
   command: Command,
 ): Promise<ExitCode> {
   const config = configFrom(env, opts);
+  const signer = loadSigner(opts, env);
   const json = Boolean(opts.json);
   const view = createJobProgressView(io, { json });
   let terminal: TerminalEvent;
@@ -416,7 +552,9 @@ async function sendCommand(
       commandsExchange: config.topology.commandsExchange,
       eventsExchange: config.topology.eventsExchange,
       confirmTimeoutMs: config.broker.confirmTimeoutMs,
-      ...(config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
+      tls: brokerTlsOptions(config.broker.tls),
+      ...(signer ? { signer } : {}),
+      ...(!signer && config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
     });
     try {
       terminal = await client.run(config.hostId, command, {

@@ -9,6 +9,7 @@ import {
   TERMINAL_KINDS,
 } from '../protocol/index.js';
 import {
+  type CommandSigner,
   DIRECT_REPLY_TO,
   handleEventMessage,
   openConfirmChannel,
@@ -23,6 +24,7 @@ export interface SendAndWaitOptions {
   commandsExchange: string;
   eventsExchange: string;
   signingKey?: string;
+  signer?: CommandSigner;
   /** Also ask for the terminal event as an RPC reply (RabbitMQ direct reply-to). */
   replyTo: boolean;
   timeoutMs: number;
@@ -81,6 +83,7 @@ export async function sendAndWait(
       hostId: options.hostId,
       confirmTimeoutMs: options.confirmTimeoutMs,
       ...(options.signingKey ? { signingKey: options.signingKey } : {}),
+      ...(options.signer ? { signer: options.signer } : {}),
       ...(options.replyTo ? { replyTo: DIRECT_REPLY_TO } : {}),
     });
     let timer: NodeJS.Timeout | undefined;

@@ -6,12 +6,14 @@
  */
 import type { ChannelModel } from 'amqplib';
 import {
+  type CommandSigner,
   connectBroker,
   type EventSubscription,
   type InvalidEventHandler,
   subscribeEvents,
 } from '../cli/broker-session.js';
 import { type SendAndWaitOptions, sendAndWait, type TerminalEvent } from '../cli/send-and-wait.js';
+import type { BrokerTlsOptions } from '../messaging/broker-tls.js';
 import {
   type AgentEvent,
   type Command,
@@ -20,8 +22,9 @@ import {
   type VolumeRef,
 } from '../protocol/index.js';
 
-export type { EventSubscription } from '../cli/broker-session.js';
+export type { CommandSigner, EventSubscription } from '../cli/broker-session.js';
 export type { TerminalEvent } from '../cli/send-and-wait.js';
+export type { BrokerTlsOptions } from '../messaging/broker-tls.js';
 export type {
   AgentEvent,
   AgentEventOf,
@@ -38,8 +41,12 @@ export interface AgentClientOptions {
   /** Defaults: the agent's default topology (`clvm.commands`, `clvm.events`). */
   commandsExchange?: string;
   eventsExchange?: string;
-  /** Signs every command when set (the agent's security.signingKey). */
+  /** Signs every command with the management plane's Ed25519 key (preferred). */
+  signer?: CommandSigner;
+  /** Legacy HMAC key (the agent's security.signingKey); used only without `signer`. */
   signingKey?: string;
+  /** CA, client certificate and key for amqps:// URLs. */
+  tls?: BrokerTlsOptions;
   confirmTimeoutMs?: number;
 }
 
@@ -79,7 +86,7 @@ export class AgentClient {
 
   /** Connects to the first broker URL that answers; throws BROKER_UNREACHABLE naming every URL tried. */
   static async connect(options: AgentClientOptions): Promise<AgentClient> {
-    const model = await connectBroker(options.urls, options.connectTimeoutMs ?? 5000);
+    const model = await connectBroker(options.urls, options.connectTimeoutMs ?? 5000, options.tls ?? {});
     return new AgentClient(model, options);
   }
 
@@ -114,7 +121,8 @@ export class AgentClient {
         if (dedup.first(event.id)) options.onEvent?.(event);
       },
       ...(options.onInvalid ? { onInvalid: options.onInvalid } : {}),
-      ...(this.options.signingKey ? { signingKey: this.options.signingKey } : {}),
+      ...(this.options.signer ? { signer: this.options.signer } : {}),
+      ...(!this.options.signer && this.options.signingKey ? { signingKey: this.options.signingKey } : {}),
     };
     return sendAndWait(this.model, command, send);
   }

@@ -2,6 +2,8 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import convict from 'convict';
 import { ConfigError } from '../errors/index.js';
+import { DEFAULT_RETENTION_MS } from '../jobs/journal.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import { configSchema } from './schema.js';
 
 export interface AgentConfig {
@@ -14,6 +16,8 @@ export interface AgentConfig {
     reconnectMaxMs: number;
     confirmTimeoutMs: number;
     prefetch: number;
+    /** Optional in the type: configs built by hand (tests) may leave it out. */
+    tls?: { caFile: string; certFile: string; keyFile: string };
     outboxStallMs: number;
   };
   topology: {
@@ -23,6 +27,7 @@ export interface AgentConfig {
     deadLetterExchange: string;
     deadLetterQueue: string;
     deliveryLimit: number;
+    declare?: boolean;
   };
   stateDir: string;
   store: { roots: string[] };
@@ -37,7 +42,13 @@ export interface AgentConfig {
   };
   timeouts: { toolMs: number; exportMs: number };
   libvirt: { uri: string };
-  security: { signingKey: string };
+  security: {
+    publicKeys: Record<string, string>;
+    acceptedKeyIds: string[];
+    clockSkewMs: number;
+    maxCommandLifetimeMs: number;
+    signingKey: string;
+  };
   http: { host: string; port: number };
   log: { level: string };
 }
@@ -72,13 +83,41 @@ export function loadConfig(options: LoadConfigOptions = {}): { config: AgentConf
     // set() wins over the environment, load() would not.
     for (const [key, value] of flatten(options.overrides ?? {})) conf.set(key as never, value as never);
     conf.validate({ allowed: 'strict' });
+    const config = conf.getProperties() as unknown as AgentConfig;
+    checkSecurity(config.security);
+    // Unreadable or malformed TLS files are a configuration error naming the key (exit 78).
+    brokerTlsOptions(config.broker.tls);
     // convict.toString() masks every value marked sensitive.
-    return { config: conf.getProperties() as unknown as AgentConfig, redacted: conf.toString() };
+    return { config, redacted: conf.toString() };
   } catch (error) {
     if (error instanceof ConfigError) throw error;
     const message = error instanceof Error ? error.message : String(error);
     const key = /^([\w.]+):/.exec(message)?.[1];
     throw new ConfigError(`invalid configuration: ${message}`, { key, cause: error });
+  }
+}
+
+/** Rules across the security keys (each key alone is checked by the schema). */
+function checkSecurity(security: AgentConfig['security']): void {
+  const keyIds = Object.keys(security.publicKeys);
+  if (keyIds.length > 0 && security.signingKey) {
+    throw new ConfigError(
+      'security.signingKey: the legacy HMAC key and security.publicKeys are both set; choose one (publicKeys)',
+      { key: 'security.signingKey' },
+    );
+  }
+  const unknown = security.acceptedKeyIds.filter((id) => !keyIds.includes(id));
+  if (unknown.length > 0) {
+    throw new ConfigError(
+      `security.acceptedKeyIds: ${unknown.join(', ')} not in security.publicKeys (${keyIds.join(', ') || 'none'})`,
+      { key: 'security.acceptedKeyIds' },
+    );
+  }
+  if (security.maxCommandLifetimeMs > DEFAULT_RETENTION_MS) {
+    throw new ConfigError(
+      `security.maxCommandLifetimeMs: ${security.maxCommandLifetimeMs} is longer than the journal keeps command ids (${DEFAULT_RETENTION_MS} ms)`,
+      { key: 'security.maxCommandLifetimeMs' },
+    );
   }
 }
 

@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import convict from 'convict';
+import { ENVELOPE_FIELD_PATTERNS, parsePublicKey } from '../protocol/signing.js';
 
 /** Paths must be absolute and normalised: config is where the confinement roots come from. */
 function absolutePaths(value: unknown): void {
@@ -38,6 +39,37 @@ convict.addFormat({
       throw new Error('must be a list of strings');
   },
   coerce: splitList,
+});
+
+/** `{ keyId: publicKey }`; from the environment as `id=key,id=key` (a key's base64 may end in `=`). */
+convict.addFormat({
+  name: 'public-key-map',
+  validate: (value: unknown) => {
+    if (value === null || typeof value !== 'object' || Array.isArray(value))
+      throw new Error('must be an object of key id → Ed25519 public key');
+    for (const [id, key] of Object.entries(value)) {
+      if (!ENVELOPE_FIELD_PATTERNS.keyId.test(id))
+        throw new Error(`key id ${JSON.stringify(id)} must be 1-64 letters, digits or _.:-`);
+      if (typeof key !== 'string') throw new Error(`key ${id} must be a string`);
+      try {
+        parsePublicKey(key);
+      } catch (error) {
+        throw new Error(`key ${id} ${(error as Error).message}`);
+      }
+    }
+  },
+  coerce: (v: unknown) => {
+    if (typeof v !== 'string') return v;
+    const entries = v
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean)
+      .map((pair) => {
+        const at = pair.indexOf('=');
+        return at > 0 ? [pair.slice(0, at), pair.slice(at + 1)] : [pair, ''];
+      });
+    return Object.fromEntries(entries);
+  },
 });
 
 function positiveInt(value: unknown): void {
@@ -80,6 +112,26 @@ export const configSchema = {
       default: 10_000,
     },
     prefetch: { doc: 'Unacknowledged commands the consumer may hold.', format: positiveInt, default: 4 },
+    tls: {
+      caFile: {
+        doc: "PEM CA certificate(s) that signed the broker's certificate, for amqps:// URLs (empty: the system's CAs). The broker's certificate is always verified.",
+        format: String,
+        default: '',
+        env: 'AGENT_BROKER_CA_FILE',
+      },
+      certFile: {
+        doc: 'PEM client certificate presented to the broker (optional; with broker.tls.keyFile).',
+        format: String,
+        default: '',
+        env: 'AGENT_BROKER_CERT_FILE',
+      },
+      keyFile: {
+        doc: 'PEM private key of broker.tls.certFile.',
+        format: String,
+        default: '',
+        env: 'AGENT_BROKER_KEY_FILE',
+      },
+    },
     outboxStallMs: {
       doc: 'While the broker is connected, /readyz reports not ready when the oldest unsent event has not moved for this long.',
       format: positiveInt,
@@ -109,6 +161,12 @@ export const configSchema = {
       doc: 'Redeliveries before a command is dead-lettered.',
       format: positiveInt,
       default: 5,
+    },
+    declare: {
+      doc: "Declare the exchanges, the dead-letter queue and this host's queue at start (true), or only check that they exist (false: for a broker user with only this host's rights, from 'snapctl broker provision-host', which declares them).",
+      format: Boolean,
+      default: true,
+      env: 'AGENT_DECLARE_TOPOLOGY',
     },
   },
   stateDir: {
@@ -194,8 +252,32 @@ export const configSchema = {
     },
   },
   security: {
+    publicKeys: {
+      doc: 'Ed25519 public keys that may sign commands, by key id: {"<keyId>": "<base64 of the raw 32-byte key, or a PEM block>"} (environment: id=key,id=key). When set, every command must carry a valid Ed25519 envelope (docs/asyncapi.yaml).',
+      format: 'public-key-map',
+      default: {} as Record<string, string>,
+      env: 'AGENT_PUBLIC_KEYS',
+    },
+    acceptedKeyIds: {
+      doc: 'Key ids of security.publicKeys that are accepted now (empty: all of them). A listed key that is left out here is retired: commands signed with it are refused SIGNING_KEY_RETIRED.',
+      format: 'string-list',
+      default: [] as string[],
+      env: 'AGENT_ACCEPTED_KEY_IDS',
+    },
+    clockSkewMs: {
+      doc: "How far in the future a command's issuedAt may lie (clock difference between the management plane and this host).",
+      format: 'nat',
+      default: 300_000,
+      env: 'AGENT_CLOCK_SKEW_MS',
+    },
+    maxCommandLifetimeMs: {
+      doc: 'Longest expiresAt - issuedAt a signed command may have. The journal keeps every command id at least until its expiresAt, so a signed command never runs twice.',
+      format: positiveInt,
+      default: 24 * 3600_000,
+      env: 'AGENT_MAX_COMMAND_LIFETIME_MS',
+    },
     signingKey: {
-      doc: 'Shared HMAC-SHA256 key; when set every command must carry a valid x-signature header.',
+      doc: 'LEGACY, weaker: a shared HMAC-SHA256 key; when set (and no publicKeys) every command must carry a valid x-signature header over its body only. Every agent holding it can sign commands for every other host, and nothing stops a replay once the id has left the journal; use publicKeys.',
       format: String,
       default: '',
       env: 'AGENT_SIGNING_KEY',

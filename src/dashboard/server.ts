@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { messageOf } from '../cli/broker-session.js';
 import { AgentClient } from '../client/index.js';
+import type { BrokerTlsOptions } from '../messaging/broker-tls.js';
 import type { Logger } from '../observability/logger.js';
 import { silentLogger } from '../observability/logger.js';
 import { DashboardState } from './state.js';
@@ -33,6 +34,8 @@ export interface DashboardOptions {
   brokerUrls: readonly string[];
   eventsExchange: string;
   connectTimeoutMs: number;
+  /** CA and client certificate for amqps:// URLs. */
+  tls?: BrokerTlsOptions;
   port: number;
   host: string;
   /** Binding on the events exchange (default `#`: every host, volume and kind). */
@@ -75,6 +78,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
       urls: options.brokerUrls,
       connectTimeoutMs: options.connectTimeoutMs,
       eventsExchange: options.eventsExchange,
+      ...(options.tls ? { tls: options.tls } : {}),
     });
     try {
       await connection.subscribe(

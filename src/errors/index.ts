@@ -13,6 +13,7 @@ export { LvmVolumeInUseError } from './lvm-volume-in-use-error.js';
 export { LvmVolumeNotFoundError } from './lvm-volume-not-found-error.js';
 export { NotImplementedError } from './not-implemented-error.js';
 export { OutboxError } from './outbox-error.js';
+export { PathEscapeError } from './path-escape-error.js';
 export { PathExistsError } from './path-exists-error.js';
 export { PublishNackedError } from './publish-nacked-error.js';
 export { PublishTimeoutError } from './publish-timeout-error.js';

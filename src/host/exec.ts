@@ -1,4 +1,4 @@
-import { execa, type Options } from 'execa';
+import { spawn } from 'node:child_process';
 import { HostCommandError, type HostCommandFailureKind } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -59,6 +59,103 @@ function lastLine(text: string): string {
   return lines[lines.length - 1] ?? '';
 }
 
+/** How long the pipes may stay open after the tool exited (held by a process it left behind). */
+const EXIT_DRAIN_MS = 2_000;
+
+/** What one finished child process left: its output and how it ended. */
+interface Finished {
+  stdout: string;
+  stderr: string;
+  exitCode: number | undefined;
+  signal: NodeJS.Signals | null;
+  timedOut: boolean;
+  cancelled: boolean;
+  spawnError: NodeJS.ErrnoException | undefined;
+}
+
+/**
+ * Spawns the tool (no shell) and waits until it exited and its pipes closed. A timeout or an abort
+ * sends SIGTERM, then SIGKILL after `killGraceMs`. node:child_process directly rather than execa:
+ * execa's module graph alone cost ~12 MB of the agent's RSS (issue 13) for what fits here.
+ */
+function spawnTool(file: string, args: readonly string[], options: RunOptions): Promise<Finished> {
+  return new Promise((resolve) => {
+    const child = spawn(file, args, {
+      env: options.env ? { ...process.env, ...options.env } : process.env,
+      // Tools must not wait on a terminal or read the agent's stdin.
+      stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', ...(options.passFds ?? [])],
+    });
+    if (options.onSpawn && child.pid !== undefined) options.onSpawn(child.pid);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let timedOut = false;
+    let cancelled = false;
+    let spawnError: NodeJS.ErrnoException | undefined;
+    let killTimer: NodeJS.Timeout | undefined;
+    const stop = () => {
+      if (child.exitCode !== null || child.signalCode !== null || killTimer) return;
+      child.kill('SIGTERM');
+      killTimer = setTimeout(() => child.kill('SIGKILL'), options.killGraceMs ?? 5_000);
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop();
+    }, options.timeoutMs);
+    const onAbort = () => {
+      cancelled = true;
+      stop();
+    };
+    if (options.signal?.aborted) onAbort();
+    else options.signal?.addEventListener('abort', onAbort, { once: true });
+    child.stdout!.on('data', (chunk: Buffer) => {
+      out.push(chunk);
+      options.onStdout?.(chunk.toString('utf8'));
+    });
+    child.stderr!.on('data', (chunk: Buffer) => {
+      err.push(chunk);
+      options.onStderr?.(chunk.toString('utf8'));
+    });
+    if (child.stdin) {
+      // A tool that exits without reading its input must not fail the call with EPIPE.
+      child.stdin.on('error', () => undefined);
+      child.stdin.end(options.input);
+    }
+    let settled = false;
+    const finish = (exitCode: number | null, signal: NodeJS.Signals | null) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      clearTimeout(killTimer);
+      options.signal?.removeEventListener('abort', onAbort);
+      resolve({
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+        exitCode: exitCode ?? undefined,
+        signal,
+        timedOut,
+        cancelled,
+        spawnError,
+      });
+    };
+    child.once('error', (error: NodeJS.ErrnoException) => {
+      spawnError = error;
+      // Not started at all (ENOENT, EACCES): no 'close' follows.
+      if (child.pid === undefined) finish(null, null);
+    });
+    child.once('close', finish);
+    // A grandchild that inherited the pipes (a killed tool's helper, a daemon) must not hold the
+    // call open: after the exit, the output gets a moment to drain, then the pipes are dropped.
+    child.once('exit', (code, signal) => {
+      const drain = timedOut || cancelled ? 0 : EXIT_DRAIN_MS;
+      setTimeout(() => {
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+        finish(code, signal);
+      }, drain).unref();
+    });
+  });
+}
+
 /**
  * Runs `file` with `args` and resolves with its output, or rejects with a classified
  * HostCommandError (command, exit code, stderr). Only the adapters in src/host call this.
@@ -70,37 +167,20 @@ export async function runTool(
 ): Promise<RunResult> {
   const started = performance.now();
   const info = { command: file, args };
-  const subprocess = execa(file, args, {
-    timeout: options.timeoutMs,
-    cancelSignal: options.signal,
-    forceKillAfterDelay: options.killGraceMs ?? 5_000,
-    input: options.input,
-    reject: false,
-    stripFinalNewline: false,
-    env: options.env,
-    extendEnv: true,
-    // Tools must not wait on a terminal or read the agent's stdin.
-    stdio: [
-      options.input === undefined ? 'ignore' : 'pipe',
-      'pipe',
-      'pipe',
-      ...(options.passFds ?? []),
-    ] as Options['stdio'],
-  });
-  if (options.onSpawn && subprocess.pid !== undefined) options.onSpawn(subprocess.pid);
-  if (options.onStdout) subprocess.stdout?.on('data', (c: Buffer) => options.onStdout?.(c.toString('utf8')));
-  if (options.onStderr) subprocess.stderr?.on('data', (c: Buffer) => options.onStderr?.(c.toString('utf8')));
-  const result = await subprocess;
+  const result = await spawnTool(file, args, options);
   const durationMs = Math.round(performance.now() - started);
-  const stdout = String(result.stdout ?? '');
-  const stderr = String(result.stderr ?? '');
+  const { stdout, stderr } = result;
   options.logger?.debug(
     { command: file, args, exitCode: result.exitCode, durationMs },
     'host command finished',
   );
 
-  if (result.isCanceled) {
-    throw new HostCommandError('aborted', `${file} was cancelled`, { ...info, stderr, cause: result.cause });
+  if (result.cancelled) {
+    throw new HostCommandError('aborted', `${file} was cancelled`, {
+      ...info,
+      stderr,
+      cause: options.signal?.reason,
+    });
   }
   if (result.timedOut) {
     throw new HostCommandError('timeout', `${file} timed out after ${options.timeoutMs} ms`, {
@@ -108,18 +188,17 @@ export async function runTool(
       stderr,
     });
   }
-  const spawnError = result.cause as NodeJS.ErrnoException | undefined;
-  if (result.exitCode === undefined && spawnError?.code === 'ENOENT') {
+  if (result.exitCode === undefined && result.spawnError?.code === 'ENOENT') {
     throw new HostCommandError('tool-missing', `${file} is not installed (not found on PATH)`, {
       ...info,
-      cause: spawnError,
+      cause: result.spawnError,
     });
   }
   const exitCode = result.exitCode ?? -1;
   const ok = options.okExitCodes ?? [0];
   if (!ok.includes(exitCode)) {
     const kind = classifyFailure(stderr);
-    const why = lastLine(stderr) || result.signal || `exit code ${exitCode}`;
+    const why = lastLine(stderr) || result.signal || result.spawnError?.message || `exit code ${exitCode}`;
     throw new HostCommandError(kind, `${file} ${args[0] ?? ''} failed: ${why}`.replace(/\s+/g, ' ').trim(), {
       ...info,
       exitCode,

@@ -1,6 +1,6 @@
 import { lstat, realpath } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
-import { ValidationError } from '../errors/index.js';
+import { PathEscapeError, ValidationError } from '../errors/index.js';
 import { fileName } from '../protocol/names.js';
 
 /**
@@ -152,4 +152,54 @@ export async function confineChild(
   field = 'name',
 ): Promise<string> {
   return confinePath(join(directory, checkFileName(name, field)), roots, field);
+}
+
+/** The shape of src/host/exec.ts runTool (adapters take one to run their tool). */
+type ToolRunner<O, R> = (file: string, args: readonly string[], options: O) => Promise<R>;
+
+/**
+ * The paths in a tool's argument list: every absolute argument, and a relative `-b`/`-B` backing
+ * file resolved against the directory of the image (the last absolute argument), as the tool will.
+ */
+export function toolPaths(args: readonly string[]): string[] {
+  const absolute = args.filter((a) => a.startsWith('/'));
+  const image = absolute[absolute.length - 1];
+  const paths = [...absolute];
+  args.forEach((arg, i) => {
+    const value = args[i + 1];
+    if ((arg === '-b' || arg === '-B') && value && !value.startsWith('/') && value !== '' && image) {
+      paths.push(join(dirname(image), value));
+    }
+  });
+  return paths;
+}
+
+/**
+ * Re-resolves every path under a root right before a tool uses it: the command's paths were
+ * confined at intake, but a directory may have been swapped for a symlink since (while the job
+ * waited or ran). Paths outside every root (LVM device nodes) are not the roots' business.
+ * What is left is the short gap between this check and the tool's own open(): bounded, not zero.
+ * @throws PathEscapeError (PATH_ESCAPES_ROOTS)
+ */
+export async function recheckToolPaths(args: readonly string[], roots: readonly string[]): Promise<void> {
+  const realRoots = await Promise.all(roots.map((r) => realpathAllowMissing(resolve(r))));
+  for (const path of toolPaths(args)) {
+    if (rootOf(path, roots) === undefined) continue;
+    let real: string;
+    try {
+      real = await realpathAllowMissing(path);
+    } catch (error) {
+      if (error instanceof ValidationError) throw new PathEscapeError(path, null, { cause: error });
+      throw error;
+    }
+    if (!realRoots.some((r) => isInside(real, r))) throw new PathEscapeError(path, real);
+  }
+}
+
+/** Wraps a tool runner so that every call re-resolves its path arguments first (recheckToolPaths). */
+export function confinedRunner<O, R>(run: ToolRunner<O, R>, roots: readonly string[]): ToolRunner<O, R> {
+  return async (file, args, options) => {
+    await recheckToolPaths(args, roots);
+    return run(file, args, options);
+  };
 }

@@ -124,7 +124,7 @@ export interface ConvertOptions {
   progressBytesTotal?: number;
   /**
    * `-r`: bytes per second of this process (QEMU 7.2: data it copies, zeros and unallocated ranges
-   * are free; fixed for the whole run; the first rate-limit slice goes out at once).
+   * are free; fixed for the whole run; the first request and slice go out at once).
    */
   rateLimit?: number;
   /** Called with the qemu-img pid once it runs. */

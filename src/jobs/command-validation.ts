@@ -6,6 +6,7 @@ import type { IncomingCommand } from '../messaging/types.js';
 import {
   COMMAND_ID_PATTERN,
   type Command,
+  type CommandEnvelope,
   commandSchema,
   REJECTION_CODE_LIST,
   type RejectionCode,
@@ -14,12 +15,15 @@ import {
   type VolumeRef,
   verifySignature,
 } from '../protocol/index.js';
+import { type CommandKeyPolicy, checkCommandSignature } from './command-signature.js';
 
 /** What intake checks against (a slice of AgentConfig). */
 export interface IntakePolicy {
   maxMessageBytes: number;
-  /** When non-empty, every command must carry a valid HMAC signature header. */
+  /** Legacy: when non-empty (and no commandKeys), every command must carry a valid HMAC header. */
   signingKey: string;
+  /** When set, every command must carry a valid Ed25519 envelope (takes the place of signingKey). */
+  commandKeys?: CommandKeyPolicy;
   storeRoots: readonly string[];
   fileRoots: readonly string[];
   /** Empty: any VG with a valid name. */
@@ -37,7 +41,12 @@ const IDENTITY_ENCODING = /^identity$/i;
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
 
 export type IntakeResult =
-  | { ok: true; command: Command }
+  | {
+      ok: true;
+      command: Command;
+      /** The verified Ed25519 envelope (only in that mode). */
+      envelope?: CommandEnvelope;
+    }
   | {
       ok: false;
       error: ValidationError;
@@ -49,7 +58,7 @@ export type IntakeResult =
 
 /**
  * Checks one delivery in the order that keeps untrusted bytes furthest from the code:
- * size → signature (before the body is even parsed) → JSON → zod schema → semantics
+ * size → signature (Ed25519 envelope, or legacy HMAC; before the body is even parsed) → JSON → zod schema → semantics
  * (roots, VGs, messageId). Never throws for bad input; returns the precise reason.
  */
 export async function validateIncoming(
@@ -73,7 +82,15 @@ export async function validateIncoming(
       ),
     );
   }
-  if (policy.signingKey) {
+  let envelope: CommandEnvelope | undefined;
+  if (policy.commandKeys) {
+    try {
+      envelope = checkCommandSignature(incoming, policy.commandKeys);
+    } catch (error) {
+      if (error instanceof ValidationError) return fail(error);
+      throw error;
+    }
+  } else if (policy.signingKey) {
     const header = incoming.headers[SIGNATURE_HEADER];
     if (header === undefined) {
       return fail(
@@ -148,7 +165,7 @@ export async function validateIncoming(
     if (error instanceof ValidationError) return fail(error, body);
     throw error;
   }
-  return { ok: true, command };
+  return envelope ? { ok: true, command, envelope } : { ok: true, command };
 }
 
 /** Maps the first zod issue to a rejection code and the dotted path of the field. */

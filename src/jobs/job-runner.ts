@@ -10,6 +10,7 @@ import {
 import type { CommandDisposition, EventSink, IncomingCommand, OutgoingEvent } from '../messaging/types.js';
 import type { Logger } from '../observability/logger.js';
 import type { AgentMetrics } from '../observability/metrics.js';
+import { volumeLabel } from '../observability/volume-metrics.js';
 import type { Command, CommandType, EventData, VolumeRef } from '../protocol/index.js';
 import { REJECTION_CODE_LIST, type RejectionCode, volumeKey } from '../protocol/index.js';
 import { type IntakePolicy, type IntakeResult, validateIncoming } from './command-validation.js';
@@ -104,6 +105,21 @@ export class JobRunner {
     if (usedBy !== undefined || this.opts.journal.has(command.id)) {
       // Older records carry no digest: treated as the same body (the behaviour they were written under).
       if (usedBy === undefined || usedBy === bodySha256) {
+        // Signed mode: a seen id arriving fresh (not a broker redelivery after a crash) is a replay,
+        // refused on its own; it never runs twice. Unsigned/legacy: the recorded result is re-sent.
+        if (result.envelope && !incoming.redelivered) {
+          return this.reject(incoming, bodySha256, {
+            error: new ValidationError(
+              'COMMAND_REPLAYED',
+              `command id ${command.id} was already received; a signed command runs once (the first job is unaffected)`,
+              { field: 'id' },
+            ),
+            id: command.id,
+            type: command.type,
+            volume: volumeOf(command),
+            retryable: false,
+          });
+        }
         await this.answerDuplicate(command.id, incoming);
         return 'ack';
       }
@@ -122,7 +138,7 @@ export class JobRunner {
     this.intakeBusy.set(command.id, bodySha256);
     let record: JobRecord;
     try {
-      record = newRecord(command, incoming, this.opts.hostId, bodySha256);
+      record = newRecord(command, incoming, this.opts.hostId, bodySha256, result.envelope?.expiresAt ?? null);
       try {
         await this.opts.journal.create(record);
       } catch (error) {
@@ -500,6 +516,8 @@ export class JobRunner {
     const labels = { type: record.type, outcome: terminal.kind };
     this.opts.metrics.jobs.inc(labels);
     this.opts.metrics.jobDuration.observe(labels, terminal.data.durationMs / 1000);
+    if (record.type === 'snapshot.create' && record.volume)
+      recordVolumeOutcome(this.opts.metrics, record.volume, terminal);
   }
 
   private emitProgress(record: JobRecord, update: ProgressUpdate): Promise<void> {
@@ -574,6 +592,8 @@ export function newRecord(
   incoming: Pick<IncomingCommand, 'replyTo' | 'correlationId'>,
   hostId: string,
   bodySha256: string,
+  /** expiresAt of a signed command (the journal keeps its id at least until then). */
+  commandExpiresAt: string | null = null,
 ): JobRecord {
   const volume = volumeOf(command);
   let lockKey: string | null = null;
@@ -611,6 +631,7 @@ export function newRecord(
       published: false,
     },
     bodySha256,
+    commandExpiresAt,
   };
 }
 
@@ -625,4 +646,19 @@ function jsonSafe(details: Record<string, unknown>): Record<string, unknown> {
   } catch {
     return { note: 'details not serialisable' };
   }
+}
+
+/** The per-volume signals operators alert on: last success (with bytes and depth), last failure. */
+function recordVolumeOutcome(metrics: AgentMetrics, volume: VolumeRef, terminal: Terminal): void {
+  const label = volumeLabel(volume);
+  if (terminal.kind === 'failed') {
+    metrics.volumes.failed(label, new Date(), terminal.data.error.code);
+    return;
+  }
+  const snapshot = (terminal.data.result as { snapshot?: { physicalSize?: number; chainDepth?: number } })
+    .snapshot;
+  metrics.volumes.succeeded(label, new Date(), {
+    bytes: snapshot?.physicalSize ?? 0,
+    chainDepth: snapshot?.chainDepth ?? 0,
+  });
 }

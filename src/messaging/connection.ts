@@ -3,6 +3,7 @@ import { type ChannelModel, connect } from 'amqplib';
 import { BrokerUnavailableError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import { AGENT_NAME, AGENT_VERSION } from '../version.js';
+import type { BrokerTlsOptions } from './broker-tls.js';
 import { backoffDelay, sleep } from './timing.js';
 
 export interface BrokerConnectionOptions {
@@ -17,6 +18,8 @@ export interface BrokerConnectionOptions {
   connectTimeoutMs: number;
   reconnectMinMs: number;
   reconnectMaxMs: number;
+  /** CA and client certificate for amqps:// URLs (brokerTlsOptions). */
+  tls?: BrokerTlsOptions;
   logger: Logger;
 }
 
@@ -217,6 +220,7 @@ export class BrokerConnection extends EventEmitter {
   private async connectOnce(url: string): Promise<ChannelModel> {
     const timeoutMs = this.opts.connectTimeoutMs;
     const attempt = connect(withHeartbeat(url, this.opts.heartbeatSeconds), {
+      ...this.opts.tls,
       timeout: timeoutMs,
       clientProperties: {
         connection_name: this.connectionName,

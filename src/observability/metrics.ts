@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { VolumeMetrics } from './volume-metrics.js';
 
 /**
  * The agent's Prometheus metrics, on a registry of its own (not prom-client's global one, so
@@ -18,6 +19,20 @@ export interface AgentMetrics {
   rejected: Counter<'reason'>;
   /** Events the broker returned as unroutable (nobody bound for their routing key). */
   unroutedEvents: Counter<'exchange'>;
+  /** Per volume (bounded: src/observability/volume-metrics.ts): last success, last failure, bytes, depth. */
+  volumeLastSuccess: Gauge<'volume'>;
+  volumeLastFailure: Gauge<'volume' | 'code'>;
+  volumeExportedBytes: Counter<'volume'>;
+  volumeChainDepth: Gauge<'volume'>;
+  /** Volumes whose series were dropped to keep the per-volume series under the cap. */
+  volumeSeriesEvicted: Counter;
+  /** Per store root: 1 when it answers statfs in time with free space, and its free bytes. */
+  storeUp: Gauge<'root'>;
+  storeFreeBytes: Gauge<'root'>;
+  /** Records snapshot outcomes into the per-volume series, keeping their number bounded. */
+  volumes: VolumeMetrics;
+  /** Work to do before each scrape (e.g. probing the store); set by the agent. */
+  beforeCollect: Array<() => Promise<void>>;
   /** Outbox entries the broker can never accept, moved to the quarantine folder. */
   quarantinedEvents: Counter;
   /** Age of the oldest unsent persistent event, read at scrape time from `outboxOldestAgeSource`. */
@@ -27,12 +42,27 @@ export interface AgentMetrics {
 }
 
 /** Creates the metrics on a fresh registry; `defaultMetrics` adds process metrics (RSS, CPU, event loop). */
-export function createMetrics(options: { defaultMetrics?: boolean } = {}): AgentMetrics {
+export function createMetrics(options: { defaultMetrics?: boolean; maxVolumes?: number } = {}): AgentMetrics {
   const registry = new Registry();
   let metrics: AgentMetrics | undefined;
   if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'clvm_agent_' });
   const registers = [registry];
-  metrics = {
+  const beforeCollect: Array<() => Promise<void>> = [];
+  // Both store gauges are collected in parallel at a scrape: they share one run of the hooks.
+  let running: Promise<void> | undefined;
+  const runBeforeCollect = (): Promise<void> => {
+    running ??= Promise.all(beforeCollect.map((hook) => hook())).then(
+      () => {
+        running = undefined;
+      },
+      (error: unknown) => {
+        running = undefined;
+        throw error;
+      },
+    );
+    return running;
+  };
+  const base: Omit<AgentMetrics, 'volumes' | 'beforeCollect'> = {
     registry,
     jobs: new Counter({
       name: 'clvm_agent_jobs_total',
@@ -81,6 +111,50 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Agent
       labelNames: ['exchange'],
       registers,
     }),
+    volumeLastSuccess: new Gauge({
+      name: 'clvm_agent_volume_last_success_timestamp_seconds',
+      help: 'Unix time of the last successful snapshot.create of the volume',
+      labelNames: ['volume'],
+      registers,
+    }),
+    volumeLastFailure: new Gauge({
+      name: 'clvm_agent_volume_last_failure_timestamp_seconds',
+      help: 'Unix time of the last failed snapshot.create of the volume; code = its error code (one series per volume)',
+      labelNames: ['volume', 'code'],
+      registers,
+    }),
+    volumeExportedBytes: new Counter({
+      name: 'clvm_agent_volume_exported_bytes_total',
+      help: 'Bytes of the snapshots written to the store for the volume (their size on the store)',
+      labelNames: ['volume'],
+      registers,
+    }),
+    volumeChainDepth: new Gauge({
+      name: 'clvm_agent_volume_chain_depth',
+      help: 'Snapshots in the volume chain after its last successful snapshot.create',
+      labelNames: ['volume'],
+      registers,
+    }),
+    volumeSeriesEvicted: new Counter({
+      name: 'clvm_agent_volume_series_evicted_total',
+      help: 'Volumes whose per-volume series were dropped (least recently snapshotted first) to stay under the cap',
+      registers,
+    }),
+    storeUp: new Gauge({
+      name: 'clvm_agent_store_up',
+      help: '1 when the snapshot store root answers statfs in time and has free space, else 0',
+      labelNames: ['root'],
+      registers,
+      // prom-client awaits collect() at each scrape: the hooks refresh what they measure.
+      collect: runBeforeCollect,
+    }),
+    storeFreeBytes: new Gauge({
+      name: 'clvm_agent_store_free_bytes',
+      help: 'Bytes available to the agent on the snapshot store root (last successful statfs)',
+      labelNames: ['root'],
+      registers,
+      collect: runBeforeCollect,
+    }),
     quarantinedEvents: new Counter({
       name: 'clvm_agent_events_quarantined_total',
       help: 'Outbox entries the broker can never accept, moved to the outbox quarantine folder',
@@ -96,5 +170,16 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Agent
     }),
     outboxOldestAgeSource: () => 0,
   };
+  const volumes = new VolumeMetrics(
+    {
+      lastSuccess: base.volumeLastSuccess,
+      lastFailure: base.volumeLastFailure,
+      exportedBytes: base.volumeExportedBytes,
+      chainDepth: base.volumeChainDepth,
+      evicted: base.volumeSeriesEvicted,
+    },
+    options.maxVolumes,
+  );
+  metrics = { ...base, volumes, beforeCollect };
   return metrics;
 }

@@ -38,7 +38,58 @@ export const REJECTION_CODES = [
     code: 'SIGNATURE_INVALID',
     retryable: 'no',
     commands: ANY,
-    meaning: 'The signature header does not match the body.',
+    meaning:
+      'The signature does not match: legacy HMAC over the body, or Ed25519 over the envelope and body by the named key.',
+  },
+  {
+    code: 'SIGNATURE_ENVELOPE_INVALID',
+    retryable: 'no',
+    commands: ANY,
+    meaning:
+      'Ed25519 mode: an x-clvm-* envelope header is missing or malformed, or expiresAt is not after issuedAt.',
+  },
+  {
+    code: 'SIGNING_KEY_UNKNOWN',
+    retryable: 'no',
+    commands: ANY,
+    meaning: 'Ed25519 mode: x-clvm-key-id is not in security.publicKeys.',
+  },
+  {
+    code: 'SIGNING_KEY_RETIRED',
+    retryable: 'no',
+    commands: ANY,
+    meaning: 'Ed25519 mode: the key is configured but not in security.acceptedKeyIds (rotated out).',
+  },
+  {
+    code: 'WRONG_HOST',
+    retryable: 'no',
+    commands: ANY,
+    meaning: 'Ed25519 mode: the command is signed for another host (x-clvm-host-id).',
+  },
+  {
+    code: 'COMMAND_LIFETIME_TOO_LONG',
+    retryable: 'no',
+    commands: ANY,
+    meaning: 'Ed25519 mode: expiresAt - issuedAt is more than security.maxCommandLifetimeMs.',
+  },
+  {
+    code: 'COMMAND_NOT_YET_VALID',
+    retryable: 'no',
+    commands: ANY,
+    meaning: 'Ed25519 mode: issuedAt is further in the future than security.clockSkewMs.',
+  },
+  {
+    code: 'COMMAND_EXPIRED',
+    retryable: 'no',
+    commands: ANY,
+    meaning: 'Ed25519 mode: expiresAt has passed; sign the command again (with a new id).',
+  },
+  {
+    code: 'COMMAND_REPLAYED',
+    retryable: 'no',
+    commands: ANY,
+    meaning:
+      'Ed25519 mode: this command id was already received (a signed command runs once; the first job is unaffected).',
   },
   {
     code: 'UNSUPPORTED_CONTENT_TYPE',
@@ -183,6 +234,13 @@ export const FAILURE_CODES = [
     retryable: 'no',
     commands: VOLUME_COMMANDS,
     meaning: 'A path found on the host lies outside the configured roots.',
+  },
+  {
+    code: 'PATH_ESCAPES_ROOTS',
+    retryable: 'no',
+    commands: VOLUME_COMMANDS,
+    meaning:
+      'A path under a root resolved, right before qemu-img was to use it, to a place outside the roots (a symlink swapped in after intake).',
   },
   {
     code: 'INVALID_SIZE',

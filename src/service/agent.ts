@@ -2,11 +2,15 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentConfig } from '../config/index.js';
 import { baseHandlers, cachedProbe, capabilityProbe, type HostProbe } from '../handlers/index.js';
+import { QemuImg } from '../host/qemu-img.js';
+import { SnapshotStore } from '../host/store.js';
 import { writeFileAtomic } from '../jobs/atomic-file.js';
+import { commandKeyPolicy } from '../jobs/command-signature.js';
 import { buildEvent, quarantineNotice } from '../jobs/events.js';
 import { JobRunner } from '../jobs/job-runner.js';
 import { JobJournal } from '../jobs/journal.js';
 import type { HandlerRegistry } from '../jobs/types.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import { CommandConsumer } from '../messaging/command-consumer.js';
 import { BrokerConnection } from '../messaging/connection.js';
 import { EventPublisher, type ReturnedEvent } from '../messaging/event-publisher.js';
@@ -14,6 +18,7 @@ import { type TopologyNames, topologyNames } from '../messaging/topology.js';
 import { type HealthServer, startHealthServer } from '../observability/health-server.js';
 import type { Logger } from '../observability/logger.js';
 import { type AgentMetrics, createMetrics } from '../observability/metrics.js';
+import { StoreHealth } from '../observability/store-health.js';
 import type { EventKind } from '../protocol/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { type Stage, startPipeline } from './pipeline.js';
@@ -136,6 +141,7 @@ const connections: Stage<Ctx> = {
         connectTimeoutMs: b.connectTimeoutMs,
         reconnectMinMs: b.reconnectMinMs,
         reconnectMaxMs: b.reconnectMaxMs,
+        tls: brokerTlsOptions(b.tls),
         logger: ctx.logger.child({ connection: role }),
       });
       ctx.metrics.brokerConnected.set({ role }, 0);
@@ -200,6 +206,7 @@ const jobs: Stage<Ctx> = {
       policy: {
         maxMessageBytes: config.limits.maxMessageBytes,
         signingKey: config.security.signingKey,
+        commandKeys: commandKeyPolicy({ hostId: config.hostId, ...config.security }),
         storeRoots: config.store.roots,
         fileRoots: config.pools.fileRoots,
         volumeGroups: config.pools.volumeGroups,
@@ -289,6 +296,24 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     metrics: createMetrics(),
     stopReason: 'shutdown',
   };
+  // /metrics probes the snapshot store at each scrape (clvm_agent_store_up, _free_bytes).
+  const store = new SnapshotStore({
+    roots: config.store.roots,
+    qemuImg: new QemuImg({
+      timeoutMs: config.timeouts.toolMs,
+      exportTimeoutMs: config.timeouts.exportMs,
+      logger,
+    }),
+    logger,
+  });
+  const storeHealth = new StoreHealth({
+    roots: store.roots,
+    freeBytes: (root) => store.freeBytes(root),
+    up: ctx.metrics.storeUp,
+    free: ctx.metrics.storeFreeBytes,
+    logger,
+  });
+  ctx.metrics.beforeCollect.push(() => storeHealth.refresh());
   const stopPipeline = await startPipeline(STAGES, ctx, logger);
   let stopping: Promise<Error[]> | undefined;
   return {

@@ -38,6 +38,13 @@ export async function runAgentProcess(opts: AgentProcessOptions = {}): Promise<v
   }
   const logger = createLogger({ level: config.log.level });
   logger.info({ config: JSON.parse(redacted), version: AGENT_VERSION }, 'configuration loaded');
+  if (Object.keys(config.security.publicKeys).length === 0) {
+    logger.warn(
+      config.security.signingKey
+        ? 'commands are checked with the LEGACY shared HMAC key: any host holding it can sign commands for every host; configure security.publicKeys'
+        : 'commands are NOT signed (no security.publicKeys): anyone who can publish to the commands exchange can command this host',
+    );
+  }
 
   process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled promise rejection'));
   process.on('uncaughtException', (error) => {

@@ -1,20 +1,37 @@
 import { stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { AgentError, HostCommandError, JobInterruptedError, PathExistsError } from '../errors/index.js';
+import { dirname, join } from 'node:path';
+import {
+  AgentError,
+  JobInterruptedError,
+  PathExistsError,
+  StrategyUnavailableError,
+} from '../errors/index.js';
 import type { JobContext } from '../jobs/types.js';
-import type { SnapshotCreateResult, VolumeRef } from '../protocol/index.js';
+import type { SnapshotCreateResult } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
-import { familyNames, layerHoldsWritesSince, nextLayerName, resolveActiveLayer } from './live-layers.js';
+import {
+  activeLayerBackend,
+  familyNames,
+  layerHoldsWritesSince,
+  nextLayerName,
+  volumeAt,
+} from './live-layers.js';
 import { LIVE_ROTATE_DISABLED, liveRotateSteps, probeLiveRotate } from './live-rotate.js';
 import { lvmCowSteps } from './lvm-cow.js';
 import { offlineSteps } from './offline.js';
 import type { CreatePlan } from './plan.js';
 import { chooseKind, chooseStrategy } from './planner.js';
 import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
-import { inspectVm, resumeIfPausedByUs, thawIfFrozenByUs } from './vm.js';
+import {
+  inspectVm,
+  pinnedBackingChain,
+  pinnedChainReason,
+  resumeIfPausedByUs,
+  thawIfFrozenByUs,
+} from './vm.js';
 import { FileVolumeBackend, jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
 type CreateContext = JobContext<'snapshot.create'>;
@@ -38,7 +55,7 @@ export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Pr
     throw withOutcome(error, { rolledBack: true, step: null });
   }
   // The plan names the layer it snapshots (a command may name the volume by another of its names).
-  const backend = await volumeBackend(volumeOfPlan(ctx.command.params.volume, plan), deps);
+  const backend = await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps);
   const steps = createSteps(plan, backend, deps, journal);
   try {
     if (ctx.recovering) {
@@ -106,7 +123,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   const mayRotate = params.options.strategy === 'auto' || params.options.strategy === 'live-rotate';
   const liveRotate =
     mayRotate && vm?.running && vm.target !== null
-      ? deps.liveRotate === 'enabled'
+      ? deps.liveRotate !== 'disabled'
         ? await probeLiveRotate(deps, vm.name, vm.target, backend, active.virtualSize)
         : { supported: false, reason: LIVE_ROTATE_DISABLED }
       : null;
@@ -117,6 +134,13 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
     reflink,
     liveRotate,
   });
+  // Every other strategy changes the image header (offline: a new image; lvm-cow: its backing).
+  if (strategy.name !== 'live-rotate') {
+    const pinned = await pinnedBackingChain(deps.libvirt, params.vm, backend.activePath);
+    if (pinned !== null && params.vm !== null) {
+      throw new StrategyUnavailableError(strategy.name, pinnedChainReason(params.vm, pinned));
+    }
+  }
   const storeDir = await deps.store.ensureDirectory(params.store);
   const snapshotPath = await deps.store.memberPath(params.store, params.snapshot);
   if (await pathExists(snapshotPath)) throw new PathExistsError(snapshotPath);
@@ -245,37 +269,6 @@ function withVolumePath(error: unknown, plan: CreatePlan, journal: EngineJournal
     retryable: error.retryable,
     details: { ...error.details, volumePath: volumePathOf(plan, journal) },
   });
-}
-
-/** The command's volume reference, pointed at the layer the plan snapshots. */
-function volumeOfPlan(volume: VolumeRef, plan: CreatePlan): VolumeRef {
-  return volume.kind === 'file' ? { ...volume, file: basename(plan.activePath) } : volume;
-}
-
-/**
- * The backend of the volume's active layer. A file volume that live rotation moved may be named by
- * any of its names (base or layer names): the running VM's disk, else the headers, say which is on top.
- */
-async function activeLayerBackend(
-  volume: VolumeRef,
-  vm: string | null,
-  deps: SnapshotDeps,
-): Promise<VolumeBackend> {
-  const backend = await volumeBackend(volume, deps);
-  if (!(backend instanceof FileVolumeBackend) || volume.kind !== 'file') return backend;
-  let sources: string[] | null = null;
-  if (vm !== null) {
-    try {
-      if ((await deps.libvirt.domainState(vm)).state !== 'shut off') {
-        sources = (await deps.libvirt.disks(vm)).map((d) => d.source);
-      }
-    } catch (error) {
-      // inspectVm reports an unknown domain with its own error.
-      if (!(error instanceof HostCommandError && error.kind === 'not-found')) throw error;
-    }
-  }
-  const name = await resolveActiveLayer(deps.qemuImg, backend.dir, backend.activeName, sources);
-  return name === backend.activeName ? backend : volumeBackend({ ...volume, file: name }, deps);
 }
 
 /** The active chain's layers that are this volume's own files in its pool (top first, down to its base). */

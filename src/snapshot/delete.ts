@@ -15,9 +15,10 @@ import type { JobContext } from '../jobs/types.js';
 import { backingOf, pathExists, removeIfUnreferenced } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { EngineJournal } from './journal.js';
+import { activeLayerBackend } from './live-layers.js';
 import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
-import { inspectVm } from './vm.js';
-import { FileVolumeBackend, volumeBackend } from './volumes.js';
+import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
+import { FileVolumeBackend } from './volumes.js';
 
 type DeleteContext = JobContext<'snapshot.delete'>;
 
@@ -71,7 +72,7 @@ export async function makeDeletePlan(ctx: DeleteContext, deps: SnapshotDeps): Pr
       field: 'snapshot',
     });
   }
-  const backend = await volumeBackend(params.volume, deps);
+  const backend = await activeLayerBackend(params.volume, params.vm, deps);
   const storeDir = await deps.store.directory(params.store);
   const snapshotPath = await deps.store.memberPath(params.store, params.snapshot);
   if (!(await pathExists(snapshotPath))) {
@@ -100,6 +101,10 @@ export async function makeDeletePlan(ctx: DeleteContext, deps: SnapshotDeps): Pr
   }
 
   const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
+  const pinned = childIsActive ? await pinnedBackingChain(deps.libvirt, params.vm, backend.activePath) : null;
+  if (pinned !== null && params.vm !== null) {
+    throw new SnapshotInUseError(params.snapshot, pinnedChainReason(params.vm, pinned), { retryable: false });
+  }
   if (vm?.running) {
     if (childIsActive) {
       throw new SnapshotInUseError(

@@ -15,7 +15,7 @@ export interface SnapshotDeps {
   libvirt: Libvirt;
   /** Test-only fault injection (default: none). */
   failpoints?: Failpoints;
-  /** live-rotate runs only when 'enabled' (config snapshot.liveRotate; default 'enabled'). */
+  /** live-rotate runs unless 'disabled' (config snapshot.liveRotate; default 'enabled'). */
   liveRotate?: 'enabled' | 'disabled';
   /** How often the CoW fill level is read during an lvm-cow export (default 1000 ms). */
   cowPollMs?: number;

@@ -185,7 +185,14 @@ export class ExportBandwidth {
     if (n === 0) return;
     const running = this.entries.filter((e) => e.runnable).length;
     this.turn = (this.turn + Math.max(running, 1)) % n;
-    const debt = this.debtBytes();
+    let debt = this.debtBytes();
+    // Unused bandwidth (slow storage, exports with lower rates) is not saved up beyond one turn,
+    // or later bursts would never be paid back.
+    const maxCredit = (this.hostLimit * this.quantumMs) / 1000;
+    if (debt < -maxCredit) {
+      this.accountSince += ((-maxCredit - debt) / this.hostLimit) * 1000;
+      debt = -maxCredit;
+    }
     if (debt > 0 && n > 1) {
       // Bursts after resumes went above the limit: everyone waits until the bucket has refilled.
       const pauseMs = (debt / this.hostLimit) * 1000;

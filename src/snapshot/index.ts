@@ -5,6 +5,7 @@ import { runTool } from '../host/exec.js';
 import { FilePool } from '../host/file-pool.js';
 import { Libvirt } from '../host/libvirt.js';
 import { Lvm } from '../host/lvm.js';
+import { confinedRunner } from '../host/paths.js';
 import { QemuImg } from '../host/qemu-img.js';
 import { SnapshotStore } from '../host/store.js';
 import type { HandlerRegistry } from '../jobs/types.js';
@@ -52,7 +53,8 @@ export function createSnapshotDeps(
     logger,
     timeoutMs: config.timeouts.toolMs,
     exportTimeoutMs: config.timeouts.exportMs,
-    run: failpoints.wrapRunner(runTool),
+    // Every path under a root is re-resolved right before qemu-img runs (symlink swaps).
+    run: confinedRunner(failpoints.wrapRunner(runTool), [...config.store.roots, ...config.pools.fileRoots]),
   });
   const store = new SnapshotStore({ roots: config.store.roots, qemuImg, logger });
   const filePool = new FilePool({

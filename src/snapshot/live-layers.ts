@@ -5,10 +5,13 @@
 import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { AgentError } from '../errors/index.js';
+import { AgentError, HostCommandError } from '../errors/index.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import { fsyncDirectory } from '../host/store.js';
+import type { VolumeRef } from '../protocol/index.js';
 import { pathExists } from './chain.js';
+import type { SnapshotDeps } from './deps.js';
+import { FileVolumeBackend, type VolumeBackend, volumeBackend } from './volumes.js';
 
 /** Names an active layer of a rotated volume takes: `<base>.lr-a` ... (the first free one). */
 const LAYER_SUFFIXES = ['a', 'b', 'c', 'd'].map((s) => `.lr-${s}`);
@@ -125,4 +128,35 @@ export async function writeLayerRecord(dir: string, layerName: string, since: st
     throw error;
   }
   await fsyncDirectory(dir);
+}
+
+/** The command's volume reference, pointed at the layer a plan works on (journaled: recovery uses the same). */
+export function volumeAt(volume: VolumeRef, activePath: string): VolumeRef {
+  return volume.kind === 'file' ? { ...volume, file: basename(activePath) } : volume;
+}
+
+/**
+ * The backend of the volume's active layer. A file volume that live rotation moved may be named by
+ * any of its names (base or layer names): the running VM's disk, else the headers, say which is on top.
+ */
+export async function activeLayerBackend(
+  volume: VolumeRef,
+  vm: string | null,
+  deps: SnapshotDeps,
+): Promise<VolumeBackend> {
+  const backend = await volumeBackend(volume, deps);
+  if (!(backend instanceof FileVolumeBackend) || volume.kind !== 'file') return backend;
+  let sources: string[] | null = null;
+  if (vm !== null) {
+    try {
+      if ((await deps.libvirt.domainState(vm)).state !== 'shut off') {
+        sources = (await deps.libvirt.disks(vm)).map((d) => d.source);
+      }
+    } catch (error) {
+      // inspectVm reports an unknown domain with its own error.
+      if (!(error instanceof HostCommandError && error.kind === 'not-found')) throw error;
+    }
+  }
+  const name = await resolveActiveLayer(deps.qemuImg, backend.dir, backend.activeName, sources);
+  return name === backend.activeName ? backend : volumeBackend({ ...volume, file: name }, deps);
 }

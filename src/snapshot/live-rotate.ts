@@ -22,6 +22,9 @@ import { FileVolumeBackend, type VolumeBackend } from './volumes.js';
 export const LIVE_ROTATE_DISABLED =
   "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
 
+/** How long libvirt may take to update its chain after a block commit job ended. */
+const COMMIT_SETTLE_MS = 10_000;
+
 /** The live-rotate strategy's steps for one plan. Callable without the agent. */
 export function liveRotateSteps(
   plan: CreatePlan,
@@ -64,6 +67,17 @@ export function liveRotateSteps(
   // After the switch QEMU writes to the overlay. A VM found running on the old top was started
   // again from a description older than the switch (a management plane that did not apply
   // volumePath): its guest writes land in the layer we export and merge. Stop, keep every layer.
+  // Waits for the disk's block job to end and libvirt to drop the old top from its chain (it does
+  // so when it handles QEMU's completion event, a moment after the job is gone). False: it stayed.
+  const commitSettled = async (): Promise<boolean> => {
+    const deadline = Date.now() + COMMIT_SETTLE_MS;
+    for (;;) {
+      await libvirt.waitForBlockJob(vm, target);
+      if (!(await libvirt.diskSources(vm, target)).includes(frozenPath)) return true;
+      if (Date.now() > deadline) return false;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  };
   const layerKept = (what: string, runsOn?: string): AgentError =>
     new AgentError(
       'VOLUME_STATE_UNEXPECTED',
@@ -173,20 +187,19 @@ export function liveRotateSteps(
           if (frozenPath === basePath) return; // the first rotation: the old top is the base
           if (!(await running())) return;
           await assertOnOverlay('the commit');
-          await libvirt.waitForBlockJob(vm, target); // one a killed agent started goes on in libvirtd
-          const chain = await libvirt.diskSources(vm, target);
-          if (!chain.includes(frozenPath)) return;
+          // A commit this job started (journaled first) goes on in libvirtd if the agent died.
+          if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
+          await journal.update((r) => {
+            r.facts.commitStarted = true;
+          });
           await libvirt.startBlockCommit(vm, { target, top: frozenPath, base: basePath });
           hooks.midStep?.('commit-frozen');
-          await libvirt.waitForBlockJob(vm, target);
-          const after = await libvirt.diskSources(vm, target);
-          if (after.includes(frozenPath)) {
+          if (!(await commitSettled())) {
+            const chain = await libvirt.diskSources(vm, target);
             throw new AgentError(
               'VOLUME_STATE_UNEXPECTED',
               `the block commit of ${frozenPath} ended but libvirt still lists it`,
-              {
-                details: { vm, chain: after },
-              },
+              { details: { vm, chain } },
             );
           }
         },

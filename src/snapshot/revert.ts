@@ -7,8 +7,9 @@ import { pathExists } from './chain.js';
 import { swapSteps } from './common-steps.js';
 import type { SnapshotDeps } from './deps.js';
 import { EngineJournal } from './journal.js';
+import { activeLayerBackend, volumeAt } from './live-layers.js';
 import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
-import { inspectVm } from './vm.js';
+import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
 import { jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
 type RevertContext = JobContext<'snapshot.revert'>;
@@ -39,7 +40,7 @@ export async function revertSnapshot(
   } catch (error) {
     throw withOutcome(error, { rolledBack: true, step: null });
   }
-  const backend = await volumeBackend(ctx.command.params.volume, deps);
+  const backend = await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps);
   const steps = revertSteps(plan, backend, deps);
   await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
   return {
@@ -57,9 +58,19 @@ export async function makeRevertPlan(ctx: RevertContext, deps: SnapshotDeps): Pr
       field: 'snapshot',
     });
   }
-  const backend = await volumeBackend(params.volume, deps);
+  const backend = await activeLayerBackend(params.volume, params.vm, deps);
   const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
   if (vm?.running) throw new VmStateError(vm.name, vm.state, 'revert needs the VM stopped');
+  const pinned = await pinnedBackingChain(deps.libvirt, params.vm, backend.activePath);
+  if (pinned !== null && params.vm !== null) {
+    throw new AgentError(
+      'VOLUME_STATE_UNEXPECTED',
+      `revert refused: ${pinnedChainReason(params.vm, pinned)}`,
+      {
+        details: { vm: params.vm, chain: pinned },
+      },
+    );
+  }
   const snapshotPath = await deps.store.memberPath(params.store, params.snapshot);
   if (!(await pathExists(snapshotPath))) {
     throw new AgentError('SNAPSHOT_NOT_FOUND', `${snapshotPath} does not exist`, {

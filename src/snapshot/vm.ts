@@ -132,3 +132,41 @@ export async function thawGuest(libvirt: Libvirt, journal: EngineJournal, vm: st
     r.facts.frozenByUs = null;
   });
 }
+
+/**
+ * The backing chain libvirt's description of the VM pins for the volume's active image (the live
+ * description while it runs, else the persistent one), or null when it pins none. libvirt writes
+ * the chain into the description when it tracks a layer change (live-rotate's switch and commit),
+ * and then opens exactly that chain at the next start or restore, whatever the image header says:
+ * a strategy that changes the header behind libvirt would leave that description wrong.
+ */
+export async function pinnedBackingChain(
+  libvirt: Libvirt,
+  vm: string | null,
+  activePath: string,
+): Promise<string[] | null> {
+  if (vm === null) return null;
+  let running: boolean;
+  try {
+    running = (await libvirt.domainState(vm)).state !== 'shut off';
+  } catch (error) {
+    if (error instanceof HostCommandError && error.kind === 'not-found') return null;
+    throw error;
+  }
+  for (const disk of await libvirt.disks(vm)) {
+    if (disk.source !== activePath) continue;
+    const chain = await libvirt.diskSources(vm, disk.target, { inactive: !running });
+    return chain.length > 1 ? chain : null;
+  }
+  return null;
+}
+
+/** Why a header change of `activePath` is refused while libvirt pins its chain (for the error). */
+export function pinnedChainReason(vm: string, chain: readonly string[]): string {
+  return (
+    `libvirt's description of ${vm} pins the chain ${chain.join(' → ')} (written by libvirt when live-rotate ` +
+    'switched layers), so a start, restore or migration would open that chain whatever the image header says: ' +
+    'snapshot the running VM with live-rotate; for a stopped defined domain, remove the <backingStore> of the ' +
+    'disk first (virsh edit), then libvirt reads the headers again'
+  );
+}

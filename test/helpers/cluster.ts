@@ -38,6 +38,10 @@ export const cluster = {
   startNode: (n: NodeNo) => run(['start-node', String(n)]),
   stopNode: (n: NodeNo) => run(['stop-node', String(n)]),
   ctl: (n: NodeNo, ...args: string[]) => run(['ctl', String(n), ...args], 30_000),
+  /** rabbitmqctl with a longer bound (a memory breakdown of thousands of processes on a busy node). */
+  slowCtl: (n: NodeNo, timeoutMs: number, ...args: string[]) => run(['ctl', String(n), ...args], timeoutMs),
+  /** OS pid of node n's Erlang VM. */
+  pid: (n: NodeNo) => run(['pid', String(n)], 10_000),
 
   /** The node whose Raft member leads quorum queue `queue`. */
   async leaderOf(queue: string): Promise<NodeNo> {

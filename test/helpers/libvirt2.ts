@@ -6,7 +6,7 @@
 // bind-mounted over /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt.
 // QEMU there logs to files (virtlogd's socket is not visible) and uses no cgroups.
 import { randomUUID } from 'node:crypto';
-import { appendFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { TEST_PREFIX } from './libvirt-fixtures.js';
@@ -25,8 +25,12 @@ export class SecondLibvirtd {
     return join(this.dir, 'libvirtd.pid');
   }
 
-  /** Starts the daemon for this test process (`/tmp/clvmt-libvirt2-<pid>-d`), or reuses the running one. */
+  /**
+   * Starts the daemon for this test process (`/tmp/clvmt-libvirt2-<pid>-d`), or reuses the running
+   * one. First stops those of test processes that died without stopping theirs.
+   */
   static async start(): Promise<SecondLibvirtd> {
+    await SecondLibvirtd.sweepStale();
     const daemon = new SecondLibvirtd(`/tmp/${TEST_PREFIX}-libvirt2-${process.pid}-d`);
     if ((await daemon.pid()) !== null && (await daemon.answers())) return daemon;
     await daemon.stop();
@@ -77,6 +81,20 @@ export class SecondLibvirtd {
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     return daemon;
+  }
+
+  /** Stops second daemons whose test process no longer exists (their dir names carry its pid). */
+  static async sweepStale(): Promise<void> {
+    const pattern = new RegExp(`^${TEST_PREFIX}-libvirt2-(\\d+)-d$`);
+    for (const entry of await readdir('/tmp')) {
+      const pid = Number(pattern.exec(entry)?.[1]);
+      if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
+      try {
+        process.kill(pid, 0);
+      } catch {
+        await new SecondLibvirtd(join('/tmp', entry)).stop();
+      }
+    }
   }
 
   async virsh(args: readonly string[]): Promise<string> {

@@ -3,7 +3,12 @@
 # folder, which the guest sees over 9p at the same path. Streams the command's output and exits with
 # its exit code.
 #
-#   bash test/lab/run.sh [--timeout SECONDS] [--disks N] [--disk-size SIZE] [--] COMMAND...
+#   bash test/lab/run.sh [--timeout SECONDS] [--disks N] [--disk-size SIZE] [--disk-dir DIR]
+#                        [--cut-after-ms MS] [--] COMMAND...
+#
+# --disk-dir: the disks are DIR/diskN.raw, created when missing and kept (the power-cut matrix boots
+# again on the same disks). --cut-after-ms: MS milliseconds after the command creates /job/armed,
+# the guest's QEMU gets SIGKILL (the hypervisor loses power; the guest's page cache is gone): exit 137.
 #
 # The guest gets N sparse raw disks (/dev/vda, /dev/vdb...; default 4 of 4G each, they cost nothing until
 # written). A boot whose job has not started within LAB_BOOT_WATCHDOG seconds (45) is killed and retried
@@ -16,8 +21,12 @@ project="$(cd "$here/../.." && pwd)"
 timeout_s=900
 disks=4
 disk_size=4G
+disk_dir=
+cut_after_ms=
 while [ $# -gt 0 ]; do
   case "$1" in
+  --disk-dir) disk_dir="$2"; shift 2 ;;
+  --cut-after-ms) cut_after_ms="$2"; shift 2 ;;
   --timeout) timeout_s="$2"; shift 2 ;;
   --disks) disks="$2"; shift 2 ;;
   --disk-size) disk_size="$2"; shift 2 ;;
@@ -59,9 +68,11 @@ job="$tmp/job"
 mkdir -p "$job"
 printf '%s\n' "$*" >"$job/job.sh"
 drive_args=()
+disk_dir="${disk_dir:-$tmp}"
+mkdir -p "$disk_dir"
 for i in $(seq 1 "$disks"); do
-  truncate -s "$disk_size" "$tmp/disk$i.raw"
-  drive_args+=(-drive "file=$tmp/disk$i.raw,if=none,id=disk$i,format=raw,cache=unsafe,discard=unmap,aio=threads"
+  [ -f "$disk_dir/disk$i.raw" ] || truncate -s "$disk_size" "$disk_dir/disk$i.raw"
+  drive_args+=(-drive "file=$disk_dir/disk$i.raw,if=none,id=disk$i,format=raw,cache=unsafe,discard=unmap,aio=threads"
     -device "virtio-blk-pci,drive=disk$i,serial=labdisk$i")
 done
 
@@ -109,7 +120,17 @@ done
 tail -n +1 -f "$job/output" 2>/dev/null &
 tail_pid=$!
 deadline_ms=$(($(now_ms) + timeout_s * 1000))
+cut_at_ms=
 while kill -0 "$qemu_pid" 2>/dev/null; do
+  if [ -n "$cut_after_ms" ] && [ -z "$cut_at_ms" ] && [ -e "$job/armed" ]; then cut_at_ms=$(($(now_ms) + cut_after_ms)); fi
+  if [ -n "$cut_at_ms" ] && [ "$(now_ms)" -ge "$cut_at_ms" ]; then
+    kill -9 "$qemu_pid" 2>/dev/null || true
+    wait "$qemu_pid" 2>/dev/null || true
+    qemu_pid=
+    sleep 0.3 # let tail print the last lines
+    echo "lab: power cut (SIGKILL of the guest's QEMU) ${cut_after_ms} ms after the job armed it" >&2
+    exit 137
+  fi
   if [ "$(now_ms)" -gt "$deadline_ms" ]; then
     echo "lab: the command did not finish within ${timeout_s}s; killing the guest" >&2
     kill "$qemu_pid" 2>/dev/null || true
@@ -117,7 +138,7 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
     qemu_pid=
     exit 124
   fi
-  sleep 0.2
+  sleep "$([ -n "$cut_at_ms" ] && echo 0.02 || echo 0.2)"
 done
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=

@@ -13,6 +13,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectionName } from '../../../src/messaging/connection.js';
 import { eventKindOf } from '../../../src/protocol/index.js';
 import { startTestAgent, type TestAgent, uniqueSuffix } from '../../helpers/agent.js';
 import { CLUSTER_URLS, cluster, type NodeNo, nodeOfUrl } from '../../helpers/cluster.js';
@@ -62,14 +63,45 @@ function nodeOf(role: 'consume' | 'publish'): NodeNo {
   return found;
 }
 
-/** Highest x-delivery-count the agent logged for a redelivered command. */
-function maxDeliveryCount(): number {
+/** Highest x-delivery-count the agent logged for a redelivered command since output offset `from`. */
+function maxDeliveryCount(from: number): number {
   let max = 0;
-  for (const line of agent.output().split('\n')) {
+  for (const line of agent.output().slice(from).split('\n')) {
     if (!line.includes('"command redelivered')) continue;
     max = Math.max(max, (JSON.parse(line) as { deliveryCount: number }).deliveryCount);
   }
   return max;
+}
+
+/**
+ * Makes the agent's `role` connection leave node `away` (rabbitmqctl close_connection: the agent
+ * reconnects to its next URL), so a fault on that node hits only what the case means to hit.
+ */
+async function moveOff(role: 'consume' | 'publish', away: NodeNo): Promise<void> {
+  const name = connectionName(agent.hostId, role);
+  for (let attempt = 0; nodeOf(role) === away; attempt++) {
+    if (attempt >= 3) throw new Error(`the ${role} connection stays on clu${away}`);
+    const rows = JSON.parse(
+      await cluster.ctl(away, 'list_connections', 'name', 'client_properties', '--formatter', 'json'),
+    ) as Array<{ name: string; client_properties: Array<[string, string, unknown]> }>;
+    const address = rows.find((r) =>
+      r.client_properties.some(([key, , value]) => key === 'connection_name' && value === name),
+    )?.name;
+    const table = await cluster.ctl(away, 'list_connections', 'pid', 'name', '--no-table-headers');
+    const pid = table
+      .split('\n')
+      .map((line) => line.split('\t'))
+      .find(([, addr]) => addr?.trim() === address)?.[0];
+    if (!address || !pid) throw new Error(`no ${role} connection of the agent on clu${away}`);
+    const connects = agent.output().split('"connected to the broker"').length;
+    await cluster.ctl(away, 'close_connection', pid.trim(), 'failover test: move the connection');
+    const until = Date.now() + 30_000;
+    while (agent.output().split('"connected to the broker"').length === connects) {
+      if (Date.now() > until) throw new Error(`the ${role} connection did not come back`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  await waitReady(30_000);
 }
 
 async function ready(): Promise<boolean> {
@@ -111,10 +143,13 @@ async function runCase(
   burst: number,
   fault: () => Promise<NodeNo | undefined>,
   repair: () => Promise<void> = async () => undefined,
+  prepare: () => Promise<void> = async () => undefined,
 ): Promise<Figures> {
   caseNo += 1;
   await cluster.waitHealthy([agent.names.commandQueue, subQueue]);
   await waitReady(30_000);
+  await prepare();
+  const logFrom = agent.output().length;
   const resendsBefore = sender.resends;
   const dupBefore = sub.duplicates;
   const tag = `c${caseNo}-${name}`;
@@ -198,7 +233,7 @@ async function runCase(
     resends: sender.resends - resendsBefore,
     ranTwice,
     deadLettered: await deadLettered(),
-    maxDeliveryCount: maxDeliveryCount(),
+    maxDeliveryCount: maxDeliveryCount(logFrom),
     readyAgainMs,
     snapshotMs,
   };
@@ -244,7 +279,7 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     await agent?.stop().catch(() => undefined); // temp dirs (its broker objects went with the cluster)
   }, 120_000);
 
-  it('kill -9 of the node the agent consumes from', async () => {
+  it('kill -9 of the node the agent consumes from', { timeout: 240_000 }, async () => {
     let killed: NodeNo = 1;
     await runCase(
       'kill-consumer-node',
@@ -258,7 +293,7 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     );
   });
 
-  it('kill -9 of the quorum leader of the command queue', async () => {
+  it('kill -9 of the quorum leader of the command queue', { timeout: 240_000 }, async () => {
     let killed: NodeNo = 1;
     await runCase(
       'kill-queue-leader',
@@ -269,10 +304,18 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
         return killed;
       },
       () => cluster.startNode(killed).then(() => undefined),
+      // Only the leader goes: the agent's connections live elsewhere.
+      async () => {
+        const leader = await cluster.leaderOf(agent.names.commandQueue);
+        await moveOff('consume', leader);
+        await moveOff('publish', leader);
+      },
     );
   });
 
-  it('kill -9 of the node the publisher uses, while events await confirms', async () => {
+  it('kill -9 of the node the publisher uses, while events await confirms', {
+    timeout: 240_000,
+  }, async () => {
     let killed: NodeNo = 1;
     await runCase(
       'kill-publisher-node',
@@ -283,10 +326,14 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
         return killed;
       },
       () => cluster.startNode(killed).then(() => undefined),
+      // Only the publisher's node goes: the consumer lives elsewhere.
+      () => moveOff('consume', nodeOf('publish')),
     );
   });
 
-  it(`freeze (SIGSTOP) of the consumer's node for 3 heartbeats (${3 * HEARTBEAT_S} s)`, async () => {
+  it(`freeze (SIGSTOP) of the consumer's node for 3 heartbeats (${3 * HEARTBEAT_S} s)`, {
+    timeout: 240_000,
+  }, async () => {
     await runCase('freeze-consumer-node', 100, async () => {
       const frozen = nodeOf('consume');
       await cluster.freeze(frozen);
@@ -299,14 +346,18 @@ describe(`failover on a 3-node RabbitMQ cluster (${FULL ? 'all cases' : 'subset;
     });
   });
 
-  it.runIf(FULL)('rolling restart of all three nodes during a 200-command burst', async () => {
-    await runCase('rolling-restart', 200, async () => {
-      for (const n of [1, 2, 3] as const) {
-        await cluster.stopNode(n);
-        await cluster.startNode(n);
-        await cluster.waitHealthy([agent.names.commandQueue]);
-      }
-      return undefined;
-    });
-  });
+  it.runIf(FULL)(
+    'rolling restart of all three nodes during a 200-command burst',
+    { timeout: 400_000 },
+    async () => {
+      await runCase('rolling-restart', 200, async () => {
+        for (const n of [1, 2, 3] as const) {
+          await cluster.stopNode(n);
+          await cluster.startNode(n);
+          await cluster.waitHealthy([agent.names.commandQueue]);
+        }
+        return undefined;
+      });
+    },
+  );
 });

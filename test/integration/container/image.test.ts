@@ -179,10 +179,31 @@ describe('the container image (podman)', () => {
     expect(node?.user).toBe('root');
     for (const cap of ['SYS_ADMIN', 'MKNOD', 'SYS_RAWIO', 'DAC_OVERRIDE']) expect(node?.caps).toContain(cap);
 
-    // SIGTERM: drains and exits 0 within the grace time.
+    // SIGTERM while a snapshot runs (slowed by a 1 MiB/s bandwidth limit: qemu-img -r in the
+    // image): the agent lets it finish within the grace time, then exits 0.
+    const slow = await makeQcow2(join(pool, 'slow.qcow2'), 16 * MiB);
+    await writePattern(slow, 0x3d, 0, 3 * MiB);
+    const slowJob = run.bus.send('snapshot.create', {
+      volume: { kind: 'file', pool, file: 'slow.qcow2' },
+      vm: null,
+      store: { root: store, dir: 'slow' },
+      parents: [],
+      snapshot: 'slow-1.qcow2',
+      options: { strategy: 'offline', bandwidthBytesPerSecond: 1024 * 1024 },
+    });
+    await run.bus.waitFor(
+      'the export of the slow job',
+      () =>
+        run.bus.eventsOf(slowJob, 'progress').some((e) => (e.data as { step?: string }).step === 'export'),
+      60_000,
+    );
     const stopped = await stopWithSigterm(run.name);
     expect(stopped.exitCode).toBe(0);
     expect(stopped.ms).toBeLessThan(GRACE_MS);
+    // It finished (not aborted): 3 MiB at 1 MiB/s took more than a second of the drain.
+    expect((await run.bus.waitForTerminal(slowJob, 10_000)).type).toMatch(/succeeded$/);
+    expect(stopped.ms).toBeGreaterThan(1000);
+    expect(await sameContent(slow, join(store, 'slow', 'slow-1.qcow2'))).toBe(true);
   });
 
   it('starts with the agent config and the container environment the chart renders', async () => {

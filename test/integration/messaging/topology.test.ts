@@ -26,6 +26,7 @@ describe('topology', () => {
       deadLetterExchange: 'clvm.commands.dlx',
       deadLetterQueue: 'clvm.commands.dead',
       deliveryLimit: 9,
+      declare: true,
     });
   });
 

@@ -10,6 +10,7 @@ import { copyFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
+import { deleteSnapshot, revertSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import {
   createQcow2,
@@ -21,7 +22,7 @@ import {
 import { SecondLibvirtd } from '../../helpers/libvirt2.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
 import { qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { fileSnapshotCommand, runCreate } from './harness.js';
+import { command, FileStepJournal, fileSnapshotCommand, jobContext, runCreate } from './harness.js';
 import { libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
@@ -29,7 +30,7 @@ const { h, cleanup } = libvirtSuite('lrtruth');
 let second: SecondLibvirtd | null = null;
 afterAll(async () => {
   await second?.stop();
-});
+}, 120_000);
 
 /** Oracle: two raw files hold the same bytes (`qemu-img compare`, sizes may differ by zeros). */
 async function rawDiffers(a: string, b: string): Promise<string | null> {
@@ -157,5 +158,35 @@ describe('live-rotate leaves libvirt telling the truth (file pool)', () => {
         await differsFromReference(join(h.storeRoot, 'vol', name), { path: refs[i]! } as ReferenceDisk),
       ).toBeNull();
     }
-  });
+
+    // A retention policy deletes the oldest snapshot of the running VM: a store-only merge (the VM
+    // reads none of the store), by the volume's first name.
+    const run = (type: 'snapshot.delete' | 'snapshot.revert', params: unknown) => {
+      const cmd = command(type, params);
+      const ctx = jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`)));
+      return type === 'snapshot.delete'
+        ? deleteSnapshot(ctx as never, h.deps)
+        : revertSnapshot(ctx as never, h.deps);
+    };
+    const volume = { kind: 'file', pool: h.pool, file: 'vol.qcow2' };
+    const store = { root: h.storeRoot, dir: 'vol' };
+    await run('snapshot.delete', { volume, vm: dom.name, store, chain: names, snapshot: 'snap-1' });
+    expect(
+      await differsFromReference(join(h.storeRoot, 'vol', 'snap-2'), { path: refs[1]! } as ReferenceDisk),
+    ).toBeNull();
+    await libvirtIsTruthful();
+    await readBack();
+
+    // Stopped, the defined domain's description pins the layer's chain: a revert (a new image
+    // under the layer's name) is refused before anything changes, naming the way out.
+    await virsh(['destroy', dom.name]);
+    await expect(
+      run('snapshot.revert', { volume, vm: dom.name, store, chain: names.slice(1), snapshot: 'snap-2' }),
+    ).rejects.toMatchObject({
+      code: 'VOLUME_STATE_UNEXPECTED',
+      message: expect.stringMatching(/virsh edit/),
+    });
+    await virsh(['start', dom.name]);
+    await readBack();
+  }, 300_000); // one domain through every operation in sequence (~70-100 s on this shared machine)
 });

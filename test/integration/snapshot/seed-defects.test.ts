@@ -154,12 +154,32 @@ describe('seed defect 5: never qemu-img rebase -u on an image a running QEMU hol
     );
     expect(rebasesOfActive).toEqual([]);
 
-    // The same strategy on the stopped VM does use rebase -u (so this test can tell the difference).
+    // The same strategy on the stopped VM would use rebase -u (so this test can tell the
+    // difference), but libvirt now pins the layer's chain in the domain's description (it tracked
+    // the rotation): a header change behind it is refused before anything runs.
     await execa('virsh', ['-c', 'qemu:///system', 'destroy', dom.name]);
     const cmd = snapshotCommand('d5.qcow2', 'd5', names, 'snap-3', { options: { strategy: 'lvm-cow' } });
     cmd.params.vm = dom.name;
-    await createSnapshot(jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))), deps);
-    // (the volume's name finds its active layer, the live-rotate layer)
-    expect(calls.filter((a) => a[0] === 'rebase' && a.includes('-u') && a.includes(layer))).toHaveLength(1);
+    await expect(
+      createSnapshot(jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))), deps),
+    ).rejects.toMatchObject({
+      code: 'STRATEGY_UNAVAILABLE',
+      message: expect.stringMatching(/pins the chain/),
+    });
+    expect(calls.filter((a) => a[0] === 'rebase')).toEqual([]);
+
+    // A domain that pins nothing (its description names the image alone): rebase -u, only now.
+    const other = join(h.pool, 'd5b.qcow2');
+    await makeQcow2(other, 16 * MiB);
+    const stopped = await startTestDomain(cleanup, { label: 'seed5b', disk: { type: 'file', path: other } });
+    await execa('virsh', ['-c', 'qemu:///system', 'destroy', stopped.name]);
+    for (const n of [1, 2]) {
+      const off = snapshotCommand('d5b.qcow2', 'd5b', n === 1 ? [] : ['snap-1'], `snap-${n}`, {
+        options: { strategy: 'lvm-cow' },
+      });
+      off.params.vm = stopped.name;
+      await createSnapshot(jobContext(off, new FileStepJournal(join(h.base, `${off.id}.json`))), deps);
+    }
+    expect(calls.filter((a) => a[0] === 'rebase' && a.includes('-u') && a.includes(other))).toHaveLength(2);
   });
 });

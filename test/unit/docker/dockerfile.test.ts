@@ -95,7 +95,10 @@ describe('Dockerfile', () => {
 
   it('runs node dist/main.js under tini, as root with the reason written next to it', () => {
     expect(runtime.lines).toContain('ENTRYPOINT ["/usr/bin/tini", "--"]');
-    expect(runtime.lines).toContain('CMD ["node", "dist/main.js"]');
+    expect(runtime.lines).toContain(
+      'CMD ["node", "--max-semi-space-size=1", "--optimize-for-size", "--single-threaded-gc", "dist/main.js"]',
+    );
+    expect(runtime.lines).toContain('ENV MALLOC_ARENA_MAX=2');
     expect(aptPackages(runtime)).toContain('tini');
     const userIndex = runtime.lines.indexOf('USER root');
     expect(userIndex).toBeGreaterThan(0);
@@ -125,6 +128,13 @@ describe('Dockerfile', () => {
     }
     for (const pkg of ['qemu-utils', 'lvm2', 'libvirt-clients', 'util-linux'])
       expect(installed.has(pkg)).toBe(true);
+  });
+
+  it('HEALTHCHECK runs the compiled check that reads the port from the agent config (not a fixed 9464)', () => {
+    const health = runtime.lines.find((l) => l.startsWith('HEALTHCHECK'));
+    expect(health).toMatch(/CMD \["node", "dist\/service\/healthcheck\.js"\]$/);
+    expect(existsSync(`${ROOT}src/service/healthcheck.ts`)).toBe(true);
+    expect(health).not.toContain('9464');
   });
 
   it('copies only paths that exist, and the dashboard assets the server reads', () => {

@@ -219,3 +219,50 @@ describe('Grafana dashboard', () => {
     expect(own.filter((n) => !queried.has(n))).toEqual([]);
   });
 });
+
+describe('alert rules (PrometheusRule) and their dashboard panels', () => {
+  const dashboard = JSON.parse(readFileSync(`${CHART}dashboards/clvm-snapshot-agent.json`, 'utf8')) as {
+    panels: Array<{ title: string; description?: string; targets: Array<{ expr: string }> }>;
+  };
+  const rule = parseAllDocuments(stubTemplate(templates['prometheusrule.yaml']!))
+    .map(
+      (d) =>
+        d.toJS() as {
+          kind: string;
+          spec: { groups: Array<{ rules: Array<{ alert: string; expr: string; for: string }> }> };
+        },
+    )
+    .find((d) => d?.kind === 'PrometheusRule');
+  const alerts = rule?.spec.groups.flatMap((g) => g.rules) ?? [];
+  const metricNames = (expr: string) => [...expr.matchAll(/\bclvm_agent_[a-z0-9_]+/g)].map((m) => m[0]);
+
+  it('has the three alerts operators asked for, on metrics the agent exports', async () => {
+    expect(alerts.map((a) => a.alert).sort()).toEqual([
+      'ClvmOutboxStuck',
+      'ClvmStoreUnhealthy',
+      'ClvmVolumeSnapshotTooOld',
+    ]);
+    const exported = new Set(
+      (await createMetrics({ defaultMetrics: false }).registry.getMetricsAsJSON()).map((m) => m.name),
+    );
+    for (const a of alerts) {
+      expect(metricNames(a.expr).length, a.alert).toBeGreaterThan(0);
+      for (const name of metricNames(a.expr)) expect(exported.has(name), `${a.alert}: ${name}`).toBe(true);
+      expect(a.for, a.alert).toMatch(/^\d+m$/);
+    }
+    // The thresholds come from values.yaml, which the schema bounds.
+    expect(templates['prometheusrule.yaml']).toContain(
+      '{{ .Values.prometheusRule.snapshotMaxAgeHours }} * 3600',
+    );
+    expect(templates['prometheusrule.yaml']).toContain('{{- if .Values.prometheusRule.enabled }}');
+  });
+
+  it('the dashboard shows each alert: a panel named by it that queries the same metrics', () => {
+    for (const a of alerts) {
+      const panel = dashboard.panels.find((p) => p.description?.startsWith(`Alert ${a.alert}:`));
+      expect(panel, `a panel for ${a.alert}`).toBeDefined();
+      const queried = panel!.targets.flatMap((t) => metricNames(t.expr));
+      for (const name of metricNames(a.expr)) expect(queried, a.alert).toContain(name);
+    }
+  });
+});

@@ -54,6 +54,37 @@ describe('JobJournal', () => {
     expect(onDisk.steps).toEqual({ a: 3, b: 2 });
   });
 
+  it('keeps only the ids of finished, published jobs in memory and reads their records from disk', async () => {
+    const j = new JobJournal(dir);
+    await j.open();
+    await j.create(record('done'));
+    await j.create(record('open'));
+    const event = { id: 'e1', type: 'io.clvm.snapshot-agent.succeeded' } as unknown as NonNullable<
+      JobRecord['terminal']
+    >['event'];
+    await j.update('done', (r) => {
+      r.state = 'succeeded';
+      r.finishedAt = new Date().toISOString();
+      r.terminal = { event, routingKey: 'h.agent.succeeded', published: false };
+    });
+    expect(j.list().map((r) => r.id)).toEqual(['done', 'open']); // not yet in the outbox: still listed
+    await j.update('done', (r) => {
+      r.terminal!.published = true;
+    });
+    expect(j.list().map((r) => r.id)).toEqual(['open']);
+    expect(j.has('done')).toBe(true);
+    expect(j.get('done')).toMatchObject({ state: 'succeeded', terminal: { event, published: true } });
+    await expect(j.create(record('done'))).rejects.toThrow(/already journaled/);
+    await expect(j.update('done', () => undefined)).rejects.toThrow(/not in the journal/);
+
+    const again = new JobJournal(dir);
+    await again.open();
+    expect(again.list().map((r) => r.id)).toEqual(['open']);
+    expect(again.has('done')).toBe(true);
+    expect(again.get('done')?.terminal?.published).toBe(true);
+    expect(again.get('never')).toBeUndefined();
+  });
+
   it('removes temp files of interrupted writes and prunes old finished jobs', async () => {
     const j = new JobJournal(dir);
     await j.open();
@@ -72,6 +103,25 @@ describe('JobJournal', () => {
     expect(again.has('old')).toBe(false);
     expect(again.has('young')).toBe(true);
     expect((await readdir(join(dir, 'jobs'))).sort()).toEqual(['young.json']);
+  });
+
+  it('keeps a finished signed command past the retention until its expiresAt (a replay stays recognised)', async () => {
+    const j = new JobJournal(dir);
+    await j.open();
+    const old = new Date(Date.now() - 10 * 24 * 3600_000).toISOString();
+    const finished = {
+      state: 'succeeded' as const,
+      finishedAt: old,
+      terminal: { event: {} as never, routingKey: 'x', published: true },
+    };
+    await j.create(
+      record('signed-live', { ...finished, commandExpiresAt: new Date(Date.now() + 60_000).toISOString() }),
+    );
+    await j.create(record('signed-gone', { ...finished, commandExpiresAt: old }));
+    const again = new JobJournal(dir);
+    await again.open();
+    expect(again.has('signed-live')).toBe(true);
+    expect(again.has('signed-gone')).toBe(false);
   });
 
   it('writeFileAtomic leaves no temp file when the target directory is missing', async () => {

@@ -109,6 +109,22 @@ describe('ExportBandwidth', () => {
     expect([...r.stopped]).toEqual([1]);
   });
 
+  it('unused bandwidth is saved up for one turn at most', () => {
+    let now = 0;
+    const bw = new ExportBandwidth({
+      hostLimit: 100,
+      quantumMs: 1000,
+      sendSignal: () => undefined,
+      now: () => now,
+    });
+    const a = bw.admit(undefined);
+    a.attach(1);
+    bw.admit(undefined).attach(2);
+    now = 10_000; // 10 s with nothing copied: 1,000 bytes unused
+    vi.advanceTimersByTime(1000);
+    expect(bw.debtBytes()).toBe(-100);
+  });
+
   it('a process that already exited (ESRCH) is not an error; other signal errors are', () => {
     const bw = new ExportBandwidth({
       hostLimit: 100,
