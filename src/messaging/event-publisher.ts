@@ -165,6 +165,11 @@ export class EventPublisher extends EventEmitter implements EventSink {
     return this.outbox?.entries().some((entry) => entry.event.event.id === eventId) ?? false;
   }
 
+  /** Whether any event of job `correlationId` is still waiting in the outbox. */
+  private holdsJob(correlationId: string): boolean {
+    return this.outbox?.entries().some((entry) => entry.event.event.correlationid === correlationId) ?? false;
+  }
+
   /** Age of the oldest unsent persistent event (from its `time`), 0 when the outbox is empty. */
   oldestUnsentAgeMs(now = Date.now()): number {
     const head = this.outbox?.head();
@@ -213,6 +218,16 @@ export class EventPublisher extends EventEmitter implements EventSink {
    */
   async publish(e: OutgoingEvent): Promise<void> {
     if (!e.persistent) {
+      // Sent at once, a transient event (progress) would overtake its job's events still waiting
+      // in the outbox (`accepted` behind a slow fsync or a broker outage): a job's stream must
+      // arrive in sequence order, so it is dropped instead (progress is advisory and throttled).
+      if (this.holdsJob(e.event.correlationid)) {
+        this.logger.debug(
+          { eventId: e.event.id },
+          'dropping a transient event: its job has events in the outbox',
+        );
+        return;
+      }
       this.sendTransient(e);
       return;
     }
