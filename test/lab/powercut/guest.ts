@@ -16,13 +16,13 @@
 // Oracles: qemu-img check, qemu-img compare against raw references written with qemu-io.
 import {
   closeSync,
-  copyFileSync,
   existsSync,
   fsyncSync,
   mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
+  rmSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -313,9 +313,12 @@ async function snapshotJob(model: Model, strategy: Strategy): Promise<Record<str
   model.counter++;
   const name = `snap-${model.counter}`;
   const id = `pc-${model.counter}-${strategy}`;
-  // The reference of this snapshot is durable before the job can publish it.
-  copyFileSync(LIVE, join(REFS, `${name}.raw`));
+  // The reference of this snapshot is durable before the job can publish it. Sparse (qemu-img
+  // convert): a plain copy of 32 MiB per cut filled the 1 GiB state disk after 30 cuts. Only the
+  // newest references are checked again, older ones go.
+  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', LIVE, join(REFS, `${name}.raw`)]);
   fsyncPath(join(REFS, `${name}.raw`));
+  for (const old of model.parents.slice(0, -3)) rmSync(join(REFS, `${old}.raw`), { force: true });
   model.pending = { id, name, strategy };
   await saveModel(model);
   const journal = new JobJournal(STATE);

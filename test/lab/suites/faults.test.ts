@@ -145,7 +145,8 @@ class TriggerJournal implements StepJournal {
 
 interface Outcome {
   case: string;
-  result: 'succeeded' | 'failed';
+  result: 'succeeded' | 'failed' | 'check-failed';
+  error?: string;
   code?: string;
   rolledBack?: boolean;
   step?: string | null;
@@ -282,113 +283,129 @@ describe(`snapshot jobs on a failing store and pool (${FULL ? 'full matrix' : 's
   it.each(CASES.map((c) => [caseName(c), c] as const))(
     '%s',
     async (_name, c) => {
-      const started = performance.now();
-      const v = volumes.get(c.strategy)!;
-      const device = c.where === 'store' ? store.device : pool.device;
-      const step = STEP[c.strategy][c.moment];
-      await guestWrites(v);
-      const lvsBefore = await lvNames();
-      const reference = await v.live.freeze(join(work, `${v.lv}-ref-${v.round}.raw`));
-
-      let armed = false;
-      let clearing: Promise<void> | null = null;
-      let burst: NodeJS.Timeout | undefined;
-      const clear = (): Promise<void> => {
-        clearTimeout(burst);
-        clearing ??=
-          c.fault === 'enospc' ? (c.where === 'store' ? store.unfill() : pool.unfill()) : device.set('ok');
-        return clearing;
-      };
-      const armBurst = () => {
-        armed = true;
-        burst = setTimeout(() => void clear().catch(() => undefined), BURST_MS);
-      };
-      const inject = async () => {
-        if (c.fault === 'enospc') await (c.where === 'store' ? store.fill() : pool.fill());
-        else await device.set(c.fault as FaultMode);
-        armBurst();
-      };
-      const duringExport = c.moment === 'export' && c.fault !== 'enospc';
-      const journal = new TriggerJournal(async (record) => {
-        if (!armed && !duringExport && record.steps[step] === 'started') await inject();
-        // A transient fault: the rollback runs on a healthy device.
-        if (armed && record.phase === 'rolling-back') await clear();
-      });
-      const onProgress = (u: ProgressUpdate) => {
-        if (armed || !duringExport || u.step !== 'export') return;
-        if ((u.percent ?? 0) > 0 && (u.percent ?? 100) < 100) {
-          device.setSync(c.fault as FaultMode);
-          armBurst();
-        }
-      };
-      const name = `snap-${++v.counter}`;
-      const outcome: Outcome = { case: caseName(c), result: 'succeeded', seconds: 0 };
       try {
-        await runJob(v, c.strategy, name, {
-          journal,
-          slow: c.moment === 'export',
-          verify: c.moment === 'verify' ? 'full' : 'metadata',
-          onProgress,
-        });
+        await runCase(c);
       } catch (error) {
-        expect(error).toBeInstanceOf(AgentError);
-        const e = error as AgentError;
-        Object.assign(outcome, {
-          result: 'failed',
-          code: e.code,
-          rolledBack: e.details.rolledBack,
-          step: e.details.step,
-          retryable: e.retryable,
-          message: e.message.slice(0, 200),
+        // The reason goes into the record too: a long run stopped early prints no failure summary.
+        outcomes.push({
+          case: caseName(c),
+          result: 'check-failed',
+          error: String(error).slice(0, 400),
+          seconds: 0,
         });
+        saveOutcomes();
+        throw error;
       }
-      expect(armed, 'the fault was switched on during the job').toBe(true);
-      await clear();
-      if (c.where === 'store') outcome.fsck = await store.repair();
-      outcomes.push(outcome);
-      saveOutcomes();
-
-      // One clear outcome: a specific code, and the rollback flag where the point of no return was not reached.
-      if (outcome.result === 'failed') {
-        expect(outcome.code).not.toBe('INTERNAL');
-        expect(typeof outcome.rolledBack).toBe('boolean');
-        const failedAt = ORDER[c.strategy].indexOf(outcome.step ?? '');
-        const ponr = ORDER[c.strategy].indexOf(PONR[c.strategy]);
-        if (failedAt >= 0 && failedAt < ponr) expect(outcome.rolledBack).toBe(true);
-      }
-      // The volume reads exactly as before the job (a snapshot never changes what the guest sees).
-      await expectVolumeMatches(v);
-      const snapshotPath = join(store.mountPoint, v.lv, name);
-      if (outcome.result === 'succeeded' || outcome.rolledBack === false) {
-        // Published: complete, and equal to the volume at the job's moment.
-        if (existsSync(snapshotPath)) {
-          expect((await qemuImg.check(snapshotPath)).ok).toBe(true);
-          expect(await differsFromReference(snapshotPath, reference)).toBeNull();
-          if (outcome.result === 'failed') v.orphans.push(name);
-        } else expect(outcome.result).toBe('failed');
-      } else {
-        expect(existsSync(snapshotPath), `${name} must not be published by a rolled-back job`).toBe(false);
-      }
-      const left = (await lvNames()).filter((lv) => !lvsBefore.includes(lv));
-      outcome.leftLvs = left;
-      if (outcome.result === 'succeeded' || outcome.rolledBack === true) expect(left).toEqual([]);
-      if (outcome.result === 'succeeded') v.parents.push(name);
-
-      // The fault is gone: the next snapshot succeeds and is correct.
-      const next = `snap-${++v.counter}`;
-      const result = await runJob(v, c.strategy, next);
-      expect(result.strategy.name).toBe(c.strategy);
-      v.parents.push(next);
-      expect((await qemuImg.check(join(store.mountPoint, v.lv, next))).ok).toBe(true);
-      expect(await differsFromReference(join(store.mountPoint, v.lv, next), reference)).toBeNull();
-      await expectVolumeMatches(v);
-      // Only snapshots the caller knows carry a snapshot's name, plus those of jobs that failed past their point of no return.
-      const visible = readdirSync(join(store.mountPoint, v.lv)).filter((f) => !f.startsWith('.'));
-      expect(visible.filter((f) => !v.parents.includes(f)).sort()).toEqual([...v.orphans].sort());
-      outcome.seconds = Math.round((performance.now() - started) / 100) / 10;
-      saveOutcomes();
-      // Two jobs, a slowed export and a store repair: minutes when the host is loaded.
     },
+    // Two jobs, a slowed export and a store repair: minutes when the host is loaded.
     600_000,
   );
 });
+
+async function runCase(c: FaultCase): Promise<void> {
+  const started = performance.now();
+  const v = volumes.get(c.strategy)!;
+  const device = c.where === 'store' ? store.device : pool.device;
+  const step = STEP[c.strategy][c.moment];
+  await guestWrites(v);
+  const lvsBefore = await lvNames();
+  const reference = await v.live.freeze(join(work, `${v.lv}-ref-${v.round}.raw`));
+
+  let armed = false;
+  let clearing: Promise<void> | null = null;
+  let burst: NodeJS.Timeout | undefined;
+  const clear = (): Promise<void> => {
+    clearTimeout(burst);
+    clearing ??=
+      c.fault === 'enospc' ? (c.where === 'store' ? store.unfill() : pool.unfill()) : device.set('ok');
+    return clearing;
+  };
+  const armBurst = () => {
+    armed = true;
+    burst = setTimeout(() => void clear().catch(() => undefined), BURST_MS);
+  };
+  const inject = async () => {
+    if (c.fault === 'enospc') await (c.where === 'store' ? store.fill() : pool.fill());
+    else await device.set(c.fault as FaultMode);
+    armBurst();
+  };
+  const duringExport = c.moment === 'export' && c.fault !== 'enospc';
+  const journal = new TriggerJournal(async (record) => {
+    if (!armed && !duringExport && record.steps[step] === 'started') await inject();
+    // A transient fault: the rollback runs on a healthy device.
+    if (armed && record.phase === 'rolling-back') await clear();
+  });
+  const onProgress = (u: ProgressUpdate) => {
+    if (armed || !duringExport || u.step !== 'export') return;
+    if ((u.percent ?? 0) > 0 && (u.percent ?? 100) < 100) {
+      device.setSync(c.fault as FaultMode);
+      armBurst();
+    }
+  };
+  const name = `snap-${++v.counter}`;
+  const outcome: Outcome = { case: caseName(c), result: 'succeeded', seconds: 0 };
+  try {
+    await runJob(v, c.strategy, name, {
+      journal,
+      slow: c.moment === 'export',
+      verify: c.moment === 'verify' ? 'full' : 'metadata',
+      onProgress,
+    });
+  } catch (error) {
+    expect(error).toBeInstanceOf(AgentError);
+    const e = error as AgentError;
+    Object.assign(outcome, {
+      result: 'failed',
+      code: e.code,
+      rolledBack: e.details.rolledBack,
+      step: e.details.step,
+      retryable: e.retryable,
+      message: e.message.slice(0, 200),
+    });
+  }
+  expect(armed, 'the fault was switched on during the job').toBe(true);
+  await clear();
+  if (c.where === 'store') outcome.fsck = await store.repair();
+  outcomes.push(outcome);
+  saveOutcomes();
+
+  // One clear outcome: a specific code, and the rollback flag where the point of no return was not reached.
+  if (outcome.result === 'failed') {
+    expect(outcome.code).not.toBe('INTERNAL');
+    expect(typeof outcome.rolledBack).toBe('boolean');
+    const failedAt = ORDER[c.strategy].indexOf(outcome.step ?? '');
+    const ponr = ORDER[c.strategy].indexOf(PONR[c.strategy]);
+    if (failedAt >= 0 && failedAt < ponr) expect(outcome.rolledBack).toBe(true);
+  }
+  // The volume reads exactly as before the job (a snapshot never changes what the guest sees).
+  await expectVolumeMatches(v);
+  const snapshotPath = join(store.mountPoint, v.lv, name);
+  if (outcome.result === 'succeeded' || outcome.rolledBack === false) {
+    // Published: complete, and equal to the volume at the job's moment.
+    if (existsSync(snapshotPath)) {
+      expect((await qemuImg.check(snapshotPath)).ok).toBe(true);
+      expect(await differsFromReference(snapshotPath, reference)).toBeNull();
+      if (outcome.result === 'failed') v.orphans.push(name);
+    } else expect(outcome.result).toBe('failed');
+  } else {
+    expect(existsSync(snapshotPath), `${name} must not be published by a rolled-back job`).toBe(false);
+  }
+  const left = (await lvNames()).filter((lv) => !lvsBefore.includes(lv));
+  outcome.leftLvs = left;
+  if (outcome.result === 'succeeded' || outcome.rolledBack === true) expect(left).toEqual([]);
+  if (outcome.result === 'succeeded') v.parents.push(name);
+
+  // The fault is gone: the next snapshot succeeds and is correct.
+  const next = `snap-${++v.counter}`;
+  const result = await runJob(v, c.strategy, next);
+  expect(result.strategy.name).toBe(c.strategy);
+  v.parents.push(next);
+  expect((await qemuImg.check(join(store.mountPoint, v.lv, next))).ok).toBe(true);
+  expect(await differsFromReference(join(store.mountPoint, v.lv, next), reference)).toBeNull();
+  await expectVolumeMatches(v);
+  // Only snapshots the caller knows carry a snapshot's name, plus those of jobs that failed past their point of no return.
+  const visible = readdirSync(join(store.mountPoint, v.lv)).filter((f) => !f.startsWith('.'));
+  expect(visible.filter((f) => !v.parents.includes(f)).sort()).toEqual([...v.orphans].sort());
+  outcome.seconds = Math.round((performance.now() - started) / 100) / 10;
+  saveOutcomes();
+}
