@@ -2,7 +2,7 @@
 // (retire the old active, promote the staging volume, remove the retired one).
 import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
 import { EXPORT_TUNING, type QemuImg, RATE_LIMITED_TUNING } from '../host/qemu-img.js';
-import { backingOf, pathExists, removeIfUnreferenced, removePart, storeChainProblems } from './chain.js';
+import { backingOf, newSnapshotProblems, pathExists, removeIfUnreferenced, removePart } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import type { Step, StepIO } from './steps.js';
 import type { CowHealth, VolumeBackend } from './volumes.js';
@@ -135,7 +135,7 @@ export function publishStep(
   };
 }
 
-/** qemu-img check of the new chain and relative names (metadata); plus a data compare (full). */
+/** qemu-img check of the new snapshot and its link to its parent (metadata); plus a data compare (full). */
 export function verifyStep(
   deps: SnapshotDeps,
   opts: { snapshotPath: string; level: 'none' | 'metadata' | 'full'; compareWith: string },
@@ -144,7 +144,7 @@ export function verifyStep(
     name: 'verify',
     run: async (io) => {
       if (opts.level === 'none') return;
-      const problems = await storeChainProblems(deps.store, deps.qemuImg, opts.snapshotPath, {
+      const problems = await newSnapshotProblems(deps.store, deps.qemuImg, opts.snapshotPath, {
         signal: io.signal,
       });
       if (opts.level === 'full' && problems.length === 0) {

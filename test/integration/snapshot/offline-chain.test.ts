@@ -1,10 +1,13 @@
 // Offline strategy (stopped VM / no VM) on a file pool: a chain of 12 snapshots with writes between
 // them; after every snapshot each snapshot (through its own chain) equals the reference at its
 // moment and the active disk equals the current data. Oracles: qemu-img compare/check, raw references.
-import { readdir } from 'node:fs/promises';
+import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runTool } from '../../../src/host/exec.js';
+import { QemuImg } from '../../../src/host/qemu-img.js';
+import { SnapshotStore } from '../../../src/host/store.js';
 import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf, makeQcow2 } from '../../helpers/images.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
@@ -93,5 +96,64 @@ describe('offline strategy, file pool, no VM', () => {
     // No temporary file left in the pool or the store.
     expect(await readdir(h.pool)).toEqual(['vol1.qcow2']);
     expect((await readdir(join(h.storeRoot, 'vol1'))).sort()).toEqual([...names].sort());
+  });
+});
+
+describe('verify: metadata checks the new snapshot, not the whole chain', () => {
+  it('runs qemu-img check once per snapshot at chain depth 5, and still fails a damaged new snapshot', async () => {
+    const active = join(h.pool, 'vol2.qcow2');
+    await makeQcow2(active, 8 * MiB);
+    const calls: string[][] = [];
+    const qemuImg = new QemuImg({
+      timeoutMs: 60_000,
+      exportTimeoutMs: 60_000,
+      run: (file, args, options) => {
+        calls.push([...args]);
+        return runTool(file, args, options);
+      },
+    });
+    const store = new SnapshotStore({ roots: [h.storeRoot], qemuImg });
+    const deps = { ...h.deps, qemuImg, store };
+    const names: string[] = [];
+    const create = (name: string, d = deps) => {
+      const cmd = command('snapshot.create', {
+        volume: { kind: 'file', pool: h.pool, file: 'vol2.qcow2' },
+        vm: null,
+        store: { root: h.storeRoot, dir: 'vol2' },
+        parents: names,
+        snapshot: name,
+        options: { strategy: 'offline', verify: 'metadata' },
+      });
+      return createSnapshot(jobContext(cmd, new FileStepJournal(join(h.base, `${cmd.id}.json`))), d);
+    };
+    for (let round = 1; round <= 5; round++) {
+      await qemuIoWrite(active, roundWrites(round, 8 * MiB));
+      calls.length = 0;
+      const result = await create(`snap-${round}`);
+      expect(result.snapshot.chainDepth).toBe(round);
+      names.push(`snap-${round}`);
+      const checks = calls.filter((a) => a[0] === 'check');
+      expect(checks).toHaveLength(1);
+      expect(checks[0]!.at(-1)).toBe(join(h.storeRoot, 'vol2', `snap-${round}`));
+    }
+
+    // A new snapshot damaged between publish and verify: its first refcount block zeroed (the
+    // image still opens; only qemu-img check sees used clusters with refcount 0).
+    const damaging = Object.create(store) as SnapshotStore;
+    damaging.publish = async (part: string, final: string) => {
+      await store.publish(part, final);
+      const file = await open(final, 'r+');
+      const header = Buffer.alloc(72);
+      await file.read(header, 0, 72, 0);
+      const table = Buffer.alloc(8);
+      await file.read(table, 0, 8, Number(header.readBigUInt64BE(48)));
+      await file.write(Buffer.alloc(4096), 0, 4096, Number(table.readBigUInt64BE(0)));
+      await file.close();
+    };
+    await qemuIoWrite(active, roundWrites(6, 8 * MiB));
+    const error = await create('snap-6', { ...deps, store: damaging }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CHAIN_INVALID', details: { step: 'verify' } });
+    expect((error as Error).message).toMatch(/snap-6: qemu-img check/);
+    expect(await readdir(join(h.storeRoot, 'vol2'))).not.toContain('snap-6');
   });
 });
