@@ -1,15 +1,15 @@
 import { randomBytes } from 'node:crypto';
-import { rename as fsRename, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { copyFile, rename as fsRename, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import {
-  HostCommandError,
+  AgentError,
   InsufficientSpaceError,
   PathExistsError,
   ReflinkUnsupportedError,
   ValidationError,
 } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
-import { type RunOptions, type RunResult, runTool } from './exec.js';
 import { confineChild, confinePath } from './paths.js';
 import type { BackingRef, QemuImg } from './qemu-img.js';
 import { fsyncDirectory } from './store.js';
@@ -18,11 +18,9 @@ export interface FilePoolOptions {
   /** Configured pool roots (config.pools.fileRoots): every pool and volume lies under one. */
   roots: readonly string[];
   qemuImg: QemuImg;
-  /** Timeout of a `cp --reflink=always` (metadata only, but NFS can be slow). */
+  /** Timeout of a reflink clone (metadata only, but NFS can be slow). */
   timeoutMs: number;
   logger?: Logger;
-  /** Defaults to src/host/exec.ts runTool; tests may wrap it to record calls. */
-  run?: (file: string, args: readonly string[], options: RunOptions) => Promise<RunResult>;
 }
 
 /** Whether a directory's filesystem makes reflink clones, and if not, why. */
@@ -32,8 +30,15 @@ export interface ReflinkSupport {
   reason: string | null;
 }
 
-// cp says "failed to clone"; the errno text says why (EOPNOTSUPP on ext4/tmpfs, EXDEV across filesystems).
-const NO_REFLINK = /failed to clone|Operation not supported|Invalid cross-device link|Inappropriate ioctl/i;
+// The FICLONE ioctl's answers when the filesystem cannot clone (libuv reports most of them as
+// ENOTSUP): EOPNOTSUPP on ext4/tmpfs, EXDEV across filesystems, ENOTTY/EINVAL where no clone exists.
+const NO_REFLINK: Readonly<Record<string, string>> = {
+  ENOTSUP: 'Operation not supported',
+  EOPNOTSUPP: 'Operation not supported',
+  EXDEV: 'Invalid cross-device link',
+  ENOTTY: 'Inappropriate ioctl for device',
+  EINVAL: 'Invalid argument',
+};
 
 /**
  * A file pool: volumes are QCOW2 files in a directory under a configured root (CloudStack
@@ -45,14 +50,12 @@ export class FilePool {
   private readonly qemuImg: QemuImg;
   private readonly timeoutMs: number;
   private readonly logger: Logger | undefined;
-  private readonly run: NonNullable<FilePoolOptions['run']>;
 
   constructor(opts: FilePoolOptions) {
     this.roots = opts.roots.map((r) => resolve(r));
     this.qemuImg = opts.qemuImg;
     this.timeoutMs = opts.timeoutMs;
     this.logger = opts.logger;
-    this.run = opts.run ?? runTool;
   }
 
   /**
@@ -133,8 +136,9 @@ export class FilePool {
   }
 
   /**
-   * Instant copy-on-write clone (`cp --reflink=always`): shares all data extents with `source`,
-   * so it costs no data space and no copy time. Never falls back to a full copy.
+   * Instant copy-on-write clone (one FICLONE ioctl, in-process: lvm-cow runs it with the VM paused,
+   * where starting a `cp` process cost more than the clone): shares all data extents with
+   * `source`, so it costs no data space and no copy time. Never falls back to a full copy.
    * @throws ReflinkUnsupportedError REFLINK_UNSUPPORTED when the filesystem cannot (ext4, tmpfs,
    *   different filesystems); PathExistsError when `target` exists
    */
@@ -142,7 +146,7 @@ export class FilePool {
     const from = await this.confine(source, 'source');
     const to = await this.confine(target, 'target');
     if (await exists(to)) throw new PathExistsError(to);
-    await this.cpReflink(from, to);
+    await this.clone(from, to);
     await fsyncDirectory(dirname(to));
   }
 
@@ -157,7 +161,7 @@ export class FilePool {
     const clone = join(real, `.reflink-probe-${tag}.clone`);
     try {
       await writeFile(probe, randomBytes(4096));
-      await this.cpReflink(probe, clone);
+      await this.clone(probe, clone);
       return { supported: true, reason: null };
     } catch (error) {
       if (error instanceof ReflinkUnsupportedError)
@@ -181,20 +185,32 @@ export class FilePool {
     if (free < bytes) throw new InsufficientSpaceError('pool', dir, bytes, free);
   }
 
-  private async cpReflink(from: string, to: string): Promise<void> {
+  private async clone(from: string, to: string): Promise<void> {
+    const flags = fsConstants.COPYFILE_FICLONE_FORCE | fsConstants.COPYFILE_EXCL;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reject(
+          new AgentError('HOST_TIMEOUT', `reflink clone of ${from} took more than ${this.timeoutMs} ms`, {
+            retryable: true,
+            details: { syscall: 'copyfile', path: from, dest: to },
+          }),
+        );
+      }, this.timeoutMs);
+    });
     try {
-      await this.run('cp', ['--reflink=always', '--no-target-directory', '--', from, to], {
-        timeoutMs: this.timeoutMs,
-        logger: this.logger,
-      });
+      await Promise.race([copyFile(from, to, flags), timeout]);
+      this.logger?.debug({ from, to }, 'reflink clone made');
     } catch (error) {
-      // The target did not exist before: whatever cp left there (an empty file) goes.
-      if (error instanceof HostCommandError && error.kind !== 'tool-missing') await rm(to, { force: true });
-      if (error instanceof HostCommandError && NO_REFLINK.test(error.stderr)) {
-        const reason = /:\s*([^:]+)$/.exec(error.stderr.trim())?.[1] ?? error.stderr.trim();
-        throw new ReflinkUnsupportedError(dirname(to), reason, { cause: error });
-      }
+      const errno = (error as NodeJS.ErrnoException).code;
+      if (errno === 'EEXIST') throw new PathExistsError(to);
+      // The target did not exist before: whatever the copy left there goes.
+      await rm(to, { force: true });
+      const reason = errno === undefined ? undefined : NO_REFLINK[errno];
+      if (reason !== undefined) throw new ReflinkUnsupportedError(dirname(to), reason, { cause: error });
       throw error;
+    } finally {
+      clearTimeout(timer);
     }
   }
 }

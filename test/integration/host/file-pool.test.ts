@@ -1,5 +1,7 @@
+import childProcess from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, symlink } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -48,7 +50,6 @@ beforeAll(async () => {
     roots: [xfs.mountPoint, join(ext.dir, 'root')],
     qemuImg,
     timeoutMs: 30_000,
-    run: record,
   });
 });
 afterAll(async () => {
@@ -88,6 +89,31 @@ describe('FilePool on XFS with reflink', () => {
     expect(await sameContent(volume, clone)).toBe(false);
 
     await expect(pool.reflinkClone(volume, clone)).rejects.toBeInstanceOf(PathExistsError);
+  });
+
+  it('clones without starting a process (lvm-cow makes it with the VM paused)', async () => {
+    const volume = await pool.volumePath(xfsPool, 'noproc.qcow2');
+    await pool.create({ path: volume, sizeBytes: 8 * MiB });
+    const spawned: string[] = [];
+    const spawn = childProcess.spawn;
+    // Every tool start (execa, runTool) goes through child_process.spawn.
+    childProcess.spawn = ((...args: Parameters<typeof spawn>) => {
+      spawned.push(String(args[0]));
+      return spawn(...args);
+    }) as typeof spawn;
+    syncBuiltinESMExports();
+    try {
+      await execa('true'); // proves the counting sees a process start
+      expect(spawned).toHaveLength(1);
+      spawned.length = 0;
+      await pool.reflinkClone(volume, await pool.volumePath(xfsPool, 'noproc.clone'));
+      expect(await pool.supportsReflink(xfsPool)).toEqual({ supported: true, reason: null });
+      expect(spawned).toEqual([]);
+    } finally {
+      childProcess.spawn = spawn;
+      syncBuiltinESMExports();
+    }
+    expect(await sameContent(volume, await pool.volumePath(xfsPool, 'noproc.clone'))).toBe(true);
   });
 
   it('creates overlays, renames without replacing and removes volumes', async () => {
