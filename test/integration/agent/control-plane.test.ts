@@ -10,8 +10,8 @@ import { JobJournal } from '../../../src/jobs/journal.js';
 import type { HandlerRegistry } from '../../../src/jobs/types.js';
 import { commandSchema, routingWord, volumeKey, volumeWord } from '../../../src/protocol/index.js';
 import { slowHandler, startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+import { childAgentsPerTest } from '../../helpers/agents-per-test.js';
 import { brokerUrl } from '../../helpers/broker.js';
-import { childAgentsPerTest } from '../../helpers/child-agents.js';
 import { TcpProxy } from '../../helpers/tcp-proxy.js';
 
 /** Instant handlers that record every run: no handler may run for a refused message. */

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../../helpers/agent.js';
-import { childAgentsPerTest } from '../../helpers/child-agents.js';
+import { childAgentsPerTest } from '../../helpers/agents-per-test.js';
 
 describe('crash recovery (child process, real broker)', () => {
   const run = childAgentsPerTest();
