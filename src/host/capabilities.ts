@@ -151,8 +151,8 @@ async function attempt<T>(
  * - offline: qemu-img (+ lvm2 for LVM pools);
  * - lvm-cow: qemu-img + libvirt (running VMs are paused for the re-point) + lvm2 on LVM pools,
  *   reflink on file pools;
- * - live-rotate: qemu-img + libvirt + QEMU ≥ 6.1 with blockdev-reopen and change-backing-file
- *   (+ lvm2 on LVM pools); no reflink needed.
+ * - live-rotate: qemu-img + libvirt + QEMU ≥ 6.1 with blockdev-reopen and change-backing-file;
+ *   file pools only (refused on LVM, see docs/operations.md); no reflink needed.
  * Never throws. Cache the result: it starts several processes.
  */
 export async function probeCapabilities(
@@ -235,11 +235,9 @@ export async function probeCapabilities(
       liveReasons,
     ) &&
     need(changeBackingFile, 'QEMU has no change-backing-file', liveReasons);
-  const liveRotate = strategy(
-    liveBase && need(lvm !== null, 'lvm2 not found (LVM pools)', liveReasons),
-    liveBase ? allRoots : [],
-    liveReasons,
-  );
+  // File pools only: on LVM the libvirt-tracked rotation is not proven yet, and the engine refuses it.
+  if (liveBase) liveReasons.push('LVM pools: live rotation through libvirt is not supported on LVM yet');
+  const liveRotate = strategy(false, liveBase ? allRoots : [], liveReasons);
 
   return {
     probedAt: new Date().toISOString(),

@@ -77,9 +77,9 @@ describe('probeCapabilities', () => {
     expect(caps.strategies['lvm-cow'].reasons.join()).toContain(extRoot);
     expect(caps.strategies['live-rotate']).toMatchObject({
       available: true,
-      lvmPools: true,
+      lvmPools: false,
       filePools: roots,
-      reasons: [],
+      reasons: ['LVM pools: live rotation through libvirt is not supported on LVM yet'],
     });
     expect(Date.parse(caps.probedAt)).not.toBeNaN();
   });
