@@ -8,11 +8,11 @@ import { describe, expect, it } from 'vitest';
 import { AgentError, HostCommandError } from '../../../src/errors/index.js';
 import type { QemuImg } from '../../../src/host/qemu-img.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, roundWrites } from '../../helpers/reference-images.js';
+import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference } from '../../helpers/reference-images.js';
 import { qemuChain, qemuOpenFilesUnder } from '../../helpers/vm-watch.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -54,9 +54,7 @@ describe('live-rotate failing after the switch', () => {
       return runCreate(h, cmd, deps);
     };
     const write = async (round: number) => {
-      const writes = roundWrites(round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, round, SIZE);
     };
 
     await write(1);

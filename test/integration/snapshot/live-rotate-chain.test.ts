@@ -8,10 +8,10 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, type ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -30,9 +30,7 @@ describe('live-rotate strategy, file pool, running VM', () => {
     let current = active;
 
     for (let round = 1; round <= 6; round++) {
-      const writes = roundWrites(round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, round, SIZE);
       const name = `snap-${round}`;
       const cmd = fileSnapshotCommand(h, {
         file: 'vol1.qcow2',
@@ -88,9 +86,7 @@ describe('live-rotate strategy, file pool, running VM', () => {
 
     await virsh(['destroy', dom.name]);
     await virsh(['start', dom.name]);
-    const extra = roundWrites(99, SIZE);
-    for (const w of extra) await guestWrite(dom, w.pattern, w.offset, w.length);
-    await live.apply(extra);
+    await guestWriteRound(dom, live, 99, SIZE);
     await guestFlush(dom);
     expect(await differsFromReference(current, live)).toBeNull();
   });

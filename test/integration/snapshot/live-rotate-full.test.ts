@@ -8,11 +8,11 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, type ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { blockCensus, qemuChain, qemuOpenFilesUnder, readBackThroughQemu } from '../../helpers/vm-watch.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -31,9 +31,7 @@ describe('live-rotate: a full snapshot on top of a delta chain', () => {
     const refs = new Map<string, ReferenceDisk>();
 
     const snapshot = async (round: number, parents: string[]) => {
-      const writes = roundWrites(500 + round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, 500 + round, SIZE);
       const cmd = fileSnapshotCommand(h, {
         file: 'vol.qcow2',
         vm: dom.name,

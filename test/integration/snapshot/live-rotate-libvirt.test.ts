@@ -14,10 +14,10 @@ import { deleteSnapshot, revertSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
 import { guestFlush, guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
 import { SecondLibvirtd } from '../../helpers/libvirt2.js';
-import { differsFromReference, type ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
 import { command, FileStepJournal, fileSnapshotCommand, jobContext, runCreate } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('lrtruth');
@@ -58,9 +58,7 @@ describe('live-rotate leaves libvirt telling the truth (file pool)', () => {
 
     const write = async (): Promise<void> => {
       round += 1;
-      const writes = roundWrites(round, size);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, round, size);
     };
     // Reads the whole disk through QEMU (the given daemon's) and compares it with the reference.
     const readBack = async (uri?: string): Promise<void> => {

@@ -6,10 +6,10 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, type ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -27,9 +27,7 @@ describe('lvm-cow strategy, reflink file pool, running VM', () => {
     const names: string[] = [];
 
     for (let round = 1; round <= 10; round++) {
-      const writes = roundWrites(round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, round, SIZE);
       const name = `snap-${round}`;
       const cmd = fileSnapshotCommand(h, {
         file: 'vol1.qcow2',

@@ -2,8 +2,15 @@
 // tests, both cleaned up after them. (Apart from harness.ts, which benches import outside vitest.)
 import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
-import { assertLibvirtReady, Cleanup, createQcow2, startTestDomain } from '../../helpers/libvirt-fixtures.js';
-import { ReferenceDisk } from '../../helpers/reference-images.js';
+import {
+  assertLibvirtReady,
+  Cleanup,
+  createQcow2,
+  guestWrite,
+  startTestDomain,
+  type TestDomain,
+} from '../../helpers/libvirt-fixtures.js';
+import { ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
 import { type Harness, makeHarness } from './harness.js';
 
 /**
@@ -51,4 +58,17 @@ export async function runningVolume(
     opts.referenceBytes ?? opts.sizeBytes,
   );
   return { active, dom, live };
+}
+
+/** Round `round`'s pattern writes (roundWrites), written in the guest and into the live reference. */
+export async function guestWriteRound(
+  dom: TestDomain,
+  live: ReferenceDisk,
+  round: number,
+  sizeBytes: number,
+) {
+  const writes = roundWrites(round, sizeBytes);
+  for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
+  await live.apply(writes);
+  return writes;
 }
