@@ -5,15 +5,14 @@
 // with `concurrency` outstanding, reads again 5 s and 30 s after the last answer. Environment
 // variables (e.g. MALLOC_ARENA_MAX) pass through to the agent. Names and temp dirs are removed.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connect } from 'amqplib';
 import type { AgentEvent } from '../src/protocol/index.js';
+import { agentEnv, agentWorkDir, stopAndRemove, waitReady } from './agent-process.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const { values: args } = parseArgs({
@@ -30,14 +29,6 @@ const { values: args } = parseArgs({
 const count = Number(args.count);
 const concurrency = Number(args.concurrency);
 const nodeFlags = args['node-flags'].split(' ').filter((f) => f !== '');
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((r) => server.close(r));
-  return port;
-}
 
 interface Sample {
   rssMb: number;
@@ -68,30 +59,10 @@ async function sample(pid: number, port: number): Promise<Sample> {
 const settle = () => new Promise((r) => setTimeout(r, 5000));
 
 async function main(): Promise<void> {
-  const suffix = `clvm13mem-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const work = await mkdtemp(join(tmpdir(), 'mem-bench-'));
-  const port = await freePort();
-  const config = {
-    hostId: suffix,
-    broker: { urls: [args.url] },
-    topology: {
-      commandsExchange: `${suffix}.commands`,
-      eventsExchange: `${suffix}.events`,
-      queuePrefix: `${suffix}.agent.`,
-      deadLetterExchange: `${suffix}.dlx`,
-      deadLetterQueue: `${suffix}.dead`,
-    },
-    stateDir: join(work, 'state'),
-    store: { roots: [join(work, 'store')] },
-    pools: { fileRoots: [join(work, 'pools')] },
-    http: { host: '127.0.0.1', port },
-    log: { level: 'warn' },
-  };
-  const configFile = join(work, 'config.json');
-  await writeFile(configFile, JSON.stringify(config));
+  const agent = await agentWorkDir('clvm13mem', args.url);
+  const { suffix, work, port, config, configFile } = agent;
   if (!args['no-build'])
     execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' });
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AGENT_')));
   const snapshotFlags = args['heap-snapshot']
     ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${work}`]
     : [];
@@ -100,20 +71,14 @@ async function main(): Promise<void> {
     [...nodeFlags, ...snapshotFlags, join(ROOT, 'dist/main.js')],
     {
       cwd: work,
-      env: { ...env, AGENT_CONFIG: configFile },
+      env: agentEnv(configFile),
       stdio: ['ignore', 'inherit', 'inherit'],
     },
   );
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   const conn = await connect(args.url);
   try {
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const ready = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
-      if (ready?.status === 200) break;
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error('the agent did not become ready');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitReady(port, child);
     await settle();
     const afterStart = await sample(child.pid!, port);
 
@@ -186,20 +151,7 @@ async function main(): Promise<void> {
     );
     await ch.close();
   } finally {
-    child.kill('SIGTERM');
-    await exited;
-    const ch = await conn.createChannel();
-    await ch.deleteQueue(`${suffix}.agent.${suffix}`);
-    await ch.deleteQueue(config.topology.deadLetterQueue);
-    for (const x of [
-      config.topology.commandsExchange,
-      config.topology.eventsExchange,
-      config.topology.deadLetterExchange,
-    ]) {
-      await ch.deleteExchange(x);
-    }
-    await conn.close();
-    await rm(work, { recursive: true, force: true });
+    await stopAndRemove(child, exited, conn, agent);
   }
 }
 

@@ -5,15 +5,12 @@
 // and publish→terminal latency (p50/p99/max) and the agent's peak RSS (VmHWM). Targets: p99 ≤ 50 ms,
 // RSS ≤ 120 MB. Exchanges, queues and the temp state dir are unique and removed at the end.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connect } from 'amqplib';
 import type { AgentEvent } from '../src/protocol/index.js';
+import { agentEnv, agentWorkDir, stopAndRemove, waitReady } from './agent-process.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const { values: args } = parseArgs({
@@ -33,14 +30,6 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((r) => server.close(r));
-  return port;
-}
-
 async function vm(pid: number): Promise<{ hwmMb: number; rssMb: number }> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const kb = (key: string) =>
@@ -49,27 +38,8 @@ async function vm(pid: number): Promise<{ hwmMb: number; rssMb: number }> {
 }
 
 async function main(): Promise<void> {
-  const suffix = `bench-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const work = await mkdtemp(join(tmpdir(), 'ping-bench-'));
-  const port = await freePort();
-  const config = {
-    hostId: suffix,
-    broker: { urls: [brokerUrl] },
-    topology: {
-      commandsExchange: `${suffix}.commands`,
-      eventsExchange: `${suffix}.events`,
-      queuePrefix: `${suffix}.agent.`,
-      deadLetterExchange: `${suffix}.dlx`,
-      deadLetterQueue: `${suffix}.dead`,
-    },
-    stateDir: join(work, 'state'),
-    store: { roots: [join(work, 'store')] },
-    pools: { fileRoots: [join(work, 'pools')] },
-    http: { host: '127.0.0.1', port },
-    log: { level: 'warn' },
-  };
-  const configFile = join(work, 'config.json');
-  await writeFile(configFile, JSON.stringify(config));
+  const agent = await agentWorkDir('bench', brokerUrl);
+  const { suffix, port, config, configFile } = agent;
 
   let entry = ['--import', 'tsx', 'src/main.ts'];
   if (!args.tsx) {
@@ -80,23 +50,16 @@ async function main(): Promise<void> {
       console.error('build failed: running src/main.ts through tsx instead (RSS includes the tsx loader)');
     }
   }
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AGENT_')));
   const child: ChildProcess = spawn(process.execPath, entry, {
     cwd: ROOT,
-    env: { ...env, AGENT_CONFIG: configFile },
+    env: agentEnv(configFile),
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
 
   const conn = await connect(brokerUrl);
   try {
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const ready = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
-      if (ready?.status === 200) break;
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error('the agent did not become ready');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitReady(port, child);
     const ch = await conn.createChannel();
     const { queue } = await ch.assertQueue('', { exclusive: true });
     await ch.bindQueue(queue, config.topology.eventsExchange, `${suffix}.agent.*`);
@@ -182,20 +145,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ coldMs, results, peakRssMb: mem.hwmMb }));
     await ch.close();
   } finally {
-    child.kill('SIGTERM');
-    await exited;
-    const ch = await conn.createChannel();
-    await ch.deleteQueue(`${suffix}.agent.${suffix}`);
-    await ch.deleteQueue(config.topology.deadLetterQueue);
-    for (const x of [
-      config.topology.commandsExchange,
-      config.topology.eventsExchange,
-      config.topology.deadLetterExchange,
-    ]) {
-      await ch.deleteExchange(x);
-    }
-    await conn.close();
-    await rm(work, { recursive: true, force: true });
+    await stopAndRemove(child, exited, conn, agent);
   }
 }
 

@@ -10,6 +10,7 @@ import { JobJournal } from '../../../src/jobs/journal.js';
 import type { HandlerRegistry } from '../../../src/jobs/types.js';
 import { commandSchema, routingWord, volumeKey, volumeWord } from '../../../src/protocol/index.js';
 import { slowHandler, startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+import { childAgentsPerTest } from '../../helpers/agents-per-test.js';
 import { brokerUrl } from '../../helpers/broker.js';
 import { TcpProxy } from '../../helpers/tcp-proxy.js';
 
@@ -328,23 +329,13 @@ describe('control plane: no message can silence the agent (real broker)', () => 
 });
 
 describe('control plane: kill -9 in a burst (child process, real broker)', () => {
-  const agents: TestAgent[] = [];
-  let client: TestClient | undefined;
-  afterEach(async () => {
-    await client?.close();
-    client = undefined;
-    for (const a of agents.splice(0).reverse()) await a.stop();
-  });
+  const run = childAgentsPerTest();
 
   it('every job of a 120-command burst cut by kill -9 has accepted(1) first and exactly one terminal', async () => {
-    const first = await startTestAgent({
-      mode: 'child',
-      entry: 'test/helpers/agent-child.ts',
-      env: { TEST_SLOW_CREATE_MS: '30' },
+    const first = await run.start(30, {
       overrides: { broker: { prefetch: 32 }, limits: { maxConcurrentJobs: 8 } },
     });
-    agents.push(first);
-    client = await TestClient.open(first);
+    const client = await run.openClient(first);
     const ids = Array.from({ length: 120 }, (_, i) => `i11-burst-${i}`);
     for (const id of ids) {
       await client.send({
@@ -359,19 +350,12 @@ describe('control plane: kill -9 in a burst (child process, real broker)', () =>
     }
     // Kill while intake is busy: some jobs journaled, some accepted, some finished.
     await waitFor(
-      () => (client!.events.filter((e) => e.kind === 'accepted').length >= 20 ? true : undefined),
+      () => (client.events.filter((e) => e.kind === 'accepted').length >= 20 ? true : undefined),
       60_000,
     );
     first.child!.kill('SIGKILL');
     await first.exited;
-    const second = await startTestAgent({
-      mode: 'child',
-      entry: 'test/helpers/agent-child.ts',
-      env: { TEST_SLOW_CREATE_MS: '30' },
-      stateDir: first.stateDir,
-      reuse: first,
-    });
-    agents.push(second);
+    await run.start(30, { restartOf: first });
     for (const id of ids) await client.waitTerminal(id, 120_000);
     for (const id of ids) {
       const seen = new Set<string>();

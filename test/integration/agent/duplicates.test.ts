@@ -1,16 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { CommandHandlerFn } from '../../../src/jobs/types.js';
-import { slowHandler, startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+import { slowHandler, waitFor } from '../../helpers/agent.js';
+import { agentsPerTest } from '../../helpers/agents-per-test.js';
 
 describe('duplicate deliveries (real broker)', () => {
-  let agent: TestAgent | undefined;
-  let client: TestClient | undefined;
-  afterEach(async () => {
-    await client?.close();
-    await agent?.stop();
-    client = undefined;
-    agent = undefined;
-  });
+  const frame = agentsPerTest();
 
   it('a command id runs once: duplicates while running are acked, later ones get the recorded result', async () => {
     const runs: string[] = [];
@@ -19,8 +13,8 @@ describe('duplicate deliveries (real broker)', () => {
       runs.push(ctx.jobId);
       return slow(ctx);
     };
-    agent = await startTestAgent({ handlers: { 'snapshot.create': counted } });
-    client = await TestClient.open(agent);
+    const agent = await frame.start({ handlers: { 'snapshot.create': counted } });
+    const client = await frame.openClient(agent);
     const command = {
       id: 'dup-1',
       type: 'snapshot.create',
@@ -37,10 +31,10 @@ describe('duplicate deliveries (real broker)', () => {
 
     // After it finished: the same event again (same CloudEvents id), also to this caller's replyTo.
     await client.send(command, { replyTo: client.replyQueue, correlationId: 'late-caller' });
-    await waitFor(() => (client!.terminal('dup-1').length === 2 ? true : undefined));
+    await waitFor(() => (client.terminal('dup-1').length === 2 ? true : undefined));
     const [a, b] = client.terminal('dup-1');
     expect(b!.event).toEqual(a!.event);
-    const reply = await waitFor(() => client!.replies.find((r) => r.event.correlationid === 'dup-1'));
+    const reply = await waitFor(() => client.replies.find((r) => r.event.correlationid === 'dup-1'));
     expect(reply.correlationId).toBe('late-caller');
     expect(reply.event.id).toBe(first.event.id);
 

@@ -1,8 +1,9 @@
 import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { HandlerRegistry } from '../../../src/jobs/types.js';
-import { startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+import { type TestClient, waitFor } from '../../helpers/agent.js';
+import { agentsPerTest } from '../../helpers/agents-per-test.js';
 
 /** Handlers that only count calls: none of them may run for bad input. */
 function countingHandlers() {
@@ -31,18 +32,10 @@ interface Case {
 }
 
 describe('invalid input (real broker)', () => {
-  let agent: TestAgent | undefined;
-  let client: TestClient | undefined;
-  afterEach(async () => {
-    await client?.close();
-    await agent?.stop();
-    client = undefined;
-    agent = undefined;
-  });
+  const frame = agentsPerTest();
 
   /** Sends every case, then checks: one rejected event each (code, field), dead-lettered, nothing ran. */
-  async function expectRejected(cases: Case[], calls: string[]) {
-    const c = client!;
+  async function expectRejected(c: TestClient, cases: Case[], calls: string[]) {
     for (const k of cases) {
       await c.send(k.body, {
         messageId: k.id,
@@ -86,8 +79,8 @@ describe('invalid input (real broker)', () => {
 
   it('refuses bad bodies, names and paths: rejected with code and field, dead-lettered, never run', async () => {
     const { calls, handlers } = countingHandlers();
-    agent = await startTestAgent({ handlers, overrides: { pools: { volumeGroups: ['vg0'] } } });
-    client = await TestClient.open(agent);
+    const agent = await frame.start({ handlers, overrides: { pools: { volumeGroups: ['vg0'] } } });
+    const client = await frame.openClient(agent);
     const store = agent.config.store.roots[0]!;
     const pool = agent.config.pools.fileRoots[0]!;
     await mkdir(join(pool, 'p1'), { recursive: true });
@@ -209,7 +202,7 @@ describe('invalid input (real broker)', () => {
         field: 'params.volume.file',
       },
     ];
-    await expectRejected(cases, calls);
+    await expectRejected(client, cases, calls);
 
     // The agent keeps running: a valid command still goes through.
     await client.send({ id: 'good-after-bad', type: 'agent.ping', params: {} });
@@ -222,10 +215,11 @@ describe('invalid input (real broker)', () => {
   it('with signing on: a missing or bad signature is rejected before parsing; a signed command runs', async () => {
     const { calls, handlers } = countingHandlers();
     const key = 'test-signing-key-0123456789';
-    agent = await startTestAgent({ handlers, overrides: { security: { signingKey: key } } });
-    client = await TestClient.open(agent);
+    const agent = await frame.start({ handlers, overrides: { security: { signingKey: key } } });
+    const client = await frame.openClient(agent);
     const ping = (id: string) => ({ id, type: 'agent.ping', params: {} });
     await expectRejected(
+      client,
       [
         { name: 'unsigned', id: 'sig-missing', body: ping('sig-missing'), code: 'SIGNATURE_MISSING' },
         {

@@ -1,26 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+import { describe, expect, it } from 'vitest';
+import { waitFor } from '../../helpers/agent.js';
+import { childAgentsPerTest } from '../../helpers/agents-per-test.js';
 
 describe('crash recovery (child process, real broker)', () => {
-  const agents: TestAgent[] = [];
-  let client: TestClient | undefined;
-  afterEach(async () => {
-    await client?.close();
-    client = undefined;
-    // The restarted agent first (it uses the first one's state dir), then the first.
-    for (const a of agents.splice(0).reverse()) await a.stop();
-  });
+  const run = childAgentsPerTest();
 
   it('kill -9 mid-job: the restarted agent re-runs the job from its journal, one terminal event, sequence continues', async () => {
-    const first = await startTestAgent({
-      mode: 'child',
-      entry: 'test/helpers/agent-child.ts',
-      env: { TEST_SLOW_CREATE_MS: '3000' },
-    });
-    agents.push(first);
-    client = await TestClient.open(first);
+    const first = await run.start(3000);
+    const client = await run.openClient(first);
     await client.send({
       id: 'crash-1',
       type: 'snapshot.create',
@@ -30,20 +19,13 @@ describe('crash recovery (child process, real broker)', () => {
         snapshot: 'snap-1',
       },
     });
-    await waitFor(() => client!.of('crash-1').find((e) => e.kind === 'progress'), 30_000);
+    await waitFor(() => client.of('crash-1').find((e) => e.kind === 'progress'), 30_000);
     first.child!.kill('SIGKILL');
     expect(await first.exited!).toMatchObject({ signal: 'SIGKILL' });
     const before = client.of('crash-1').length;
     expect(client.terminal('crash-1')).toHaveLength(0);
 
-    const second = await startTestAgent({
-      mode: 'child',
-      entry: 'test/helpers/agent-child.ts',
-      env: { TEST_SLOW_CREATE_MS: '500' },
-      stateDir: first.stateDir,
-      reuse: first,
-    });
-    agents.push(second);
+    const second = await run.start(500, { restartOf: first });
     const terminal = await client.waitTerminal('crash-1', 30_000);
     expect(terminal.kind).toBe('succeeded');
     expect(second.output()).toContain('recovering job');

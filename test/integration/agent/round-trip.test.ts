@@ -1,22 +1,16 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+import { describe, expect, it } from 'vitest';
+import { waitFor } from '../../helpers/agent.js';
+import { agentsPerTest } from '../../helpers/agents-per-test.js';
 
 const run = promisify(execFile);
 
 describe('agent round trip (real broker)', () => {
-  let agent: TestAgent | undefined;
-  let client: TestClient | undefined;
-  afterEach(async () => {
-    await client?.close();
-    await agent?.stop();
-    client = undefined;
-    agent = undefined;
-  });
+  const frame = agentsPerTest();
 
   it('declares its topology as configured (checked with rabbitmqctl)', async () => {
-    agent = await startTestAgent();
+    const agent = await frame.start();
     const { stdout: queues } = await run('rabbitmqctl', [
       '-q',
       'list_queues',
@@ -25,7 +19,7 @@ describe('agent round trip (real broker)', () => {
       'arguments',
       'durable',
     ]);
-    const line = queues.split('\n').find((l) => l.startsWith(`${agent!.names.commandQueue}\t`));
+    const line = queues.split('\n').find((l) => l.startsWith(`${agent.names.commandQueue}\t`));
     expect(line, queues).toBeDefined();
     expect(line).toContain('quorum');
     expect(line).toContain('x-single-active-consumer');
@@ -56,8 +50,8 @@ describe('agent round trip (real broker)', () => {
   });
 
   it('ping: accepted then succeeded with host facts, the terminal event also to replyTo; ready and metrics', async () => {
-    agent = await startTestAgent();
-    client = await TestClient.open(agent);
+    const agent = await frame.start();
+    const client = await frame.openClient(agent);
     await client.send(
       { id: 'ping-rt-1', type: 'agent.ping', params: {} },
       { replyTo: client.replyQueue, correlationId: 'corr-rt-1' },
@@ -75,7 +69,7 @@ describe('agent round trip (real broker)', () => {
       ['accepted', '0000000001'],
       ['succeeded', '0000000002'],
     ]);
-    const reply = await waitFor(() => client!.replies.find((r) => r.event.correlationid === 'ping-rt-1'));
+    const reply = await waitFor(() => client.replies.find((r) => r.event.correlationid === 'ping-rt-1'));
     expect(reply.correlationId).toBe('corr-rt-1');
     expect(reply.event.id).toBe(terminal.event.id);
     expect(client.replies.filter((r) => r.event.correlationid === 'ping-rt-1')).toHaveLength(1);
@@ -92,8 +86,8 @@ describe('agent round trip (real broker)', () => {
   });
 
   it('snapshot commands answer failed NOT_IMPLEMENTED until the engine registers handlers', async () => {
-    agent = await startTestAgent();
-    client = await TestClient.open(agent);
+    const agent = await frame.start();
+    const client = await frame.openClient(agent);
     await client.send({
       id: 'create-ni-1',
       type: 'snapshot.create',

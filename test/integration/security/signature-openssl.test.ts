@@ -43,6 +43,11 @@ async function openssl(args: string[]) {
   return { exitCode: r.exitCode, stdout: Buffer.from(r.stdout), stderr: Buffer.from(r.stderr) };
 }
 
+/** `openssl pkeyutl -verify` of the raw `bytes` against signature file `sig` with public key file `pub`. */
+function opensslVerify(pub: string, sig: string, bytes: string) {
+  return openssl(['pkeyutl', '-verify', '-rawin', '-pubin', '-inkey', pub, '-sigfile', sig, '-in', bytes]);
+}
+
 describe('Ed25519 envelope with OpenSSL', () => {
   let dir: string;
   beforeAll(async () => {
@@ -91,32 +96,10 @@ describe('Ed25519 envelope with OpenSSL', () => {
     const bytes = join(dir, 'bytes');
     await writeFile(sig, Buffer.from(headers[H.signature]!, 'base64'));
     await writeFile(bytes, documentedBytes(headers, body));
-    const ok = await openssl([
-      'pkeyutl',
-      '-verify',
-      '-rawin',
-      '-pubin',
-      '-inkey',
-      pub,
-      '-sigfile',
-      sig,
-      '-in',
-      bytes,
-    ]);
+    const ok = await opensslVerify(pub, sig, bytes);
     expect(ok.exitCode, ok.stderr.toString()).toBe(0);
     await writeFile(bytes, documentedBytes({ ...headers, 'x-clvm-host-id': 'i12-other' }, body));
-    const bad = await openssl([
-      'pkeyutl',
-      '-verify',
-      '-rawin',
-      '-pubin',
-      '-inkey',
-      pub,
-      '-sigfile',
-      sig,
-      '-in',
-      bytes,
-    ]);
+    const bad = await opensslVerify(pub, sig, bytes);
     expect(bad.exitCode).not.toBe(0);
   });
 });

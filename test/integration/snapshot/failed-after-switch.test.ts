@@ -8,17 +8,11 @@ import { describe, expect, it } from 'vitest';
 import { AgentError, HostCommandError } from '../../../src/errors/index.js';
 import type { QemuImg } from '../../../src/host/qemu-img.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import {
-  createQcow2,
-  guestFlush,
-  guestWrite,
-  startTestDomain,
-  virsh,
-} from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference } from '../../helpers/reference-images.js';
 import { qemuChain, qemuOpenFilesUnder } from '../../helpers/vm-watch.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -42,10 +36,12 @@ function storeFullQemuImg(real: QemuImg): QemuImg {
 
 describe('live-rotate failing after the switch', () => {
   it('keeps every write, and the next snapshot is full and cleans up', async () => {
-    const active = join(h.pool, 'vol1.qcow2');
-    await createQcow2(active, SIZE / MiB);
-    const dom = await startTestDomain(cleanup, { label: 'lrfail', disk: { type: 'file', path: active } });
-    const live = await ReferenceDisk.create(join(h.base, 'ref-live.raw'), SIZE);
+    const { active, dom, live } = await runningVolume(h, cleanup, {
+      label: 'lrfail',
+      file: 'vol1.qcow2',
+      sizeBytes: SIZE,
+      reference: 'ref-live.raw',
+    });
     const snapshot = async (name: string, parents: string[], deps = h.deps) => {
       const cmd = fileSnapshotCommand(h, {
         file: 'vol1.qcow2',
@@ -58,9 +54,7 @@ describe('live-rotate failing after the switch', () => {
       return runCreate(h, cmd, deps);
     };
     const write = async (round: number) => {
-      const writes = roundWrites(round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, round, SIZE);
     };
 
     await write(1);

@@ -8,16 +8,10 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import {
-  createQcow2,
-  guestFlush,
-  guestWrite,
-  startTestDomain,
-  virsh,
-} from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -25,18 +19,18 @@ const { h, cleanup } = libvirtSuite('lrchain');
 
 describe('live-rotate strategy, file pool, running VM', () => {
   it('builds a chain of a running VM with auto; data matches references; never paused', async () => {
-    const active = join(h.pool, 'vol1.qcow2');
-    await createQcow2(active, SIZE / MiB);
-    const dom = await startTestDomain(cleanup, { label: 'lrchain', disk: { type: 'file', path: active } });
-    const live = await ReferenceDisk.create(join(h.base, 'ref-live.raw'), SIZE);
+    const { active, dom, live } = await runningVolume(h, cleanup, {
+      label: 'lrchain',
+      file: 'vol1.qcow2',
+      sizeBytes: SIZE,
+      reference: 'ref-live.raw',
+    });
     const frozen: ReferenceDisk[] = [];
     const names: string[] = [];
     let current = active;
 
     for (let round = 1; round <= 6; round++) {
-      const writes = roundWrites(round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, round, SIZE);
       const name = `snap-${round}`;
       const cmd = fileSnapshotCommand(h, {
         file: 'vol1.qcow2',
@@ -92,9 +86,7 @@ describe('live-rotate strategy, file pool, running VM', () => {
 
     await virsh(['destroy', dom.name]);
     await virsh(['start', dom.name]);
-    const extra = roundWrites(99, SIZE);
-    for (const w of extra) await guestWrite(dom, w.pattern, w.offset, w.length);
-    await live.apply(extra);
+    await guestWriteRound(dom, live, 99, SIZE);
     await guestFlush(dom);
     expect(await differsFromReference(current, live)).toBeNull();
   });

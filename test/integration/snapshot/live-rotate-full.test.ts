@@ -8,17 +8,11 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import {
-  createQcow2,
-  guestFlush,
-  guestWrite,
-  startTestDomain,
-  virsh,
-} from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { blockCensus, qemuChain, qemuOpenFilesUnder, readBackThroughQemu } from '../../helpers/vm-watch.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -26,18 +20,18 @@ const { h, cleanup } = libvirtSuite('lrfull');
 
 describe('live-rotate: a full snapshot on top of a delta chain', () => {
   it('stands alone; the VM reads only its local layers; the next delta builds on it', async () => {
-    const active = join(h.pool, 'vol.qcow2');
-    await createQcow2(active, SIZE / MiB);
-    const dom = await startTestDomain(cleanup, { label: 'lrfull', disk: { type: 'file', path: active } });
-    const live = await ReferenceDisk.create(join(h.base, 'live.raw'), SIZE);
+    const { active, dom, live } = await runningVolume(h, cleanup, {
+      label: 'lrfull',
+      file: 'vol.qcow2',
+      sizeBytes: SIZE,
+      reference: 'live.raw',
+    });
     const store = join(h.storeRoot, 'vol');
     const names: string[] = [];
     const refs = new Map<string, ReferenceDisk>();
 
     const snapshot = async (round: number, parents: string[]) => {
-      const writes = roundWrites(500 + round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, 500 + round, SIZE);
       const cmd = fileSnapshotCommand(h, {
         file: 'vol.qcow2',
         vm: dom.name,

@@ -12,18 +12,12 @@ import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { deleteSnapshot, revertSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import {
-  createQcow2,
-  guestFlush,
-  guestWrite,
-  startTestDomain,
-  virsh,
-} from '../../helpers/libvirt-fixtures.js';
+import { guestFlush, guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
 import { SecondLibvirtd } from '../../helpers/libvirt2.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
 import { command, FileStepJournal, fileSnapshotCommand, jobContext, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('lrtruth');
@@ -45,11 +39,18 @@ async function rawDiffers(a: string, b: string): Promise<string | null> {
 
 describe('live-rotate leaves libvirt telling the truth (file pool)', () => {
   it('after 5 rotations: domblkinfo, dumpxml, blockresize, managedsave, save/restore, restart, migration and back; each next snapshot right', async () => {
-    const base = join(h.pool, 'vol.qcow2');
     let size = 32 * MiB;
-    await createQcow2(base, size / MiB);
-    const dom = await startTestDomain(cleanup, { label: 'lrtruth', disk: { type: 'file', path: base } });
-    const live = await ReferenceDisk.create(join(h.base, 'live.raw'), 64 * MiB);
+    const {
+      active: base,
+      dom,
+      live,
+    } = await runningVolume(h, cleanup, {
+      label: 'lrtruth',
+      file: 'vol.qcow2',
+      sizeBytes: size,
+      reference: 'live.raw',
+      referenceBytes: 64 * MiB,
+    });
     const names: string[] = [];
     const refs: string[] = [];
     let current = base;
@@ -57,9 +58,7 @@ describe('live-rotate leaves libvirt telling the truth (file pool)', () => {
 
     const write = async (): Promise<void> => {
       round += 1;
-      const writes = roundWrites(round, size);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, round, size);
     };
     // Reads the whole disk through QEMU (the given daemon's) and compares it with the reference.
     const readBack = async (uri?: string): Promise<void> => {

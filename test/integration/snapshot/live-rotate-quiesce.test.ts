@@ -5,10 +5,10 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createSnapshot } from '../../../src/snapshot/index.js';
-import { createQcow2, guestWrite, startTestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
+import { createQcow2, startTestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
 import { FileStepJournal, fileSnapshotCommand, jobContext } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { guestWriteRound, libvirtSuite } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -27,9 +27,7 @@ describe('live-rotate quiesce without an answering guest agent', () => {
     const live = await ReferenceDisk.create(join(h.base, 'live.raw'), SIZE);
     const names: string[] = [];
     for (let round = 1; round <= 2; round++) {
-      const writes = roundWrites(600 + round, SIZE);
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-      await live.apply(writes);
+      await guestWriteRound(dom, live, 600 + round, SIZE);
       const cmd = fileSnapshotCommand(h, {
         file: 'vol.qcow2',
         vm: dom.name,

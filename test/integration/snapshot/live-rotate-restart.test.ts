@@ -10,23 +10,16 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { checkExitCode, infoOf } from '../../helpers/images.js';
-import {
-  createQcow2,
-  guestFlush,
-  guestWrite,
-  startTestDomain,
-  type TestDomain,
-  virsh,
-} from '../../helpers/libvirt-fixtures.js';
+import { guestFlush, guestWrite, type TestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
 import {
   differsFromReference,
   type PatternWrite,
-  ReferenceDisk,
+  type ReferenceDisk,
   roundWrites,
 } from '../../helpers/reference-images.js';
 import { blockCensus, qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -136,10 +129,13 @@ class Volume {
 }
 
 async function newVolume(file: string): Promise<Volume> {
-  const active = join(h.pool, file);
-  await createQcow2(active, SIZE / MiB);
-  const dom = await startTestDomain(cleanup, { label: 'lrrestart', disk: { type: 'file', path: active } });
-  return new Volume(file, dom, await ReferenceDisk.create(join(h.base, `${file}.live.raw`), SIZE));
+  const { dom, live } = await runningVolume(h, cleanup, {
+    label: 'lrrestart',
+    file,
+    sizeBytes: SIZE,
+    reference: `${file}.live.raw`,
+  });
+  return new Volume(file, dom, live);
 }
 
 describe('live-rotate: the chain libvirt and a fresh QEMU see', () => {

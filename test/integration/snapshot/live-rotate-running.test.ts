@@ -10,23 +10,16 @@ import { describe, expect, it } from 'vitest';
 import type { ProgressUpdate } from '../../../src/jobs/types.js';
 import { createSnapshot } from '../../../src/snapshot/index.js';
 import { checkExitCode } from '../../helpers/images.js';
-import {
-  createQcow2,
-  guestFlush,
-  guestWrite,
-  startTestDomain,
-  type TestDomain,
-  virsh,
-} from '../../helpers/libvirt-fixtures.js';
+import { guestFlush, guestWrite, type TestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
 import {
   differsFromReference,
   type PatternWrite,
-  ReferenceDisk,
+  type ReferenceDisk,
   roundWrites,
 } from '../../helpers/reference-images.js';
 import { LifecycleWatch, StatePoller } from '../../helpers/vm-watch.js';
 import { FileStepJournal, fileSnapshotCommand, jobContext } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;
@@ -34,11 +27,7 @@ const SIZE = 32 * MiB;
 const { h, cleanup } = libvirtSuite('lrrun', { failpoints: 'export-rate=1M' });
 
 async function newVolume(file: string): Promise<{ active: string; dom: TestDomain; live: ReferenceDisk }> {
-  const active = join(h.pool, file);
-  await createQcow2(active, SIZE / MiB);
-  const dom = await startTestDomain(cleanup, { label: 'lrrun', disk: { type: 'file', path: active } });
-  const live = await ReferenceDisk.create(join(h.base, `${file}.live.raw`), SIZE);
-  return { active, dom, live };
+  return runningVolume(h, cleanup, { label: 'lrrun', file, sizeBytes: SIZE, reference: `${file}.live.raw` });
 }
 
 async function write(dom: TestDomain, live: ReferenceDisk, writes: PatternWrite[]): Promise<void> {

@@ -8,10 +8,10 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { infoOf, mapOf } from '../../helpers/images.js';
-import { createQcow2, guestFlush, guestWrite, startTestDomain } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, type PatternWrite, ReferenceDisk } from '../../helpers/reference-images.js';
+import { guestFlush, guestWrite } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, type PatternWrite } from '../../helpers/reference-images.js';
 import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { libvirtSuite, runningVolume } from './suite.js';
 
 const MiB = 1024 * 1024;
 const CLUSTER = 64 * 1024;
@@ -61,10 +61,12 @@ const rounds: PatternWrite[][] = [
 
 describe('live-rotate: a snapshot holds exactly the bytes written since the previous one', () => {
   it('sizes match the guest writes, round by round', async () => {
-    const active = join(h.pool, 'vol.qcow2');
-    await createQcow2(active, SIZE / MiB);
-    const dom = await startTestDomain(cleanup, { label: 'lrsize', disk: { type: 'file', path: active } });
-    const live = await ReferenceDisk.create(join(h.base, 'live.raw'), SIZE);
+    const { active, dom, live } = await runningVolume(h, cleanup, {
+      label: 'lrsize',
+      file: 'vol.qcow2',
+      sizeBytes: SIZE,
+      reference: 'live.raw',
+    });
     const names: string[] = [];
     const report: string[] = [];
 

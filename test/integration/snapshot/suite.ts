@@ -1,7 +1,16 @@
 // The usual frame of a snapshot suite with VMs: libvirtd checked and a harness made before all
 // tests, both cleaned up after them. (Apart from harness.ts, which benches import outside vitest.)
+import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
-import { assertLibvirtReady, Cleanup } from '../../helpers/libvirt-fixtures.js';
+import {
+  assertLibvirtReady,
+  Cleanup,
+  createQcow2,
+  guestWrite,
+  startTestDomain,
+  type TestDomain,
+} from '../../helpers/libvirt-fixtures.js';
+import { ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
 import { type Harness, makeHarness } from './harness.js';
 
 /**
@@ -28,4 +37,38 @@ export function libvirtSuite(
     },
   });
   return { h, cleanup };
+}
+
+const MiB = 1024 * 1024;
+
+/**
+ * A fresh QCOW2 volume `file` in the harness's pool, a running domain on it and the raw reference
+ * of its live disk (`referenceBytes`, default the volume's size) in the harness's base directory.
+ */
+export async function runningVolume(
+  h: Harness,
+  cleanup: Cleanup,
+  opts: { label: string; file: string; sizeBytes: number; reference: string; referenceBytes?: number },
+) {
+  const active = join(h.pool, opts.file);
+  await createQcow2(active, opts.sizeBytes / MiB);
+  const dom = await startTestDomain(cleanup, { label: opts.label, disk: { type: 'file', path: active } });
+  const live = await ReferenceDisk.create(
+    join(h.base, opts.reference),
+    opts.referenceBytes ?? opts.sizeBytes,
+  );
+  return { active, dom, live };
+}
+
+/** Round `round`'s pattern writes (roundWrites), written in the guest and into the live reference. */
+export async function guestWriteRound(
+  dom: TestDomain,
+  live: ReferenceDisk,
+  round: number,
+  sizeBytes: number,
+) {
+  const writes = roundWrites(round, sizeBytes);
+  for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
+  await live.apply(writes);
+  return writes;
 }
