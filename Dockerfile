@@ -17,7 +17,7 @@ FROM node:24-bookworm-slim AS runtime
 # qemu-utils:      qemu-img (export, rebase, check, compare, measure, map, commit) and qemu-io
 # lvm2:            lvm, lvs, vgs, lvcreate, lvremove, lvrename, lvchange
 # libvirt-clients: virsh (domain state, disk list, QMP through qemu-monitor-command)
-# util-linux:      losetup, mount, nsenter; coreutils (cp --reflink) is already in the base image
+# util-linux:      losetup, mount, nsenter (reflink clones are made in-process)
 # tini:            PID 1: forwards SIGTERM to node (graceful job drain) and reaps tool processes
 # qemu-system-x86 is NOT installed: QEMU runs on the host under libvirtd; the agent asks libvirt
 # for its version and QMP commands (the capability probe reports the missing binary as null).
