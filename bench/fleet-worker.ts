@@ -5,6 +5,7 @@
 // with an instant agent.ping (a fixed capability report instead of the host probe).
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { AgentConfig } from '../src/config/index.js';
 import { baseHandlers, type HostProbe } from '../src/handlers/index.js';
 import { JobRunner } from '../src/jobs/job-runner.js';
 import { JobJournal } from '../src/jobs/journal.js';
@@ -19,14 +20,7 @@ export interface WorkerStart {
   hostIds: string[];
   urls: string[];
   stateRoot: string;
-  topology: {
-    commandsExchange: string;
-    eventsExchange: string;
-    queuePrefix: string;
-    deadLetterExchange: string;
-    deadLetterQueue: string;
-    deliveryLimit: number;
-  };
+  topology: Omit<AgentConfig['topology'], 'declare'>;
 }
 
 export type WorkerMessage =
