@@ -152,7 +152,7 @@ describe('snapctl watch (not a TTY)', () => {
 
 describe('snapctl watch (in a TTY)', () => {
   it('draws a live bar per running job and a line when it finishes', async () => {
-    const entry = fileURLToPath(new URL('../../../src/cli/snapctl.ts', import.meta.url));
+    const entry = fileURLToPath(new URL('../../../src/snapctl.ts', import.meta.url));
     const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
     const quoted = ['node', '--import', 'tsx', entry, 'watch', ...flags].map((a) => `'${a}'`).join(' ');
     // `script` gives the child a pseudo-terminal; `timeout -s INT` plays the operator's Ctrl-C.

@@ -3,7 +3,7 @@
 // that re-consumes after losing its node. Both ride on the agent's own BrokerConnection (all
 // three URLs, reconnect with backoff).
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
-import { BrokerConnection } from '../../../src/messaging/connection.js';
+import { BrokerConnection, connectionName } from '../../../src/messaging/connection.js';
 import type { TopologyNames } from '../../../src/messaging/topology.js';
 import { createLogger } from '../../../src/observability/logger.js';
 import { type AgentEvent, eventKindOf, TERMINAL_KINDS } from '../../../src/protocol/index.js';
@@ -15,7 +15,7 @@ function connection(role: string, hostId: string): BrokerConnection {
   const c = new BrokerConnection({
     role,
     urls: [...CLUSTER_URLS],
-    hostId,
+    connectionName: connectionName(hostId, role),
     heartbeatSeconds: 5,
     connectTimeoutMs: 3000,
     reconnectMinMs: 100,

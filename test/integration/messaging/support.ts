@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Channel, type ChannelModel, type ConsumeMessage, connect } from 'amqplib';
 import { runTool } from '../../../src/host/exec.js';
-import { BrokerConnection } from '../../../src/messaging/connection.js';
+import { BrokerConnection, connectionName } from '../../../src/messaging/connection.js';
 import type { TopologyNames } from '../../../src/messaging/topology.js';
 import type { OutgoingEvent } from '../../../src/messaging/types.js';
 import { type Logger, silentLogger } from '../../../src/observability/logger.js';
@@ -38,7 +38,7 @@ export function testConnection(hostId: string, role: string, urls = [brokerUrl()
   return new BrokerConnection({
     role,
     urls,
-    hostId,
+    connectionName: connectionName(hostId, role),
     heartbeatSeconds: 5,
     connectTimeoutMs: 2000,
     reconnectMinMs: 50,

@@ -10,6 +10,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyRights, declareFor, hostRights, managementRights } from '../../../src/cli/broker-provision.js';
 import { Rabbitmqctl } from '../../../src/cli/rabbitmqctl.js';
+import { openBrokerConnection } from '../../../src/client/index.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
 import { startTestAgent, type TestAgent, uniqueSuffix, waitFor } from '../../helpers/agent.js';
 import { brokerUrl } from '../../helpers/broker.js';
@@ -103,7 +104,7 @@ describe('per-host broker rights (real broker)', () => {
     ]);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(lastJson(run.stdout)).toMatchObject({ ok: true, outcome: 'created', user: users.a, vhost });
-    const guest = await connect(urlAs('guest'));
+    const guest = await openBrokerConnection({ urls: [urlAs('guest')] });
     await declareFor(guest, topology, hostB);
     await guest.close();
     // What B's agent does at start with B's rights: check, not declare.
