@@ -7,10 +7,10 @@ import {
   type TestAgent,
   TestClient,
   waitFor,
-} from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
-import { closeConnectionByName } from '../messaging/support.js';
+} from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { closeConnectionByName } from '../../support/messaging.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
 
 /** Events of a job, duplicates (same CloudEvents id: at-least-once delivery) removed. */
 function unique(events: ReceivedEvent[]): ReceivedEvent[] {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CommandHandlerFn } from '../../../src/jobs/types.js';
-import { slowHandler, waitFor } from '../../helpers/agent.js';
-import { agentsPerTest } from '../../helpers/agents-per-test.js';
+import { slowHandler, waitFor } from '../../support/agent.js';
+import { agentsPerTest } from '../../support/agents-per-test.js';
 
 describe('duplicate deliveries (real broker)', () => {
   const frame = agentsPerTest();

@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { waitFor } from '../../helpers/agent.js';
-import { childAgentsPerTest } from '../../helpers/agents-per-test.js';
+import { waitFor } from '../../support/agent.js';
+import { childAgentsPerTest } from '../../support/agents-per-test.js';
 
 describe('crash recovery (child process, real broker)', () => {
   const run = childAgentsPerTest();

@@ -1,9 +1,15 @@
 import { type ChannelModel, connect } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventSchema } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { type FakeAgent, startFakeAgent, type Topology, uniqueHost, uniqueTopology } from './fake-agent.js';
-import { lastJson, snapctl, topologyFlags } from './run-snapctl.js';
+import { brokerUrl } from '../../support/broker.js';
+import {
+  type FakeAgent,
+  startFakeAgent,
+  type Topology,
+  uniqueHost,
+  uniqueTopology,
+} from '../../support/fake-agent.js';
+import { lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
 
 // Dead letters made by RabbitMQ itself (the fake agent nacks without requeue, the queue's
 // dead-letter exchange routes them to the DLQ); snapctl reads them without losing any and

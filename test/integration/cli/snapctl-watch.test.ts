@@ -2,7 +2,7 @@ import { fileURLToPath } from 'node:url';
 import { connect } from 'amqplib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { brokerUrl } from '../../helpers/broker.js';
+import { brokerUrl } from '../../support/broker.js';
 import {
   type FakeAgent,
   makeEvent,
@@ -11,8 +11,8 @@ import {
   type Topology,
   uniqueHost,
   uniqueTopology,
-} from './fake-agent.js';
-import { snapctl, startSnapctl, topologyFlags } from './run-snapctl.js';
+} from '../../support/fake-agent.js';
+import { snapctl, startSnapctl, topologyFlags } from '../../support/snapctl.js';
 
 // `snapctl watch` on jobs with progress: plain lines when stdout is not a TTY, live bars in a TTY
 // (a pseudo-terminal from util-linux `script`), filters done by the broker binding.

@@ -15,10 +15,10 @@ import { connect } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectionName } from '../../../src/messaging/connection.js';
 import { eventKindOf } from '../../../src/protocol/index.js';
-import { startTestAgent, type TestAgent, uniqueSuffix } from '../../helpers/agent.js';
-import { CLUSTER_URLS, cluster, type NodeNo, nodeOfUrl } from '../../helpers/cluster.js';
-import { makeQcow2, writePattern } from '../../helpers/images.js';
-import { FailoverSender, FailoverSubscriber } from './bus.js';
+import { startTestAgent, type TestAgent, uniqueSuffix } from '../../support/agent.js';
+import { CLUSTER_URLS, cluster, type NodeNo, nodeOfUrl } from '../../support/cluster.js';
+import { FailoverSender, FailoverSubscriber } from '../../support/cluster-bus.js';
+import { makeQcow2, writePattern } from '../../support/images.js';
 
 const FULL = process.env.CLUSTER_FULL === '1';
 const HEARTBEAT_S = 5;

@@ -1,9 +1,10 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { brokerUrl } from '../../helpers/broker.js';
-import { daemonSet, values } from '../../helpers/chart.js';
-import { hasPattern, MiB, makeQcow2, sameContent, tempDir, writePattern } from '../../helpers/images.js';
+import { HostBus } from '../../support/agent-process.js';
+import { brokerUrl } from '../../support/broker.js';
+import { daemonSet, values } from '../../support/chart.js';
+import { hasPattern, MiB, makeQcow2, sameContent, tempDir, writePattern } from '../../support/images.js';
 import {
   AGENT_IMAGE,
   buildAgentImage,
@@ -11,8 +12,7 @@ import {
   podman,
   removeContainer,
   requirePodman,
-} from '../../helpers/podman.js';
-import { HostBus } from '../snapshot/agent-process.js';
+} from '../../support/podman.js';
 
 // The image built from the Dockerfile as it ships and run for real (podman, host network, the
 // local broker), with a file pool and a store mounted from the host. The local base image stands

@@ -11,8 +11,8 @@ import { FilePool } from '../../../src/host/file-pool.js';
 import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
-import { tempDir } from '../../helpers/images.js';
-import { mountXfs, type XfsMount } from '../../helpers/xfs.js';
+import { tempDir } from '../../support/images.js';
+import { mountXfs, type XfsMount } from '../../support/xfs.js';
 
 let xfs: XfsMount;
 let ext: { dir: string; cleanup: () => Promise<void> };

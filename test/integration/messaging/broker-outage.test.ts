@@ -9,8 +9,7 @@ import {
   redactBrokerUrl,
 } from '../../../src/messaging/connection.js';
 import type { IncomingCommand } from '../../../src/messaging/types.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
+import { brokerUrl } from '../../support/broker.js';
 import {
   adminConnection,
   connectionPids,
@@ -21,7 +20,8 @@ import {
   uniqueNames,
   waitUntil,
   watchProcessErrors,
-} from './support.js';
+} from '../../support/messaging.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
 
 describe('broker outages (through a TCP proxy in front of the shared broker)', () => {
   const cleanups: Array<() => Promise<unknown>> = [];

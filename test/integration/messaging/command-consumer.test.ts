@@ -15,7 +15,7 @@ import {
   uniqueNames,
   waitUntil,
   watchProcessErrors,
-} from './support.js';
+} from '../../support/messaging.js';
 
 interface Rig {
   names: TopologyNames;

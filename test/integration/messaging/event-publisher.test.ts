@@ -5,8 +5,7 @@ import { type BrokerConnection, ConnectionState } from '../../../src/messaging/c
 import { EventPublisher, type ReturnedEvent } from '../../../src/messaging/event-publisher.js';
 import type { TopologyNames } from '../../../src/messaging/topology.js';
 import { eventSchema } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
+import { brokerUrl } from '../../support/broker.js';
 import {
   adminConnection,
   closeConnectionByPid,
@@ -23,7 +22,8 @@ import {
   uniqueNames,
   waitUntil,
   watchProcessErrors,
-} from './support.js';
+} from '../../support/messaging.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
 
 interface Rig {
   names: TopologyNames;

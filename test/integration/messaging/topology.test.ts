@@ -8,7 +8,7 @@ import {
   listQueues,
   runCleanups,
   uniqueNames,
-} from './support.js';
+} from '../../support/messaging.js';
 
 describe('topology', () => {
   const cleanups: Array<() => Promise<unknown>> = [];

@@ -12,9 +12,9 @@ import { applyRights, declareFor, hostRights, managementRights } from '../../../
 import { Rabbitmqctl } from '../../../src/cli/rabbitmqctl.js';
 import { openBrokerConnection } from '../../../src/client/index.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
-import { startTestAgent, type TestAgent, uniqueSuffix, waitFor } from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { lastJson, snapctl } from '../cli/run-snapctl.js';
+import { startTestAgent, type TestAgent, uniqueSuffix, waitFor } from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { lastJson, snapctl } from '../../support/snapctl.js';
 
 const sfx = uniqueSuffix();
 const vhost = `i12-lp-${sfx}`;

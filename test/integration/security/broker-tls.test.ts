@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openBrokerConnection } from '../../../src/client/index.js';
 import { loadConfig } from '../../../src/config/index.js';
 import { brokerTlsOptions } from '../../../src/messaging/broker-tls.js';
-import { startTestAgent, type TestAgent } from '../../helpers/agent.js';
-import { startTlsBroker, type TlsBroker } from '../../helpers/tls-broker.js';
-import { lastJson, snapctl } from '../cli/run-snapctl.js';
+import { startTestAgent, type TestAgent } from '../../support/agent.js';
+import { lastJson, snapctl } from '../../support/snapctl.js';
+import { startTlsBroker, type TlsBroker } from '../../support/tls-broker.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 

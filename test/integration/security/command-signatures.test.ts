@@ -15,9 +15,9 @@ import {
   signBody,
   signCommand,
 } from '../../../src/protocol/index.js';
-import { startTestAgent, type TestAgent, TestClient, uniqueSuffix, waitFor } from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { lastJson, snapctl, topologyFlags } from '../cli/run-snapctl.js';
+import { startTestAgent, type TestAgent, TestClient, uniqueSuffix, waitFor } from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
 
 const current = generateSigningKeyPair();
 const retired = generateSigningKeyPair();

@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventKindOf } from '../../../src/protocol/index.js';
-import { checkExitCode } from '../../helpers/images.js';
+import { AgentProcess, HostBus } from '../../support/agent-process.js';
+import { checkExitCode } from '../../support/images.js';
 import {
   assertLibvirtReady,
   Cleanup,
@@ -24,15 +25,14 @@ import {
   startTestDomain,
   type TestDomain,
   virsh,
-} from '../../helpers/libvirt-fixtures.js';
+} from '../../support/libvirt-fixtures.js';
 import {
   differsFromReference,
   type PatternWrite,
   ReferenceDisk,
   roundWrites,
-} from '../../helpers/reference-images.js';
-import { blockCensus, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { AgentProcess, HostBus } from './agent-process.js';
+} from '../../support/reference-images.js';
+import { blockCensus, readBackThroughQemu } from '../../support/vm-watch.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;

@@ -8,8 +8,9 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { expect } from 'vitest';
-import { eventKindOf } from '../../../src/protocol/index.js';
-import { checkExitCode } from '../../helpers/images.js';
+import { eventKindOf } from '../../src/protocol/index.js';
+import { AgentProcess, HostBus } from './agent-process.js';
+import { checkExitCode } from './images.js';
 import {
   type Cleanup,
   createQcow2,
@@ -18,15 +19,9 @@ import {
   makeTempDir,
   startTestDomain,
   virsh,
-} from '../../helpers/libvirt-fixtures.js';
-import {
-  differsFromReference,
-  type PatternWrite,
-  ReferenceDisk,
-  roundWrites,
-} from '../../helpers/reference-images.js';
-import { blockCensus, qemuChain } from '../../helpers/vm-watch.js';
-import { AgentProcess, HostBus } from './agent-process.js';
+} from './libvirt-fixtures.js';
+import { differsFromReference, type PatternWrite, ReferenceDisk, roundWrites } from './reference-images.js';
+import { blockCensus, qemuChain } from './vm-watch.js';
 
 export interface CrashSetup {
   bus: HostBus;

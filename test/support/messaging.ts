@@ -5,13 +5,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Channel, type ChannelModel, type ConsumeMessage, connect } from 'amqplib';
-import { runTool } from '../../../src/host/exec.js';
-import { BrokerConnection, connectionName } from '../../../src/messaging/connection.js';
-import type { TopologyNames } from '../../../src/messaging/topology.js';
-import type { OutgoingEvent } from '../../../src/messaging/types.js';
-import { type Logger, silentLogger } from '../../../src/observability/logger.js';
-import { type AgentEvent, eventTypePrefix } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
+import { runTool } from '../../src/host/exec.js';
+import { BrokerConnection, connectionName } from '../../src/messaging/connection.js';
+import type { TopologyNames } from '../../src/messaging/topology.js';
+import type { OutgoingEvent } from '../../src/messaging/types.js';
+import { type Logger, silentLogger } from '../../src/observability/logger.js';
+import { type AgentEvent, eventTypePrefix } from '../../src/protocol/index.js';
+import { brokerUrl } from './broker.js';
 
 export const logger: Logger = process.env.TEST_LOG
   ? (await import('pino')).pino({ level: 'debug' })

@@ -2,8 +2,8 @@ import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import type { Topology } from './fake-agent.js';
 
-const ENTRY = fileURLToPath(new URL('../../../src/snapctl.ts', import.meta.url));
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ENTRY = fileURLToPath(new URL('../../src/snapctl.ts', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** Environment for snapctl children: no agent settings inherited from the developer's shell. */
 function cleanEnv(extra: Record<string, string>): Record<string, string> {

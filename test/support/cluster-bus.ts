@@ -3,11 +3,11 @@
 // that re-consumes after losing its node. Both ride on the agent's own BrokerConnection (all
 // three URLs, reconnect with backoff).
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
-import { BrokerConnection, connectionName } from '../../../src/messaging/connection.js';
-import type { TopologyNames } from '../../../src/messaging/topology.js';
-import { createLogger } from '../../../src/observability/logger.js';
-import { type AgentEvent, eventKindOf, TERMINAL_KINDS } from '../../../src/protocol/index.js';
-import { CLUSTER_URLS } from '../../helpers/cluster.js';
+import { BrokerConnection, connectionName } from '../../src/messaging/connection.js';
+import type { TopologyNames } from '../../src/messaging/topology.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { type AgentEvent, eventKindOf, TERMINAL_KINDS } from '../../src/protocol/index.js';
+import { CLUSTER_URLS } from './cluster.js';
 
 const logger = createLogger({ level: process.env.TEST_AGENT_LOG === '1' ? 'debug' : 'silent' });
 

@@ -1,7 +1,7 @@
 // A tiny stand-in for the agent's messaging side, for snapctl and dashboard tests: declares a
 // host queue, answers commands with real CloudEvents built from the protocol schemas, and can
 // fail, hang, reject (bad signature) or dead-letter on demand. The real agent is tested with
-// test/helpers/agent.ts where it matters; this one makes each outcome reachable on purpose.
+// test/support/agent.ts where it matters; this one makes each outcome reachable on purpose.
 import { randomBytes } from 'node:crypto';
 import { type Channel, type ChannelModel, type ConsumeMessage, connect } from 'amqplib';
 import {
@@ -16,7 +16,7 @@ import {
   SIGNATURE_HEADER,
   type VolumeRef,
   verifySignature,
-} from '../../../src/protocol/index.js';
+} from '../../src/protocol/index.js';
 
 export type Behaviour = 'succeed' | 'fail' | 'hang' | 'dead-letter';
 

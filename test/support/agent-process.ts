@@ -6,9 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { type Channel, type ChannelModel, connect } from 'amqplib';
-import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
-import { type AgentEvent, eventKindOf } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
+import { declareTopology, topologyNames } from '../../src/messaging/topology.js';
+import { type AgentEvent, eventKindOf } from '../../src/protocol/index.js';
+import { brokerUrl } from './broker.js';
 
 const ROOT = join(import.meta.dirname, '..', '..', '..');
 
