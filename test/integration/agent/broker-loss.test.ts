@@ -6,11 +6,11 @@ import {
   startTestAgent,
   type TestAgent,
   TestClient,
-  waitFor,
 } from '../../support/agent.js';
 import { brokerUrl } from '../../support/broker.js';
 import { closeConnectionByName } from '../../support/messaging.js';
 import { TcpProxy } from '../../support/tcp-proxy.js';
+import { waitFor } from '../../support/wait.js';
 
 /** Events of a job, duplicates (same CloudEvents id: at-least-once delivery) removed. */
 function unique(events: ReceivedEvent[]): ReceivedEvent[] {

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startTestAgent, type TestAgent, TestClient, waitFor } from '../../support/agent.js';
+import { startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { waitFor } from '../../support/wait.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 

@@ -3,9 +3,10 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { CommandHandlerFn } from '../../../src/jobs/types.js';
 import { AGENT_VERSION } from '../../../src/version.js';
-import { slowHandler, startTestAgent, type TestAgent, TestClient, waitFor } from '../../support/agent.js';
+import { slowHandler, startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
 import { brokerUrl } from '../../support/broker.js';
 import { lastJson, snapctl, startSnapctl } from '../../support/snapctl.js';
+import { waitFor } from '../../support/wait.js';
 
 // snapctl against the real agent (test/support/agent.ts: in-process, real broker, real topology:
 // quorum command queue, dead-letter exchange and queue).

@@ -9,7 +9,7 @@ import type { AgentEvent, VolumeRef } from '../../../src/protocol/index.js';
 import { brokerUrl } from '../../support/broker.js';
 import {
   declareTopology,
-  deleteTopology,
+  deleteTestTopology,
   makeEvent,
   publishEvent,
   type Topology,
@@ -82,8 +82,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await dashboard?.close();
-  if (channel) await deleteTopology(channel, topology);
   await connection?.close();
+  if (channel) await deleteTestTopology(topology);
   if (profileDir) await rm(profileDir, { recursive: true, force: true });
 });
 

@@ -9,19 +9,18 @@ import {
   redactBrokerUrl,
 } from '../../../src/messaging/connection.js';
 import type { IncomingCommand } from '../../../src/messaging/types.js';
-import { brokerUrl } from '../../support/broker.js';
+import { brokerUrl, deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,
   connectionPids,
-  deleteTopology,
   logger,
   runCleanups,
   testConnection,
   uniqueNames,
-  waitUntil,
   watchProcessErrors,
 } from '../../support/messaging.js';
 import { TcpProxy } from '../../support/tcp-proxy.js';
+import { waitUntil } from '../../support/wait.js';
 
 describe('broker outages (through a TCP proxy in front of the shared broker)', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -226,7 +225,12 @@ describe('broker outages (through a TCP proxy in front of the shared broker)', (
         persistent: true,
       });
     }
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    // All five sit in the queue, ready: none went to the consumer cut off from the broker.
+    await waitUntil(
+      async () => (await channel.checkQueue(names.commandQueue)).messageCount === 5,
+      10_000,
+      'the five commands to be queued',
+    );
     expect(received).toEqual([]);
 
     await p.resume();

@@ -5,14 +5,13 @@ import { type BrokerConnection, ConnectionState } from '../../../src/messaging/c
 import { EventPublisher, type ReturnedEvent } from '../../../src/messaging/event-publisher.js';
 import type { TopologyNames } from '../../../src/messaging/topology.js';
 import { eventSchema } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../support/broker.js';
+import { brokerUrl, deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,
   closeConnectionByPid,
   collapseAdjacentRepeats,
   collectEvents,
   connectionPids,
-  deleteTopology,
   type EventCollector,
   logger,
   runCleanups,
@@ -20,10 +19,10 @@ import {
   testConnection,
   testEvent,
   uniqueNames,
-  waitUntil,
   watchProcessErrors,
 } from '../../support/messaging.js';
 import { TcpProxy } from '../../support/tcp-proxy.js';
+import { waitUntil } from '../../support/wait.js';
 
 interface Rig {
   names: TopologyNames;

@@ -12,9 +12,11 @@ import { applyRights, declareFor, hostRights, managementRights } from '../../../
 import { Rabbitmqctl } from '../../../src/cli/rabbitmqctl.js';
 import { openBrokerConnection } from '../../../src/client/index.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
-import { startTestAgent, type TestAgent, uniqueSuffix, waitFor } from '../../support/agent.js';
+import { startTestAgent, type TestAgent } from '../../support/agent.js';
 import { brokerUrl } from '../../support/broker.js';
+import { uniqueSuffix } from '../../support/names.js';
 import { lastJson, snapctl } from '../../support/snapctl.js';
+import { waitFor } from '../../support/wait.js';
 
 const sfx = uniqueSuffix();
 const vhost = `i12-lp-${sfx}`;

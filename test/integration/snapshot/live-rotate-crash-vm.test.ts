@@ -12,7 +12,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventKindOf } from '../../../src/protocol/index.js';
+import { type AgentEvent, eventKindOf } from '../../../src/protocol/index.js';
 import { AgentProcess, HostBus } from '../../support/agent-process.js';
 import { checkExitCode } from '../../support/images.js';
 import {
@@ -126,19 +126,23 @@ async function crashWithVmChange(
   if (vm !== 'destroy') await virsh(['start', dom.name]);
 
   const second = AgentProcess.start(agentEnv());
-  let data: { rolledBack?: boolean; error?: { code: string; details?: Record<string, unknown> } };
+  let terminal: AgentEvent;
   try {
     await bus.waitForStarted(++starts);
-    const terminal = await bus.waitForTerminal(jobId);
-    await new Promise((resolve) => setTimeout(resolve, 700));
-    expect(bus.terminalsOf(jobId)).toHaveLength(1);
-    data = terminal.data as typeof data;
-    expect(eventKindOf(terminal.type), JSON.stringify(data)).toBe(
-      outcome === 'finish' ? 'succeeded' : 'failed',
-    );
+    terminal = await bus.waitForTerminal(jobId);
   } finally {
     await second.stop();
   }
+  // One terminal event, counted once the agent is gone and all it sent has arrived.
+  await bus.drain(agentEnv().stateDir);
+  expect(bus.terminalsOf(jobId)).toHaveLength(1);
+  const data = terminal.data as {
+    rolledBack?: boolean;
+    error?: { code: string; details?: Record<string, unknown> };
+  };
+  expect(eventKindOf(terminal.type), JSON.stringify(data)).toBe(
+    outcome === 'finish' ? 'succeeded' : 'failed',
+  );
   if (outcome === 'finish') {
     chain.push(name);
     refs.push(ref);
