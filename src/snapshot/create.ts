@@ -19,9 +19,9 @@ import {
   nextLayerName,
   volumeAt,
 } from './live-layers.js';
-import { LIVE_ROTATE_DISABLED, liveRotateSteps, probeLiveRotate } from './live-rotate.js';
-import { lvmCowSteps } from './lvm-cow.js';
-import { offlineSteps } from './offline.js';
+import { LIVE_ROTATE_DISABLED, liveRotateSteps, probeLiveRotate } from './strategies/live-rotate.js';
+import { lvmCowSteps } from './strategies/lvm-cow.js';
+import { offlineSteps } from './strategies/offline.js';
 import type { CreatePlan } from './plan.js';
 import { chooseKind, chooseStrategy } from './planner.js';
 import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';

@@ -8,15 +8,15 @@
 // export is exactly the old top layer: the writes since the previous snapshot. The cost: the active
 // layer's name changes with every snapshot (the result's `volumePath`), and each delta is written
 // twice locally (once by the guest, once by the commit into the base).
-import { AgentError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
-import { exportStep, publishStep, verifyStep } from './common-steps.js';
-import type { SnapshotDeps } from './deps.js';
-import type { EngineJournal } from './journal.js';
-import { writeLayerRecord } from './live-layers.js';
-import type { CreatePlan } from './plan.js';
-import type { StepPlan } from './steps.js';
-import { freezeGuest, thawGuest } from './vm.js';
-import { FileVolumeBackend, type VolumeBackend } from './volumes.js';
+import { AgentError, HostCommandError, InsufficientSpaceError } from '../../errors/index.js';
+import { exportStep, publishStep, verifyStep } from '../common-steps.js';
+import type { SnapshotDeps } from '../deps.js';
+import type { EngineJournal } from '../journal.js';
+import { writeLayerRecord } from '../live-layers.js';
+import type { CreatePlan } from '../plan.js';
+import type { StepPlan } from '../steps.js';
+import { freezeGuest, thawGuest } from '../vm.js';
+import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
 
 /** Why live-rotate is refused when the host turned it off (config snapshot.liveRotate). */
 export const LIVE_ROTATE_DISABLED =

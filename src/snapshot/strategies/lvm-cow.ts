@@ -1,15 +1,15 @@
 // Strategy "lvm-cow" (running VM; also works stopped), see docs/strategies.md:
 //   clone (VM paused for the instant of the clone) → export → publish → verify → remove-clone →
 //   repoint (point of no return: QMP change-backing-file with the VM paused, or rebase -u when stopped)
-import { qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
-import { backingOf } from './chain.js';
-import { exportStep, publishStep, setBackingUnsafe, verifyStep } from './common-steps.js';
-import type { SnapshotDeps } from './deps.js';
-import type { EngineJournal } from './journal.js';
-import type { CreatePlan } from './plan.js';
-import type { StepPlan } from './steps.js';
-import { freezeGuest, thawGuest, withVmPaused } from './vm.js';
-import type { VolumeBackend } from './volumes.js';
+import { qcow2Blockdev, reopenWithBacking } from '../../host/libvirt.js';
+import { backingOf } from '../chain.js';
+import { exportStep, publishStep, setBackingUnsafe, verifyStep } from '../common-steps.js';
+import type { SnapshotDeps } from '../deps.js';
+import type { EngineJournal } from '../journal.js';
+import type { CreatePlan } from '../plan.js';
+import type { StepPlan } from '../steps.js';
+import { freezeGuest, thawGuest, withVmPaused } from '../vm.js';
+import type { VolumeBackend } from '../volumes.js';
 
 /** The lvm-cow strategy's steps for one plan. Callable without the agent (lab suites). */
 export function lvmCowSteps(

@@ -1,12 +1,12 @@
 // Strategy "offline" (stopped VM), see docs/strategies.md:
 //   create-staging → export → publish → verify → rebase-staging → retire-active →
 //   promote-staging (point of no return) → remove-retired
-import { pathExists } from './chain.js';
-import { exportStep, publishStep, setBackingUnsafe, swapSteps, verifyStep } from './common-steps.js';
-import type { SnapshotDeps } from './deps.js';
-import type { CreatePlan } from './plan.js';
-import type { StepPlan } from './steps.js';
-import type { VolumeBackend } from './volumes.js';
+import { pathExists } from '../chain.js';
+import { exportStep, publishStep, setBackingUnsafe, swapSteps, verifyStep } from '../common-steps.js';
+import type { SnapshotDeps } from '../deps.js';
+import type { CreatePlan } from '../plan.js';
+import type { StepPlan } from '../steps.js';
+import type { VolumeBackend } from '../volumes.js';
 
 /** The offline strategy's steps for one plan. Callable without the agent (lab suites). */
 export function offlineSteps(
