@@ -389,3 +389,16 @@ export class TestClient {
     await this.conn.close().catch(() => undefined);
   }
 }
+
+/** A snapshot.create of LV vg0/`lv` into the agent's first store, directory `lv`, snapshot snap-1. */
+export function lvmCreateCommand(agent: Pick<TestAgent, 'config'>, id: string, lv: string) {
+  return {
+    id,
+    type: 'snapshot.create',
+    params: {
+      volume: { kind: 'lvm', vg: 'vg0', lv },
+      store: { root: agent.config.store.roots[0], dir: lv },
+      snapshot: 'snap-1',
+    },
+  };
+}

@@ -50,13 +50,7 @@ describe('live-rotate leaves libvirt telling the truth (file pool)', () => {
       active: base,
       dom,
       live,
-    } = await runningVolume(h, cleanup, {
-      label: 'lrtruth',
-      file: 'vol.qcow2',
-      sizeBytes: size,
-      reference: 'live.raw',
-      referenceBytes: 64 * MiB,
-    });
+    } = await runningVolume(h, cleanup, { label: 'lrtruth', sizeBytes: size, referenceBytes: 64 * MiB });
     const names: string[] = [];
     const refs: string[] = [];
     let current = base;

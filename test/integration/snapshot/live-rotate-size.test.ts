@@ -15,7 +15,6 @@ import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.j
 
 const MiB = 1024 * 1024;
 const CLUSTER = 64 * 1024;
-const SIZE = 32 * MiB;
 const METADATA = 1 * MiB;
 const { h, cleanup } = libvirtSuite('lrsize');
 
@@ -61,12 +60,7 @@ const rounds: PatternWrite[][] = [
 
 describe('live-rotate: a snapshot holds exactly the bytes written since the previous one', () => {
   it('sizes match the guest writes, round by round', async () => {
-    const { active, dom, live } = await runningVolume(h, cleanup, {
-      label: 'lrsize',
-      file: 'vol.qcow2',
-      sizeBytes: SIZE,
-      reference: 'live.raw',
-    });
+    const { active, dom, live } = await runningVolume(h, cleanup, { label: 'lrsize' });
     const names: string[] = [];
     const report: string[] = [];
 
