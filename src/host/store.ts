@@ -1,10 +1,18 @@
 import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import type { StoreRef } from '../protocol/index.js';
-import { checkAbsolutePath, confineChild, confinePath, isInside, realpathAllowMissing } from './paths.js';
+import {
+  checkAbsolutePath,
+  confineChild,
+  confinePath,
+  isInside,
+  pathExists,
+  realpathAllowMissing,
+} from './paths.js';
 import type { QemuImg } from './qemu-img.js';
+import { RootedFiles } from './rooted-files.js';
 
 /** One image of a backing chain as read from the headers (`qemu-img info --backing-chain -U`). */
 export interface ChainMember {
@@ -37,17 +45,7 @@ const PART = /^\..+\.part$/;
  * space, relative backing names between store files and chain reading. File-system calls only,
  * except readChain (qemu-img).
  */
-export class SnapshotStore {
-  readonly roots: readonly string[];
-  private readonly qemuImg: QemuImg;
-  private readonly logger: Logger | undefined;
-
-  constructor(opts: SnapshotStoreOptions) {
-    this.roots = opts.roots.map((r) => resolve(r));
-    this.qemuImg = opts.qemuImg;
-    this.logger = opts.logger;
-  }
-
+export class SnapshotStore extends RootedFiles {
   /**
    * The real path of `<root>/<dir>`. `ref.root` must be one of the configured roots (exactly) and
    * the result must stay under it after symlinks are resolved. The directory need not exist.
@@ -84,11 +82,6 @@ export class SnapshotStore {
     return confineChild(await this.directory(ref), name, this.roots, 'snapshot');
   }
 
-  /** Confines any path to the store roots and returns its real path. */
-  async confine(path: string, field = 'path'): Promise<string> {
-    return confinePath(path, this.roots, field);
-  }
-
   /** Where a snapshot is written before it is complete: `<dir>/.<name>.part` (hidden, never a chain member). */
   partPath(finalPath: string): string {
     return join(dirname(finalPath), `.${basename(finalPath)}.part`);
@@ -111,7 +104,7 @@ export class SnapshotStore {
         field: 'partPath',
       });
     }
-    if (await exists(target)) throw new PathExistsError(target);
+    if (await pathExists(target)) throw new PathExistsError(target);
     const handle = await open(part, 'r+');
     try {
       await handle.sync();
@@ -232,14 +225,4 @@ export async function fsyncDirectory(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return false;
-      throw e;
-    },
-  );
 }

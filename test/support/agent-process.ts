@@ -11,7 +11,7 @@ import { type AgentEvent, eventKindOf } from '../../src/protocol/index.js';
 import { brokerUrl } from './broker.js';
 import { expectOutboxEmpty, QueueFence } from './drain.js';
 
-const ROOT = join(import.meta.dirname, '..', '..', '..');
+const ROOT = join(import.meta.dirname, '..', '..');
 
 export interface AgentEnv {
   hostId: string;
