@@ -402,3 +402,19 @@ export function lvmCreateCommand(agent: Pick<TestAgent, 'config'>, id: string, l
     },
   };
 }
+
+/** Instant ping and snapshot.create handlers that record the job id of every run (`runs`). */
+export function recordingHandlers(): { runs: string[]; handlers: HandlerRegistry } {
+  const runs: string[] = [];
+  const handlers: HandlerRegistry = {
+    'agent.ping': async (ctx) => {
+      runs.push(ctx.jobId);
+      return {};
+    },
+    'snapshot.create': async (ctx) => {
+      runs.push(ctx.jobId);
+      return {};
+    },
+  };
+  return { runs, handlers };
+}

@@ -1,4 +1,5 @@
 import { connect } from 'amqplib';
+import { type AgentConfig, loadConfig } from '../../src/config/index.js';
 import type { TopologyNames } from '../../src/messaging/topology.js';
 
 /**
@@ -75,4 +76,9 @@ export function deleteTopology(names: TopologyNames): Promise<void> {
     queues: [names.commandQueue, names.deadLetterQueue],
     exchanges: [names.commandsExchange, names.eventsExchange, names.deadLetterExchange],
   });
+}
+
+/** The agent's default topology (built-in defaults, no environment): what a host runs with. */
+export function defaultTopology(): AgentConfig['topology'] {
+  return loadConfig({ env: {} }).config.topology;
 }

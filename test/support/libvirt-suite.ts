@@ -102,20 +102,27 @@ export async function snapshotRound(
 ): Promise<SnapshotCreateResult> {
   await guestWriteRound(chain.dom, chain.live, round, VOLUME_BYTES);
   const name = `snap-${round}`;
-  const result = await runCreate(
-    h,
-    fileSnapshotCommand(h, {
-      file: chain.file,
-      vm: chain.dom.name,
-      dir: chain.dir,
-      parents: [...chain.names],
-      snapshot: name,
-      options,
-    }),
-  );
+  const result = await runCreate(h, chainCommand(h, chain, name, options));
   chain.names.push(name);
   chain.frozen.push(await chain.live.freeze(join(h.base, `ref-${round}.raw`)));
   return result;
+}
+
+/** The snapshot.create of `snapshot` on the running volume, its parents the chain so far. */
+export function chainCommand(
+  h: Harness,
+  chain: Pick<RunningChain, 'dom' | 'file' | 'dir' | 'names'>,
+  snapshot: string,
+  options: Record<string, unknown>,
+) {
+  return fileSnapshotCommand(h, {
+    file: chain.file,
+    vm: chain.dom.name,
+    dir: chain.dir,
+    parents: [...chain.names],
+    snapshot,
+    options,
+  });
 }
 
 /** Every snapshot of the chain holds its reference and passes qemu-img check. */

@@ -7,10 +7,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { buildEvent } from '../../../src/jobs/events.js';
 import { newRecord } from '../../../src/jobs/job-runner.js';
 import { JobJournal } from '../../../src/jobs/journal.js';
-import type { HandlerRegistry } from '../../../src/jobs/types.js';
 import { commandSchema, routingWord, volumeKey, volumeWord } from '../../../src/protocol/index.js';
 import {
   lvmCreateCommand,
+  recordingHandlers,
   slowHandler,
   startTestAgent,
   type TestAgent,
@@ -20,22 +20,6 @@ import { childAgentsPerTest } from '../../support/agents-per-test.js';
 import { brokerUrl } from '../../support/broker.js';
 import { TcpProxy } from '../../support/tcp-proxy.js';
 import { waitFor } from '../../support/wait.js';
-
-/** Instant handlers that record every run: no handler may run for a refused message. */
-function recordingHandlers() {
-  const runs: string[] = [];
-  const handlers: HandlerRegistry = {
-    'agent.ping': async (ctx) => {
-      runs.push(ctx.jobId);
-      return {};
-    },
-    'snapshot.create': async (ctx) => {
-      runs.push(ctx.jobId);
-      return {};
-    },
-  };
-  return { runs, handlers };
-}
 
 async function readyz(agent: TestAgent): Promise<{ status: number; body: Record<string, unknown> }> {
   const res = await fetch(`${await agent.httpUrl()}/readyz`);

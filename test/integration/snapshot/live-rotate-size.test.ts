@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { infoOf, mapOf } from '../../support/images.js';
 import { guestFlush, guestWrite } from '../../support/libvirt-fixtures.js';
-import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { chainCommand, libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
 import { differsFromReference, type PatternWrite } from '../../support/reference-images.js';
-import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
+import { runCreate } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const CLUSTER = 64 * 1024;
@@ -68,13 +68,8 @@ describe('live-rotate: a snapshot holds exactly the bytes written since the prev
       const round = i + 1;
       for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
       await live.apply(writes);
-      const cmd = fileSnapshotCommand(h, {
-        file: 'vol.qcow2',
-        vm: dom.name,
-        dir: 'vol',
-        parents: names,
-        snapshot: `snap-${round}`,
-        options: { strategy: 'live-rotate' },
+      const cmd = chainCommand(h, { dom, file: 'vol.qcow2', dir: 'vol', names }, `snap-${round}`, {
+        strategy: 'live-rotate',
       });
       const result = await runCreate(h, cmd);
       names.push(`snap-${round}`);
