@@ -1,3 +1,6 @@
+import { readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect } from 'amqplib';
 import { execa } from 'execa';
@@ -113,8 +116,10 @@ describe('snapctl watch (in a TTY)', () => {
     const entry = fileURLToPath(new URL('../../../src/snapctl.ts', import.meta.url));
     const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
     const quoted = ['node', '--import', 'tsx', entry, 'watch', ...flags].map((a) => `'${a}'`).join(' ');
-    // `script` gives the child a pseudo-terminal; `timeout -s INT` plays the operator's Ctrl-C.
-    const tty = execa('script', ['-qefc', `timeout --preserve-status -s INT 8 ${quoted}`, '/dev/null'], {
+    // `script` gives the child a pseudo-terminal; SIGINT once the job's line is drawn plays the
+    // operator's Ctrl-C (the pid file says whom to send it to).
+    const pidFile = join(tmpdir(), `snapctl-tty-${hostId}.pid`);
+    const tty = execa('script', ['-qefc', `${quoted} & echo $! > '${pidFile}'; wait $!`, '/dev/null'], {
       reject: false,
       timeout: 60_000,
       env: { ...process.env, COLUMNS: '160', LINES: '40' },
@@ -127,7 +132,10 @@ describe('snapctl watch (in a TTY)', () => {
     await waitUntil(() => out.includes('watching'), 30_000, 'watch in the TTY');
     const ok = await snapctl([...createArgs('snap-t1'), ...flags, '--id', `tty-${hostId}`]);
     expect(ok.exitCode).toBe(0);
+    await waitUntil(() => out.includes(`tty-${hostId} succeeded`), 30_000, 'the finished line');
+    process.kill(Number(await readFile(pidFile, 'utf8')), 'SIGINT');
     const result = await tty;
+    await rm(pidFile, { force: true });
     expect(result.exitCode).toBe(0);
     // A bar: host, shortened job id, step, filled and empty cells, percent, rate, ETA.
     expect(out).toMatch(
