@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { IncomingCommand } from '../../../src/jobs/ports.js';
 import { CommandConsumer } from '../../../src/messaging/command-consumer.js';
-import type { IncomingCommand } from '../../../src/messaging/types.js';
 import { brokerUrl } from '../../helpers/broker.js';
 import { TcpProxy } from '../../helpers/tcp-proxy.js';
 import {
