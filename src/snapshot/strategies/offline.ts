@@ -3,8 +3,7 @@
 //   promote-staging (point of no return) → remove-retired
 import { exportStep, publishStep, setBackingUnsafe, swapSteps, verifyStep } from '../common-steps.js';
 import type { SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import type { VolumeBackend } from '../volumes.js';
 import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
@@ -35,7 +34,7 @@ function offlineSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  _journal: EngineJournal,
+  _journal: CreateJournal,
   hooks: StrategyHooks = {},
 ): StepPlan {
   const stagingPath = backend.pathOf(plan.stagingName);
