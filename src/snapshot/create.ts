@@ -4,8 +4,8 @@ import { AgentError, PathExistsError, StrategyUnavailableError } from '../errors
 import type { JobContext } from '../jobs/types.js';
 import type { SnapshotCreateResult } from '../protocol/index.js';
 import { pathExists } from './chain.js';
+import { checkpoint } from './checkpoints.js';
 import type { SnapshotDeps } from './deps.js';
-import { Failpoints } from './failpoints.js';
 import { activeLayerBackend, layerHoldsWritesSince, volumeAt } from './live-layers.js';
 import type { CreateFacts, CreateJournal, CreatePlan } from './plan.js';
 import { runPlannedJob } from './planned-job.js';
@@ -35,20 +35,19 @@ export function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Promise<
   });
 }
 
-/** The job's step list for a plan (its strategy's, from the table), with the failpoints hooked in. */
+/** The job's step list for a plan (its strategy's, from the table), its checkpoints published. */
 export function createSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
   journal: CreateJournal,
 ): StepPlan {
-  const failpoints = deps.failpoints ?? Failpoints.none;
   const hooks: StrategyHooks = {
     onExportProgress: (percent: number) => {
-      if (percent > 0 && percent < 100) failpoints.hit(`${plan.strategy}:export:during`);
+      if (percent > 0 && percent < 100) checkpoint(`${plan.strategy}:export:during`);
     },
     // Inside a step, at its critical moment (VM paused by lvm-cow, right after live-rotate's switch).
-    midStep: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
+    midStep: (step: string) => checkpoint(`${plan.strategy}:${step}:during`),
   };
   return STRATEGIES[plan.strategy].steps(plan, backend, deps, journal, hooks);
 }

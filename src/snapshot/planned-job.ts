@@ -50,7 +50,7 @@ export async function runPlannedJob<Plan, Facts extends GuestFacts, Result>(
     throw withOutcome(error, { rolledBack: false, step: null });
   }
   try {
-    await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
+    await runOrRecoverSteps(steps, jobRunEnv(ctx, journal), ctx.recovering);
   } catch (error) {
     throw job.failure ? job.failure(error, plan, journal) : error;
   }

@@ -30,12 +30,8 @@ import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import type { ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
-import {
-  createSnapshot,
-  type EngineRecord,
-  Failpoints,
-  type SnapshotDeps,
-} from '../../../src/snapshot/index.js';
+import { createSnapshot, type EngineRecord, type SnapshotDeps } from '../../../src/snapshot/index.js';
+import { Failpoints } from '../../helpers/failpoints.js';
 import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
 import { command, jobContext } from '../../integration/snapshot/harness.js';
 import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../helpers/faults.js';
