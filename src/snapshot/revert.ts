@@ -4,7 +4,7 @@
 import { AgentError, ValidationError, VmStateError } from '../errors/index.js';
 import type { JobContext } from '../jobs/types.js';
 import { pathExists } from './chain.js';
-import { swapSteps } from './common-steps.js';
+import { createStagingStep, swapSteps } from './common-steps.js';
 import type { SnapshotDeps } from './deps.js';
 import type { GuestFacts } from './journal.js';
 import { activeLayerBackend, volumeAt } from './live-layers.js';
@@ -91,32 +91,25 @@ export function revertSteps(plan: RevertPlan, backend: VolumeBackend, deps: Snap
     kind: 'revert',
     pointOfNoReturn: 'promote-staging',
     steps: [
-      {
-        name: 'create-staging',
-        run: async (io) => {
-          await backend.remove(plan.stagingName);
-          if (plan.mode === 'overlay') {
-            await backend.createOverlay(
-              plan.stagingName,
-              { file: plan.snapshotPath, format: 'qcow2' },
-              plan.virtualSize,
-            );
-            return;
-          }
-          const { targetExists } = await backend.prepareCopyTarget(plan.stagingName, plan.snapshotPath);
-          await deps.qemuImg.convert({
-            source: plan.snapshotPath,
-            target: stagingPath,
-            targetExists,
-            signal: io.signal,
-            progress: (p) =>
-              io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }),
-          });
-        },
-        undo: async () => {
-          await backend.remove(plan.stagingName);
-        },
-      },
+      createStagingStep(backend, plan.stagingName, async (io) => {
+        if (plan.mode === 'overlay') {
+          await backend.createOverlay(
+            plan.stagingName,
+            { file: plan.snapshotPath, format: 'qcow2' },
+            plan.virtualSize,
+          );
+          return;
+        }
+        const { targetExists } = await backend.prepareCopyTarget(plan.stagingName, plan.snapshotPath);
+        await deps.qemuImg.convert({
+          source: plan.snapshotPath,
+          target: stagingPath,
+          targetExists,
+          signal: io.signal,
+          progress: (p) =>
+            io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }),
+        });
+      }),
       ...swapSteps(backend, deps, { staging: plan.stagingName, retired: plan.retiredName }),
     ],
   };
