@@ -3,7 +3,7 @@
 // the VM paused by lvm-cow, right after live-rotate's switch or block-commit start) and
 // `<plan>:export:during` (the first export progress between 0 and 100 %). Subscribers run
 // synchronously at that exact point; nothing in the agent subscribes. The crash tests do (a
-// preload module in the agent's process, test/helpers/failpoints-preload.ts) and SIGKILL it there.
+// preload module in the agent's process, test/support/failpoints-preload.ts) and SIGKILL it there.
 import { channel } from 'node:diagnostics_channel';
 
 export const CHECKPOINT_CHANNEL = 'clvm-snapshot-agent:checkpoint';

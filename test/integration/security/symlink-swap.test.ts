@@ -12,8 +12,9 @@ import { loadConfig } from '../../../src/config/index.js';
 import { AgentError } from '../../../src/errors/index.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { createSnapshot, createSnapshotDeps } from '../../../src/snapshot/index.js';
-import { makeQcow2 } from '../../helpers/images.js';
-import { command, FileStepJournal, jobContext } from '../snapshot/harness.js';
+import { Failpoints } from '../../support/failpoints.js';
+import { makeQcow2 } from '../../support/images.js';
+import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 

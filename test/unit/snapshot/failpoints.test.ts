@@ -1,10 +1,10 @@
-// The test-only failpoints (test/helpers/failpoints.ts) and the engine's checkpoints they hang on.
+// The test-only failpoints (test/support/failpoints.ts) and the engine's checkpoints they hang on.
 import { describe, expect, it } from 'vitest';
 import type { StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { EngineJournal } from '../../../src/snapshot/journal.js';
 import { runSteps } from '../../../src/snapshot/steps.js';
-import { Failpoints } from '../../helpers/failpoints.js';
+import { Failpoints } from '../../support/failpoints.js';
 
 describe('Failpoints', () => {
   it('hang on the checkpoints the step runner publishes, before and after each step', async () => {
