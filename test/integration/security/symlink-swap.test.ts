@@ -12,7 +12,6 @@ import { loadConfig } from '../../../src/config/index.js';
 import { AgentError } from '../../../src/errors/index.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { createSnapshot, createSnapshotDeps } from '../../../src/snapshot/index.js';
-import { Failpoints } from '../../support/failpoints.js';
 import { makeQcow2 } from '../../support/images.js';
 import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
