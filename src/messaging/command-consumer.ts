@@ -1,11 +1,11 @@
 import { EventEmitter } from 'node:events';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import { BrokerUnavailableError } from '../errors/index.js';
+import type { CommandDisposition, CommandHandler, IncomingCommand } from '../jobs/ports.js';
 import type { Logger } from '../observability/logger.js';
 import type { BrokerConnection } from './connection.js';
 import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareTopology, type TopologyNames } from './topology.js';
-import type { CommandDisposition, CommandHandler, IncomingCommand } from './types.js';
 
 export interface CommandConsumerOptions {
   connection: BrokerConnection;

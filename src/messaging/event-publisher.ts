@@ -7,13 +7,13 @@ import {
   PublishNackedError,
   PublishTimeoutError,
 } from '../errors/index.js';
+import type { EventSink, OutgoingEvent } from '../jobs/ports.js';
 import type { Logger } from '../observability/logger.js';
 import { AGENT_NAME } from '../version.js';
 import { type BrokerConnection, ConnectionState } from './connection.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
 import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareEventsExchange, type TopologyNames } from './topology.js';
-import type { EventSink, OutgoingEvent } from './types.js';
 
 export interface EventPublisherOptions {
   connection: BrokerConnection;

@@ -10,6 +10,7 @@ import { declareTopology, topologyNames } from '../../src/messaging/topology.js'
 import { type AgentEvent, eventKindOf } from '../../src/protocol/index.js';
 import { brokerUrl, defaultTopology } from './broker.js';
 import { expectOutboxEmpty, QueueFence } from './drain.js';
+import { FAILPOINTS_PRELOAD } from './failpoints.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 
@@ -32,7 +33,9 @@ export class AgentProcess {
 
   static start(env: AgentEnv): AgentProcess {
     const log = createWriteStream(env.logFile, { flags: 'a' });
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/main.ts')], {
+    // The failpoints are armed by a test-only preload module in the agent's process.
+    const args = ['--import', 'tsx', '--import', FAILPOINTS_PRELOAD, join(ROOT, 'src/main.ts')];
+    const child = spawn(process.execPath, args, {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {

@@ -22,6 +22,7 @@ import {
 import { type RunningAgent, startAgent } from '../../src/service/agent.js';
 import { brokerUrl, deleteTopology } from './broker.js';
 import { expectOutboxEmpty, QueueFence } from './drain.js';
+import { FAILPOINTS_PRELOAD } from './failpoints.js';
 import { uniqueSuffix } from './names.js';
 import { waitFor } from './wait.js';
 
@@ -165,7 +166,9 @@ export async function startTestAgent(opts: TestAgentOptions = {}): Promise<TestA
     const env: NodeJS.ProcessEnv = Object.fromEntries(
       Object.entries(process.env).filter(([k]) => !k.startsWith('AGENT_')),
     );
-    child = spawn(process.execPath, ['--import', 'tsx', opts.entry ?? 'src/main.ts'], {
+    // AGENT_FAILPOINTS: the test-only preload arms them in the agent's process.
+    const preload = opts.env?.AGENT_FAILPOINTS ? ['--import', FAILPOINTS_PRELOAD] : [];
+    child = spawn(process.execPath, ['--import', 'tsx', ...preload, opts.entry ?? 'src/main.ts'], {
       cwd: ROOT,
       env: { ...env, AGENT_CONFIG: configFile, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -14,7 +14,8 @@ import type { JobContext, ProgressUpdate, StepJournal } from '../../src/jobs/typ
 import { silentLogger } from '../../src/observability/logger.js';
 import type { SnapshotCreateResult } from '../../src/protocol/index.js';
 import { type Command, type CommandType, commandSchema } from '../../src/protocol/index.js';
-import { createSnapshot, Failpoints, type SnapshotDeps } from '../../src/snapshot/index.js';
+import { createSnapshot, type SnapshotDeps } from '../../src/snapshot/index.js';
+import { Failpoints } from './failpoints.js';
 import { LIBVIRT_URI } from './libvirt-fixtures.js';
 import { mountXfs } from './xfs.js';
 
@@ -81,7 +82,6 @@ export async function makeHarness(
     lvm: new Lvm({ timeoutMs: 60_000 }),
     libvirt: new Libvirt({ uri: LIBVIRT_URI, timeoutMs: 60_000 }),
     cowPollMs: 200,
-    failpoints,
     // The engine suites exercise the rotation itself; the agent's default keeps it disabled.
     liveRotate: opts.liveRotate ?? 'enabled',
   };

@@ -11,9 +11,8 @@
 import { AgentError, HostCommandError, InsufficientSpaceError } from '../../errors/index.js';
 import { exportStep, publishStep, verifyStep } from '../common-steps.js';
 import type { SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
 import { familyNames, nextLayerName, writeLayerRecord } from '../live-layers.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { freezeGuest, thawGuest } from '../vm.js';
 import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
@@ -86,7 +85,7 @@ function liveRotateSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
+  journal: CreateJournal,
   hooks: StrategyHooks = {},
 ): StepPlan {
   const vm = plan.vm;

@@ -5,7 +5,7 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { buildEvent } from '../../../src/jobs/events.js';
-import { newRecord } from '../../../src/jobs/job-runner.js';
+import { newRecord } from '../../../src/jobs/intake.js';
 import { JobJournal } from '../../../src/jobs/journal.js';
 import { commandSchema, routingWord, volumeKey, volumeWord } from '../../../src/protocol/index.js';
 import {

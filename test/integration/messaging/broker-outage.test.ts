@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentError } from '../../../src/errors/index.js';
+import type { IncomingCommand } from '../../../src/jobs/ports.js';
 import { CommandConsumer } from '../../../src/messaging/command-consumer.js';
 import {
   BrokerConnection,
@@ -8,7 +9,6 @@ import {
   connectionName,
   redactBrokerUrl,
 } from '../../../src/messaging/connection.js';
-import type { IncomingCommand } from '../../../src/messaging/types.js';
 import { brokerUrl, deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,

@@ -1,10 +1,10 @@
 import { once } from 'node:events';
 import type { Channel } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { CommandDisposition, CommandHandler, IncomingCommand } from '../../../src/jobs/ports.js';
 import { CommandConsumer } from '../../../src/messaging/command-consumer.js';
 import type { BrokerConnection } from '../../../src/messaging/connection.js';
 import type { TopologyNames } from '../../../src/messaging/topology.js';
-import type { CommandDisposition, CommandHandler, IncomingCommand } from '../../../src/messaging/types.js';
 import { deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,

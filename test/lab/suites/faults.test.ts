@@ -30,12 +30,8 @@ import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import type { ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
-import {
-  createSnapshot,
-  type EngineRecord,
-  Failpoints,
-  type SnapshotDeps,
-} from '../../../src/snapshot/index.js';
+import { createSnapshot, type EngineRecord, type SnapshotDeps } from '../../../src/snapshot/index.js';
+import { Failpoints } from '../../support/failpoints.js';
 import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../../support/lab/faults.js';
 import { claimDisk, sh } from '../../support/lab/lab.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
