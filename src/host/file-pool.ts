@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { copyFile, rename as fsRename, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { copyFile, rename as fsRename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
   AgentError,
@@ -12,8 +12,7 @@ import {
 import type { Logger } from '../observability/logger.js';
 import { confineChild, confinePath, pathExists } from './paths.js';
 import type { CreateImageOptions, QemuImg } from './qemu-img.js';
-import { RootedFiles } from './rooted-files.js';
-import { fsyncDirectory } from './store.js';
+import { fsyncDirectory, RootedFiles } from './rooted-files.js';
 
 export interface FilePoolOptions {
   /** Configured pool roots (config.pools.fileRoots): every pool and volume lies under one. */
@@ -93,17 +92,9 @@ export class FilePool extends RootedFiles {
 
   /** Removes a volume file; false when it did not exist. Checking that nothing uses it is the caller's job. */
   async remove(path: string): Promise<boolean> {
-    const target = await this.confine(path);
-    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined;
-      throw e;
-    });
-    if (info === undefined) return false;
-    if (!info.isFile()) throw new ValidationError('INVALID_PATH', `${target} is not a regular file`);
-    await unlink(target);
-    await fsyncDirectory(dirname(target));
-    this.logger?.debug({ path: target }, 'pool volume removed');
-    return true;
+    const removed = await this.removeFile(path);
+    if (removed) this.logger?.debug({ path: removed }, 'pool volume removed');
+    return removed !== undefined;
   }
 
   /**

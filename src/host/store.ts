@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
@@ -12,7 +12,9 @@ import {
   realpathAllowMissing,
 } from './paths.js';
 import type { QemuImg } from './qemu-img.js';
-import { RootedFiles } from './rooted-files.js';
+import { fsyncDirectory, RootedFiles } from './rooted-files.js';
+
+export { fsyncDirectory };
 
 /** One image of a backing chain as read from the headers (`qemu-img info --backing-chain -U`). */
 export interface ChainMember {
@@ -180,19 +182,9 @@ export class SnapshotStore extends RootedFiles {
    * (invariant 3) is the caller's job. Returns false when it did not exist (steps are idempotent).
    */
   async remove(path: string): Promise<boolean> {
-    const target = await this.confine(path);
-    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined;
-      throw e;
-    });
-    if (info === undefined) return false;
-    if (!info.isFile()) {
-      throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
-    }
-    await unlink(target);
-    await fsyncDirectory(dirname(target));
-    this.logger?.debug({ path: target }, 'store file removed');
-    return true;
+    const removed = await this.removeFile(path);
+    if (removed) this.logger?.debug({ path: removed }, 'store file removed');
+    return removed !== undefined;
   }
 
   /** Snapshot file names in a store directory (no part files, no subdirectories), sorted. */
@@ -214,15 +206,5 @@ export class SnapshotStore extends RootedFiles {
     for (const part of parts) await unlink(join(dir, part.name));
     if (parts.length > 0) await fsyncDirectory(dir);
     return parts.map((p) => p.name);
-  }
-}
-
-/** fsync of a directory makes renames, creations and removals in it durable. */
-export async function fsyncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
