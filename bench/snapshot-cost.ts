@@ -75,6 +75,7 @@ const spawned = new Map<string, number>();
   childProcess.spawn = ((file: string, ...rest: unknown[]) => {
     const tool = basename(String(file));
     spawned.set(tool, (spawned.get(tool) ?? 0) + 1);
+    if (process.env.BENCH_SHOW_SPAWNS) log(`spawn ${tool} ${JSON.stringify(rest[0]).slice(0, 300)}`);
     return (realSpawn as (...a: unknown[]) => unknown)(file, ...rest);
   }) as typeof childProcess.spawn;
   syncBuiltinESMExports();
