@@ -34,15 +34,11 @@ export const liveRotate = {
     supportFrom((need, reasons) => {
       if (!need(options.liveRotate === 'enabled', LIVE_ROTATE_DISABLED))
         return { lvmPools: false, filePools: [] };
-      const qemu = host.tools.qemu;
+      // libvirt makes every change to the running chain (external disk-only snapshot, block
+      // commit): no QMP block-graph command of the agent's own, so no QEMU version rule of its own.
       const base =
         need(host.tools.qemuImg !== null, 'qemu-img not found') &&
-        need(host.tools.libvirt !== null, 'libvirt not available') &&
-        need(
-          host.qmp.blockdevReopen,
-          `QEMU ${qemu ?? 'unknown'} has no stable blockdev-reopen (needs ≥ 6.1)`,
-        ) &&
-        need(host.qmp.changeBackingFile, 'QEMU has no change-backing-file');
+        need(host.tools.libvirt !== null, 'libvirt not available');
       // File pools only: on LVM the libvirt-tracked rotation is not proven yet, and the engine refuses it.
       if (base) reasons.push('LVM pools: live rotation through libvirt is not supported on LVM yet');
       return { lvmPools: false, filePools: base ? fileRoots(host) : [] };
