@@ -24,6 +24,11 @@ export async function backingOf(
   return { written: info.backingFile, resolved: info.fullBackingFile };
 }
 
+/** Whether `image`'s header names `backing` (resolved) as its backing. */
+export async function backsOnto(qemuImg: QemuImg, image: string, backing: string | null): Promise<boolean> {
+  return (await backingOf(qemuImg, image)).resolved === backing;
+}
+
 /** Every path in the backing chain of `top` (top first), read from the headers with force-share. */
 export async function chainPaths(store: SnapshotStore, top: string): Promise<string[]> {
   return (await store.readChain(top)).map((m) => m.path);

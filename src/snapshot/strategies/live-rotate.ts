@@ -8,14 +8,15 @@
 // export is exactly the old top layer: the writes since the previous snapshot. The cost: the active
 // layer's name changes with every snapshot (the result's `volumePath`), and each delta is written
 // twice locally (once by the guest, once by the commit into the base).
-import { AgentError, HostCommandError, InsufficientSpaceError } from '../../errors/index.js';
+import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
+import { readQcow2Header } from '../../host/qcow2-header.js';
 import { exportStep, publishStep, verifyStep } from '../common-steps.js';
-import type { SnapshotDeps } from '../deps.js';
+import { blockGraphOf, type SnapshotDeps } from '../deps.js';
 import type { EngineJournal } from '../journal.js';
 import { familyNames, nextLayerName, writeLayerRecord } from '../live-layers.js';
 import type { CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
-import { freezeGuest, thawGuest } from '../vm.js';
+import { diskOf, freezeRecord } from '../vm.js';
 import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
 import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
@@ -46,7 +47,7 @@ export const liveRotate = {
   probe: async ({ deps, vm, backend, virtualSize }) => {
     if (!vm?.running || vm.target === null) return null;
     if (deps.liveRotate === 'disabled') return { supported: false, reason: LIVE_ROTATE_DISABLED };
-    return probeLiveRotate(deps, vm.name, vm.target, backend, virtualSize);
+    return probeLiveRotate(backend, virtualSize);
   },
   fit: ({ vmRunning, probe }) => {
     if (!vmRunning) return { fits: false, whyNot: 'the VM is not running; offline snapshots a stopped VM' };
@@ -89,8 +90,8 @@ function liveRotateSteps(
   if (vm === null || !plan.vmRunning) throw new Error('live-rotate needs a running VM (the planner checks)');
   if (!(backend instanceof FileVolumeBackend))
     throw new Error('live-rotate runs on file pools (the probe checks)');
-  const libvirt = deps.libvirt;
-  const target = plan.target ?? 'vda';
+  const graph = blockGraphOf(deps);
+  const disk = diskOf(plan);
   const overlayPath = backend.pathOf(plan.stagingName);
   const frozenPath = plan.activePath;
   // The volume's local layers from the old top down to its base, as planned (a job that failed
@@ -98,24 +99,6 @@ function liveRotateSteps(
   const layers = plan.liveLayers ?? [frozenPath];
   const basePath = layers.at(-1) ?? frozenPath;
 
-  // Whether a QEMU process holds the volume (running or paused); a domain that is gone holds nothing.
-  const running = async (): Promise<boolean> => {
-    try {
-      return (await libvirt.domainState(vm)).state !== 'shut off';
-    } catch (error) {
-      if (error instanceof HostCommandError && error.kind === 'not-found') return false;
-      throw error;
-    }
-  };
-  // libvirt's chain of the disk (live while it runs, else the persistent definition); null: no domain.
-  const libvirtChain = async (): Promise<string[] | null> => {
-    try {
-      return await libvirt.diskSources(vm, target, { inactive: !(await running()) });
-    } catch (error) {
-      if (error instanceof HostCommandError && error.kind === 'not-found') return null;
-      throw error;
-    }
-  };
   // After the switch QEMU writes to the overlay. A VM found running on the old top was started
   // again from a description older than the switch (a management plane that did not apply
   // volumePath): its guest writes land in the layer we export and merge. Stop, keep every layer.
@@ -124,8 +107,8 @@ function liveRotateSteps(
   const commitSettled = async (): Promise<boolean> => {
     const deadline = Date.now() + COMMIT_SETTLE_MS;
     for (;;) {
-      await libvirt.waitForBlockJob(vm, target);
-      if (!(await libvirt.diskSources(vm, target)).includes(frozenPath)) return true;
+      await graph.waitForBlockJob(disk);
+      if (!((await graph.describedChain(disk, { live: true })) ?? []).includes(frozenPath)) return true;
       if (Date.now() > deadline) return false;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
@@ -139,8 +122,8 @@ function liveRotateSteps(
       { details: { vm, active: runsOn ?? null, expected: overlayPath, layers } },
     );
   const assertOnOverlay = async (what: string): Promise<void> => {
-    if (!(await running())) return;
-    const [top] = await libvirt.diskSources(vm, target);
+    if (!(await graph.holdsDisks(vm))) return;
+    const top = (await graph.describedChain(disk, { live: true }))?.[0];
     if (top !== overlayPath) throw layerKept(what, top);
   };
 
@@ -187,24 +170,23 @@ function liveRotateSteps(
         // libvirt records the new chain in the domain's live (and persistent) description.
         name: 'switch',
         run: async () => {
-          if ((await libvirt.diskSources(vm, target))[0] === overlayPath) return;
-          const freeze = plan.quiesce ? await freezeGuest(libvirt, journal, vm) : null;
-          try {
+          if ((await graph.describedChain(disk, { live: true }))?.[0] === overlayPath) return;
+          const switchLayers = async () => {
             const started = performance.now();
-            await libvirt.externalSnapshot(vm, { target, file: overlayPath, sourceType: 'file' });
+            await graph.switchToOverlay(disk, { file: overlayPath, sourceType: 'file' });
             const switchMs = performance.now() - started;
             await journal.update((r) => {
               r.facts.switchMs = Math.round(switchMs * 1000) / 1000;
             });
             hooks.midStep?.('switch');
-          } finally {
-            if (freeze !== null && 'frozen' in freeze) await thawGuest(libvirt, journal, vm);
-          }
+          };
+          if (plan.quiesce) await graph.withGuestFrozen(vm, switchLayers, freezeRecord(journal, vm));
+          else await switchLayers();
         },
         // Done when libvirt's chain starts with the overlay. A domain that is gone: done when the
         // overlay holds data (QEMU wrote to it); an empty one loses nothing either way.
         isDone: async () => {
-          const chain = await libvirtChain();
+          const chain = await graph.describedChain(disk);
           if (chain !== null) return chain[0] === overlayPath;
           if (!(await backend.exists(plan.stagingName))) return false;
           return (await deps.qemuImg.allocatedBytes(overlayPath, { topOnly: true, forceShare: true })) > 0;
@@ -237,17 +219,17 @@ function liveRotateSteps(
         name: 'commit-frozen',
         run: async () => {
           if (frozenPath === basePath) return; // the first rotation: the old top is the base
-          if (!(await running())) return;
+          if (!(await graph.holdsDisks(vm))) return;
           await assertOnOverlay('the commit');
           // A commit this job started (journaled first) goes on in libvirtd if the agent died.
           if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
           await journal.update((r) => {
             r.facts.commitStarted = true;
           });
-          await libvirt.startBlockCommit(vm, { target, top: frozenPath, base: basePath });
+          await graph.startCommit(disk, { top: frozenPath, base: basePath });
           hooks.midStep?.('commit-frozen');
           if (!(await commitSettled())) {
-            const chain = await libvirt.diskSources(vm, target);
+            const chain = await graph.describedChain(disk, { live: true });
             throw new AgentError(
               'VOLUME_STATE_UNEXPECTED',
               `the block commit of ${frozenPath} ended but libvirt still lists it`,
@@ -262,7 +244,7 @@ function liveRotateSteps(
         name: 'remove-frozen',
         run: async () => {
           const onDisk = (await deps.store.readChain(overlayPath)).map((m) => m.path);
-          const described = (await libvirtChain()) ?? [];
+          const described = (await graph.describedChain(disk)) ?? [];
           for (const path of layers.slice(0, -1)) {
             if (onDisk.includes(path) || described.includes(path)) continue; // not merged (VM stopped)
             await deps.filePool.remove(path); // (the backend guards its own active name: this old top)
@@ -275,12 +257,10 @@ function liveRotateSteps(
 
 /**
  * Whether the running VM's volume can rotate live: a file pool (the libvirt-tracked rotation is
- * not proven on LVM yet), the disk's top layer is QCOW2, and the pool has room for the new layer.
+ * not proven on LVM yet), the disk's top image is QCOW2 (its header, read in-process: no QMP in
+ * QEMU's main loop for it), and the pool has room for the new layer.
  */
 async function probeLiveRotate(
-  deps: Pick<SnapshotDeps, 'libvirt'>,
-  vm: string,
-  target: string,
   backend: VolumeBackend,
   virtualSize: number,
 ): Promise<{ supported: boolean; reason: string }> {
@@ -291,9 +271,8 @@ async function probeLiveRotate(
         'the volume is on LVM, where the libvirt-tracked rotation is not proven yet (docs/operations.md)',
     };
   }
-  const [top] = await deps.libvirt.diskChain(vm, target);
-  if (top?.driver !== 'qcow2') {
-    return { supported: false, reason: `the disk's top layer is ${top?.driver ?? 'missing'}, not qcow2` };
+  if ((await readQcow2Header(backend.activePath)) === null) {
+    return { supported: false, reason: `the disk's top image ${backend.activePath} is not qcow2` };
   }
   try {
     await backend.ensureSpace('overlay', virtualSize);
