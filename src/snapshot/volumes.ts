@@ -45,8 +45,13 @@ export interface VolumeBackend {
    * exists before the copy (LVM: yes, qemu-img convert -n) or is created by qemu-img (file).
    */
   prepareCopyTarget(name: string, source: string): Promise<{ targetExists: boolean }>;
-  /** Instant point-in-time copy of the active volume: LVM snapshot / reflink clone. */
-  cowClone(name: string): Promise<void>;
+  /**
+   * Instant point-in-time copy of the active volume: LVM snapshot / reflink clone. `whilePaused`:
+   * only what must happen at that instant; the caller then calls settleClone once the VM runs again.
+   */
+  cowClone(name: string, opts?: { whilePaused?: boolean }): Promise<void>;
+  /** Makes a clone made `whilePaused` durable (file pools: fsync of its directory). */
+  settleClone(name: string): Promise<void>;
   cowHealth(name: string): Promise<CowHealth>;
   /** Moves the active volume aside under `retiredName`; the volume path keeps working where the pool allows. */
   retireActive(retiredName: string): Promise<void>;
@@ -128,8 +133,14 @@ export class FileVolumeBackend implements VolumeBackend {
     return { targetExists: false };
   }
 
-  async cowClone(name: string): Promise<void> {
-    await this.deps.filePool.reflinkClone(this.activePath, this.pathOf(name));
+  async cowClone(name: string, opts: { whilePaused?: boolean } = {}): Promise<void> {
+    await this.deps.filePool.reflinkClone(this.activePath, this.pathOf(name), {
+      syncDirectory: !opts.whilePaused,
+    });
+  }
+
+  async settleClone(name: string): Promise<void> {
+    await this.deps.filePool.syncDirectoryOf(this.pathOf(name));
   }
 
   async cowHealth(): Promise<CowHealth> {
@@ -243,6 +254,10 @@ export class LvmVolumeBackend implements VolumeBackend {
     const active = await this.deps.lvm.getVolume(this.vg, this.activeName);
     if (!active) throw new AgentError('VOLUME_NOT_FOUND', `LV ${this.vg}/${this.activeName} does not exist`);
     return Math.min(active.sizeBytes, Math.max(Math.ceil(active.sizeBytes * 0.2), 1024 ** 3));
+  }
+
+  async settleClone(): Promise<void> {
+    // lvcreate commits the LVM metadata itself.
   }
 
   async cowClone(name: string): Promise<void> {

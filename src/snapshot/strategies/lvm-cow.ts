@@ -92,11 +92,12 @@ function lvmCowSteps(
               deps.libvirt,
               journal,
               vm,
-              () => backend.cowClone(plan.cloneName),
+              () => backend.cowClone(plan.cloneName, { whilePaused: true }),
               () => hooks.midStep?.('clone'),
             );
           if (plan.quiesce) await graph.withGuestFrozen(vm, pausedClone, freezeRecord(journal, vm));
           else await pausedClone();
+          await backend.settleClone(plan.cloneName);
         },
         undo: async () => {
           await backend.remove(plan.cloneName);

@@ -31,8 +31,11 @@ function setup(over: Parameters<typeof createPlan>[1] = {}, backing: Record<stri
       log.push(`backend.remove ${name}`);
       return true;
     },
-    cowClone: async (name: string) => {
-      log.push(`backend.cowClone ${name}`);
+    cowClone: async (name: string, opts?: { whilePaused?: boolean }) => {
+      log.push(`backend.cowClone ${name}${opts?.whilePaused ? ' whilePaused' : ''}`);
+    },
+    settleClone: async (name: string) => {
+      log.push(`backend.settleClone ${name}`);
     },
   } as unknown as VolumeBackend;
   const journal = memoryJournal();
@@ -62,9 +65,10 @@ describe('lvm-cow steps (fakes)', () => {
       'backend.remove vol.qcow2.cow-t1',
       'graph.freeze',
       'libvirt.suspend h16-vm',
-      'backend.cowClone vol.qcow2.cow-t1',
+      'backend.cowClone vol.qcow2.cow-t1 whilePaused',
       'libvirt.resume h16-vm',
       'graph.thaw',
+      'backend.settleClone vol.qcow2.cow-t1',
     ]);
     expect(journal.get()).toMatchObject({ pausedByUs: null, facts: { frozenByUs: null, quiesced: 'yes' } });
   });
