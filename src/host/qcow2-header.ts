@@ -94,6 +94,64 @@ export function resolveBackingPath(imagePath: string, backingFile: string): stri
   return `${dirname(imagePath)}/${backingFile}`;
 }
 
+/** Bits of an L1/L2 entry that hold a host offset (bits 9-55). */
+const OFFSET_MASK = 0x00fffffffffffe00n;
+const L2_COMPRESSED = 1n << 62n;
+const L2_ZERO = 1n;
+/** Incompatible feature bits after which the plain L2 walk below does not apply. */
+const EXTERNAL_DATA_FILE = 4n;
+const EXTENDED_L2 = 16n;
+
+/**
+ * Bytes of guest data the image's own layer holds (what `qemu-img map` reports as data at depth 0):
+ * its L1/L2 tables walked in-process, clusters reading as zeros not counted. Null when only
+ * qemu-img can tell: not QCOW2, encrypted, an external data file or extended L2 entries.
+ */
+export async function topLayerDataBytes(path: string): Promise<number | null> {
+  const file = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(112);
+    const { bytesRead } = await file.read(head, 0, head.length, 0);
+    if (bytesRead < 72 || head.readUInt32BE(0) !== MAGIC) return null;
+    const version = head.readUInt32BE(4);
+    if (version !== 2 && version !== 3) return null;
+    const clusterBits = head.readUInt32BE(20);
+    if (clusterBits < 9 || clusterBits > 21) throw badHeader(path, `cluster_bits ${clusterBits}`);
+    const incompatible = version === 3 ? head.readBigUInt64BE(72) : 0n;
+    if (head.readUInt32BE(32) !== 0 || (incompatible & (EXTERNAL_DATA_FILE | EXTENDED_L2)) !== 0n)
+      return null;
+    const virtualSize = Number(head.readBigUInt64BE(24));
+    const l1Size = head.readUInt32BE(36);
+    const l1Offset = Number(head.readBigUInt64BE(40));
+    const clusterSize = 2 ** clusterBits;
+    const l2Entries = clusterSize / 8;
+    const read = async (offset: number, length: number): Promise<Buffer> => {
+      const buf = Buffer.alloc(length);
+      const r = await file.read(buf, 0, length, offset);
+      if (r.bytesRead < length) throw badHeader(path, `table at ${offset} beyond the end of the file`);
+      return buf;
+    };
+    const l1 = await read(l1Offset, l1Size * 8);
+    let total = 0;
+    for (let i = 0; i < l1Size; i++) {
+      const l2Offset = Number(l1.readBigUInt64BE(i * 8) & OFFSET_MASK);
+      if (l2Offset === 0) continue;
+      const l2 = await read(l2Offset, clusterSize);
+      for (let j = 0; j < l2Entries; j++) {
+        const guest = (i * l2Entries + j) * clusterSize;
+        if (guest >= virtualSize) break;
+        const entry = l2.readBigUInt64BE(j * 8);
+        const data =
+          (entry & L2_COMPRESSED) !== 0n || ((entry & OFFSET_MASK) !== 0n && (entry & L2_ZERO) === 0n);
+        if (data) total += Math.min(clusterSize, virtualSize - guest);
+      }
+    }
+    return total;
+  } finally {
+    await file.close();
+  }
+}
+
 /** One member of a chain read from the headers (the fields of `qemu-img info --backing-chain`). */
 export interface HeaderChainMember {
   filename: string;

@@ -5,7 +5,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chainFromHeaders, readQcow2Header, resolveBackingPath } from '../../../src/host/qcow2-header.js';
+import {
+  chainFromHeaders,
+  readQcow2Header,
+  resolveBackingPath,
+  topLayerDataBytes,
+} from '../../../src/host/qcow2-header.js';
+import { dataBytes, type MapEntry } from '../../../src/host/qemu-img.js';
 
 interface Info {
   filename: string;
@@ -113,5 +119,69 @@ describe('QCOW2 header reader', () => {
     await create(top, '1M', '-b', 'rb-base.qcow2', '-F', 'qcow2');
     await execa('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', other, '-F', 'qcow2', top]);
     expect(await readQcow2Header(top)).toMatchObject({ backingFile: other, backingFormat: 'qcow2' });
+  });
+
+  it("counts the top layer's data as qemu-img map does (zeros, discards, compressed, partial last cluster)", async () => {
+    const oracle = async (path: string) => {
+      const { stdout } = await execa('qemu-img', ['map', '--output=json', '-U', '-f', 'qcow2', path]);
+      return dataBytes(JSON.parse(stdout) as MapEntry[], { topOnly: true });
+    };
+    const io = (path: string, ...cmds: string[]) =>
+      execa('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), path]);
+    const base = join(dir, 'map-base.qcow2');
+    await create(base, '64M');
+    await io(base, 'write -P 1 0 8M');
+    const cases: Array<{ name: string; opts: string[]; size: string; cmds: string[] }> = [
+      { name: 'empty', opts: [], size: '64M', cmds: [] },
+      {
+        name: 'writes, zeros, discard',
+        opts: ['-b', 'map-base.qcow2', '-F', 'qcow2'],
+        size: '64M',
+        cmds: [
+          'write -P 2 100k 300k',
+          'write -P 3 9M 5M',
+          'write -z 20M 2M',
+          'write -P 4 30M 1M',
+          'discard 30M 64k',
+        ],
+      },
+      {
+        name: 'zero with allocation',
+        opts: [],
+        size: '64M',
+        cmds: ['write -P 5 0 1M', 'write -z 512k 256k'],
+      },
+      { name: 'partial last cluster', opts: [], size: '1000000', cmds: ['write -P 6 900000 100000'] },
+      {
+        name: '512-byte clusters v2',
+        opts: ['-o', 'cluster_size=512,compat=0.10'],
+        size: '8M',
+        cmds: ['write -P 7 3k 70k'],
+      },
+      {
+        name: '2 MiB clusters',
+        opts: ['-o', 'cluster_size=2M'],
+        size: '1G',
+        cmds: ['write -P 8 5M 1k', 'write -P 8 700M 3M'],
+      },
+    ];
+    for (const c of cases) {
+      const path = join(dir, `map-${c.name.replaceAll(' ', '-')}.qcow2`);
+      await create(path, c.size, ...c.opts);
+      if (c.cmds.length > 0) await io(path, ...c.cmds);
+      expect({ name: c.name, bytes: await topLayerDataBytes(path) }).toEqual({
+        name: c.name,
+        bytes: await oracle(path),
+      });
+    }
+    // Compressed clusters (qemu-img convert -c) count as data.
+    const compressed = join(dir, 'map-compressed.qcow2');
+    await execa('qemu-img', ['convert', '-c', '-f', 'qcow2', '-O', 'qcow2', base, compressed]);
+    expect(await topLayerDataBytes(compressed)).toBe(await oracle(compressed));
+    expect(await topLayerDataBytes(compressed)).toBe(8 * 1024 * 1024);
+    // Extended L2 entries (subclusters): left to qemu-img.
+    const extended = join(dir, 'map-extended.qcow2');
+    await create(extended, '8M', '-o', 'extended_l2=on');
+    expect(await topLayerDataBytes(extended)).toBeNull();
   });
 });
