@@ -8,11 +8,13 @@
  *    (allocated bytes of the store file) ÷ guest bytes written since the previous snapshot.
  * 2. Guest I/O stall per snapshot, from QEMU's side: QEMU's trace events (log backend, µs wall-clock
  *    timestamps in the domain log, turned on with HMP trace-event around each snapshot) give the
- *    main-loop time of the blockdev-snapshot command (live-rotate: request dequeued → reply) and the
- *    QMP STOP → RESUME event timestamps (lvm-cow). Next to them the engine's own numbers (switchMs
- *    fact, vmPauseMs), which include virsh process start-ups. Then the pure QEMU cost on a bare QEMU
- *    (pc machine, TCG, one virtio-blk disk) over a direct QMP unix socket: blockdev-add +
- *    blockdev-snapshot, and stop + cont, no process spawn in the number.
+ *    main-loop time of the switch (live-rotate: libvirt's `transaction` with a blockdev-snapshot
+ *    action, request dequeued → reply) and the QMP STOP → RESUME event timestamps (lvm-cow). Next to
+ *    them the engine's own numbers (switchMs fact: the virsh snapshot-create-as call through the
+ *    virsh session; vmPauseMs). Then the pure QEMU cost on a bare QEMU (pc machine, TCG, one
+ *    virtio-blk disk) over a direct QMP unix socket, with the commands libvirt sends for the switch
+ *    (blockdev-add of the overlay's file and qcow2 nodes, then `transaction` [blockdev-snapshot]),
+ *    and stop + cont; no libvirt and no process in the number.
  * 3. Export throughput: the engine's export step (exportStep → QemuImg.convert, as the engine runs
  *    it) of a frozen layer vs `cp` of a raw file holding the same bytes, pool → store, page cache
  *    dropped before each, median of runs.
@@ -97,11 +99,11 @@ interface SnapRow {
   sizeBytes: number;
   kind: string;
   strategy: string;
-  /** live-rotate: the engine's switchMs fact (virsh qemu-monitor-command wall time). */
+  /** live-rotate: the engine's switchMs fact (virsh snapshot-create-as wall time, virsh session). */
   switchMs: number | null;
   /** lvm-cow: the engine's vmPauseMs (suspend call → resume return, both pauses). */
   vmPauseMs: number;
-  /** QEMU: main-loop time of each blockdev-snapshot (request dequeued → reply). */
+  /** QEMU: main-loop time of each switch command (libvirt's transaction; request dequeued → reply). */
   qemuSnapshotMs: number[];
   /** QEMU: main-loop time of every QMP command the engine sent (all of them hold the BQL). */
   qemuAllCommandsMs: number;
@@ -160,7 +162,7 @@ async function snapshot(h: Harness, vm: Vm, n: number): Promise<SnapRow> {
     switchMs: facts.switchMs ?? null,
     vmPauseMs: result.vmPauseMs,
     qemuSnapshotMs: trace.commands
-      .filter((c) => c.execute === 'blockdev-snapshot')
+      .filter((c) => c.execute === 'transaction' || c.execute === 'blockdev-snapshot')
       .map((c) => c.endMs - c.startMs),
     qemuAllCommandsMs: engineCommands.reduce((a, c) => a + (c.endMs - c.startMs), 0),
     qmpCommandCount: engineCommands.length,
@@ -201,7 +203,7 @@ async function growthAndStall(): Promise<{ lr: SnapRow[]; cow: SnapRow[] }> {
         vm.rows.push(row);
         log(
           `${vm.strategy} snap-${n} (${row.kind}): ${(row.sizeBytes / MiB).toFixed(2)} MiB, ` +
-            `QEMU blockdev-snapshot ${row.qemuSnapshotMs.map(ms).join('/') || '-'} ms, ` +
+            `QEMU switch ${row.qemuSnapshotMs.map(ms).join('/') || '-'} ms, ` +
             `QEMU paused ${row.qemuPausesMs.map(ms).join('+') || '0'} ms, switchMs ${row.switchMs ?? '-'}, ` +
             `vmPauseMs ${row.vmPauseMs}, ${row.qmpCommandCount} QMP commands holding QEMU's main loop ` +
             `${ms(row.qemuAllCommandsMs)} ms in all, longest ${row.qemuLongestCommand.execute} ` +
@@ -351,12 +353,20 @@ async function bareQemu(dir: string): Promise<BareResult> {
       const file = join(dir, `ov${i}.qcow2`);
       // As the engine does: the overlay exists before the switch (qemu-img, not timed).
       await createQcow2(file, 2048, { backing: topFile, unsafe: true });
-      const add = await qmp!.cmd('blockdev-add', {
+      // As libvirt does for snapshot-create-as --reuse-external: the overlay's file node, its
+      // qcow2 node with no backing, then the switch as a one-action transaction.
+      const addFile = await qmp!.cmd('blockdev-add', {
+        driver: 'file',
+        'node-name': `ov${i}-file`,
+        filename: file,
+      });
+      const addFormat = await qmp!.cmd('blockdev-add', {
         driver: 'qcow2',
         'node-name': `ov${i}`,
-        file: { driver: 'file', filename: file },
+        file: `ov${i}-file`,
         backing: null,
       });
+      const add = { rttMs: addFile.rttMs + addFormat.rttMs };
       const at = (i % 16) * 32 * MiB;
       if (load === 'written') {
         // As in the engine workload: the round's writes are done (not flushed) before the switch.
@@ -367,7 +377,9 @@ async function bareQemu(dir: string): Promise<BareResult> {
         await hmpCmd(`qemu-io -d disk0/virtio-backend "aio_write -q -P 0x22 ${at} 8M"`);
         lastInflight = { file, at };
       }
-      const snap = await qmp!.cmd('blockdev-snapshot', { node: top, overlay: `ov${i}` });
+      const snap = await qmp!.cmd('transaction', {
+        actions: [{ type: 'blockdev-snapshot', data: { node: top, overlay: `ov${i}` } }],
+      });
       snapshotIds[load].push(snap.id);
       if (load === 'idle') {
         result.addMs.push(add.rttMs);
@@ -382,7 +394,7 @@ async function bareQemu(dir: string): Promise<BareResult> {
     for (let i = stallSamples + 1; i <= 2 * stallSamples; i++) await rotate(i, 'written');
     for (let i = 2 * stallSamples + 1; i <= 3 * stallSamples; i++) await rotate(i, 'inflight');
     await hmpCmd('qemu-io -d disk0/virtio-backend "flush"');
-    // stop + cont back to back: the least an lvm-cow pause can cost (it also clones and spawns virsh).
+    // stop + cont back to back: the least an lvm-cow pause can cost (it also clones, and libvirt saves its status).
     for (let i = 0; i < 2 * stallSamples; i++) {
       const inflight = i >= stallSamples;
       if (inflight)
@@ -420,7 +432,7 @@ async function bareQemu(dir: string): Promise<BareResult> {
           throw new Error(`in-flight write not found through ${file}: ${r.stdout}`);
       });
     }
-    // QEMU-side main-loop time of the plain blockdev-snapshot commands (ids b<n>, in order).
+    // QEMU-side main-loop time of the switch transactions (ids b<n>, in order).
     const trace = await readFile(traceFile, 'utf8');
     const starts = new Map<string, number>();
     const durations = new Map<string, number>();
@@ -626,8 +638,8 @@ if (growth !== null) {
   const cowPauses = growth.cow.flatMap((r) => r.qemuPausesMs);
   const cowPerSnap = growth.cow.map((r) => r.qemuPausesMs.reduce((a, b) => a + b, 0));
   console.log('\nGuest I/O stall per snapshot, libvirt domains (engine runs):');
-  console.log(`- live-rotate, QEMU blockdev-snapshot main-loop time: ${stats(lrSnap)}`);
-  console.log(`- live-rotate, engine switchMs (virsh spawn incl.): ${stats(lrSwitch)}`);
+  console.log(`- live-rotate, QEMU main-loop time of libvirt's switch (transaction): ${stats(lrSnap)}`);
+  console.log(`- live-rotate, engine switchMs (virsh snapshot-create-as in the session): ${stats(lrSwitch)}`);
   console.log(`- live-rotate, QEMU STOP→RESUME intervals seen: ${lrPaused.length}`);
   console.log(
     `- live-rotate, QEMU main-loop time of all engine QMP commands per snapshot: ${stats(growth.lr.map((r) => r.qemuAllCommandsMs))}`,
@@ -662,17 +674,17 @@ if (!skip.has('stall')) {
 }
 if (bare !== null) {
   console.log('\nBare QEMU (pc, TCG, virtio-blk), direct QMP unix socket:');
-  console.log(`- blockdev-add (overlay) round trip: ${stats(bare.addMs)}`);
-  console.log(`- blockdev-snapshot round trip: ${stats(bare.snapshotMs)}`);
+  console.log(`- blockdev-add ×2 (overlay file + qcow2 node) round trips: ${stats(bare.addMs)}`);
+  console.log(`- transaction [blockdev-snapshot] round trip: ${stats(bare.snapshotMs)}`);
   console.log(
-    `- blockdev-snapshot QEMU main-loop time (trace), nothing written since the last: ${stats(bare.snapshotQemuMs)}`,
+    `- transaction [blockdev-snapshot] QEMU main-loop time (trace), nothing written since the last: ${stats(bare.snapshotQemuMs)}`,
   );
-  console.log(`- blockdev-add + blockdev-snapshot round trips: ${stats(bare.addPlusSnapshotMs)}`);
+  console.log(`- blockdev-add ×2 + transaction round trips: ${stats(bare.addPlusSnapshotMs)}`);
   console.log(
-    `- blockdev-snapshot QEMU main-loop time right after ${writeMiB} MiB of completed, unflushed guest writes: ${stats(bare.afterWritesSnapshotMs)}`,
+    `- transaction [blockdev-snapshot] QEMU main-loop time right after ${writeMiB} MiB of completed, unflushed guest writes: ${stats(bare.afterWritesSnapshotMs)}`,
   );
   console.log(
-    `- blockdev-snapshot QEMU main-loop time with an 8 MiB guest write in flight: ${stats(bare.inflightSnapshotMs)}`,
+    `- transaction [blockdev-snapshot] QEMU main-loop time with an 8 MiB guest write in flight: ${stats(bare.inflightSnapshotMs)}`,
   );
   console.log(`- stop + cont round trips: ${stats(bare.stopContRttMs)}`);
   console.log(`- stop + cont, QEMU STOP→RESUME event timestamps: ${stats(bare.stopContQemuMs)}`);
