@@ -115,6 +115,8 @@ interface Row {
   qmpCommands: number;
   /** lvm-cow: QEMU STOP → RESUME intervals. */
   pausesMs: number[];
+  /** Each step's wall time. */
+  stepsMs: Record<string, number>;
 }
 
 interface Volume {
@@ -180,6 +182,7 @@ async function snapshot(h: Harness, vol: Volume, n: number, mib: number): Promis
     qmpMainLoopMs: trace === null ? null : commands.reduce((a, c) => a + (c.endMs - c.startMs), 0),
     qmpCommands: commands.length,
     pausesMs: trace === null ? [] : pauses(trace),
+    stepsMs: Object.fromEntries(result.steps.map((st) => [st.name, st.durationMs])),
   };
 }
 
@@ -360,6 +363,14 @@ if (!skip.has('strategies')) {
           `${ms(p50(over))} | ${ms(Math.max(...over))} | ${procs.join(', ') || 'none'} |`,
       );
     }
+  }
+  console.log('\nStep wall time p50 (ms), small deltas:');
+  for (const [strategy, all] of rows) {
+    const r = all.filter((x) => x.mib === smallMiB);
+    const names = Object.keys(r[0]?.stepsMs ?? {});
+    console.log(
+      `- ${strategy}: ${names.map((n) => `${n} ${ms(p50(r.map((x) => x.stepsMs[n] ?? 0)))}`).join(', ')}`,
+    );
   }
   console.log("\nQEMU main-loop time summed over one snapshot's QMP commands (ms; QMP commands):");
   console.log('| strategy | depth 1 | depth 8 | depth 16 | p50 over the chain | p99 over the chain |');

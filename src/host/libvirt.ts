@@ -355,9 +355,14 @@ export class Libvirt {
     return !/No current block job/i.test(stdout) && stdout.trim() !== '';
   }
 
-  /** Waits (up to copyTimeoutMs) until no block job runs on the disk, e.g. one a killed client started. */
+  /**
+   * Waits (up to copyTimeoutMs) until no block job runs on the disk, e.g. one a killed client started.
+   * Polls from 5 ms, doubling up to `pollMs`: a small commit ends within milliseconds, and each
+   * poll (query-block-jobs in QEMU's main loop) stays cheap through the session.
+   */
   async waitForBlockJob(domain: string, target: string, pollMs = 200): Promise<void> {
     const deadline = Date.now() + this.copyTimeoutMs;
+    let delay = 5;
     while (await this.blockJobRunning(domain, target)) {
       if (Date.now() > deadline) {
         throw new HostCommandError('timeout', `a block job on ${target} of ${domain} still runs`, {
@@ -365,7 +370,8 @@ export class Libvirt {
           args: ['blockjob', domain, target, '--info'],
         });
       }
-      await new Promise((resolve) => setTimeout(resolve, pollMs));
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, pollMs);
     }
   }
 

@@ -106,11 +106,11 @@ function liveRotateSteps(
   // so when it handles QEMU's completion event, a moment after the job is gone). False: it stayed.
   const commitSettled = async (): Promise<boolean> => {
     const deadline = Date.now() + COMMIT_SETTLE_MS;
-    for (;;) {
+    for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
       await graph.waitForBlockJob(disk);
       if (!((await graph.describedChain(disk, { live: true })) ?? []).includes(frozenPath)) return true;
       if (Date.now() > deadline) return false;
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await new Promise((resolve) => setTimeout(resolve, delay));
     }
   };
   const layerKept = (what: string, runsOn?: string): AgentError =>
