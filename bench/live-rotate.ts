@@ -25,9 +25,8 @@
  * Needs root, libvirtd (bash scripts/ensure-host.sh), xfsprogs, loop devices; QEMU with the log
  * trace backend (Debian's has it).
  */
-import { open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa, type ResultPromise } from 'execa';
@@ -50,6 +49,7 @@ import {
   jobContext,
   makeHarness,
 } from '../test/integration/snapshot/harness.js';
+import { fsyncFile, load, log, median, ms, percentile } from './bench-util.js';
 import { pauses, traced } from './qemu-trace.js';
 
 const MiB = 1024 * 1024;
@@ -75,21 +75,8 @@ if (writeMiB * count > sizeMiB) throw new Error('--write-mib × --snapshots must
 
 type Strategy = 'live-rotate' | 'lvm-cow';
 
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-const median = (v: number[]): number => percentile(v, 50);
-const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 const stats = (v: number[]): string =>
   `n=${v.length} p50 ${ms(percentile(v, 50))} ms, p99 ${ms(percentile(v, 99))} ms, max ${ms(Math.max(...v))} ms`;
-const load = (): string =>
-  loadavg()
-    .map((l) => l.toFixed(2))
-    .join(' ');
-const log = (line: string): void => {
-  process.stderr.write(`${line}\n`);
-};
 
 // ---------------------------------------------------------------------------------------------
 // 1 + 2: the engine on two VMs with the same writes.
@@ -470,15 +457,6 @@ async function bareQemu(dir: string): Promise<BareResult> {
 async function dropCaches(): Promise<void> {
   await execa('sync');
   await writeFile('/proc/sys/vm/drop_caches', '3');
-}
-
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 interface ExportRow {

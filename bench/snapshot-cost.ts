@@ -22,9 +22,8 @@
  * trace backend (Debian's has it).
  */
 
-import { open, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
-import { loadavg } from 'node:os';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
@@ -44,6 +43,7 @@ import {
   jobContext,
   makeHarness,
 } from '../test/integration/snapshot/harness.js';
+import { fsyncFile, load, log, median, ms, percentile } from './bench-util.js';
 import { pauses, type TraceWindow, traced } from './qemu-trace.js';
 
 const MiB = 1024 * 1024;
@@ -86,20 +86,6 @@ const spawnDelta = (before: Map<string, number>): Record<string, number> => {
   for (const [tool, n] of spawned)
     if (n - (before.get(tool) ?? 0) > 0) out[tool] = n - (before.get(tool) ?? 0);
   return out;
-};
-
-function percentile(v: number[], p: number): number {
-  const sorted = [...v].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-const p50 = (v: number[]): number => percentile(v, 50);
-const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
-const load = (): string =>
-  loadavg()
-    .map((l) => l.toFixed(2))
-    .join(' ');
-const log = (line: string): void => {
-  process.stderr.write(`${line}\n`);
 };
 
 type Strategy = 'offline' | 'lvm-cow' | 'live-rotate';
@@ -235,15 +221,6 @@ async function strategies(): Promise<Map<Strategy, Row[]>> {
   }
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 interface FleetResult {
   snapshotAllMs: number[];
   cpAllMs: number[];
@@ -357,10 +334,12 @@ if (!skip.has('strategies')) {
       const tools = new Map<string, number[]>();
       for (const x of r)
         for (const [t, c] of Object.entries(x.spawns)) tools.set(t, [...(tools.get(t) ?? []), c]);
-      const procs = [...tools].map(([t, c]) => `${t} ${p50([...c, ...Array(r.length - c.length).fill(0)])}`);
+      const procs = [...tools].map(
+        ([t, c]) => `${t} ${median([...c, ...Array(r.length - c.length).fill(0)])}`,
+      );
       console.log(
-        `| ${strategy} | ${mib} MiB | ${ms(p50(r.map((x) => x.wallMs)))} | ${ms(p50(r.map((x) => x.exportMs)))} | ` +
-          `${ms(p50(over))} | ${ms(Math.max(...over))} | ${procs.join(', ') || 'none'} |`,
+        `| ${strategy} | ${mib} MiB | ${ms(median(r.map((x) => x.wallMs)))} | ${ms(median(r.map((x) => x.exportMs)))} | ` +
+          `${ms(median(over))} | ${ms(Math.max(...over))} | ${procs.join(', ') || 'none'} |`,
       );
     }
   }
@@ -369,7 +348,7 @@ if (!skip.has('strategies')) {
     const r = all.filter((x) => x.mib === smallMiB);
     const names = Object.keys(r[0]?.stepsMs ?? {});
     console.log(
-      `- ${strategy}: ${names.map((n) => `${n} ${ms(p50(r.map((x) => x.stepsMs[n] ?? 0)))}`).join(', ')}`,
+      `- ${strategy}: ${names.map((n) => `${n} ${ms(median(r.map((x) => x.stepsMs[n] ?? 0)))}`).join(', ')}`,
     );
   }
   console.log("\nQEMU main-loop time summed over one snapshot's QMP commands (ms; QMP commands):");
@@ -383,20 +362,20 @@ if (!skip.has('strategies')) {
     };
     const all = r.map((x) => x.qmpMainLoopMs ?? 0);
     console.log(
-      `| ${strategy} | ${at(1)} | ${at(8)} | ${at(16)} | ${ms(p50(all))} | ${ms(percentile(all, 99))} |`,
+      `| ${strategy} | ${at(1)} | ${at(8)} | ${at(16)} | ${ms(median(all))} | ${ms(percentile(all, 99))} |`,
     );
   }
   const cowPauses = rows.get('lvm-cow')!.flatMap((x) => x.pausesMs);
   const cowPerSnap = rows.get('lvm-cow')!.map((x) => x.pausesMs.reduce((a, b) => a + b, 0));
   console.log(
-    `\nlvm-cow pause, QEMU STOP → RESUME per pause: n=${cowPauses.length} p50 ${ms(p50(cowPauses))} ms, p99 ${ms(percentile(cowPauses, 99))} ms, max ${ms(Math.max(...cowPauses))} ms; ` +
-      `paused per snapshot p50 ${ms(p50(cowPerSnap))} ms, p99 ${ms(percentile(cowPerSnap, 99))} ms`,
+    `\nlvm-cow pause, QEMU STOP → RESUME per pause: n=${cowPauses.length} p50 ${ms(median(cowPauses))} ms, p99 ${ms(percentile(cowPauses, 99))} ms, max ${ms(Math.max(...cowPauses))} ms; ` +
+      `paused per snapshot p50 ${ms(median(cowPerSnap))} ms, p99 ${ms(percentile(cowPerSnap, 99))} ms`,
   );
 }
 if (!skip.has('fleet')) {
   const f = await fleet();
-  const snap = p50(f.snapshotAllMs);
-  const cp = p50(f.cpAllMs);
+  const snap = median(f.snapshotAllMs);
+  const cp = median(f.cpAllMs);
   console.log(
     `\n${fleetSize} running VMs × ${largeMiB} MiB snapshotted at once (live-rotate): p50 ${ms(snap)} ms ` +
       `(${f.snapshotAllMs.map(ms).join(', ')}); cp + fsync of the same bytes p50 ${ms(cp)} ms ` +

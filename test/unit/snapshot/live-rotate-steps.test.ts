@@ -38,19 +38,8 @@ describe('live-rotate steps (fakes)', () => {
     return { log, graph, journal, steps, step, base, frozen, overlay };
   }
 
-  it('are create-overlay → switch → export → publish → verify → record-layer → commit-frozen → remove-frozen', () => {
-    const { steps } = setup();
-    expect(steps.steps.map((s) => s.name)).toEqual([
-      'create-overlay',
-      'switch',
-      'export',
-      'publish',
-      'verify',
-      'record-layer',
-      'commit-frozen',
-      'remove-frozen',
-    ]);
-    expect(steps.pointOfNoReturn).toBe('switch');
+  it('has switch as its point of no return', () => {
+    expect(setup().steps.pointOfNoReturn).toBe('switch');
   });
 
   it('switch: libvirt puts the overlay on top, the guest frozen around it; the time is journaled', async () => {
