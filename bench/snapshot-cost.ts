@@ -16,7 +16,7 @@
  * checkout (copy bench/snapshot-cost.ts and bench/qemu-trace.ts into it).
  *
  *   nice -n 10 node --import tsx bench/snapshot-cost.ts [--depth 16] [--small-mib 4] [--large-mib 64]
- *     [--large-rounds 3] [--vms 6] [--skip strategies,fleet]
+ *     [--large-rounds 3] [--vms 6] [--fleet-strategies live-rotate,lvm-cow] [--skip strategies,fleet]
  *
  * Needs root, libvirtd (bash scripts/ensure-host.sh), xfsprogs, loop devices; QEMU with the log
  * trace backend (Debian's has it).
@@ -54,6 +54,7 @@ const { values } = parseArgs({
     'large-mib': { type: 'string', default: '64' },
     'large-rounds': { type: 'string', default: '3' },
     vms: { type: 'string', default: '6' },
+    'fleet-strategies': { type: 'string', default: 'live-rotate,lvm-cow' },
     skip: { type: 'string', default: '' },
   },
 });
@@ -228,9 +229,12 @@ interface FleetResult {
 }
 
 /** Six running VMs with fresh data each, snapshotted at once, against cp + fsync of the same bytes. */
-async function fleet(): Promise<FleetResult> {
+async function fleet(strategy: 'live-rotate' | 'lvm-cow'): Promise<FleetResult> {
   const cleanup = new Cleanup();
-  const h = await makeHarness('h16fleet', { reflink: false });
+  const h = await makeHarness(`h16fleet${strategy.replace('-', '')}`, {
+    reflink: strategy === 'lvm-cow',
+    xfsBytes: (3 * fleetSize * (sizeMiB + 2 * largeMiB * largeRounds) + 512) * MiB,
+  });
   cleanup.add('harness', () => h.cleanup());
   const result: FleetResult = { snapshotAllMs: [], cpAllMs: [], spawnsPerSnapshot: {} };
   try {
@@ -242,7 +246,7 @@ async function fleet(): Promise<FleetResult> {
         label: `h16fleet${i}`,
         disk: { type: 'file', path: join(h.pool, file) },
       });
-      vols.push({ strategy: 'live-rotate', file: file, dom, parents: [] });
+      vols.push({ strategy, file: file, dom, parents: [] });
     }
     const storeDir = join(h.storeRoot, 'cp');
     await execa('mkdir', ['-p', storeDir]);
@@ -265,7 +269,7 @@ async function fleet(): Promise<FleetResult> {
               store: { root: h.storeRoot, dir: vol.file },
               parents: vol.parents,
               snapshot: `snap-${n}`,
-              options: { strategy: 'live-rotate', maxChainLength: 1000 },
+              options: { strategy, maxChainLength: 1000 },
             },
             `bench-fleet-${vol.file}-${n}-${process.pid}`,
           );
@@ -373,16 +377,18 @@ if (!skip.has('strategies')) {
   );
 }
 if (!skip.has('fleet')) {
-  const f = await fleet();
-  const snap = median(f.snapshotAllMs);
-  const cp = median(f.cpAllMs);
-  console.log(
-    `\n${fleetSize} running VMs × ${largeMiB} MiB snapshotted at once (live-rotate): p50 ${ms(snap)} ms ` +
-      `(${f.snapshotAllMs.map(ms).join(', ')}); cp + fsync of the same bytes p50 ${ms(cp)} ms ` +
-      `(${f.cpAllMs.map(ms).join(', ')}); ratio ${(snap / cp).toFixed(2)}; processes per snapshot ` +
-      `${Object.entries(f.spawnsPerSnapshot)
-        .map(([t, c]) => `${t} ${c.toFixed(1)}`)
-        .join(', ')}`,
-  );
+  for (const strategy of values['fleet-strategies'].split(',') as Array<'live-rotate' | 'lvm-cow'>) {
+    const f = await fleet(strategy);
+    const snap = median(f.snapshotAllMs);
+    const cp = median(f.cpAllMs);
+    console.log(
+      `\n${fleetSize} running VMs × ${largeMiB} MiB snapshotted at once (${strategy}): p50 ${ms(snap)} ms ` +
+        `(${f.snapshotAllMs.map(ms).join(', ')}); cp + fsync of the same bytes p50 ${ms(cp)} ms ` +
+        `(${f.cpAllMs.map(ms).join(', ')}); ratio ${(snap / cp).toFixed(2)}; processes per snapshot ` +
+        `${Object.entries(f.spawnsPerSnapshot)
+          .map(([t, c]) => `${t} ${c.toFixed(1)}`)
+          .join(', ')}`,
+    );
+  }
 }
 console.log(`\n${new Date().toISOString()}: load average at end ${load()}`);
