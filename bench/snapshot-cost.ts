@@ -100,6 +100,8 @@ interface Row {
   /** QEMU main-loop time summed over the snapshot's QMP commands; null without a VM. */
   qmpMainLoopMs: number | null;
   qmpCommands: number;
+  /** The snapshot's longest QMP command in QEMU's main loop. */
+  longest: { execute: string; ms: number };
   /** lvm-cow: QEMU STOP → RESUME intervals. */
   pausesMs: number[];
   /** Each step's wall time. */
@@ -168,6 +170,13 @@ async function snapshot(h: Harness, vol: Volume, n: number, mib: number): Promis
     spawns,
     qmpMainLoopMs: trace === null ? null : commands.reduce((a, c) => a + (c.endMs - c.startMs), 0),
     qmpCommands: commands.length,
+    longest: commands.reduce(
+      (a, c) => (c.endMs - c.startMs > a.ms ? { execute: c.execute, ms: c.endMs - c.startMs } : a),
+      {
+        execute: '-',
+        ms: 0,
+      },
+    ),
     pausesMs: trace === null ? [] : pauses(trace),
     stepsMs: Object.fromEntries(result.steps.map((st) => [st.name, st.durationMs])),
   };
@@ -211,7 +220,8 @@ async function strategies(): Promise<Map<Strategy, Row[]>> {
         log(
           `${vol.strategy} snap-${n} ${mib} MiB: wall ${ms(row.wallMs)} ms, export ${ms(row.exportMs)} ms, ` +
             `processes ${JSON.stringify(row.spawns)}, QMP ${row.qmpCommands} commands ` +
-            `${row.qmpMainLoopMs === null ? '-' : ms(row.qmpMainLoopMs)} ms main loop, ` +
+            `${row.qmpMainLoopMs === null ? '-' : ms(row.qmpMainLoopMs)} ms main loop ` +
+            `(longest ${row.longest.execute} ${ms(row.longest.ms)} ms), ` +
             `paused ${row.pausesMs.map(ms).join('+') || '-'} ms, load ${load()}`,
         );
       }
@@ -356,8 +366,12 @@ if (!skip.has('strategies')) {
     );
   }
   console.log("\nQEMU main-loop time summed over one snapshot's QMP commands (ms; QMP commands):");
-  console.log('| strategy | depth 1 | depth 8 | depth 16 | p50 over the chain | p99 over the chain |');
-  console.log('| -------- | ------: | ------: | -------: | -----------------: | -----------------: |');
+  console.log(
+    '| strategy | depth 1 | depth 8 | depth 16 | p50 over the chain | p99 over the chain | commands over 5 ms |',
+  );
+  console.log(
+    '| -------- | ------: | ------: | -------: | -----------------: | -----------------: | ------------------ |',
+  );
   for (const strategy of ['lvm-cow', 'live-rotate'] as const) {
     const r = rows.get(strategy)!.filter((x) => x.mib === smallMiB);
     const at = (d: number) => {
@@ -365,8 +379,9 @@ if (!skip.has('strategies')) {
       return x === undefined ? '-' : `${ms(x.qmpMainLoopMs ?? 0)} (${x.qmpCommands})`;
     };
     const all = r.map((x) => x.qmpMainLoopMs ?? 0);
+    const longest = [...new Set(r.filter((x) => x.longest.ms > 5).map((x) => x.longest.execute))].join(', ');
     console.log(
-      `| ${strategy} | ${at(1)} | ${at(8)} | ${at(16)} | ${ms(median(all))} | ${ms(percentile(all, 99))} |`,
+      `| ${strategy} | ${at(1)} | ${at(8)} | ${at(16)} | ${ms(median(all))} | ${ms(percentile(all, 99))} | ${longest || '-'} |`,
     );
   }
   const cowPauses = rows.get('lvm-cow')!.flatMap((x) => x.pausesMs);
