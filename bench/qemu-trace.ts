@@ -3,7 +3,7 @@
 // give the main-loop time of each QMP command (request dequeued → reply queued) and the STOP /
 // RESUME event timestamps. Used by bench/live-rotate.ts and bench/snapshot-cost.ts.
 import { open, stat } from 'node:fs/promises';
-import { hmp, type TestDomain } from '../test/helpers/libvirt-fixtures.js';
+import { hmp, type TestDomain } from '../test/support/libvirt-fixtures.js';
 
 // QEMU trace lines in a libvirt domain log: `<pid>@<sec>.<usec>:<event> <args>` (-msg timestamp=on).
 

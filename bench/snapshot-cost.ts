@@ -35,14 +35,14 @@ import {
   guestWrite,
   startTestDomain,
   type TestDomain,
-} from '../test/helpers/libvirt-fixtures.js';
+} from '../test/support/libvirt-fixtures.js';
 import {
   command,
   FileStepJournal,
   type Harness,
   jobContext,
   makeHarness,
-} from '../test/integration/snapshot/harness.js';
+} from '../test/support/snapshot-harness.js';
 import { fsyncFile, load, log, median, ms, percentile } from './bench-util.js';
 import { pauses, type TraceWindow, traced } from './qemu-trace.js';
 

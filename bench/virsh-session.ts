@@ -16,7 +16,7 @@ import {
   LIBVIRT_URI,
   makeTempDir,
   startTestDomain,
-} from '../test/helpers/libvirt-fixtures.js';
+} from '../test/support/libvirt-fixtures.js';
 import { load, median, ms, percentile } from './bench-util.js';
 
 const { values } = parseArgs({

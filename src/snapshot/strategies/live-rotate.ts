@@ -12,9 +12,8 @@ import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
 import { exportStep, publishStep, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
 import { familyNames, nextLayerName, writeLayerRecord } from '../live-layers.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { diskOf, freezeRecord } from '../vm.js';
 import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
@@ -83,7 +82,7 @@ function liveRotateSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
+  journal: CreateJournal,
   hooks: StrategyHooks = {},
 ): StepPlan {
   const vm = plan.vm;

@@ -4,8 +4,7 @@
 import { backsOnto } from '../chain.js';
 import { exportStep, publishStep, setBackingUnsafe, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { diskOf, freezeRecord, withVmPaused } from '../vm.js';
 import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
@@ -63,7 +62,7 @@ function lvmCowSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
+  journal: CreateJournal,
   hooks: StrategyHooks = {},
 ): StepPlan {
   const clonePath = backend.pathOf(plan.cloneName);

@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { runTool } from '../../../src/host/exec.js';
 import { VirshSession } from '../../../src/host/virsh-session.js';
-import { LIBVIRT_URI } from '../../helpers/libvirt-fixtures.js';
+import { LIBVIRT_URI } from '../../support/libvirt-fixtures.js';
 
 const HOSTILE = [
   "it's",

@@ -6,7 +6,7 @@ import type { BlockNode } from '../../../src/host/libvirt.js';
 import type { StepJournal } from '../../../src/jobs/types.js';
 import type { SnapshotDeps } from '../../../src/snapshot/deps.js';
 import { EngineJournal } from '../../../src/snapshot/journal.js';
-import type { CreatePlan } from '../../../src/snapshot/plan.js';
+import type { CreateFacts, CreateJournal, CreatePlan } from '../../../src/snapshot/plan.js';
 
 export type Log = string[];
 
@@ -86,8 +86,8 @@ export class FakeBlockGraph implements BlockGraph {
   }
 }
 
-/** A job journal in memory. */
-export function memoryJournal(): EngineJournal {
+/** A snapshot.create job journal in memory. */
+export function memoryJournal(): CreateJournal {
   let data: Record<string, unknown> = {};
   const store: StepJournal = {
     read: <T extends Record<string, unknown>>() => data as T,
@@ -95,7 +95,7 @@ export function memoryJournal(): EngineJournal {
       data = { ...data, ...structuredClone(patch) };
     },
   };
-  return new EngineJournal(store);
+  return new EngineJournal<CreatePlan, CreateFacts>(store);
 }
 
 /** Deps with the fake graph and logging fakes of the other adapters the steps under test touch. */
