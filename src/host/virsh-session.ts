@@ -317,12 +317,18 @@ export class VirshSession {
   }
 
   private deadError(why: string, cause?: unknown): HostCommandError {
-    return new HostCommandError('transient', why, {
-      command: 'virsh',
-      args: [],
-      stderr: this.stderr,
-      ...(cause === undefined ? {} : { cause }),
-    });
+    // As runTool says it: a virsh that is not installed is not a passing failure.
+    const missing = (cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+    return new HostCommandError(
+      missing ? 'tool-missing' : 'transient',
+      missing ? `${this.binary} is not installed (not found on PATH)` : why,
+      {
+        command: 'virsh',
+        args: [],
+        stderr: this.stderr,
+        ...(cause === undefined ? {} : { cause }),
+      },
+    );
   }
 }
 

@@ -110,6 +110,12 @@ describe('VirshSession (stand-in shell)', () => {
     await expect(s.run(['x'], { timeoutMs: 10_000 })).rejects.toMatchObject({ kind: 'aborted' });
   });
 
+  it('a virsh that is not installed fails as tool-missing, as a process would', async () => {
+    const s = new VirshSession({ uri: 'test:///fake', virsh: join(dir, 'no-such-virsh') });
+    sessions.push(s);
+    await expect(s.run(['x'], { timeoutMs: 5_000 })).rejects.toMatchObject({ kind: 'tool-missing' });
+  });
+
   it('a shell that never answers fails the start within the time-out', async () => {
     const silent = join(dir, 'silent');
     await writeFile(silent, '#!/bin/sh\nexec sleep 600\n');
