@@ -9,9 +9,6 @@
 // echoes every input line after the prompt). A command failed when its stderr holds an `error:` line.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { HostCommandError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import { failedToolError, type RunResult } from './exec.js';
@@ -73,7 +70,6 @@ export class VirshSession {
   private readonly nonce = randomBytes(6).toString('hex');
   private seq = 0;
   private child: ChildProcessWithoutNullStreams | null = null;
-  private historyDir: string | null = null;
   private stdout = '';
   private stderr = '';
   private pending: Pending | null = null;
@@ -118,11 +114,7 @@ export class VirshSession {
     this.closed = true;
     await this.tail;
     const child = this.child;
-    if (child === null) {
-      if (this.historyDir !== null) rmSync(this.historyDir, { recursive: true, force: true });
-      this.historyDir = null;
-      return;
-    }
+    if (child === null) return;
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     child.stdin.end('quit\n');
     const timer = setTimeout(() => child.kill('SIGKILL'), CLOSE_GRACE_MS);
@@ -205,19 +197,19 @@ export class VirshSession {
 
   /** Starts virsh and waits for it to answer one `echo` (so a broken binary or URI shows at once). */
   private async start(args: readonly string[], timeoutMs: number): Promise<void> {
-    this.historyDir ??= mkdtempSync(join(tmpdir(), 'clvm-virsh-'));
     const child = spawn(this.binary, ['-q', '-c', this.uri], {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: {
         ...process.env,
         // English messages (the error classifier reads them) and UTF-8 paths passed through as is.
         LC_ALL: 'C.UTF-8',
-        // readline: no user key bindings, no terminal escapes; virsh: no history kept or written
-        // into an operator's ~/.cache/virsh (it writes the history file at exit).
+        // readline: no user key bindings, no terminal escapes; virsh: no history kept, and none
+        // written at exit into an operator's ~/.cache/virsh (a cache directory that cannot exist:
+        // virsh says so on stderr as it exits, and leaves nothing behind even when we are killed).
         INPUTRC: '/dev/null',
         TERM: 'dumb',
         VIRSH_HISTSIZE: '0',
-        XDG_CACHE_HOME: this.historyDir,
+        XDG_CACHE_HOME: '/dev/null/clvm-virsh',
       },
     });
     this.stats.starts += 1;
@@ -303,10 +295,6 @@ export class VirshSession {
     this.pending = null;
     if (p !== null) p.reject(this.deadError(why, cause));
     this.logger?.debug({ uri: this.uri, why }, 'virsh session ended');
-    if (this.closed && this.historyDir !== null) {
-      rmSync(this.historyDir, { recursive: true, force: true });
-      this.historyDir = null;
-    }
   }
 
   private kill(): void {
