@@ -156,8 +156,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   const writesSinceParent =
     parentPath !== null &&
     (active.backingPath === parentPath ||
-      (backend instanceof FileVolumeBackend &&
-        (await layerHoldsWritesSince(backend.dir, backend.activeName)) === parentPath));
+      (await layerHoldsWritesSince(backend, backend.activeName, parentPath)));
   const kind = chooseKind({
     parentName,
     parentExists,
@@ -178,9 +177,9 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
 
   const tag = jobTag(ctx.jobId);
   const live =
-    strategy.name === 'live-rotate' && backend instanceof FileVolumeBackend
+    strategy.name === 'live-rotate'
       ? {
-          stagingName: await nextLayerName(backend.dir, backend.activeName),
+          stagingName: await nextLayerName(backend, backend.activeName),
           liveLayers: localLayers(
             backend,
             activeChain.map((m) => m.path),
@@ -271,8 +270,8 @@ function withVolumePath(error: unknown, plan: CreatePlan, journal: EngineJournal
   });
 }
 
-/** The active chain's layers that are this volume's own files in its pool (top first, down to its base). */
-function localLayers(backend: FileVolumeBackend, chain: string[]): string[] {
+/** The active chain's layers that are this volume's own files or LVs in its pool (top first, down to its base). */
+function localLayers(backend: VolumeBackend, chain: string[]): string[] {
   const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
   const layers: string[] = [];
   for (const path of chain) {

@@ -1,4 +1,4 @@
-// Strategy "live-rotate" (running VM on a file pool), see docs/strategies.md:
+// Strategy "live-rotate" (running VM on a file pool or on LVM), see docs/strategies.md:
 //   create-overlay → switch (point of no return: libvirt puts the new layer on top, QEMU writes to
 //   it) → export → publish → verify → record-layer → commit-frozen → remove-frozen
 // No pause. Everything that changes the running chain goes through libvirt (an external disk-only
@@ -7,7 +7,10 @@
 // stays on primary storage (active layer → local base); the store is a pure backup chain. The
 // export is exactly the old top layer: the writes since the previous snapshot. The cost: the active
 // layer's name changes with every snapshot (the result's `volumePath`), and each delta is written
-// twice locally (once by the guest, once by the commit into the base).
+// twice locally (once by the guest, once by the commit into the base). On LVM every layer is a
+// thick LV of the volume's full size (two per volume, three during a rotation); no LV is ever
+// renamed, so QEMU's reopen of the old top by its path always finds the same device.
+import { basename } from 'node:path';
 import { AgentError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
 import { exportStep, publishStep, verifyStep } from './common-steps.js';
 import type { SnapshotDeps } from './deps.js';
@@ -16,13 +19,13 @@ import { writeLayerRecord } from './live-layers.js';
 import type { CreatePlan } from './plan.js';
 import type { StepPlan } from './steps.js';
 import { freezeGuest, thawGuest } from './vm.js';
-import { FileVolumeBackend, type VolumeBackend } from './volumes.js';
+import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend } from './volumes.js';
 
 /** Why live-rotate is refused when the host turned it off (config snapshot.liveRotate). */
 export const LIVE_ROTATE_DISABLED =
   "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
 
-/** How long libvirt may take to update its chain after a block commit job ended. */
+/** How long libvirt may take to update its chain (and QEMU to close the layer) after a block commit job ended. */
 const COMMIT_SETTLE_MS = 10_000;
 
 /** The live-rotate strategy's steps for one plan. Callable without the agent. */
@@ -35,8 +38,6 @@ export function liveRotateSteps(
 ): StepPlan {
   const vm = plan.vm;
   if (vm === null || !plan.vmRunning) throw new Error('live-rotate needs a running VM (the planner checks)');
-  if (!(backend instanceof FileVolumeBackend))
-    throw new Error('live-rotate runs on file pools (the probe checks)');
   const libvirt = deps.libvirt;
   const target = plan.target ?? 'vda';
   const overlayPath = backend.pathOf(plan.stagingName);
@@ -92,6 +93,26 @@ export function liveRotateSteps(
     if (top !== overlayPath) throw layerKept(what, top);
   };
 
+  // (The backend guards its own active name, this old top: the layer goes through its pool directly.)
+  const removeMergedLayer = async (path: string): Promise<void> => {
+    if (backend instanceof FileVolumeBackend) {
+      await deps.filePool.remove(path);
+      return;
+    }
+    if (!(backend instanceof LvmVolumeBackend)) throw new Error(`live-rotate on a ${backend.kind} pool`);
+    const name = basename(path);
+    // libvirt drops the layer from its chain a moment before QEMU closes the device: wait for that,
+    // then lvremove (which refuses an LV still open).
+    const deadline = Date.now() + COMMIT_SETTLE_MS;
+    for (;;) {
+      const lv = await backend.volume(name);
+      if (lv === undefined) return;
+      if (!lv.open || Date.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    await deps.lvm.removeVolume(backend.vg, name);
+  };
+
   const exportOldTop = exportStep(deps, {
     source: frozenPath,
     partPath: plan.partPath,
@@ -139,7 +160,11 @@ export function liveRotateSteps(
           const freeze = plan.quiesce ? await freezeGuest(libvirt, journal, vm) : null;
           try {
             const started = performance.now();
-            await libvirt.externalSnapshot(vm, { target, file: overlayPath, sourceType: 'file' });
+            await libvirt.externalSnapshot(vm, {
+              target,
+              file: overlayPath,
+              sourceType: backend.kind === 'lvm' ? 'block' : 'file',
+            });
             const switchMs = performance.now() - started;
             await journal.update((r) => {
               r.facts.switchMs = Math.round(switchMs * 1000) / 1000;
@@ -176,7 +201,7 @@ export function liveRotateSteps(
         // From now on the overlay holds exactly the writes since this snapshot: the next one can
         // be a delta of it. Written only once the snapshot is published and verified.
         name: 'record-layer',
-        run: () => writeLayerRecord(backend.dir, plan.stagingName, plan.snapshotPath),
+        run: () => writeLayerRecord(backend, plan.stagingName, plan.snapshotPath),
       },
       {
         // libvirt's non-active block commit merges the old top (and any layer a failed job left)
@@ -213,7 +238,7 @@ export function liveRotateSteps(
           const described = (await libvirtChain()) ?? [];
           for (const path of layers.slice(0, -1)) {
             if (onDisk.includes(path) || described.includes(path)) continue; // not merged (VM stopped)
-            await deps.filePool.remove(path); // (the backend guards its own active name: this old top)
+            await removeMergedLayer(path);
           }
         },
       },
@@ -222,8 +247,9 @@ export function liveRotateSteps(
 }
 
 /**
- * Whether the running VM's volume can rotate live: a file pool (the libvirt-tracked rotation is
- * not proven on LVM yet), the disk's top layer is QCOW2, and the pool has room for the new layer.
+ * Whether the running VM's volume can rotate live: the disk's top layer is QCOW2, libvirt names it
+ * as the kind of source the pool has (a `block` disk for an LV, a `file` disk in a file pool), and
+ * the pool has room for the new layer (on LVM a thick LV of the volume's full size).
  */
 export async function probeLiveRotate(
   deps: Pick<SnapshotDeps, 'libvirt'>,
@@ -232,16 +258,17 @@ export async function probeLiveRotate(
   backend: VolumeBackend,
   virtualSize: number,
 ): Promise<{ supported: boolean; reason: string }> {
-  if (backend.kind !== 'file') {
-    return {
-      supported: false,
-      reason:
-        'the volume is on LVM, where the libvirt-tracked rotation is not proven yet (docs/operations.md)',
-    };
-  }
   const [top] = await deps.libvirt.diskChain(vm, target);
   if (top?.driver !== 'qcow2') {
     return { supported: false, reason: `the disk's top layer is ${top?.driver ?? 'missing'}, not qcow2` };
+  }
+  const sourceType = backend.kind === 'lvm' ? 'block' : 'file';
+  const disk = (await deps.libvirt.disks(vm)).find((d) => d.target === target);
+  if (disk !== undefined && disk.type !== sourceType) {
+    return {
+      supported: false,
+      reason: `libvirt describes the disk as type='${disk.type}', not '${sourceType}' as the ${backend.kind} pool's layers are`,
+    };
   }
   try {
     await backend.ensureSpace('overlay', virtualSize);
@@ -254,6 +281,8 @@ export async function probeLiveRotate(
   return {
     supported: true,
     reason:
-      'libvirt rotates the file-pool volume live (external disk-only snapshot, block commit into the local base)',
+      backend.kind === 'lvm'
+        ? 'libvirt rotates the LVM volume live (external disk-only snapshot onto a new LV, block commit into the base LV)'
+        : 'libvirt rotates the file-pool volume live (external disk-only snapshot, block commit into the local base)',
   };
 }
