@@ -8,6 +8,7 @@ export const ENGINE_COMMAND_TYPES = [
   'snapshot.delete',
   'snapshot.revert',
   'chain.verify',
+  'volume.resize',
 ] as const satisfies readonly CommandType[];
 
 function notImplemented(type: CommandType): CommandHandlerFn {

@@ -200,6 +200,9 @@ async function checkSemantics(command: Command, incoming: IncomingCommand, polic
       await checkVolume(command.params.volume, policy);
       await checkStore(command.params.store, policy);
       break;
+    case 'volume.resize':
+      await checkVolume(command.params.volume, policy);
+      break;
     case 'chain.verify':
       await checkStore(command.params.store, policy);
       if (command.params.volume) await checkVolume(command.params.volume, policy);

@@ -14,8 +14,8 @@ import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
 import {
   activeLayerBackend,
-  familyNames,
   layerHoldsWritesSince,
+  localLayers,
   nextLayerName,
   volumeAt,
 } from './live-layers.js';
@@ -268,15 +268,4 @@ function withVolumePath(error: unknown, plan: CreatePlan, journal: EngineJournal
     retryable: error.retryable,
     details: { ...error.details, volumePath: volumePathOf(plan, journal) },
   });
-}
-
-/** The active chain's layers that are this volume's own files or LVs in its pool (top first, down to its base). */
-function localLayers(backend: VolumeBackend, chain: string[]): string[] {
-  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
-  const layers: string[] = [];
-  for (const path of chain) {
-    if (!own.has(path)) break;
-    layers.push(path);
-  }
-  return layers;
 }

@@ -84,6 +84,20 @@ export async function resolveActiveLayer(
   );
 }
 
+/** The chain's layers (paths, top first) that are this volume's own files or LVs, down to its base. */
+export function localLayers(
+  backend: Pick<VolumeBackend, 'activeName' | 'pathOf'>,
+  chain: string[],
+): string[] {
+  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
+  const layers: string[] = [];
+  for (const path of chain) {
+    if (!own.has(path)) break;
+    layers.push(path);
+  }
+  return layers;
+}
+
 /** What the sidecar says: `layer` (this very file) holds exactly the guest writes since `since`. */
 export interface LayerRecord {
   layer: string;

@@ -313,6 +313,33 @@ export class LvmVolumeBackend implements VolumeBackend {
     return true;
   }
 
+  /**
+   * lvextends the given LVs of the volume (paths) so each holds a fully allocated QCOW2 of
+   * `virtualSize`; checks the VG has room for all of them before extending any. Returns each LV's size.
+   */
+  async growLayers(
+    paths: string[],
+    virtualSize: number,
+  ): Promise<Array<{ path: string; sizeBytes: number }>> {
+    const group = await this.deps.lvm.volumeGroup(this.vg);
+    const needed = this.deps.lvm.roundToExtents(await this.fullSize(virtualSize), group.extentSizeBytes);
+    const lvs: LogicalVolume[] = [];
+    for (const path of paths) {
+      const lv = await this.volume(basename(path));
+      if (lv === undefined) throw new AgentError('VOLUME_NOT_FOUND', `LV ${path} does not exist`);
+      lvs.push(lv);
+    }
+    const growth = lvs.reduce((sum, lv) => sum + Math.max(0, needed - lv.sizeBytes), 0);
+    if (group.freeBytes < growth)
+      throw new InsufficientSpaceError('pool', `VG ${this.vg}`, growth, group.freeBytes);
+    const grown: Array<{ path: string; sizeBytes: number }> = [];
+    for (const lv of lvs) {
+      const after = await this.deps.lvm.extendVolume(this.vg, lv.name, needed);
+      grown.push({ path: lv.path, sizeBytes: after.sizeBytes });
+    }
+    return grown;
+  }
+
   async ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void> {
     const bytes = purpose === 'cow' ? await this.cowSize() : await this.fullSize(virtualSize);
     const group = await this.deps.lvm.volumeGroup(this.vg);
