@@ -1,0 +1,144 @@
+// The checks of the "live-rotate leaves libvirt telling the truth" suites (file pool, and block
+// devices named like LVs): after each rotation and each libvirt operation, libvirt's description is
+// the chain QEMU really reads and `domblkinfo` its size, the whole disk read back through the
+// (new) QEMU equals an independent raw reference, and the next snapshot is a delta holding exactly
+// the disk of its moment.
+
+import { copyFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { execa } from 'execa';
+import { expect } from 'vitest';
+import type { VolumeRef } from '../../../src/protocol/index.js';
+import type { SnapshotDeps } from '../../../src/snapshot/index.js';
+import { checkExitCode } from '../../helpers/images.js';
+import { guestFlush, type TestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
+import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
+import { qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
+import { command, type Harness, runCreate } from './harness.js';
+import { guestWriteRound } from './suite.js';
+
+/** Oracle: two raw files hold the same bytes (`qemu-img compare`, sizes may differ by zeros). */
+export async function rawDiffers(a: string, b: string): Promise<string | null> {
+  const r = await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', a, b], {
+    reject: false,
+    timeout: 120_000,
+  });
+  if (r.exitCode === 0) return null;
+  if (r.exitCode === 1) return `${a} vs ${b}: ${r.stdout}`;
+  throw new Error(`qemu-img compare failed: ${r.stderr}`);
+}
+
+/** Where a rotated volume's layers live: files of a pool, or LVs (or stand-ins) of a VG. */
+export interface RotatedPool {
+  /** libvirt's `<source>` attribute of this kind of disk. */
+  sourceAttribute: 'file' | 'dev';
+  /** The volume's first name (its base layer). */
+  baseName: string;
+  pathOf(name: string): string;
+  /** The command's volume reference, naming the volume by `name` (any of its names). */
+  volumeRef(name: string): VolumeRef;
+  /** Names of the volume's layers that exist now. */
+  layers(): Promise<string[]>;
+}
+
+/** One running domain's rotations and the checks after each of them. */
+export class RotationChecks {
+  readonly names: string[] = [];
+  readonly refs: string[] = [];
+  current: string;
+  private round = 0;
+
+  constructor(
+    private readonly h: Harness,
+    private readonly deps: SnapshotDeps,
+    readonly dom: TestDomain,
+    readonly live: ReferenceDisk,
+    private readonly pool: RotatedPool,
+    /** The disk's virtual size (a test that grows it sets it). */
+    public size: number,
+  ) {
+    this.current = this.base;
+  }
+
+  get base(): string {
+    return this.pool.pathOf(this.pool.baseName);
+  }
+
+  /** A round of guest writes, mirrored into the live reference. */
+  async write(): Promise<void> {
+    this.round += 1;
+    await guestWriteRound(this.dom, this.live, this.round, this.size);
+  }
+
+  /** Reads the whole disk through QEMU (the given daemon's) and compares it with the reference. */
+  async readBack(uri?: string): Promise<void> {
+    const out = join(this.h.base, `readback-${this.round}-${uri === undefined ? 1 : 2}.raw`);
+    await readBackThroughQemu(this.dom.name, out, this.size, uri);
+    expect(await rawDiffers(out, this.live.path)).toBeNull();
+  }
+
+  /** libvirt's description of the disk is the chain QEMU reads, and domblkinfo its real size. */
+  async libvirtIsTruthful(run: (args: string[]) => Promise<string> = virsh, uri?: string): Promise<void> {
+    const xml = await run(['dumpxml', this.dom.name]);
+    const disk = /<disk[\s\S]*?<\/disk>/.exec(xml)![0];
+    const attribute = new RegExp(`<source ${this.pool.sourceAttribute}='([^']+)'`, 'g');
+    const described = [...disk.matchAll(attribute)].map((m) => m[1]);
+    expect(described).toEqual(this.current === this.base ? [this.base] : [this.current, this.base]);
+    expect((await qemuChain(this.dom.name, uri)).map((l) => l.filename)).toEqual(described);
+    expect(await run(['domblkinfo', this.dom.name, 'vda'])).toMatch(
+      new RegExp(`Capacity:\\s+${this.size}\\b`),
+    );
+  }
+
+  /** The next live-rotate snapshot through the engine, and everything it must leave behind. */
+  async snapshot(label: string): Promise<void> {
+    const name = `snap-${this.names.length + 1}`;
+    // Any of the volume's names finds its active layer: the base name on even snapshots.
+    const by = this.names.length % 2 === 0 ? this.pool.baseName : basename(this.current);
+    const result = await runCreate(
+      this.h,
+      command('snapshot.create', {
+        volume: this.pool.volumeRef(by),
+        vm: this.dom.name,
+        store: { root: this.h.storeRoot, dir: 'vol' },
+        parents: this.names,
+        snapshot: name,
+      }),
+      this.deps,
+    );
+    expect(result.strategy.name, label).toBe('live-rotate');
+    expect(result.snapshot.kind, `${label}: ${result.snapshot.fullReason}`).toBe(
+      this.names.length === 0 ? 'full' : 'delta',
+    );
+    expect(result.snapshot.virtualSize).toBe(this.size);
+    expect(result.activePath).toBe(this.current);
+    this.current = result.volumePath!;
+    this.names.push(name);
+    const ref = join(this.h.base, `ref-${name}.raw`);
+    await copyFile(this.live.path, ref);
+    this.refs.push(ref);
+    const path = join(this.h.storeRoot, 'vol', name);
+    expect(await checkExitCode(path)).toBe(0);
+    expect(await differsFromReference(path, { path: ref } as ReferenceDisk), label).toBeNull();
+    expect((await virsh(['domstate', this.dom.name])).trim()).toBe('running');
+    expect((await this.pool.layers()).sort()).toEqual([this.pool.baseName, basename(this.current)].sort());
+  }
+
+  /** After a libvirt operation: libvirt truthful, the disk reads right, the next snapshot is right. */
+  async afterOperation(label: string): Promise<void> {
+    await this.libvirtIsTruthful();
+    await this.readBack();
+    await this.write();
+    await this.snapshot(label);
+    await guestFlush(this.dom);
+    await this.libvirtIsTruthful();
+  }
+
+  /** Every snapshot still equals the disk of its moment. */
+  async snapshotsStillRight(): Promise<void> {
+    for (const [i, name] of this.names.entries()) {
+      const path = join(this.h.storeRoot, 'vol', name);
+      expect(await differsFromReference(path, { path: this.refs[i]! } as ReferenceDisk), name).toBeNull();
+    }
+  }
+}
