@@ -10,6 +10,7 @@ import {
   ENVELOPE_FIELD_PATTERNS,
   EVENT_KINDS,
   type EventKind,
+  strategyName,
 } from '../protocol/index.js';
 import {
   applyRights,
@@ -270,9 +271,7 @@ function buildProgram(
     .requiredOption('--snapshot <name>', 'file name of the new snapshot')
     .option('--parent <name>', 'the chain so far, oldest first (repeat, or comma-separated)', collect, [])
     .option('--vm <name>', 'libvirt domain using the volume')
-    .addOption(
-      new Option('--strategy <name>', 'strategy').choices(['auto', 'offline', 'lvm-cow', 'live-rotate']),
-    )
+    .addOption(new Option('--strategy <name>', 'strategy').choices(strategyName.options))
     .option('--quiesce', 'freeze guest filesystems through the guest agent')
     .addOption(new Option('--verify <level>', 'check after export').choices(['none', 'metadata', 'full']))
     .option('--compress', 'compress the exported QCOW2')

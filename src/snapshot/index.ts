@@ -24,14 +24,12 @@ export { deleteSnapshot, deleteSteps, makeDeletePlan } from './delete.js';
 export type { SnapshotDeps } from './deps.js';
 export { Failpoints } from './failpoints.js';
 export { EngineJournal, type EngineRecord } from './journal.js';
-export { liveRotateSteps, probeLiveRotate } from './live-rotate.js';
-export { lvmCowSteps } from './lvm-cow.js';
-export { offlineSteps } from './offline.js';
 export type { CreatePlan } from './plan.js';
-export { chooseKind, chooseStrategy } from './planner.js';
+export { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
 export { resizeVolume } from './resize.js';
 export { revertSnapshot, revertSteps } from './revert.js';
 export { recoverSteps, runSteps, type Step, type StepPlan } from './steps.js';
+export { hostSupport, STRATEGIES, type Strategy, type StrategyHooks } from './strategies/index.js';
 export { verifyChain } from './verify.js';
 export { jobTag, volumeBackend } from './volumes.js';
 

@@ -1,4 +1,4 @@
-import type { ConcreteStrategy } from './planner.js';
+import type { ConcreteStrategy } from '../protocol/index.js';
 
 /** Everything a snapshot.create job decided before its first step; journaled, so recovery rebuilds the same steps. */
 export interface CreatePlan {

@@ -46,11 +46,14 @@ describe('live-rotate disabled (config)', () => {
   });
 
   it('ping offers live-rotate unless it is disabled (enabled by default)', () => {
-    const available = { available: true, lvmPools: true, filePools: [], reasons: [] };
-    const caps = {
-      strategies: { offline: available, 'lvm-cow': available, 'live-rotate': available },
+    // A host where every strategy can run.
+    const caps: Capabilities = {
+      probedAt: new Date().toISOString(),
       tools: { qemuImg: '7.2', qemu: '7.2', libvirt: '9.0', lvm: '2.03' },
-    } as unknown as Capabilities;
+      qmp: { commands: null, blockdevReopen: true, changeBackingFile: true },
+      reflink: [{ root: '/pools', supported: true, reason: null }],
+      problems: [],
+    };
     expect(hostReport(caps, { liveRotate: 'disabled' }).strategies).toEqual(['auto', 'offline', 'lvm-cow']);
     expect(hostReport(caps).strategies).toEqual(['auto', 'offline', 'lvm-cow', 'live-rotate']);
   });

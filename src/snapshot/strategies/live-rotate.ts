@@ -11,15 +11,16 @@
 // thick LV of the volume's full size (two per volume, three during a rotation); no LV is ever
 // renamed, so QEMU's reopen of the old top by its path always finds the same device.
 import { basename } from 'node:path';
-import { AgentError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
-import { exportStep, publishStep, verifyStep } from './common-steps.js';
-import type { SnapshotDeps } from './deps.js';
-import type { EngineJournal } from './journal.js';
-import { writeLayerRecord } from './live-layers.js';
-import type { CreatePlan } from './plan.js';
-import type { StepPlan } from './steps.js';
-import { freezeGuest, thawGuest } from './vm.js';
-import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend } from './volumes.js';
+import { AgentError, HostCommandError, InsufficientSpaceError } from '../../errors/index.js';
+import { exportStep, publishStep, verifyStep } from '../common-steps.js';
+import type { SnapshotDeps } from '../deps.js';
+import type { EngineJournal } from '../journal.js';
+import { localLayers, nextLayerName, writeLayerRecord } from '../live-layers.js';
+import type { CreatePlan } from '../plan.js';
+import type { StepPlan } from '../steps.js';
+import { freezeGuest, thawGuest } from '../vm.js';
+import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend } from '../volumes.js';
+import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
 /** Why live-rotate is refused when the host turned it off (config snapshot.liveRotate). */
 export const LIVE_ROTATE_DISABLED =
@@ -28,13 +29,55 @@ export const LIVE_ROTATE_DISABLED =
 /** How long libvirt may take to update its chain (and QEMU to close the layer) after a block commit job ended. */
 const COMMIT_SETTLE_MS = 10_000;
 
-/** The live-rotate strategy's steps for one plan. Callable without the agent. */
-export function liveRotateSteps(
+/** A running VM on a file pool or LVM, no pause: libvirt puts a new layer on top, the old top is exported. */
+export const liveRotate = {
+  name: 'live-rotate',
+  auto: { vm: 'running', rank: 0 },
+  onHost: (host, options) =>
+    supportFrom((need) => {
+      if (!need(options.liveRotate === 'enabled', LIVE_ROTATE_DISABLED))
+        return { lvmPools: false, filePools: [] };
+      const qemu = host.tools.qemu;
+      const base =
+        need(host.tools.qemuImg !== null, 'qemu-img not found') &&
+        need(host.tools.libvirt !== null, 'libvirt not available') &&
+        need(
+          host.qmp.blockdevReopen,
+          `QEMU ${qemu ?? 'unknown'} has no stable blockdev-reopen (needs ≥ 6.1)`,
+        ) &&
+        need(host.qmp.changeBackingFile, 'QEMU has no change-backing-file');
+      return {
+        lvmPools: base && need(host.tools.lvm !== null, 'lvm2 not found (LVM pools)'),
+        filePools: base ? fileRoots(host) : [],
+      };
+    }),
+  probe: async ({ deps, vm, backend, virtualSize }) => {
+    if (!vm?.running || vm.target === null) return null;
+    if (deps.liveRotate === 'disabled') return { supported: false, reason: LIVE_ROTATE_DISABLED };
+    return probeLiveRotate(deps, vm.name, vm.target, backend, virtualSize);
+  },
+  fit: ({ vmRunning, probe }) => {
+    if (!vmRunning) return { fits: false, whyNot: 'the VM is not running; offline snapshots a stopped VM' };
+    if (!probe?.supported) return { fits: false, whyNot: probe?.reason ?? 'not probed' };
+    return { fits: true, why: probe.reason ?? 'supported' };
+  },
+  space: 'overlay',
+  rewritesActiveHeader: false,
+  movesActiveLayerAt: 'switch',
+  planLayers: async (backend, activeChain) => ({
+    stagingName: await nextLayerName(backend, backend.activeName),
+    liveLayers: localLayers(backend, activeChain),
+  }),
+  steps: liveRotateSteps,
+} satisfies Strategy;
+
+/** The live-rotate strategy's steps for one plan. */
+function liveRotateSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
   journal: EngineJournal,
-  hooks: { onExportProgress?: (percent: number) => void; midStep?: (step: string) => void } = {},
+  hooks: StrategyHooks = {},
 ): StepPlan {
   const vm = plan.vm;
   if (vm === null || !plan.vmRunning) throw new Error('live-rotate needs a running VM (the planner checks)');
@@ -251,7 +294,7 @@ export function liveRotateSteps(
  * as the kind of source the pool has (a `block` disk for an LV, a `file` disk in a file pool), and
  * the pool has room for the new layer (on LVM a thick LV of the volume's full size).
  */
-export async function probeLiveRotate(
+async function probeLiveRotate(
   deps: Pick<SnapshotDeps, 'libvirt'>,
   vm: string,
   target: string,
