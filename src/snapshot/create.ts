@@ -12,7 +12,7 @@ import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { Failpoints } from './failpoints.js';
 import { EngineJournal } from './journal.js';
-import { activeLayerBackend, layerHoldsWritesSince, volumeAt } from './live-layers.js';
+import { existingActiveLayer, layerHoldsWritesSince, volumeAt } from './live-layers.js';
 import type { CreatePlan } from './plan.js';
 import { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
 import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
@@ -87,12 +87,7 @@ export function createSteps(
 /** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */
 export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Promise<CreatePlan> {
   const params = ctx.command.params;
-  const backend = await activeLayerBackend(params.volume, params.vm, deps);
-  if (!(await pathExists(backend.activePath))) {
-    throw new AgentError('VOLUME_NOT_FOUND', `volume ${backend.activePath} does not exist`, {
-      details: { path: backend.activePath },
-    });
-  }
+  const backend = await existingActiveLayer(params.volume, params.vm, deps);
   const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
   const vmRunning = vm?.running ?? false;
   // Every backing of the active volume must resolve (the store mounted, seed defect 3) before we start.

@@ -10,6 +10,7 @@ import { AgentError, HostCommandError } from '../errors/index.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import { fsyncDirectory } from '../host/store.js';
 import type { VolumeRef } from '../protocol/index.js';
+import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend, volumeBackend } from './volumes.js';
 
@@ -191,6 +192,21 @@ export function volumeAt(volume: VolumeRef, activePath: string): VolumeRef {
   return volume.kind === 'file'
     ? { ...volume, file: basename(activePath) }
     : { ...volume, lv: basename(activePath) };
+}
+
+/** activeLayerBackend, for a command that needs the layer to exist (VOLUME_NOT_FOUND otherwise). */
+export async function existingActiveLayer(
+  volume: VolumeRef,
+  vm: string | null,
+  deps: SnapshotDeps,
+): Promise<VolumeBackend> {
+  const backend = await activeLayerBackend(volume, vm, deps);
+  if (!(await pathExists(backend.activePath))) {
+    throw new AgentError('VOLUME_NOT_FOUND', `volume ${backend.activePath} does not exist`, {
+      details: { path: backend.activePath },
+    });
+  }
+  return backend;
 }
 
 /**

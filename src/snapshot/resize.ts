@@ -8,9 +8,8 @@
 import { AgentError } from '../errors/index.js';
 import type { JobContext } from '../jobs/types.js';
 import type { VolumeResizeResult } from '../protocol/index.js';
-import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
-import { activeLayerBackend, localLayers } from './live-layers.js';
+import { existingActiveLayer, localLayers } from './live-layers.js';
 import { inspectVm } from './vm.js';
 import { LvmVolumeBackend } from './volumes.js';
 
@@ -18,12 +17,7 @@ type ResizeContext = JobContext<'volume.resize'>;
 
 export async function resizeVolume(ctx: ResizeContext, deps: SnapshotDeps): Promise<VolumeResizeResult> {
   const params = ctx.command.params;
-  const backend = await activeLayerBackend(params.volume, params.vm, deps);
-  if (!(await pathExists(backend.activePath))) {
-    throw new AgentError('VOLUME_NOT_FOUND', `volume ${backend.activePath} does not exist`, {
-      details: { path: backend.activePath },
-    });
-  }
+  const backend = await existingActiveLayer(params.volume, params.vm, deps);
   const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
   const chain = await deps.store.readChain(backend.activePath);
   const previous = chain[0]!.virtualSize;

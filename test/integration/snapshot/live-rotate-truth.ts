@@ -12,6 +12,7 @@ import type { VolumeRef } from '../../../src/protocol/index.js';
 import type { SnapshotDeps } from '../../../src/snapshot/index.js';
 import { checkExitCode } from '../../helpers/images.js';
 import { guestFlush, type TestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
+import type { SecondLibvirtd } from '../../helpers/libvirt2.js';
 import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
 import { qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
 import { command, type Harness, runCreate } from './harness.js';
@@ -132,6 +133,36 @@ export class RotationChecks {
     await this.snapshot(label);
     await guestFlush(this.dom);
     await this.libvirtIsTruthful();
+  }
+
+  /**
+   * The libvirt operations that follow in real life, each followed by afterOperation: managedsave +
+   * start (what libvirt-guests does at host shutdown), save + restore, destroy + start, and live
+   * migration to a second libvirtd (`startSecond`; shared storage) and back.
+   */
+  async throughLibvirtOperations(startSecond: () => Promise<SecondLibvirtd>): Promise<void> {
+    const dom = this.dom.name;
+    await virsh(['managedsave', dom]);
+    await virsh(['start', dom]);
+    await this.afterOperation('managedsave + start');
+
+    const saved = join(this.h.base, 'saved.img');
+    await virsh(['save', dom, saved]);
+    await virsh(['restore', saved]);
+    await this.afterOperation('save + restore');
+
+    await virsh(['destroy', dom]);
+    await virsh(['start', dom]);
+    await this.afterOperation('destroy + start');
+
+    const second = await startSecond();
+    await virsh(['migrate', '--live', '--unsafe', dom, second.uri]);
+    await this.libvirtIsTruthful((args) => second.virsh(args), second.uri);
+    await this.readBack(second.uri);
+    await execa('virsh', ['-c', second.uri, 'migrate', '--live', '--unsafe', dom, 'qemu:///system'], {
+      timeout: 120_000,
+    });
+    await this.afterOperation('migration and back');
   }
 
   /** Every snapshot still equals the disk of its moment. */
