@@ -39,6 +39,16 @@ export class LoopLvm {
     return lvm;
   }
 
+  /** The same "VG" in another process (its state is on disk: records, loop devices, /dev/<vg>). */
+  static open(vg: string, dir: string, capacityBytes: number): LoopLvm {
+    return new LoopLvm(vg, dir, capacityBytes);
+  }
+
+  /** What another process needs to open this "VG". */
+  get spec(): { vg: string; dir: string; capacityBytes: number } {
+    return { vg: this.vg, dir: this.dir, capacityBytes: this.capacityBytes };
+  }
+
   /** The stand-in typed as the adapter it replaces. */
   asLvm(): Lvm {
     return this as unknown as Lvm;

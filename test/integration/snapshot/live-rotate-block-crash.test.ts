@@ -1,0 +1,107 @@
+// Crash matrix of live-rotate on block devices named like LVs (the LoopLvm stand-in for LVM, real
+// libvirt and QEMU): a child process runs snapshot.create and SIGKILLs itself at a step boundary
+// (AGENT_FAILPOINTS, as the agent's crash matrix does); the guest writes while it is dead; then
+// recovery (createSnapshot with recovering: true on the same journal) rolls back before the switch
+// and finishes after it. After each cell: the outcome, only the base's and the active layer's
+// devices exist (a rolled-back new layer and a merged old top are removed), libvirt describes the
+// chain QEMU reads, the whole disk read back through QEMU equals the reference, a finished snapshot
+// equals the disk when it was taken, and the next snapshot is a right delta.
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { describe, expect, it } from 'vitest';
+import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
+import { LoopLvm } from '../../helpers/loop-lvm.js';
+import { differsFromReference } from '../../helpers/reference-images.js';
+import { command, FileStepJournal, jobContext } from './harness.js';
+import { RotationChecks } from './live-rotate-truth.js';
+import { libvirtSuite, runningVolume } from './suite.js';
+
+const MiB = 1024 * 1024;
+const { h, cleanup } = libvirtSuite('lrbcrash');
+const CHILD = join(import.meta.dirname, 'loop-lvm-create-child.ts');
+
+// Point of no return: the switch. Finishing cells first, so the rolled-back one is a delta too.
+const cells: Array<[string, boolean]> = [
+  ['live-rotate:switch:during', false], // libvirt switched, the journal still says started
+  ['live-rotate:record-layer:after', false], // three layers: the commit is still to come
+  ['live-rotate:commit-frozen:during', false], // libvirt's commit runs on without the agent
+  ['live-rotate:remove-frozen:before', false], // merged, the old top's device still there
+  ['live-rotate:create-overlay:after', true], // a new empty layer that must go
+];
+
+describe('crash matrix: live-rotate on block devices named like LVs', () => {
+  it('kill -9 at each cell, recover: rolled back before the switch, finished after it; chain, devices and data right', async () => {
+    const lvDir = join(h.base, 'lvs');
+    await mkdir(lvDir);
+    const vg = await LoopLvm.create(cleanup, lvDir, 1024 * MiB);
+    const deps: SnapshotDeps = { ...h.deps, lvm: vg.asLvm() };
+    const size = 32 * MiB;
+    const { fullyAllocatedBytes } = await h.deps.qemuImg.measure({ sizeBytes: size });
+    await vg.createVolume({ vg: vg.vg, name: 'vol', sizeBytes: fullyAllocatedBytes });
+    const { dom, live } = await runningVolume(h, cleanup, {
+      label: 'lrbcrash',
+      device: vg.pathOf('vol'),
+      sizeBytes: size,
+      reference: 'live.raw',
+    });
+    const pool = {
+      sourceAttribute: 'dev' as const,
+      baseName: 'vol',
+      pathOf: (name: string) => vg.pathOf(name),
+      volumeRef: (name: string) => ({ kind: 'lvm' as const, vg: vg.vg, lv: name }),
+      layers: async () => (await vg.listVolumes(vg.vg)).map((lv) => lv.name),
+    };
+    const r = new RotationChecks(h, deps, dom, live, pool, size);
+    await r.write();
+    await r.snapshot('first');
+
+    for (const [point, rollsBack] of cells) {
+      await r.write();
+      const name = `snap-${r.names.length + 1}`;
+      const ref = await live.freeze(join(h.base, `ref-${name}.raw`));
+      const cmd = command('snapshot.create', {
+        volume: pool.volumeRef('vol'),
+        vm: dom.name,
+        store: { root: h.storeRoot, dir: 'vol' },
+        parents: r.names,
+        snapshot: name,
+      });
+      const journal = join(h.base, `${cmd.id}.json`);
+      const child = await execa(
+        'node',
+        [
+          '--import',
+          'tsx',
+          CHILD,
+          JSON.stringify({ lvm: vg.spec, storeRoot: h.storeRoot, command: cmd, journal }),
+        ],
+        { reject: false, timeout: 300_000, env: { AGENT_FAILPOINTS: point }, all: true },
+      );
+      expect(child.signal, `${point}: ${child.all}`).toBe('SIGKILL');
+      await r.write(); // while the "agent" is dead
+
+      const recovery = createSnapshot(
+        jobContext(cmd, await FileStepJournal.load(journal), { recovering: true }),
+        deps,
+      );
+      if (rollsBack) {
+        await expect(recovery, point).rejects.toMatchObject({ details: { rolledBack: true } });
+      } else {
+        const result = await recovery;
+        expect(result.activePath, point).toBe(r.current);
+        r.current = result.volumePath!;
+        r.names.push(name);
+        r.refs.push(ref.path);
+        expect(await differsFromReference(result.snapshot.path, ref), point).toBeNull();
+      }
+      expect((await pool.layers()).sort(), point).toEqual(
+        ['vol', r.current.slice(`/dev/${vg.vg}/`.length)].sort(),
+      );
+      await r.libvirtIsTruthful();
+      await r.readBack();
+      await r.snapshot(`after ${point}`);
+    }
+    await r.snapshotsStillRight();
+  }, 600_000);
+});
