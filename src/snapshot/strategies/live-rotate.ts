@@ -24,7 +24,7 @@ import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './str
 
 /** Why live-rotate is refused when the host turned it off (config snapshot.liveRotate). */
 export const LIVE_ROTATE_DISABLED =
-  "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
+  "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file or LV with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
 
 /** How long libvirt may take to update its chain (and QEMU to close the layer) after a block commit job ended. */
 const COMMIT_SETTLE_MS = 10_000;
