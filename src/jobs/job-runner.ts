@@ -12,7 +12,7 @@ import type { Logger } from '../observability/logger.js';
 import type { AgentMetrics } from '../observability/metrics.js';
 import { volumeLabel } from '../observability/volume-metrics.js';
 import type { Command, CommandType, EventData, VolumeRef } from '../protocol/index.js';
-import { REJECTION_CODE_LIST, type RejectionCode, volumeKey } from '../protocol/index.js';
+import { REJECTION_CODE_LIST, type RejectionCode, volumeFamilyKey, volumeKey } from '../protocol/index.js';
 import { type IntakePolicy, type IntakeResult, validateIncoming } from './command-validation.js';
 import { buildEvent } from './events.js';
 import type { JobJournal, JobRecord } from './journal.js';
@@ -600,7 +600,7 @@ export function newRecord(
 ): JobRecord {
   const volume = volumeOf(command);
   let lockKey: string | null = null;
-  if (volume) lockKey = `volume:${volumeKey(volume)}`;
+  if (volume) lockKey = `volume:${volumeFamilyKey(volume)}`;
   else if (command.type === 'chain.verify')
     lockKey = `store:${command.params.store.root}/${command.params.store.dir}`;
   const accepted = buildEvent('accepted', {

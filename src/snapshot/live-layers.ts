@@ -9,29 +9,10 @@ import { basename, dirname, join } from 'node:path';
 import { AgentError, HostCommandError } from '../errors/index.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import { fsyncDirectory } from '../host/store.js';
-import type { VolumeRef } from '../protocol/index.js';
+import { baseNameOf, familyNames, isLayerName, type VolumeRef } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend, volumeBackend } from './volumes.js';
-
-/** Names an active layer of a rotated volume takes: `<base>.lr-a` ... (the first free one). */
-const LAYER_SUFFIXES = ['a', 'b', 'c', 'd'].map((s) => `.lr-${s}`);
-const LAYER_NAME = /\.lr-[a-d]$/;
-
-/** The volume's base name (the file the volume was created as) for any of its layer names. */
-export function baseNameOf(name: string): string {
-  return name.replace(LAYER_NAME, '');
-}
-
-/** The volume's names in a pool: its base name first, then every layer name. */
-export function familyNames(name: string): string[] {
-  const base = baseNameOf(name);
-  return [base, ...LAYER_SUFFIXES.map((s) => `${base}${s}`)];
-}
-
-export function isLayerName(name: string): boolean {
-  return LAYER_NAME.test(name);
-}
 
 /** The first layer name of the volume that no file or LV uses: the next active layer. */
 export async function nextLayerName(
