@@ -300,7 +300,10 @@ describe('live-rotate on an LVM volume held by a running QEMU', () => {
       expect(heldDmDevices(vm!.pid)).toEqual([dmNode(base.path), dmNode(current)].sort());
       expect(await vm!.diskSources()).toEqual([current, base.path]);
       expect(await differsFromReference(current, live), label).toBeNull();
-      console.log(`${label}: ${name} ${result.snapshot.kind}, ${Math.round(performance.now() - started)} ms`);
+      console.log(
+        `${label}: ${name} ${result.snapshot.kind}, ${Math.round(performance.now() - started)} ms`,
+        `(steps: ${result.steps.map((st) => `${st.name} ${st.durationMs}`).join(', ')})`,
+      );
     };
 
     for (let i = 0; i < 6; i++) {
