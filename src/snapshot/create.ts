@@ -1,30 +1,19 @@
 import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import {
-  AgentError,
-  JobInterruptedError,
-  PathExistsError,
-  StrategyUnavailableError,
-} from '../errors/index.js';
+import { AgentError, PathExistsError, StrategyUnavailableError } from '../errors/index.js';
 import type { JobContext } from '../jobs/types.js';
 import type { SnapshotCreateResult } from '../protocol/index.js';
 import { pathExists } from './chain.js';
+import { checkpoint } from './checkpoints.js';
 import type { SnapshotDeps } from './deps.js';
-import { Failpoints } from './failpoints.js';
-import { EngineJournal } from './journal.js';
 import { existingActiveLayer, layerHoldsWritesSince, volumeAt } from './live-layers.js';
-import type { CreatePlan } from './plan.js';
+import type { CreateFacts, CreateJournal, CreatePlan } from './plan.js';
+import { runPlannedJob } from './planned-job.js';
 import { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
-import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
+import type { StepPlan } from './steps.js';
 import { STRATEGIES, type StrategyHooks, strategyOf, type VolumeProbe } from './strategies/index.js';
-import {
-  inspectVm,
-  pinnedBackingChain,
-  pinnedChainReason,
-  resumeIfPausedByUs,
-  thawIfFrozenByUs,
-} from './vm.js';
-import { jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
+import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
+import { FileVolumeBackend, jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
 type CreateContext = JobContext<'snapshot.create'>;
 
@@ -33,53 +22,32 @@ type CreateContext = JobContext<'snapshot.create'>;
  * strategy's steps, and returns the SnapshotCreateResult. With `ctx.recovering` it rebuilds the
  * steps from the journaled plan and rolls back or finishes (see steps.ts).
  */
-export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Promise<SnapshotCreateResult> {
-  const journal = new EngineJournal(ctx.journal);
-  let plan = journal.get().plan as CreatePlan | null;
-  try {
-    if (plan === null) {
-      // Nothing was done before the plan was journaled: an interrupted job is simply not done.
-      if (ctx.recovering) throw new JobInterruptedError(null);
-      plan = await makeCreatePlan(ctx, deps);
-      await journal.setPlan(plan);
-    }
-  } catch (error) {
-    throw withOutcome(error, { rolledBack: true, step: null });
-  }
-  // The plan names the layer it snapshots (a command may name the volume by another of its names).
-  const backend = await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps);
-  const steps = createSteps(plan, backend, deps, journal);
-  try {
-    if (ctx.recovering) {
-      // Invariant 4: a VM we paused (or froze) is released before anything else.
-      await resumeIfPausedByUs(deps.libvirt, journal);
-      await thawIfFrozenByUs(deps.libvirt, journal);
-    }
-  } catch (error) {
-    throw withOutcome(error, { rolledBack: false, step: null });
-  }
-  try {
-    await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
-  } catch (error) {
-    throw withVolumePath(error, plan, journal);
-  }
-  return createResult(plan, journal, steps);
+export function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Promise<SnapshotCreateResult> {
+  return runPlannedJob<CreatePlan, CreateFacts, SnapshotCreateResult>(ctx, deps, {
+    plan: () => makeCreatePlan(ctx, deps),
+    steps: async (plan, journal) => {
+      // The plan names the layer it snapshots (a command may name the volume by another of its names).
+      const backend = await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps);
+      return createSteps(plan, backend, deps, journal);
+    },
+    result: createResult,
+    failure: withVolumePath,
+  });
 }
 
-/** The job's step list for a plan (its strategy's, from the table), with the failpoints hooked in. */
+/** The job's step list for a plan (its strategy's, from the table), its checkpoints published. */
 export function createSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
+  journal: CreateJournal,
 ): StepPlan {
-  const failpoints = deps.failpoints ?? Failpoints.none;
   const hooks: StrategyHooks = {
     onExportProgress: (percent: number) => {
-      if (percent > 0 && percent < 100) failpoints.hit(`${plan.strategy}:export:during`);
+      if (percent > 0 && percent < 100) checkpoint(`${plan.strategy}:export:during`);
     },
     // Inside a step, at its critical moment (VM paused by lvm-cow, right after live-rotate's switch).
-    midStep: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
+    midStep: (step: string) => checkpoint(`${plan.strategy}:${step}:during`),
   };
   return STRATEGIES[plan.strategy].steps(plan, backend, deps, journal, hooks);
 }
@@ -188,7 +156,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
 /** The succeeded result: built from the plan and the journal, plus the file's size. */
 async function createResult(
   plan: CreatePlan,
-  journal: EngineJournal,
+  journal: CreateJournal,
   steps: StepPlan,
 ): Promise<SnapshotCreateResult> {
   const record = journal.get();
@@ -219,17 +187,17 @@ async function createResult(
 }
 
 /** The volume's active layer after the job: a strategy's new layer once it moved there (live-rotate's switch). */
-function volumePathOf(plan: CreatePlan, journal: EngineJournal): string {
+function volumePathOf(plan: CreatePlan, journal: CreateJournal): string {
   return activeLayerMoved(plan, journal) ? join(dirname(plan.activePath), plan.stagingName) : plan.activePath;
 }
 
-function activeLayerMoved(plan: CreatePlan, journal: EngineJournal): boolean {
+function activeLayerMoved(plan: CreatePlan, journal: CreateJournal): boolean {
   const step = strategyOf(plan.strategy).movesActiveLayerAt;
   return step !== undefined && journal.get().steps[step] === 'done';
 }
 
 /** A failure after the active layer moved still tells the management plane where the volume is now. */
-function withVolumePath(error: unknown, plan: CreatePlan, journal: EngineJournal): unknown {
+function withVolumePath(error: unknown, plan: CreatePlan, journal: CreateJournal): unknown {
   if (!(error instanceof AgentError) || !activeLayerMoved(plan, journal)) return error;
   return new AgentError(error.code, error.message, {
     cause: error.cause ?? error,

@@ -14,9 +14,8 @@ import { basename } from 'node:path';
 import { AgentError, HostCommandError, InsufficientSpaceError } from '../../errors/index.js';
 import { exportStep, publishStep, verifyStep } from '../common-steps.js';
 import type { SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
 import { localLayers, nextLayerName, writeLayerRecord } from '../live-layers.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { freezeGuest, thawGuest } from '../vm.js';
 import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend } from '../volumes.js';
@@ -76,7 +75,7 @@ function liveRotateSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
+  journal: CreateJournal,
   hooks: StrategyHooks = {},
 ): StepPlan {
   const vm = plan.vm;

@@ -5,8 +5,7 @@ import { qcow2Blockdev, reopenWithBacking } from '../../host/libvirt.js';
 import { backingOf } from '../chain.js';
 import { exportStep, publishStep, setBackingUnsafe, verifyStep } from '../common-steps.js';
 import type { SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { freezeGuest, thawGuest, withVmPaused } from '../vm.js';
 import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
@@ -64,7 +63,7 @@ function lvmCowSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
+  journal: CreateJournal,
   hooks: StrategyHooks = {},
 ): StepPlan {
   const clonePath = backend.pathOf(plan.cloneName);

@@ -1,10 +1,16 @@
 // Strategy "offline" (stopped VM), see docs/strategies.md:
 //   create-staging → export → publish → verify → rebase-staging → retire-active →
 //   promote-staging (point of no return) → remove-retired
-import { exportStep, publishStep, setBackingUnsafe, swapSteps, verifyStep } from '../common-steps.js';
+import {
+  createStagingStep,
+  exportStep,
+  publishStep,
+  setBackingUnsafe,
+  swapSteps,
+  verifyStep,
+} from '../common-steps.js';
 import type { SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import type { VolumeBackend } from '../volumes.js';
 import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
@@ -35,7 +41,7 @@ function offlineSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  _journal: EngineJournal,
+  _journal: CreateJournal,
   hooks: StrategyHooks = {},
 ): StepPlan {
   const stagingPath = backend.pathOf(plan.stagingName);
@@ -44,21 +50,10 @@ function offlineSteps(
     kind: 'offline',
     pointOfNoReturn: 'promote-staging',
     steps: [
-      {
-        // An empty overlay on the active image: it becomes the volume once the export is done.
-        name: 'create-staging',
-        run: async () => {
-          await backend.remove(plan.stagingName); // a half-made one from an earlier attempt of this job
-          await backend.createOverlay(
-            plan.stagingName,
-            { file: plan.activePath, format: 'qcow2' },
-            plan.virtualSize,
-          );
-        },
-        undo: async () => {
-          await backend.remove(plan.stagingName);
-        },
-      },
+      // An empty overlay on the active image: it becomes the volume once the export is done.
+      createStagingStep(backend, plan.stagingName, () =>
+        backend.createOverlay(plan.stagingName, { file: plan.activePath, format: 'qcow2' }, plan.virtualSize),
+      ),
       exportStep(deps, {
         source: plan.activePath,
         partPath: plan.partPath,

@@ -4,8 +4,7 @@
 import type { Capabilities } from '../../host/capabilities.js';
 import type { ConcreteStrategy } from '../../protocol/index.js';
 import type { SnapshotDeps } from '../deps.js';
-import type { EngineJournal } from '../journal.js';
-import type { CreatePlan } from '../plan.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import type { VmView } from '../vm.js';
 import type { VolumeBackend } from '../volumes.js';
@@ -82,7 +81,7 @@ export interface Strategy {
     plan: CreatePlan,
     backend: VolumeBackend,
     deps: SnapshotDeps,
-    journal: EngineJournal,
+    journal: CreateJournal,
     hooks?: StrategyHooks,
   ): StepPlan;
 }

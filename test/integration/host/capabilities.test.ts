@@ -12,8 +12,8 @@ import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { hostSupport } from '../../../src/snapshot/strategies/index.js';
-import { tempDir } from '../../helpers/images.js';
-import { mountXfs, type XfsMount } from '../../helpers/xfs.js';
+import { tempDir } from '../../support/images.js';
+import { mountXfs, type XfsMount } from '../../support/xfs.js';
 
 let xfs: XfsMount;
 let ext: { dir: string; cleanup: () => Promise<void> };

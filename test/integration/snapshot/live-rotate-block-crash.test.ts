@@ -11,15 +11,17 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { LoopLvm } from '../../helpers/loop-lvm.js';
-import { differsFromReference } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, jobContext } from './harness.js';
-import { RotationChecks } from './live-rotate-truth.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { RotationChecks } from '../../support/live-rotate-truth.js';
+import { LoopLvm } from '../../support/loop-lvm.js';
+import { differsFromReference } from '../../support/reference-images.js';
+import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('lrbcrash');
-const CHILD = join(import.meta.dirname, 'loop-lvm-create-child.ts');
+const SUPPORT = join(import.meta.dirname, '../../support');
+const CHILD = join(SUPPORT, 'loop-lvm-create-child.ts');
+const FAILPOINTS = join(SUPPORT, 'failpoints-preload.ts');
 
 // Point of no return: the switch. Finishing cells first, so the rolled-back one is a delta too.
 const cells: Array<[string, boolean]> = [

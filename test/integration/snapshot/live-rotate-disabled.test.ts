@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hostReport } from '../../../src/handlers/index.js';
 import type { Capabilities } from '../../../src/host/capabilities.js';
-import { createQcow2, guestWrite, imageInfo, startTestDomain } from '../../helpers/libvirt-fixtures.js';
-import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { createQcow2, guestWrite, imageInfo, startTestDomain } from '../../support/libvirt-fixtures.js';
+import { libvirtSuite } from '../../support/libvirt-suite.js';
+import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('lrdis', { reflink: true, liveRotate: 'disabled' });

@@ -5,11 +5,11 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { resizeVolume } from '../../../src/snapshot/index.js';
-import { guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
-import { readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { command, FileStepJournal, jobContext } from './harness.js';
-import { rawDiffers } from './live-rotate-truth.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { guestWrite, virsh } from '../../support/libvirt-fixtures.js';
+import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { rawDiffers } from '../../support/live-rotate-truth.js';
+import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
+import { readBackThroughQemu } from '../../support/vm-watch.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('vresize');

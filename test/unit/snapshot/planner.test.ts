@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { Failpoints } from '../../../src/snapshot/failpoints.js';
 import { chooseKind, chooseStrategy } from '../../../src/snapshot/planner.js';
 
 describe('chooseStrategy', () => {
@@ -94,28 +93,5 @@ describe('chooseKind', () => {
     const choice = chooseKind({ ...base, ...change });
     expect(choice.kind).toBe('full');
     expect(choice.kind === 'full' && choice.reason).toMatch(reason);
-  });
-});
-
-describe('Failpoints', () => {
-  it('is inert unless set, and reads points and the export rate', () => {
-    expect(Failpoints.parse(undefined).active).toBe(false);
-    const fp = Failpoints.parse('offline:export:before, lvm-cow:export:during,export-rate=4M');
-    expect(fp.active).toBe(true);
-    expect(fp.exportRate).toBe('4M');
-    expect(() => Failpoints.parse('rm -rf')).toThrow(/cannot read/);
-  });
-  it('adds -r to qemu-img convert only', async () => {
-    const calls: string[][] = [];
-    const run = Failpoints.parse('export-rate=1M').wrapRunner(async (_file, args) => {
-      calls.push([...args]);
-      return { stdout: '', stderr: '', exitCode: 0, durationMs: 0 };
-    });
-    await run('qemu-img', ['convert', '-f', 'qcow2'], { timeoutMs: 1 });
-    await run('qemu-img', ['info', 'x'], { timeoutMs: 1 });
-    expect(calls).toEqual([
-      ['convert', '-r', '1M', '-f', 'qcow2'],
-      ['info', 'x'],
-    ]);
   });
 });

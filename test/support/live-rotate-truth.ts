@@ -8,15 +8,15 @@ import { copyFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { expect } from 'vitest';
-import type { VolumeRef } from '../../../src/protocol/index.js';
-import type { SnapshotDeps } from '../../../src/snapshot/index.js';
-import { checkExitCode } from '../../helpers/images.js';
-import { guestFlush, type TestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
-import type { SecondLibvirtd } from '../../helpers/libvirt2.js';
-import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
-import { qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { command, type Harness, runCreate } from './harness.js';
-import { guestWriteRound } from './suite.js';
+import type { VolumeRef } from '../../src/protocol/index.js';
+import type { SnapshotDeps } from '../../src/snapshot/index.js';
+import { checkExitCode } from './images.js';
+import { guestFlush, type TestDomain, virsh } from './libvirt-fixtures.js';
+import { guestWriteRound } from './libvirt-suite.js';
+import type { SecondLibvirtd } from './libvirt2.js';
+import { differsFromReference, type ReferenceDisk } from './reference-images.js';
+import { command, type Harness, runCreate } from './snapshot-harness.js';
+import { qemuChain, readBackThroughQemu } from './vm-watch.js';
 
 /** Oracle: two raw files hold the same bytes (`qemu-img compare`, sizes may differ by zeros). */
 export async function rawDiffers(a: string, b: string): Promise<string | null> {
