@@ -75,6 +75,8 @@ describe('crash matrix: live-rotate on block devices named like LVs', () => {
         [
           '--import',
           'tsx',
+          '--import',
+          FAILPOINTS,
           CHILD,
           JSON.stringify({ lvm: vg.spec, storeRoot: h.storeRoot, command: cmd, journal }),
         ],

@@ -1,6 +1,6 @@
 // Issue 15 on LVM, the libvirt side: live rotation of a `<disk type='block'>` whose layers are block
 // devices named like LVs (/dev/<vg>/<lv>). This host has no device-mapper, so the LVs are loop
-// devices behind LVM-like paths (test/helpers/loop-lvm.ts); real LVM is the lab suite's part
+// devices behind LVM-like paths (test/support/loop-lvm.ts); real LVM is the lab suite's part
 // (test/lab/suites/live-rotate-lvm.test.ts). One running type='qemu' domain, five rotations (libvirt
 // switches with `stype=block`, commits into the base "LV", the old top's device is removed), then
 // in sequence: domblkinfo + dumpxml → volume.resize (the LVs grow, then blockresize) →
