@@ -4,16 +4,17 @@
 // (new) QEMU equals an independent raw reference, and the next snapshot is a delta holding exactly
 // the disk of its moment.
 
-import { copyFile } from 'node:fs/promises';
+import { copyFile, mkdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { expect } from 'vitest';
 import type { VolumeRef } from '../../src/protocol/index.js';
 import type { SnapshotDeps } from '../../src/snapshot/index.js';
 import { checkExitCode } from './images.js';
-import { guestFlush, type TestDomain, virsh } from './libvirt-fixtures.js';
-import { guestWriteRound } from './libvirt-suite.js';
+import { type Cleanup, guestFlush, type TestDomain, virsh } from './libvirt-fixtures.js';
+import { guestWriteRound, runningVolume } from './libvirt-suite.js';
 import type { SecondLibvirtd } from './libvirt2.js';
+import { LoopLvm } from './loop-lvm.js';
 import { differsFromReference, type ReferenceDisk } from './reference-images.js';
 import { command, type Harness, runCreate } from './snapshot-harness.js';
 import { qemuChain, readBackThroughQemu } from './vm-watch.js';
@@ -172,4 +173,37 @@ export class RotationChecks {
       expect(await differsFromReference(path, { path: this.refs[i]! } as ReferenceDisk), name).toBeNull();
     }
   }
+}
+
+/**
+ * A running domain on a QCOW2 volume `vol` of `sizeBytes` on a LoopLvm "VG" (block devices named
+ * like LVs, in the harness's base directory), the engine's deps using that VG, and the rotation
+ * checks of its disk. The reference is `referenceBytes` long (default: the volume's size).
+ */
+export async function rotatingLoopLvmVolume(
+  h: Harness,
+  cleanup: Cleanup,
+  opts: { label: string; sizeBytes: number; referenceBytes?: number },
+) {
+  const lvDir = join(h.base, 'lvs');
+  await mkdir(lvDir);
+  const vg = await LoopLvm.create(cleanup, lvDir, 1024 * 1024 * 1024);
+  const deps: SnapshotDeps = { ...h.deps, lvm: vg.asLvm() };
+  const { fullyAllocatedBytes } = await h.deps.qemuImg.measure({ sizeBytes: opts.sizeBytes });
+  await vg.createVolume({ vg: vg.vg, name: 'vol', sizeBytes: fullyAllocatedBytes });
+  const { dom, live } = await runningVolume(h, cleanup, {
+    label: opts.label,
+    device: vg.pathOf('vol'),
+    sizeBytes: opts.sizeBytes,
+    reference: 'live.raw',
+    ...(opts.referenceBytes === undefined ? {} : { referenceBytes: opts.referenceBytes }),
+  });
+  const pool: RotatedPool = {
+    sourceAttribute: 'dev',
+    baseName: 'vol',
+    pathOf: (name) => vg.pathOf(name),
+    volumeRef: (name) => ({ kind: 'lvm', vg: vg.vg, lv: name }),
+    layers: async () => (await vg.listVolumes(vg.vg)).map((lv) => lv.name),
+  };
+  return { vg, deps, dom, live, pool, r: new RotationChecks(h, deps, dom, live, pool, opts.sizeBytes) };
 }

@@ -1,19 +1,9 @@
-// Crash matrix of live-rotate on block devices named like LVs (the LoopLvm stand-in for LVM, real
-// libvirt and QEMU): a child process runs snapshot.create and SIGKILLs itself at a step boundary
-// (AGENT_FAILPOINTS, as the agent's crash matrix does); the guest writes while it is dead; then
-// recovery (createSnapshot with recovering: true on the same journal) rolls back before the switch
-// and finishes after it. After each cell: the outcome, only the base's and the active layer's
-// devices exist (a rolled-back new layer and a merged old top are removed), libvirt describes the
-// chain QEMU reads, the whole disk read back through QEMU equals the reference, a finished snapshot
-// equals the disk when it was taken, and the next snapshot is a right delta.
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
-import { RotationChecks } from '../../support/live-rotate-truth.js';
-import { LoopLvm } from '../../support/loop-lvm.js';
+import { createSnapshot } from '../../../src/snapshot/index.js';
+import { libvirtSuite } from '../../support/libvirt-suite.js';
+import { rotatingLoopLvmVolume } from '../../support/live-rotate-truth.js';
 import { differsFromReference } from '../../support/reference-images.js';
 import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
@@ -34,27 +24,10 @@ const cells: Array<[string, boolean]> = [
 
 describe('crash matrix: live-rotate on block devices named like LVs', () => {
   it('kill -9 at each cell, recover: rolled back before the switch, finished after it; chain, devices and data right', async () => {
-    const lvDir = join(h.base, 'lvs');
-    await mkdir(lvDir);
-    const vg = await LoopLvm.create(cleanup, lvDir, 1024 * MiB);
-    const deps: SnapshotDeps = { ...h.deps, lvm: vg.asLvm() };
-    const size = 32 * MiB;
-    const { fullyAllocatedBytes } = await h.deps.qemuImg.measure({ sizeBytes: size });
-    await vg.createVolume({ vg: vg.vg, name: 'vol', sizeBytes: fullyAllocatedBytes });
-    const { dom, live } = await runningVolume(h, cleanup, {
+    const { vg, deps, dom, live, pool, r } = await rotatingLoopLvmVolume(h, cleanup, {
       label: 'lrbcrash',
-      device: vg.pathOf('vol'),
-      sizeBytes: size,
-      reference: 'live.raw',
+      sizeBytes: 32 * MiB,
     });
-    const pool = {
-      sourceAttribute: 'dev' as const,
-      baseName: 'vol',
-      pathOf: (name: string) => vg.pathOf(name),
-      volumeRef: (name: string) => ({ kind: 'lvm' as const, vg: vg.vg, lv: name }),
-      layers: async () => (await vg.listVolumes(vg.vg)).map((lv) => lv.name),
-    };
-    const r = new RotationChecks(h, deps, dom, live, pool, size);
     await r.write();
     await r.snapshot('first');
 
