@@ -13,7 +13,7 @@ import { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
 import type { StepPlan } from './steps.js';
 import { STRATEGIES, type StrategyHooks, strategyOf, type VolumeProbe } from './strategies/index.js';
 import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
-import { FileVolumeBackend, jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
+import { jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
 type CreateContext = JobContext<'snapshot.create'>;
 
