@@ -342,6 +342,22 @@ export class Libvirt {
     ]);
   }
 
+  /**
+   * Sets the virtual size of a running disk's active layer (`virsh blockresize`, QMP block_resize
+   * on the node libvirt tracks), so the guest sees the new capacity. The layers below keep theirs.
+   */
+  async blockResize(domain: string, target: string, sizeBytes: number): Promise<void> {
+    await this.virsh([
+      'blockresize',
+      '--domain',
+      checkDomain(domain),
+      '--path',
+      checkTarget(target),
+      '--size',
+      `${sizeBytes}B`,
+    ]);
+  }
+
   /** Whether libvirt runs a block job (commit, copy, pull) on the disk now (`virsh blockjob --info`). */
   async blockJobRunning(domain: string, target: string): Promise<boolean> {
     const { stdout } = await this.virsh([

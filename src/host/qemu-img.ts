@@ -355,6 +355,18 @@ export class QemuImg {
     await this.tool(args);
   }
 
+  /** `qemu-img resize -f qcow2 <path> <size>`: grows the image's virtual size. Not on images in use. */
+  async resize(path: string, sizeBytes: number): Promise<void> {
+    await this.tool([
+      'resize',
+      '-q',
+      '-f',
+      'qcow2',
+      checkAbsolutePath(path),
+      String(checkSize(sizeBytes, 'sizeBytes')),
+    ]);
+  }
+
   /**
    * `qemu-img convert`: exports `source` (its whole chain flattened, or with `backing` only its top
    * layer) into `target`. With `progress`, runs with `-p` and reports percent and bytes.

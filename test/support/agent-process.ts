@@ -12,7 +12,7 @@ import { brokerUrl } from './broker.js';
 import { expectOutboxEmpty, QueueFence } from './drain.js';
 import { FAILPOINTS_PRELOAD } from './failpoints.js';
 
-const ROOT = join(import.meta.dirname, '..', '..', '..');
+const ROOT = join(import.meta.dirname, '..', '..');
 
 export interface AgentEnv {
   hostId: string;

@@ -42,17 +42,25 @@ export function libvirtSuite(
 const MiB = 1024 * 1024;
 
 /**
- * A fresh QCOW2 volume `file` in the harness's pool, a running domain on it and the raw reference
- * of its live disk (`referenceBytes`, default the volume's size) in the harness's base directory.
+ * A fresh QCOW2 volume `file` in the harness's pool (or on the block device `device`), a running
+ * domain on it and the raw reference of its live disk (`referenceBytes`, default the volume's size)
+ * in the harness's base directory.
  */
 export async function runningVolume(
   h: Harness,
   cleanup: Cleanup,
-  opts: { label: string; file: string; sizeBytes: number; reference: string; referenceBytes?: number },
+  opts: { label: string; sizeBytes: number; reference: string; referenceBytes?: number } & (
+    | { file: string }
+    | { device: string }
+  ),
 ) {
-  const active = join(h.pool, opts.file);
+  const disk =
+    'device' in opts
+      ? { type: 'block' as const, path: opts.device }
+      : { type: 'file' as const, path: join(h.pool, opts.file) };
+  const active = disk.path;
   await createQcow2(active, opts.sizeBytes / MiB);
-  const dom = await startTestDomain(cleanup, { label: opts.label, disk: { type: 'file', path: active } });
+  const dom = await startTestDomain(cleanup, { label: opts.label, disk });
   const live = await ReferenceDisk.create(
     join(h.base, opts.reference),
     opts.referenceBytes ?? opts.sizeBytes,

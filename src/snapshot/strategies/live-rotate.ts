@@ -1,4 +1,4 @@
-// Strategy "live-rotate" (running VM on a file pool), see docs/strategies.md:
+// Strategy "live-rotate" (running VM on a file pool or on LVM), see docs/strategies.md:
 //   create-overlay → switch (point of no return: libvirt puts the new layer on top, QEMU writes to
 //   it) → export → publish → verify → record-layer → commit-frozen → remove-frozen
 // No pause. Everything that changes the running chain goes through libvirt (an external disk-only
@@ -7,31 +7,34 @@
 // stays on primary storage (active layer → local base); the store is a pure backup chain. The
 // export is exactly the old top layer: the writes since the previous snapshot. The cost: the active
 // layer's name changes with every snapshot (the result's `volumePath`), and each delta is written
-// twice locally (once by the guest, once by the commit into the base).
+// twice locally (once by the guest, once by the commit into the base). On LVM every layer is a
+// thick LV of the volume's full size (two per volume, three during a rotation); no LV is ever
+// renamed, so QEMU's reopen of the old top by its path always finds the same device.
+import { basename } from 'node:path';
 import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
 import { exportStep, publishStep, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
-import { familyNames, nextLayerName, writeLayerRecord } from '../live-layers.js';
+import { localLayers, nextLayerName, writeLayerRecord } from '../live-layers.js';
 import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { diskOf, freezeRecord } from '../vm.js';
-import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
+import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend } from '../volumes.js';
 import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
 /** Why live-rotate is refused when the host turned it off (config snapshot.liveRotate). */
 export const LIVE_ROTATE_DISABLED =
-  "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
+  "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file or LV with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
 
-/** How long libvirt may take to update its chain after a block commit job ended. */
+/** How long libvirt may take to update its chain (and QEMU to close the layer) after a block commit job ended. */
 const COMMIT_SETTLE_MS = 10_000;
 
-/** A running VM on a file pool, no pause: libvirt puts a new layer on top, the old top is exported. */
+/** A running VM on a file pool or LVM, no pause: libvirt puts a new layer on top, the old top is exported. */
 export const liveRotate = {
   name: 'live-rotate',
   auto: { vm: 'running', rank: 0 },
   onHost: (host, options) =>
-    supportFrom((need, reasons) => {
+    supportFrom((need) => {
       if (!need(options.liveRotate === 'enabled', LIVE_ROTATE_DISABLED))
         return { lvmPools: false, filePools: [] };
       // libvirt makes every change to the running chain (external disk-only snapshot, block
@@ -39,14 +42,15 @@ export const liveRotate = {
       const base =
         need(host.tools.qemuImg !== null, 'qemu-img not found') &&
         need(host.tools.libvirt !== null, 'libvirt not available');
-      // File pools only: on LVM the libvirt-tracked rotation is not proven yet, and the engine refuses it.
-      if (base) reasons.push('LVM pools: live rotation through libvirt is not supported on LVM yet');
-      return { lvmPools: false, filePools: base ? fileRoots(host) : [] };
+      return {
+        lvmPools: base && need(host.tools.lvm !== null, 'lvm2 not found (LVM pools)'),
+        filePools: base ? fileRoots(host) : [],
+      };
     }),
   probe: async ({ deps, vm, backend, virtualSize }) => {
     if (!vm?.running || vm.target === null) return null;
     if (deps.liveRotate === 'disabled') return { supported: false, reason: LIVE_ROTATE_DISABLED };
-    return probeLiveRotate(backend, virtualSize);
+    return probeLiveRotate(deps, vm.name, vm.target, backend, virtualSize);
   },
   fit: ({ vmRunning, probe }) => {
     if (!vmRunning) return { fits: false, whyNot: 'the VM is not running; offline snapshots a stopped VM' };
@@ -56,26 +60,12 @@ export const liveRotate = {
   space: 'overlay',
   rewritesActiveHeader: false,
   movesActiveLayerAt: 'switch',
-  planLayers: async (backend, activeChain) =>
-    backend instanceof FileVolumeBackend
-      ? {
-          stagingName: await nextLayerName(backend.dir, backend.activeName),
-          liveLayers: localLayers(backend, activeChain),
-        }
-      : null,
+  planLayers: async (backend, activeChain) => ({
+    stagingName: await nextLayerName(backend, backend.activeName),
+    liveLayers: localLayers(backend, activeChain),
+  }),
   steps: liveRotateSteps,
 } satisfies Strategy;
-
-/** The active chain's layers that are this volume's own files in its pool (top first, down to its base). */
-function localLayers(backend: FileVolumeBackend, chain: string[]): string[] {
-  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
-  const layers: string[] = [];
-  for (const path of chain) {
-    if (!own.has(path)) break;
-    layers.push(path);
-  }
-  return layers;
-}
 
 /** The live-rotate strategy's steps for one plan. */
 function liveRotateSteps(
@@ -87,8 +77,6 @@ function liveRotateSteps(
 ): StepPlan {
   const vm = plan.vm;
   if (vm === null || !plan.vmRunning) throw new Error('live-rotate needs a running VM (the planner checks)');
-  if (!(backend instanceof FileVolumeBackend))
-    throw new Error('live-rotate runs on file pools (the probe checks)');
   const graph = blockGraphOf(deps);
   const disk = diskOf(plan);
   const overlayPath = backend.pathOf(plan.stagingName);
@@ -124,6 +112,26 @@ function liveRotateSteps(
     if (!(await graph.holdsDisks(vm))) return;
     const top = (await graph.describedChain(disk, { live: true }))?.[0];
     if (top !== overlayPath) throw layerKept(what, top);
+  };
+
+  // (The backend guards its own active name, this old top: the layer goes through its pool directly.)
+  const removeMergedLayer = async (path: string): Promise<void> => {
+    if (backend instanceof FileVolumeBackend) {
+      await deps.filePool.remove(path);
+      return;
+    }
+    if (!(backend instanceof LvmVolumeBackend)) throw new Error(`live-rotate on a ${backend.kind} pool`);
+    const name = basename(path);
+    // libvirt drops the layer from its chain a moment before QEMU closes the device: wait for that,
+    // then lvremove (which refuses an LV still open).
+    const deadline = Date.now() + COMMIT_SETTLE_MS;
+    for (;;) {
+      const lv = await backend.volume(name);
+      if (lv === undefined) return;
+      if (!lv.open || Date.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    await deps.lvm.removeVolume(backend.vg, name);
   };
 
   const exportOldTop = exportStep(deps, {
@@ -172,7 +180,10 @@ function liveRotateSteps(
           if ((await graph.describedChain(disk, { live: true }))?.[0] === overlayPath) return;
           const switchLayers = async () => {
             const started = performance.now();
-            await graph.switchToOverlay(disk, { file: overlayPath, sourceType: 'file' });
+            await graph.switchToOverlay(disk, {
+              file: overlayPath,
+              sourceType: backend.kind === 'lvm' ? 'block' : 'file',
+            });
             const switchMs = performance.now() - started;
             await journal.update((r) => {
               r.facts.switchMs = Math.round(switchMs * 1000) / 1000;
@@ -209,7 +220,7 @@ function liveRotateSteps(
         // From now on the overlay holds exactly the writes since this snapshot: the next one can
         // be a delta of it. Written only once the snapshot is published and verified.
         name: 'record-layer',
-        run: () => writeLayerRecord(backend.dir, plan.stagingName, plan.snapshotPath),
+        run: () => writeLayerRecord(backend, plan.stagingName, plan.snapshotPath),
       },
       {
         // libvirt's non-active block commit merges the old top (and any layer a failed job left)
@@ -246,7 +257,7 @@ function liveRotateSteps(
           const described = (await graph.describedChain(disk)) ?? [];
           for (const path of layers.slice(0, -1)) {
             if (onDisk.includes(path) || described.includes(path)) continue; // not merged (VM stopped)
-            await deps.filePool.remove(path); // (the backend guards its own active name: this old top)
+            await removeMergedLayer(path);
           }
         },
       },
@@ -255,23 +266,28 @@ function liveRotateSteps(
 }
 
 /**
- * Whether the running VM's volume can rotate live: a file pool (the libvirt-tracked rotation is
- * not proven on LVM yet), the disk's top image is QCOW2 (its header, read in-process: no QMP in
- * QEMU's main loop for it), and the pool has room for the new layer.
+ * Whether the running VM's volume can rotate live: the disk's top image is QCOW2 (its header, read
+ * in-process: no QMP in QEMU's main loop for it), libvirt names it
+ * as the kind of source the pool has (a `block` disk for an LV, a `file` disk in a file pool), and
+ * the pool has room for the new layer (on LVM a thick LV of the volume's full size).
  */
 async function probeLiveRotate(
+  deps: Pick<SnapshotDeps, 'libvirt'>,
+  vm: string,
+  target: string,
   backend: VolumeBackend,
   virtualSize: number,
 ): Promise<{ supported: boolean; reason: string }> {
-  if (backend.kind !== 'file') {
-    return {
-      supported: false,
-      reason:
-        'the volume is on LVM, where the libvirt-tracked rotation is not proven yet (docs/operations.md)',
-    };
-  }
   if ((await readQcow2Header(backend.activePath)) === null) {
     return { supported: false, reason: `the disk's top image ${backend.activePath} is not qcow2` };
+  }
+  const sourceType = backend.kind === 'lvm' ? 'block' : 'file';
+  const disk = (await deps.libvirt.disks(vm)).find((d) => d.target === target);
+  if (disk !== undefined && disk.type !== sourceType) {
+    return {
+      supported: false,
+      reason: `libvirt describes the disk as type='${disk.type}', not '${sourceType}' as the ${backend.kind} pool's layers are`,
+    };
   }
   try {
     await backend.ensureSpace('overlay', virtualSize);
@@ -284,6 +300,8 @@ async function probeLiveRotate(
   return {
     supported: true,
     reason:
-      'libvirt rotates the file-pool volume live (external disk-only snapshot, block commit into the local base)',
+      backend.kind === 'lvm'
+        ? 'libvirt rotates the LVM volume live (external disk-only snapshot onto a new LV, block commit into the base LV)'
+        : 'libvirt rotates the file-pool volume live (external disk-only snapshot, block commit into the local base)',
   };
 }

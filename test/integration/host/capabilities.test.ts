@@ -78,9 +78,9 @@ describe('probeCapabilities', () => {
     expect(hostSupport(caps)['lvm-cow'].reasons.join()).toContain(extRoot);
     expect(hostSupport(caps)['live-rotate']).toMatchObject({
       available: true,
-      lvmPools: false,
+      lvmPools: true,
       filePools: roots,
-      reasons: ['LVM pools: live rotation through libvirt is not supported on LVM yet'],
+      reasons: [],
     });
     expect(Date.parse(caps.probedAt)).not.toBeNaN();
   });
