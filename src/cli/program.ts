@@ -62,6 +62,7 @@ const DEFAULT_TIMEOUT_S: Record<CommandType, number> = {
   'snapshot.delete': 3600,
   'snapshot.revert': 3600,
   'chain.verify': 3600,
+  'volume.resize': 600,
 };
 
 /**
@@ -346,6 +347,24 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
           ...(o.compareSnapshot ? { compare: { snapshot: o.compareSnapshot, image: o.compareImage } } : {}),
         };
       }),
+    );
+
+  program
+    .command('volume')
+    .description('volume operations')
+    .command('resize')
+    .description(
+      "grow a volume, also while its VM runs and after live rotations (LVM: lvextend of the volume's LVs, then libvirt)",
+    )
+    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file> (any of its names)')
+    .requiredOption('--size <bytes>', 'the new virtual size in bytes (a multiple of 512)', positiveInteger)
+    .option('--vm <name>', 'libvirt domain using the volume')
+    .action(
+      send('volume.resize', (o) => ({
+        volume: parseVolume(String(o.volume)),
+        vm: o.vm ?? null,
+        sizeBytes: o.size,
+      })),
     );
 
   program

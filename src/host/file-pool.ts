@@ -117,12 +117,18 @@ export class FilePool extends RootedFiles {
    * @throws ReflinkUnsupportedError REFLINK_UNSUPPORTED when the filesystem cannot (ext4, tmpfs,
    *   different filesystems); PathExistsError when `target` exists
    */
-  async reflinkClone(source: string, target: string): Promise<void> {
+  async reflinkClone(source: string, target: string, opts: { syncDirectory?: boolean } = {}): Promise<void> {
     const from = await this.confine(source, 'source');
     const to = await this.confine(target, 'target');
     if (await pathExists(to)) throw new PathExistsError(to);
     await this.clone(from, to);
-    await fsyncDirectory(dirname(to));
+    // A caller with the VM paused syncs the directory after the resume (syncDirectoryOf).
+    if (opts.syncDirectory ?? true) await fsyncDirectory(dirname(to));
+  }
+
+  /** fsyncs the directory of `path` (under a root): makes a new name in it durable. */
+  async syncDirectoryOf(path: string): Promise<void> {
+    await fsyncDirectory(dirname(await this.confine(path, 'path')));
   }
 
   /**

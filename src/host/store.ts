@@ -11,12 +11,13 @@ import {
   pathExists,
   realpathAllowMissing,
 } from './paths.js';
+import { chainFromHeaders } from './qcow2-header.js';
 import type { QemuImg } from './qemu-img.js';
 import { fsyncDirectory, RootedFiles } from './rooted-files.js';
 
 export { fsyncDirectory };
 
-/** One image of a backing chain as read from the headers (`qemu-img info --backing-chain -U`). */
+/** One image of a backing chain as read from the headers (as `qemu-img info --backing-chain -U` reports it). */
 export interface ChainMember {
   /** Absolute path qemu-img opened (for store files: resolved from the child's relative backing). */
   path: string;
@@ -45,7 +46,7 @@ const PART = /^\..+\.part$/;
 /**
  * The snapshot store (an NFS mount): confined paths, atomic publish of snapshot files, free
  * space, relative backing names between store files and chain reading. File-system calls only,
- * except readChain (qemu-img).
+ * except readChain (QCOW2 headers, else qemu-img).
  */
 export class SnapshotStore extends RootedFiles {
   /**
@@ -164,7 +165,10 @@ export class SnapshotStore extends RootedFiles {
    */
   async readChain(topPath: string): Promise<ChainMember[]> {
     const realRoots = await Promise.all(this.roots.map((r) => realpathAllowMissing(r)));
-    const images = await this.qemuImg.chain(checkAbsolutePath(topPath, 'topPath'), { forceShare: true });
+    const top = checkAbsolutePath(topPath, 'topPath');
+    // The headers in-process (a qemu-img process per chain read was most of a snapshot's process
+    // starts); qemu-img for what only it reads as it does (raw layers, protocols, broken chains).
+    const images = (await chainFromHeaders(top)) ?? (await this.qemuImg.chain(top, { forceShare: true }));
     return images.map((image) => ({
       path: image.filename,
       format: image.format,

@@ -2,6 +2,7 @@ import { unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ChainInvalidError } from '../errors/index.js';
 import { pathExists } from '../host/paths.js';
+import { readQcow2Header, resolveBackingPath } from '../host/qcow2-header.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import type { SnapshotStore } from '../host/store.js';
 
@@ -10,8 +11,23 @@ export async function backingOf(
   qemuImg: QemuImg,
   path: string,
 ): Promise<{ written: string | null; resolved: string | null }> {
+  // The QCOW2 header in-process; qemu-img for another format or a backing name with a protocol.
+  const header = await readQcow2Header(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return null; // qemu-img's error says it as the callers expect
+    throw error;
+  });
+  if (header !== null) {
+    if (header.backingFile === null) return { written: null, resolved: null };
+    const resolved = resolveBackingPath(path, header.backingFile);
+    if (resolved !== null) return { written: header.backingFile, resolved };
+  }
   const info = await qemuImg.info(path, { forceShare: true });
   return { written: info.backingFile, resolved: info.fullBackingFile };
+}
+
+/** Whether `image`'s header names `backing` (resolved) as its backing. */
+export async function backsOnto(qemuImg: QemuImg, image: string, backing: string | null): Promise<boolean> {
+  return (await backingOf(qemuImg, image)).resolved === backing;
 }
 
 /** Every path in the backing chain of `top` (top first), read from the headers with force-share. */

@@ -1,6 +1,6 @@
 // The usual frame of a snapshot suite with VMs: libvirtd checked and a harness made before all
 // tests, both cleaned up after them. (Apart from harness.ts, which benches import outside vitest.)
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, expect } from 'vitest';
 import type { SnapshotCreateResult } from '../../src/protocol/index.js';
 import { checkExitCode } from './images.js';
@@ -47,21 +47,31 @@ const MiB = 1024 * 1024;
 export const VOLUME_BYTES = 32 * MiB;
 
 /**
- * A fresh QCOW2 volume `file` (default vol.qcow2, VOLUME_BYTES) in the harness's pool, a running
+ * A fresh QCOW2 volume `file` (default vol.qcow2, VOLUME_BYTES) in the harness's pool (or on the
+ * block device `device`), a running
  * domain on it and the raw reference of its live disk (`referenceBytes`, default the volume's size)
  * in the harness's base directory.
  */
 export async function runningVolume(
   h: Harness,
   cleanup: Cleanup,
-  opts: { label: string; file?: string; sizeBytes?: number; referenceBytes?: number },
+  opts: { label: string; sizeBytes?: number; reference?: string; referenceBytes?: number } & (
+    | { file?: string }
+    | { device: string }
+  ),
 ) {
-  const file = opts.file ?? 'vol.qcow2';
+  const disk =
+    'device' in opts
+      ? { type: 'block' as const, path: opts.device }
+      : { type: 'file' as const, path: join(h.pool, opts.file ?? 'vol.qcow2') };
+  const active = disk.path;
   const sizeBytes = opts.sizeBytes ?? VOLUME_BYTES;
-  const active = join(h.pool, file);
   await createQcow2(active, sizeBytes / MiB);
-  const dom = await startTestDomain(cleanup, { label: opts.label, disk: { type: 'file', path: active } });
-  const live = await ReferenceDisk.create(join(h.base, `${file}.live.raw`), opts.referenceBytes ?? sizeBytes);
+  const dom = await startTestDomain(cleanup, { label: opts.label, disk });
+  const live = await ReferenceDisk.create(
+    join(h.base, opts.reference ?? `${basename(active)}.live.raw`),
+    opts.referenceBytes ?? sizeBytes,
+  );
   return { active, dom, live };
 }
 

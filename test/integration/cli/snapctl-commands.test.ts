@@ -218,6 +218,11 @@ describe('snapctl snapshot delete / revert, chain verify, job cancel', () => {
       ],
       type: 'chain.verify',
     },
+    {
+      name: 'volume resize',
+      args: ['volume', 'resize', '--volume', 'lvm:vg0/vol-7', '--vm', 'i-2-34-VM', '--size', '21474836480'],
+      type: 'volume.resize',
+    },
     { name: 'job cancel', args: ['job', 'cancel', 'some-job-id'], type: 'job.cancel' },
   ];
 
@@ -244,6 +249,11 @@ describe('snapctl snapshot delete / revert, chain verify, job cancel', () => {
   }
 
   it('the sent params hold what the flags said', () => {
+    expect(fake.agent.received.find((r) => r.type === 'volume.resize')?.params).toEqual({
+      volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-7' },
+      vm: 'i-2-34-VM',
+      sizeBytes: 21474836480,
+    });
     const del = fake.agent.received.find((r) => r.type === 'snapshot.delete');
     expect(del?.params).toMatchObject({ chain: ['snap-1', 'snap-2', 'snap-3'], snapshot: 'snap-2' });
     const revert = fake.agent.received.find((r) => r.type === 'snapshot.revert');
