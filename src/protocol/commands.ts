@@ -125,6 +125,8 @@ export const volumeResizeParams = z
       .positive()
       .multipleOf(512)
       .max(Number.MAX_SAFE_INTEGER)
+      // zod's multipleOf tolerates float error, which lets odd sizes near 2^53 through
+      .refine((size) => size % 512 === 0, { message: 'Number must be a multiple of 512' })
       .describe('the new virtual size in bytes (a multiple of 512, not smaller than the current one)'),
   })
   .strict()

@@ -12,6 +12,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { ASYNCAPI_FILE } from '../../../scripts/gen-asyncapi.js';
+import { commandTypesHandledBy } from '../../../src/jobs/command-table.js';
 import type { CommandHandlerFn, HandlerRegistry } from '../../../src/jobs/types.js';
 import { startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
 import { brokerUrl } from '../../support/broker.js';
@@ -112,13 +113,10 @@ describe('control plane fuzzing (real broker, real agent)', () => {
       runs.set(ctx.jobId, (runs.get(ctx.jobId) ?? 0) + 1);
       return {};
     };
-    const handlers = {
-      'agent.ping': record,
-      'snapshot.create': record,
-      'snapshot.delete': record,
-      'snapshot.revert': record,
-      'chain.verify': record,
-    } as HandlerRegistry;
+    // Every type the agent or the engine answers (the job layer answers job.cancel itself).
+    const handlers: HandlerRegistry = Object.fromEntries(
+      [...commandTypesHandledBy('agent'), ...commandTypesHandledBy('engine')].map((type) => [type, record]),
+    );
     // Roots of our own, so everything is generated (and judged) before the agent starts: a long
     // synchronous generation must not starve the agent's heartbeats.
     const storeRoot = join(stateDir, 'store');
