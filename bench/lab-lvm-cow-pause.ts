@@ -123,6 +123,7 @@ try {
     barePause: [] as number[],
   };
   let processesInPause = '';
+  const inPauseByTool = new Map<string, number[]>();
   for (let i = 1; i <= rounds; i++) {
     const cow = `vm-disk-cow-${i}`;
     // 1. The clone step's pause as lvm-cow runs it.
@@ -132,6 +133,7 @@ try {
     const lvcreate = lvcreateOf(strategy.made);
     r.strategyLvcreate.push(lvcreate.ms);
     processesInPause = strategy.made.map((c) => c.tool).join(' → ');
+    for (const c of strategy.made) inPauseByTool.set(c.tool, [...(inPauseByTool.get(c.tool) ?? []), c.ms]);
     await lvm.removeVolume(vg, `${cow}a`);
     // 2. The same clone, VM running.
     const unpaused = await recorded(async () => {
@@ -164,6 +166,10 @@ try {
   console.log(`lvm-cow clone pause on LVM, lab guest (TCG), ${rounds} rounds, ${sizeMiB} MiB QCOW2 on an LV`);
   console.log(`- processes inside the strategy's pause: ${processesInPause}`);
   console.log(`- strategy pause, QEMU STOP → RESUME: ${stats(r.strategyPause)}`);
+  for (const [tool, times] of inPauseByTool) {
+    const perRound = times.length / rounds;
+    console.log(`  ${tool} (${perRound} per pause), each: ${stats(times)}`);
+  }
   console.log(`  cowClone inside it (Node's clock): ${stats(r.strategyInside)}`);
   console.log(`  its lvcreate -s process alone: ${stats(r.strategyLvcreate)}`);
   console.log(
