@@ -1,4 +1,4 @@
-import { lstat, realpath } from 'node:fs/promises';
+import { lstat, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { PathEscapeError, ValidationError } from '../errors/index.js';
 import { fileName } from '../protocol/names.js';
@@ -152,6 +152,17 @@ export async function confineChild(
   field = 'name',
 ): Promise<string> {
   return confinePath(join(directory, checkFileName(name, field)), roots, field);
+}
+
+/** True when `path` exists; false only for ENOENT (any other error is thrown). */
+export async function pathExists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return false;
+      throw e;
+    },
+  );
 }
 
 /** The shape of src/host/exec.ts runTool (adapters take one to run their tool). */

@@ -12,6 +12,19 @@ export type { ConvertProgress } from './qemu-progress.js';
 export type ImageFormat = 'qcow2' | 'raw';
 
 /** A backing file as written into an image header, with its format. */
+/** What `qemu-img create` makes: a QCOW2 image, standalone or an overlay. */
+export interface CreateImageOptions {
+  path: string;
+  sizeBytes?: number;
+  backing?: BackingRef;
+  clusterSize?: number;
+  /** Sub-cluster allocation (QEMU ≥ 5.2): less copy-on-write for small writes into big clusters. */
+  extendedL2?: boolean;
+  unsafe?: boolean;
+  /** `preallocation=metadata` makes later writes cheaper on thick LVs. */
+  preallocation?: 'off' | 'metadata';
+}
+
 export interface BackingRef {
   /** Absolute path, or a name relative to the image's own directory (store files). */
   file: string;
@@ -328,17 +341,7 @@ export class QemuImg {
    * backing's). `unsafe` (-u) does not open the backing (it may not exist yet); it then needs a size.
    * Overwrites an existing file: callers check first.
    */
-  async create(opts: {
-    path: string;
-    sizeBytes?: number;
-    backing?: BackingRef;
-    clusterSize?: number;
-    /** Sub-cluster allocation (QEMU ≥ 5.2): less copy-on-write for small writes into big clusters. */
-    extendedL2?: boolean;
-    unsafe?: boolean;
-    /** `preallocation=metadata` makes later writes cheaper on thick LVs. */
-    preallocation?: 'off' | 'metadata';
-  }): Promise<void> {
+  async create(opts: CreateImageOptions): Promise<void> {
     const options: string[] = [];
     if (opts.clusterSize !== undefined)
       options.push(`cluster_size=${checkSize(opts.clusterSize, 'clusterSize')}`);

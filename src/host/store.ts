@@ -1,11 +1,21 @@
-import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
+import { basename, dirname, join, relative } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import type { StoreRef } from '../protocol/index.js';
-import { checkAbsolutePath, confineChild, confinePath, isInside, realpathAllowMissing } from './paths.js';
+import {
+  checkAbsolutePath,
+  confineChild,
+  confinePath,
+  isInside,
+  pathExists,
+  realpathAllowMissing,
+} from './paths.js';
 import { chainFromHeaders } from './qcow2-header.js';
 import type { QemuImg } from './qemu-img.js';
+import { fsyncDirectory, RootedFiles } from './rooted-files.js';
+
+export { fsyncDirectory };
 
 /** One image of a backing chain as read from the headers (as `qemu-img info --backing-chain -U` reports it). */
 export interface ChainMember {
@@ -38,17 +48,7 @@ const PART = /^\..+\.part$/;
  * space, relative backing names between store files and chain reading. File-system calls only,
  * except readChain (QCOW2 headers, else qemu-img).
  */
-export class SnapshotStore {
-  readonly roots: readonly string[];
-  private readonly qemuImg: QemuImg;
-  private readonly logger: Logger | undefined;
-
-  constructor(opts: SnapshotStoreOptions) {
-    this.roots = opts.roots.map((r) => resolve(r));
-    this.qemuImg = opts.qemuImg;
-    this.logger = opts.logger;
-  }
-
+export class SnapshotStore extends RootedFiles {
   /**
    * The real path of `<root>/<dir>`. `ref.root` must be one of the configured roots (exactly) and
    * the result must stay under it after symlinks are resolved. The directory need not exist.
@@ -85,11 +85,6 @@ export class SnapshotStore {
     return confineChild(await this.directory(ref), name, this.roots, 'snapshot');
   }
 
-  /** Confines any path to the store roots and returns its real path. */
-  async confine(path: string, field = 'path'): Promise<string> {
-    return confinePath(path, this.roots, field);
-  }
-
   /** Where a snapshot is written before it is complete: `<dir>/.<name>.part` (hidden, never a chain member). */
   partPath(finalPath: string): string {
     return join(dirname(finalPath), `.${basename(finalPath)}.part`);
@@ -112,7 +107,7 @@ export class SnapshotStore {
         field: 'partPath',
       });
     }
-    if (await exists(target)) throw new PathExistsError(target);
+    if (await pathExists(target)) throw new PathExistsError(target);
     const handle = await open(part, 'r+');
     try {
       await handle.sync();
@@ -191,19 +186,9 @@ export class SnapshotStore {
    * (invariant 3) is the caller's job. Returns false when it did not exist (steps are idempotent).
    */
   async remove(path: string): Promise<boolean> {
-    const target = await this.confine(path);
-    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined;
-      throw e;
-    });
-    if (info === undefined) return false;
-    if (!info.isFile()) {
-      throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
-    }
-    await unlink(target);
-    await fsyncDirectory(dirname(target));
-    this.logger?.debug({ path: target }, 'store file removed');
-    return true;
+    const removed = await this.removeFile(path);
+    if (removed) this.logger?.debug({ path: removed }, 'store file removed');
+    return removed !== undefined;
   }
 
   /** Snapshot file names in a store directory (no part files, no subdirectories), sorted. */
@@ -226,24 +211,4 @@ export class SnapshotStore {
     if (parts.length > 0) await fsyncDirectory(dir);
     return parts.map((p) => p.name);
   }
-}
-
-/** fsync of a directory makes renames, creations and removals in it durable. */
-export async function fsyncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return false;
-      throw e;
-    },
-  );
 }

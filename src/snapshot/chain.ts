@@ -1,6 +1,7 @@
-import { stat, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ChainInvalidError } from '../errors/index.js';
+import { pathExists } from '../host/paths.js';
 import { readQcow2Header, resolveBackingPath } from '../host/qcow2-header.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import type { SnapshotStore } from '../host/store.js';
@@ -67,15 +68,7 @@ export async function removeIfUnreferenced(
 }
 
 /** True when `path` exists (file or device node). */
-export async function pathExists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return false;
-      throw e;
-    },
-  );
-}
+export { pathExists };
 
 /**
  * Checks a new store snapshot and its link to its parent, not the rest of the chain (that is
