@@ -125,10 +125,17 @@ export function nbdUrl(socket: string): string {
   return `nbd+unix:///?socket=${socket}`;
 }
 
-/** A minimal QMP client over a unix socket (one command at a time; events are ignored). */
+/** A QMP event with QEMU's own timestamp (ms since the epoch, microsecond precision). */
+export interface QmpEvent {
+  event: string;
+  atMs: number;
+}
+
+/** A minimal QMP client over a unix socket (one command at a time; events are kept in `events`). */
 export class QmpClient {
   private buffer = '';
   private waiting: Array<(msg: Record<string, unknown>) => void> = [];
+  readonly events: QmpEvent[] = [];
 
   private constructor(private readonly socket: Socket) {
     socket.setEncoding('utf8');
@@ -141,7 +148,11 @@ export class QmpClient {
         nl = this.buffer.indexOf('\n');
         if (!line) continue;
         const msg = JSON.parse(line) as Record<string, unknown>;
-        if ('event' in msg) continue;
+        if (typeof msg.event === 'string') {
+          const ts = msg.timestamp as { seconds: number; microseconds: number };
+          this.events.push({ event: msg.event, atMs: ts.seconds * 1000 + ts.microseconds / 1000 });
+          continue;
+        }
         this.waiting.shift()?.(msg);
       }
     });
