@@ -6,8 +6,9 @@
  *
  * A bare QEMU (`-machine none`, TCG) holds a QCOW2 on an LV of a scratch VG through -blockdev, with
  * a QMP socket, as libvirt's QEMU does. Per round, interleaved:
- * - pause as the strategy does it: QMP `stop` → LvmVolumeBackend.cowClone(name, { whilePaused }) →
- *   `cont` (the clone step's body; the project's Lvm adapter, so every lvm2 process it starts);
+ * - pause as the strategy does it: LvmVolumeBackend.prepareClone(name) (its lookups, before the
+ *   pause) → QMP `stop` → the prepared clone → `cont` (the clone step's body; the project's Lvm
+ *   adapter, so every lvm2 process started inside the pause is counted);
  * - the same cowClone without a pause;
  * - the floor: `stop` → the one `lvcreate -s` process (the adapter's own argv) → `cont`;
  * - bare `stop` → `cont`, nothing inside.
@@ -56,7 +57,7 @@ const work = mkdtempSync(join(tmpdir(), 'h16l-'));
 const scratch = await scratchVg('h16lvg');
 const vg = scratch.vg;
 const filePool = new FilePool({ roots: [work], qemuImg, timeoutMs: 60_000 });
-// Typed as the strategy sees it: cowClone(name, { whilePaused }).
+// Typed as the strategy sees it: prepareClone(name), then the prepared clone inside the pause.
 const backend: VolumeBackend = new LvmVolumeBackend({ lvm, qemuImg, filePool }, vg, 'vm-disk');
 
 let qemu: ReturnType<typeof execa> | undefined;
@@ -127,7 +128,8 @@ try {
   for (let i = 1; i <= rounds; i++) {
     const cow = `vm-disk-cow-${i}`;
     // 1. The clone step's pause as lvm-cow runs it.
-    const strategy = await recorded(() => paused(() => backend.cowClone(`${cow}a`, { whilePaused: true })));
+    const clone = await backend.prepareClone(`${cow}a`);
+    const strategy = await recorded(() => paused(clone));
     r.strategyPause.push(strategy.value.pauseMs);
     r.strategyInside.push(strategy.value.insideMs);
     const lvcreate = lvcreateOf(strategy.made);

@@ -209,17 +209,28 @@ export class Lvm {
     checkName('name', spec.name);
     checkSize('sizeBytes', spec.sizeBytes);
     const { extentSizeBytes } = await this.volumeGroup(spec.vg);
-    const size = this.roundToExtents(spec.sizeBytes, extentSizeBytes);
+    await this.snapshotVolume({ ...spec, sizeBytes: this.roundToExtents(spec.sizeBytes, extentSizeBytes) });
+    return this.mustGet(spec.vg, spec.name);
+  }
+
+  /**
+   * createSnapshot's lvcreate alone (no vgs before, no lvs after), for inside a VM's pause: the
+   * caller gives the exception store's size in whole extents.
+   */
+  async snapshotVolume(spec: { vg: string; origin: string; name: string; sizeBytes: number }): Promise<void> {
+    checkName('vg', spec.vg);
+    checkName('origin', spec.origin);
+    checkName('name', spec.name);
+    checkSize('sizeBytes', spec.sizeBytes);
     await this.tool('lvcreate', [
       '--yes',
       '--snapshot',
       '--size',
-      `${size}b`,
+      `${spec.sizeBytes}b`,
       '--name',
       spec.name,
       `${spec.vg}/${spec.origin}`,
     ]);
-    return this.mustGet(spec.vg, spec.name);
   }
 
   /**

@@ -45,12 +45,14 @@ export interface VolumeBackend {
    * exists before the copy (LVM: yes, qemu-img convert -n) or is created by qemu-img (file).
    */
   prepareCopyTarget(name: string, source: string): Promise<{ targetExists: boolean }>;
+  /** Instant point-in-time copy of the active volume: LVM snapshot / reflink clone. */
+  cowClone(name: string): Promise<void>;
   /**
-   * Instant point-in-time copy of the active volume: LVM snapshot / reflink clone. `whilePaused`:
-   * only what must happen at that instant; the caller then calls settleClone once the VM runs again.
+   * The same clone for a paused VM: reads now what it needs (sizes, extents) and returns the one
+   * call that makes it, nothing else, for inside the pause; settleClone once the VM runs again.
    */
-  cowClone(name: string, opts?: { whilePaused?: boolean }): Promise<void>;
-  /** Makes a clone made `whilePaused` durable (file pools: fsync of its directory). */
+  prepareClone(name: string): Promise<() => Promise<void>>;
+  /** Makes a clone made by prepareClone's call durable (file pools: fsync of its directory). */
   settleClone(name: string): Promise<void>;
   cowHealth(name: string): Promise<CowHealth>;
   /** Moves the active volume aside under `retiredName`; the volume path keeps working where the pool allows. */
@@ -133,10 +135,13 @@ export class FileVolumeBackend implements VolumeBackend {
     return { targetExists: false };
   }
 
-  async cowClone(name: string, opts: { whilePaused?: boolean } = {}): Promise<void> {
-    await this.deps.filePool.reflinkClone(this.activePath, this.pathOf(name), {
-      syncDirectory: !opts.whilePaused,
-    });
+  async cowClone(name: string): Promise<void> {
+    await this.deps.filePool.reflinkClone(this.activePath, this.pathOf(name), { syncDirectory: true });
+  }
+
+  async prepareClone(name: string): Promise<() => Promise<void>> {
+    return () =>
+      this.deps.filePool.reflinkClone(this.activePath, this.pathOf(name), { syncDirectory: false });
   }
 
   async settleClone(name: string): Promise<void> {
@@ -289,6 +294,13 @@ export class LvmVolumeBackend implements VolumeBackend {
     if (await this.exists(name)) return;
     const sizeBytes = await this.cowSize();
     await this.deps.lvm.createSnapshot({ vg: this.vg, origin: this.activeName, name, sizeBytes });
+  }
+
+  async prepareClone(name: string): Promise<() => Promise<void>> {
+    // The lookups (lvs, vgs) stay outside the pause: only lvcreate -s runs while the VM is stopped.
+    const { extentSizeBytes } = await this.deps.lvm.volumeGroup(this.vg);
+    const sizeBytes = this.deps.lvm.roundToExtents(await this.cowSize(), extentSizeBytes);
+    return () => this.deps.lvm.snapshotVolume({ vg: this.vg, origin: this.activeName, name, sizeBytes });
   }
 
   async cowHealth(name: string): Promise<CowHealth> {

@@ -84,16 +84,12 @@ function lvmCowSteps(
             await backend.cowClone(plan.cloneName);
             return;
           }
-          // Nothing but the clone inside the pause: the journal writes, the freeze and the removal
-          // of an earlier half-made clone stay outside (reflink clone in-process; lvcreate on LVM).
+          // Nothing but the clone inside the pause: the journal writes, the freeze, the removal
+          // of an earlier half-made clone and the clone's lookups stay outside (reflink clone
+          // in-process; one lvcreate -s on LVM).
+          const clone = await backend.prepareClone(plan.cloneName);
           const pausedClone = () =>
-            withVmPaused(
-              deps.libvirt,
-              journal,
-              vm,
-              () => backend.cowClone(plan.cloneName, { whilePaused: true }),
-              () => hooks.midStep?.('clone'),
-            );
+            withVmPaused(deps.libvirt, journal, vm, clone, () => hooks.midStep?.('clone'));
           if (plan.quiesce) await graph.withGuestFrozen(vm, pausedClone, freezeRecord(journal, vm));
           else await pausedClone();
           await backend.settleClone(plan.cloneName);

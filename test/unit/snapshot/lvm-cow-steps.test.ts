@@ -31,8 +31,14 @@ function setup(over: Parameters<typeof createPlan>[1] = {}, backing: Record<stri
       log.push(`backend.remove ${name}`);
       return true;
     },
-    cowClone: async (name: string, opts?: { whilePaused?: boolean }) => {
-      log.push(`backend.cowClone ${name}${opts?.whilePaused ? ' whilePaused' : ''}`);
+    cowClone: async (name: string) => {
+      log.push(`backend.cowClone ${name}`);
+    },
+    prepareClone: async (name: string) => {
+      log.push(`backend.prepareClone ${name}`);
+      return async () => {
+        log.push(`clone ${name}`);
+      };
     },
     settleClone: async (name: string) => {
       log.push(`backend.settleClone ${name}`);
@@ -54,9 +60,10 @@ describe('lvm-cow steps (fakes)', () => {
     await step('clone').run(io);
     expect(log).toEqual([
       'backend.remove vol.qcow2.cow-t1',
+      'backend.prepareClone vol.qcow2.cow-t1',
       'graph.freeze',
       'libvirt.suspend h16-vm',
-      'backend.cowClone vol.qcow2.cow-t1 whilePaused',
+      'clone vol.qcow2.cow-t1',
       'libvirt.resume h16-vm',
       'graph.thaw',
       'backend.settleClone vol.qcow2.cow-t1',
