@@ -4,7 +4,9 @@ import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
 import { EXPORT_TUNING, type QemuImg, RATE_LIMITED_TUNING } from '../host/qemu-img.js';
 import { backsOnto, newSnapshotProblems, pathExists, removeIfUnreferenced, removePart } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
+import type { CreatePlan } from './plan.js';
 import type { Step, StepIO } from './steps.js';
+import type { StrategyHooks } from './strategies/strategy.js';
 import type { CowHealth, VolumeBackend } from './volumes.js';
 
 /**
@@ -26,6 +28,27 @@ export function createStagingStep(
       await backend.remove(staging);
     },
   };
+}
+
+/** exportStep for a create plan: the part file, parent, compression, size and bandwidth come from the plan. */
+export function planExportStep(
+  deps: SnapshotDeps,
+  plan: Pick<
+    CreatePlan,
+    'partPath' | 'parentBacking' | 'compress' | 'exportBytes' | 'bandwidthBytesPerSecond'
+  >,
+  hooks: Pick<StrategyHooks, 'onExportProgress'>,
+  opts: Pick<Parameters<typeof exportStep>[1], 'source' | 'forceShare' | 'cow'>,
+): Step {
+  return exportStep(deps, {
+    ...opts,
+    partPath: plan.partPath,
+    parentBacking: plan.parentBacking,
+    compress: plan.compress,
+    onProgress: hooks.onExportProgress,
+    bytesTotal: plan.exportBytes,
+    bandwidth: plan.bandwidthBytesPerSecond,
+  });
 }
 
 /** `qemu-img convert` of `source` to the part file: a delta (-B parent, relative) or a full image. */

@@ -13,7 +13,7 @@
 import { basename } from 'node:path';
 import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
-import { exportStep, publishStep, verifyStep } from '../common-steps.js';
+import { planExportStep, publishStep, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
 import { localLayers, nextLayerName, writeLayerRecord } from '../live-layers.js';
 import type { CreateJournal, CreatePlan } from '../plan.js';
@@ -134,15 +134,9 @@ function liveRotateSteps(
     await deps.lvm.removeVolume(backend.vg, name);
   };
 
-  const exportOldTop = exportStep(deps, {
+  const exportOldTop = planExportStep(deps, plan, hooks, {
     source: frozenPath,
-    partPath: plan.partPath,
-    parentBacking: plan.parentBacking,
-    compress: plan.compress,
     forceShare: true, // QEMU holds the old top read-only
-    onProgress: hooks.onExportProgress,
-    bytesTotal: plan.exportBytes,
-    bandwidth: plan.bandwidthBytesPerSecond,
   });
 
   return {

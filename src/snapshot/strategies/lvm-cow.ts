@@ -2,7 +2,7 @@
 //   clone (VM paused for the instant of the clone) → export → publish → verify → remove-clone →
 //   repoint (point of no return: QMP change-backing-file with the VM paused, or rebase -u when stopped)
 import { backsOnto } from '../chain.js';
-import { exportStep, publishStep, setBackingUnsafe, verifyStep } from '../common-steps.js';
+import { planExportStep, publishStep, setBackingUnsafe, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
 import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
@@ -98,16 +98,10 @@ function lvmCowSteps(
           await backend.remove(plan.cloneName);
         },
       },
-      exportStep(deps, {
+      planExportStep(deps, plan, hooks, {
         source: clonePath,
-        partPath: plan.partPath,
-        parentBacking: plan.parentBacking,
-        compress: plan.compress,
         forceShare: true,
         cow: { volume: backend.activePath, health: () => backend.cowHealth(plan.cloneName) },
-        onProgress: hooks.onExportProgress,
-        bytesTotal: plan.exportBytes,
-        bandwidth: plan.bandwidthBytesPerSecond,
       }),
       publishStep(deps, {
         partPath: plan.partPath,

@@ -3,7 +3,7 @@
 //   promote-staging (point of no return) → remove-retired
 import {
   createStagingStep,
-  exportStep,
+  planExportStep,
   publishStep,
   setBackingUnsafe,
   swapSteps,
@@ -54,15 +54,9 @@ function offlineSteps(
       createStagingStep(backend, plan.stagingName, () =>
         backend.createOverlay(plan.stagingName, { file: plan.activePath, format: 'qcow2' }, plan.virtualSize),
       ),
-      exportStep(deps, {
+      planExportStep(deps, plan, hooks, {
         source: plan.activePath,
-        partPath: plan.partPath,
-        parentBacking: plan.parentBacking,
-        compress: plan.compress,
         forceShare: false, // takes the image lock: fails if a VM started meanwhile
-        onProgress: hooks.onExportProgress,
-        bytesTotal: plan.exportBytes,
-        bandwidth: plan.bandwidthBytesPerSecond,
       }),
       publishStep(deps, {
         partPath: plan.partPath,
