@@ -8,24 +8,20 @@
 // stopped and started again on the chain and reads every byte right (through its own NBD export);
 // the next snapshot after that is right too.
 //
-// The lab has no libvirt, so the VM is a bare QEMU (`-machine none`, TCG) with a QMP socket, and the
-// engine talks to it through BareQemu below: the Libvirt adapter's methods the strategy and
-// volume.resize call, done over QMP the way libvirt does them (blockdev-add + blockdev-snapshot for
-// `snapshot-create-as --reuse-external`, a block-commit job then blockdev-del of the merged nodes for
-// `blockcommit`, block_resize for `blockresize`).
+// The lab has no libvirt, so the VM is a bare QEMU driven over QMP as the Libvirt adapter
+// (BareQemu, test/support/lab/bare-qemu.ts).
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FilePool } from '../../../src/host/file-pool.js';
-import type { BlockNode, Libvirt } from '../../../src/host/libvirt.js';
+import type { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
-import { chainFromGraph, type QmpBlockDeviceInfo, type QmpBlockGraph } from '../../../src/host/qmp.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import { createSnapshot, resizeVolume, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { QmpClient, type ScratchVg, scratchVg } from '../../support/lab/lab.js';
+import { BareQemu } from '../../support/lab/bare-qemu.js';
+import { type ScratchVg, scratchVg } from '../../support/lab/lab.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../support/reference-images.js';
 import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
@@ -68,174 +64,13 @@ function heldDmDevices(pid: number | undefined): string[] {
   return [...new Set(held)].sort();
 }
 
-/**
- * A running VM for the engine: a bare QEMU whose disk is the chain under node `top`, driven over
- * QMP with the Libvirt adapter's methods (the ones live-rotate and volume.resize call).
- */
-class BareQemu {
-  private top = 'fmt';
-  /** Layers opened by the monitor (command line or blockdev-add), by filename: closed with blockdev-del. */
-  private readonly owned = new Map<string, Pick<BlockNode, 'nodeName' | 'fileNodeName'>>();
-  private nextNode = 1;
-
-  private constructor(
-    private readonly process: ResultPromise,
-    private readonly client: QmpClient,
-  ) {}
-
-  /** Starts QEMU on the chain whose top layer is `topPath` (the lower layers from its header). */
-  static async start(topPath: string): Promise<BareQemu> {
-    const socket = join(work, `vm-${Date.now()}.qmp`);
-    const blockdev = {
-      driver: 'qcow2',
-      'node-name': 'fmt',
-      file: { driver: 'host_device', filename: topPath, 'node-name': 'file', 'auto-read-only': true },
-    };
-    const process = execa(
-      'qemu-system-x86_64',
-      ['-machine', 'none', '-nodefaults', '-display', 'none', '-accel', 'tcg', '-qmp'].concat([
-        `unix:${socket},server=on,wait=off`,
-        '-blockdev',
-        JSON.stringify(blockdev),
-      ]),
-      { reject: false, timeout: 15 * 60_000 },
-    );
-    const qemu = new BareQemu(process, await QmpClient.connect(socket));
-    qemu.owned.set(topPath, { nodeName: 'fmt', fileNodeName: 'file' });
-    return qemu;
-  }
-
-  get pid(): number | undefined {
-    return this.process.pid;
-  }
-
-  async quit(): Promise<void> {
-    await this.client.execute('quit');
-    await this.process;
-    this.client.close();
-  }
-
-  async kill(): Promise<void> {
-    this.client.close();
-    this.process.kill('SIGKILL');
-    await this.process.catch(() => undefined);
-  }
-
-  // --- the Libvirt adapter's methods -------------------------------------------------------------
-  async domainState() {
-    return { state: 'running', reason: 'booted' };
-  }
-  async isRunning() {
-    return true;
-  }
-  async disks() {
-    const [top] = await this.diskChain();
-    return [{ type: 'block', device: 'disk', target: 'vda', source: top!.filename }];
-  }
-  async diskChain(): Promise<BlockNode[]> {
-    const graph = (await this.client.execute('x-debug-query-block-graph')) as QmpBlockGraph;
-    const nodes = (await this.client.execute('query-named-block-nodes', {
-      flat: true,
-    })) as QmpBlockDeviceInfo[];
-    return chainFromGraph('lab', this.top, graph, nodes);
-  }
-  async diskSources(): Promise<string[]> {
-    return (await this.diskChain()).map((n) => n.filename);
-  }
-  /** `snapshot-create-as --disk-only --reuse-external --diskspec vda,stype=block,file=<file>` */
-  async externalSnapshot(_domain: string, opts: { target: string; file: string; sourceType: string }) {
-    expect(opts.sourceType).toBe('block');
-    const node = `ov${this.nextNode++}`;
-    const fileNode = `${node}-file`;
-    await this.client.execute('blockdev-add', {
-      driver: 'qcow2',
-      'node-name': node,
-      backing: null,
-      file: { driver: 'host_device', filename: opts.file, 'node-name': fileNode },
-    });
-    await this.client.execute('blockdev-snapshot', { node: this.top, overlay: node });
-    this.owned.set(opts.file, { nodeName: node, fileNodeName: fileNode });
-    this.top = node;
-  }
-  /** `blockcommit --top <top> --base <base>` (a non-active commit); waitForBlockJob finishes it. */
-  async startBlockCommit(_domain: string, opts: { target: string; top: string; base: string }) {
-    const chain = await this.diskChain();
-    const node = (path: string) => chain.find((n) => n.filename === path)!.nodeName;
-    await this.client.execute('block-commit', {
-      'job-id': 'commit',
-      device: this.top,
-      'top-node': node(opts.top),
-      'base-node': node(opts.base),
-      'backing-file': opts.base, // libvirt names the base by its path in the overlay's header
-    });
-  }
-  async blockJobRunning(): Promise<boolean> {
-    return ((await this.client.execute('query-block-jobs')) as unknown[]).length > 0;
-  }
-  /** Waits for the job, then closes the layers it dropped from the chain (libvirt does that too). */
-  async waitForBlockJob(): Promise<void> {
-    while (await this.blockJobRunning()) await new Promise((r) => setTimeout(r, 100));
-    const inChain = new Set(await this.diskSources());
-    for (const [path, node] of [...this.owned]) {
-      if (inChain.has(path)) continue;
-      await this.client.execute('blockdev-del', { 'node-name': node.nodeName });
-      const nodes = (await this.client.execute('query-named-block-nodes', {
-        flat: true,
-      })) as QmpBlockDeviceInfo[];
-      if (nodes.some((n) => n['node-name'] === node.fileNodeName))
-        await this.client.execute('blockdev-del', { 'node-name': node.fileNodeName });
-      this.owned.delete(path);
-    }
-  }
-  /** `blockresize` */
-  async blockResize(_domain: string, _target: string, sizeBytes: number) {
-    await this.client.execute('block_resize', { 'node-name': this.top, size: sizeBytes });
-  }
-
-  // --- the guest -----------------------------------------------------------------------------------
-  async guestWrite(pattern: number, offset: number, length: number): Promise<void> {
-    await this.client.hmp(`qemu-io ${this.top} "write -P ${pattern} ${offset} ${length}"`);
-    await this.client.hmp(`qemu-io ${this.top} "flush"`);
-  }
-  /** What the guest reads, through QEMU: its disk exported over NBD, compared with the reference. */
-  async readBackDiffers(reference: ReferenceDisk): Promise<string | null> {
-    const socket = join(work, `rb-${Date.now()}.sock`);
-    await this.client.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socket } } });
-    await this.client.execute('block-export-add', {
-      type: 'nbd',
-      id: 'rb',
-      'node-name': this.top,
-      name: 'vda',
-    });
-    try {
-      const r = await execa(
-        'qemu-img',
-        ['compare', '-f', 'raw', '-F', 'raw', `nbd+unix:///vda?socket=${socket}`, reference.path],
-        { reject: false, timeout: 120_000 },
-      );
-      if (r.exitCode === 0) return null;
-      if (r.exitCode === 1) return r.stdout;
-      throw new Error(`qemu-img compare over NBD failed: ${r.stderr}`);
-    } finally {
-      await this.client.execute('block-export-del', { id: 'rb' });
-      await this.client.execute('nbd-server-stop');
-    }
-  }
-  async virtualSize(): Promise<number> {
-    const nodes = (await this.client.execute('query-named-block-nodes', {
-      flat: true,
-    })) as Array<QmpBlockDeviceInfo & { image: { 'virtual-size': number } }>;
-    return nodes.find((n) => n['node-name'] === this.top)!.image['virtual-size'];
-  }
-}
-
 describe('live-rotate on an LVM volume held by a running QEMU', () => {
   it('rotates 6 times (new LVs, commit into the base LV), grows with volume.resize, survives a QEMU restart', async () => {
     let size = 32 * MiB;
     const { fullyAllocatedBytes } = await qemuImg.measure({ sizeBytes: size });
     const base = await lvm.createVolume({ vg, name: 'vol', sizeBytes: fullyAllocatedBytes });
     await qemuImg.create({ path: base.path, sizeBytes: size });
-    vm = await BareQemu.start(base.path);
+    vm = await BareQemu.start(base.path, work);
     const store = join(work, 'store');
     const deps: SnapshotDeps = {
       qemuImg,
@@ -339,7 +174,7 @@ describe('live-rotate on an LVM volume held by a running QEMU', () => {
 
     // QEMU stopped and started again on the chain (what a VM restart does): every byte reads right.
     await vm.quit();
-    vm = await BareQemu.start(current);
+    vm = await BareQemu.start(current, work);
     deps.libvirt = vm as unknown as Libvirt;
     expect(await vm.diskSources()).toEqual([current, base.path]);
     expect(await vm.readBackDiffers(live)).toBeNull();
