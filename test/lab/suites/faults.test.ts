@@ -15,6 +15,14 @@
 // the reference; no temporary LV is left by a rolled-back or succeeded job; then the fault is
 // cleared, the store repaired (umount, e2fsck, mount) and the next snapshot succeeds and matches.
 //
+// live-rotate's volume is held by a bare QEMU standing in for libvirt (test/support/lab/bare-qemu.ts)
+// and written by the guest through it. Its point of no return is the switch, its second step: a
+// failure after it is not rolled back and may leave the old top in the live chain, which the next
+// rotation's commit merges (the strategy's design). So for it the volume is checked through QEMU
+// (an NBD export of its disk against the reference) and by its layers: every LV of the volume is a
+// layer of the chain QEMU runs on (none stray), and after the next snapshot the chain is the base and
+// one active layer again.
+//
 // `lab_fault_matrix=full` (kernel argument → environment; `npm run test:faults`) runs every case;
 // by default a sample runs (one guest boot, inside `npm test`). Results: a table on stdout and
 // .lab-cache/fault-matrix-<sample|full>.json.
@@ -32,6 +40,7 @@ import { SnapshotStore } from '../../../src/host/store.js';
 import type { ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
 import { createSnapshot, type EngineRecord, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { Failpoints } from '../../support/failpoints.js';
+import { BareQemu } from '../../support/lab/bare-qemu.js';
 import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../../support/lab/faults.js';
 import { claimDisk, sh } from '../../support/lab/lab.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
@@ -41,13 +50,16 @@ const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;
 const FULL = process.env.lab_fault_matrix === 'full';
 
-type Strategy = 'offline' | 'lvm-cow';
+type Strategy = 'offline' | 'lvm-cow' | 'live-rotate';
 type Fault = 'eio' | 'eio-read' | 'eio-write' | 'slow' | 'enospc';
 type Where = 'store' | 'pool';
-/** The job's moment: its first step (staging / clone), the export (mid-copy), publish, verify, the point of no return. */
-type Moment = 'create' | 'export' | 'publish' | 'verify' | 'promote';
+/**
+ * The job's moment: its first step (staging / clone / overlay), the export (mid-copy), publish,
+ * verify, the point of no return (live-rotate's switch), live-rotate's block commit after it.
+ */
+type Moment = 'create' | 'export' | 'publish' | 'verify' | 'promote' | 'commit';
 
-const STEP: Record<Strategy, Record<Moment, string>> = {
+const STEP: Record<Strategy, Partial<Record<Moment, string>>> = {
   offline: {
     create: 'create-staging',
     export: 'export',
@@ -56,6 +68,14 @@ const STEP: Record<Strategy, Record<Moment, string>> = {
     promote: 'promote-staging',
   },
   'lvm-cow': { create: 'clone', export: 'export', publish: 'publish', verify: 'verify', promote: 'repoint' },
+  'live-rotate': {
+    create: 'create-overlay',
+    promote: 'switch',
+    export: 'export',
+    publish: 'publish',
+    verify: 'verify',
+    commit: 'commit-frozen',
+  },
 };
 const ORDER: Record<Strategy, string[]> = {
   offline: [
@@ -69,8 +89,22 @@ const ORDER: Record<Strategy, string[]> = {
     'remove-retired',
   ],
   'lvm-cow': ['clone', 'export', 'publish', 'verify', 'remove-clone', 'repoint'],
+  'live-rotate': [
+    'create-overlay',
+    'switch',
+    'export',
+    'publish',
+    'verify',
+    'record-layer',
+    'commit-frozen',
+    'remove-frozen',
+  ],
 };
-const PONR: Record<Strategy, string> = { offline: 'promote-staging', 'lvm-cow': 'repoint' };
+const PONR: Record<Strategy, string> = {
+  offline: 'promote-staging',
+  'lvm-cow': 'repoint',
+  'live-rotate': 'switch',
+};
 
 interface FaultCase {
   strategy: Strategy;
@@ -89,8 +123,8 @@ const MOMENTS: Record<Where, Record<Fault, Moment[]>> = {
     enospc: ['export', 'publish'],
   },
   pool: {
-    eio: ['create', 'export', 'verify', 'promote'],
-    'eio-write': ['create', 'promote'],
+    eio: ['create', 'export', 'verify', 'promote', 'commit'],
+    'eio-write': ['create', 'promote', 'commit'],
     'eio-read': ['export', 'verify'],
     slow: ['export'],
     enospc: ['create'],
@@ -103,12 +137,14 @@ const SAMPLE = new Set([
   'offline/pool/eio/promote',
   'lvm-cow/store/eio/export',
   'lvm-cow/pool/eio-read/verify',
+  'live-rotate/store/eio/publish',
+  'live-rotate/pool/eio/commit',
 ]);
 /** A fault lasts this long, or until the job starts rolling back (a burst: a store or disk that comes back). */
 const BURST_MS = 3_000;
 
 const caseName = (c: FaultCase) => `${c.strategy}/${c.where}/${c.fault}/${c.moment}`;
-const CASES: FaultCase[] = (['offline', 'lvm-cow'] as const)
+const CASES: FaultCase[] = (['offline', 'lvm-cow', 'live-rotate'] as const)
   .flatMap((strategy) =>
     (['store', 'pool'] as const).flatMap((where) =>
       (Object.entries(MOMENTS[where]) as Array<[Fault, Moment[]]>).flatMap(([fault, moments]) =>
@@ -116,6 +152,7 @@ const CASES: FaultCase[] = (['offline', 'lvm-cow'] as const)
       ),
     ),
   )
+  .filter((c) => STEP[c.strategy][c.moment] !== undefined)
   .filter((c) => FULL || SAMPLE.has(caseName(c)))
   // Round-robin over strategy × device, so a run stopped early has covered each of them.
   .map((c, i, all) => ({
@@ -150,6 +187,8 @@ interface Outcome {
   message?: string;
   fsck?: number;
   leftLvs?: string[];
+  /** live-rotate: the layers of QEMU's chain after the job (top first). */
+  chain?: string[];
   seconds: number;
 }
 
@@ -177,17 +216,21 @@ interface Volume {
   orphans: string[];
   counter: number;
   round: number;
+  /** live-rotate: the running VM holding the volume's chain. */
+  vm?: BareQemu;
 }
 const volumes = new Map<Strategy, Volume>();
 
-function deps(slow: boolean): SnapshotDeps {
+function deps(slow: boolean, vm: BareQemu | undefined): SnapshotDeps {
   const img = slow ? slowQemuImg : qemuImg;
   return {
     qemuImg: img,
     store: new SnapshotStore({ roots: [store.mountPoint], qemuImg: img }),
     filePool: new FilePool({ roots: [work], qemuImg: img, timeoutMs: 60_000 }),
     lvm,
-    libvirt: new Libvirt({ uri: 'qemu:///system', timeoutMs: 60_000 }), // never reached: no VM
+    // Reached only by live-rotate, through the bare QEMU; the others have no VM.
+    libvirt:
+      (vm as unknown as Libvirt | undefined) ?? new Libvirt({ uri: 'qemu:///system', timeoutMs: 60_000 }),
     cowPollMs: 200,
   };
 }
@@ -201,13 +244,24 @@ beforeAll(async () => {
   pool = await FaultyPool.create(disk.disk, 1024 * MiB, MiB);
   store = await FaultyStore.create(disk.disk, 256 * MiB, 1026 * MiB);
   work = mkdtempSync(join(tmpdir(), 'faults-'));
-  for (const strategy of ['offline', 'lvm-cow'] as const) {
+  for (const strategy of ['offline', 'lvm-cow', 'live-rotate'] as const) {
+    if (!CASES.some((c) => c.strategy === strategy)) continue;
     const lv = `vol-${strategy}`;
     const { fullyAllocatedBytes } = await qemuImg.measure({ sizeBytes: VIRTUAL });
     const created = await lvm.createVolume({ vg: pool.vg, name: lv, sizeBytes: fullyAllocatedBytes });
     await qemuImg.create({ path: created.path, sizeBytes: VIRTUAL });
     const live = await ReferenceDisk.create(join(work, `${lv}.raw`), VIRTUAL);
-    volumes.set(strategy, { lv, path: created.path, live, parents: [], orphans: [], counter: 0, round: 0 });
+    const vm = strategy === 'live-rotate' ? await BareQemu.start(created.path, work) : undefined;
+    volumes.set(strategy, {
+      lv,
+      path: created.path,
+      live,
+      parents: [],
+      orphans: [],
+      counter: 0,
+      round: 0,
+      vm,
+    });
   }
 });
 
@@ -230,6 +284,7 @@ afterAll(async () => {
       ),
     ].join('\n'),
   );
+  for (const v of volumes.values()) await v.vm?.kill();
   await store?.remove().catch(() => undefined);
   await pool?.remove().catch(() => undefined);
   if (work) rmSync(work, { recursive: true, force: true });
@@ -241,7 +296,8 @@ async function guestWrites(v: Volume): Promise<void> {
   v.round++;
   const pattern = 1 + ((v.round * 37) % 250);
   const offset = ((v.round * 5) % 26) * MiB;
-  await sh('qemu-io', ['-f', 'qcow2', '-c', `write -q -P ${pattern} ${offset} ${6 * MiB}`, v.path]);
+  if (v.vm) await v.vm.guestWrite(pattern, offset, 6 * MiB);
+  else await sh('qemu-io', ['-f', 'qcow2', '-c', `write -q -P ${pattern} ${offset} ${6 * MiB}`, v.path]);
   await v.live.apply([{ pattern, offset, length: 6 * MiB }]);
 }
 
@@ -258,21 +314,41 @@ async function runJob(
 ) {
   const cmd = command('snapshot.create', {
     volume: { kind: 'lvm', vg: pool.vg, lv: v.lv },
-    vm: null,
+    vm: v.vm ? 'lab-vm' : null,
     store: { root: store.mountPoint, dir: v.lv },
     parents: v.parents,
     snapshot: name,
     options: { strategy, verify: opts.verify ?? 'metadata' },
   });
   const journal = opts.journal ?? new TriggerJournal(async () => undefined);
-  return createSnapshot(jobContext(cmd, journal, { onProgress: opts.onProgress }), deps(opts.slow ?? false));
+  return createSnapshot(
+    jobContext(cmd, journal, { onProgress: opts.onProgress }),
+    deps(opts.slow ?? false, v.vm),
+  );
 }
 
 const lvNames = async () => (await lvm.listVolumes(pool.vg)).map((lv) => lv.name).sort();
 
 async function expectVolumeMatches(v: Volume): Promise<void> {
+  if (v.vm) {
+    // The chain QEMU runs on: what the guest reads (through QEMU), its top read by qemu-img, every layer clean.
+    const chain = await v.vm.diskSources();
+    expect(await v.vm.readBackDiffers(v.live)).toBeNull();
+    expect(await differsFromReference(chain[0]!, v.live)).toBeNull();
+    for (const layer of chain)
+      expect((await qemuImg.check(layer, { forceShare: true })).ok, layer).toBe(true);
+    return;
+  }
   expect(await differsFromReference(v.path, v.live)).toBeNull();
   expect((await qemuImg.check(v.path)).ok).toBe(true);
+}
+
+/** live-rotate: every LV of the volume is a layer of the chain QEMU runs on (no stray LV); the chain, top first. */
+async function expectLayersInChain(v: Volume): Promise<string[]> {
+  const chain = (await v.vm!.diskSources()).map((path) => path.slice(`/dev/${pool.vg}/`.length));
+  const layers = (await lvNames()).filter((lv) => lv === v.lv || lv.startsWith(`${v.lv}.`));
+  expect(layers).toEqual([...chain].sort());
+  return chain;
 }
 
 describe(`snapshot jobs on a failing store and pool (${FULL ? 'full matrix' : 'sample'})`, () => {
@@ -302,9 +378,10 @@ async function runCase(c: FaultCase): Promise<void> {
   const started = performance.now();
   const v = volumes.get(c.strategy)!;
   const device = c.where === 'store' ? store.device : pool.device;
-  const step = STEP[c.strategy][c.moment];
+  const step = STEP[c.strategy][c.moment]!; // CASES holds only the moments a strategy has
   await guestWrites(v);
   const lvsBefore = await lvNames();
+  const chainBefore = v.vm ? await v.vm.diskSources() : [];
   const reference = await v.live.freeze(join(work, `${v.lv}-ref-${v.round}.raw`));
 
   let armed = false;
@@ -386,8 +463,18 @@ async function runCase(c: FaultCase): Promise<void> {
   } else {
     expect(existsSync(snapshotPath), `${name} must not be published by a rolled-back job`).toBe(false);
   }
-  const left = (await lvNames()).filter((lv) => !lvsBefore.includes(lv));
+  // live-rotate's layers come and go with each rotation: checked against QEMU's chain instead.
+  const left = (await lvNames()).filter((lv) => !lvsBefore.includes(lv) && !lv.startsWith(`${v.lv}.`));
   outcome.leftLvs = left;
+  if (v.vm) {
+    outcome.chain = await expectLayersInChain(v);
+    // Rolled back: the chain it started on. Succeeded: a new top on the base. Failed past the
+    // switch: the new top, maybe with the old top still above the base (the next commit merges it).
+    if (outcome.rolledBack === true) expect(await v.vm.diskSources()).toEqual(chainBefore);
+    else if (outcome.result === 'succeeded') expect(outcome.chain).toHaveLength(2);
+    else expect(outcome.chain.length).toBeLessThanOrEqual(3);
+    saveOutcomes();
+  }
   if (outcome.result === 'succeeded' || outcome.rolledBack === true) expect(left).toEqual([]);
   if (outcome.result === 'succeeded') v.parents.push(name);
 
@@ -399,6 +486,8 @@ async function runCase(c: FaultCase): Promise<void> {
   expect((await qemuImg.check(join(store.mountPoint, v.lv, next))).ok).toBe(true);
   expect(await differsFromReference(join(store.mountPoint, v.lv, next), reference)).toBeNull();
   await expectVolumeMatches(v);
+  // A layer a failed rotation left is merged by this one: the base and one active layer again.
+  if (v.vm) expect(await expectLayersInChain(v)).toHaveLength(2);
   // Only snapshots the caller knows carry a snapshot's name, plus those of jobs that failed past their point of no return.
   const visible = readdirSync(join(store.mountPoint, v.lv)).filter((f) => !f.startsWith('.'));
   expect(visible.filter((f) => !v.parents.includes(f)).sort()).toEqual([...v.orphans].sort());
