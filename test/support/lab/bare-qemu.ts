@@ -121,7 +121,9 @@ export class BareQemu {
   async waitForBlockJob(): Promise<void> {
     while (await this.blockJobRunning()) await new Promise((r) => setTimeout(r, 100));
     const inChain = new Set(await this.diskSources());
-    for (const [path, node] of [...this.owned]) {
+    // Newest first: a commit that merged two layers (one left by a failed rotation) dropped both,
+    // and the older one is the backing of the newer one until that is closed.
+    for (const [path, node] of [...this.owned].reverse()) {
       if (inChain.has(path)) continue;
       await this.client.execute('blockdev-del', { 'node-name': node.nodeName });
       const nodes = (await this.client.execute('query-named-block-nodes', {
