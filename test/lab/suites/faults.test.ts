@@ -242,7 +242,8 @@ beforeAll(async () => {
   // Stale labels from an earlier user of the disk must not show up under the slices.
   await sh('dd', ['if=/dev/zero', `of=${disk.disk}`, 'bs=1M', 'count=4', 'conv=fsync']);
   pool = await FaultyPool.create(disk.disk, 1024 * MiB, MiB);
-  store = await FaultyStore.create(disk.disk, 256 * MiB, 1026 * MiB);
+  // Room for live-rotate's full snapshots: each job that failed past its switch makes the next one full.
+  store = await FaultyStore.create(disk.disk, 768 * MiB, 1026 * MiB);
   work = mkdtempSync(join(tmpdir(), 'faults-'));
   for (const strategy of ['offline', 'lvm-cow', 'live-rotate'] as const) {
     if (!CASES.some((c) => c.strategy === strategy)) continue;

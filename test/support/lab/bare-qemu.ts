@@ -5,6 +5,7 @@
 // blockdev-del of the merged nodes for `blockcommit`, block_resize for `blockresize`).
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
+import { failedToolError } from '../../../src/host/exec.js';
 import type { BlockNode } from '../../../src/host/libvirt.js';
 import { chainFromGraph, type QmpBlockDeviceInfo, type QmpBlockGraph } from '../../../src/host/qmp.js';
 import type { ReferenceDisk } from '../reference-images.js';
@@ -88,6 +89,9 @@ export class BareQemu {
   }
   /** `snapshot-create-as --disk-only --reuse-external --diskspec vda,stype=block,file=<file>` */
   async externalSnapshot(_domain: string, opts: { target: string; file: string; sourceType: string }) {
+    await this.asVirsh('snapshot-create-as', () => this.switchTo(opts));
+  }
+  private async switchTo(opts: { file: string; sourceType: string }) {
     if (opts.sourceType !== 'block')
       throw new Error(`a bare QEMU takes LVs only, not a ${opts.sourceType} layer`);
     const node = `ov${this.nextNode++}`;
@@ -98,12 +102,20 @@ export class BareQemu {
       backing: null,
       file: { driver: 'host_device', filename: opts.file, 'node-name': fileNode },
     });
-    await this.client.execute('blockdev-snapshot', { node: this.top, overlay: node });
+    try {
+      await this.client.execute('blockdev-snapshot', { node: this.top, overlay: node });
+    } catch (error) {
+      await this.close({ nodeName: node, fileNodeName: fileNode }); // libvirt closes what it opened too
+      throw error;
+    }
     this.owned.set(opts.file, { nodeName: node, fileNodeName: fileNode });
     this.top = node;
   }
   /** `blockcommit --top <top> --base <base>` (a non-active commit); waitForBlockJob finishes it. */
   async startBlockCommit(_domain: string, opts: { target: string; top: string; base: string }) {
+    await this.asVirsh('blockcommit', () => this.commit(opts));
+  }
+  private async commit(opts: { top: string; base: string }) {
     const chain = await this.diskChain();
     const node = (path: string) => chain.find((n) => n.filename === path)!.nodeName;
     await this.client.execute('block-commit', {
@@ -125,18 +137,32 @@ export class BareQemu {
     // and the older one is the backing of the newer one until that is closed.
     for (const [path, node] of [...this.owned].reverse()) {
       if (inChain.has(path)) continue;
-      await this.client.execute('blockdev-del', { 'node-name': node.nodeName });
-      const nodes = (await this.client.execute('query-named-block-nodes', {
-        flat: true,
-      })) as QmpBlockDeviceInfo[];
-      if (nodes.some((n) => n['node-name'] === node.fileNodeName))
-        await this.client.execute('blockdev-del', { 'node-name': node.fileNodeName });
+      await this.close(node);
       this.owned.delete(path);
     }
   }
+  private async close(node: Pick<BlockNode, 'nodeName' | 'fileNodeName'>): Promise<void> {
+    await this.client.execute('blockdev-del', { 'node-name': node.nodeName });
+    const nodes = (await this.client.execute('query-named-block-nodes', {
+      flat: true,
+    })) as QmpBlockDeviceInfo[];
+    if (nodes.some((n) => n['node-name'] === node.fileNodeName))
+      await this.client.execute('blockdev-del', { 'node-name': node.fileNodeName });
+  }
   /** `blockresize` */
   async blockResize(_domain: string, _target: string, sizeBytes: number) {
-    await this.client.execute('block_resize', { 'node-name': this.top, size: sizeBytes });
+    await this.asVirsh('blockresize', () =>
+      this.client.execute('block_resize', { 'node-name': this.top, size: sizeBytes }),
+    );
+  }
+
+  /** A QMP failure as the Libvirt adapter reports virsh's (classified from its message: EIO → HOST_IO_ERROR). */
+  private async asVirsh(command: string, run: () => Promise<unknown>): Promise<void> {
+    try {
+      await run();
+    } catch (error) {
+      throw failedToolError('virsh', [command], `error: ${(error as Error).message}`, 1);
+    }
   }
 
   // --- the guest -----------------------------------------------------------------------------------
