@@ -3,6 +3,7 @@ import { basename, dirname, join, relative, resolve } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import type { StoreRef } from '../protocol/index.js';
+import { FS_CALL_TIMEOUT_MS, withDeadline } from './deadline.js';
 import { checkAbsolutePath, confineChild, confinePath, isInside, realpathAllowMissing } from './paths.js';
 import type { QemuImg } from './qemu-img.js';
 
@@ -28,6 +29,10 @@ export interface SnapshotStoreOptions {
   roots: readonly string[];
   qemuImg: QemuImg;
   logger?: Logger;
+  /** Deadline of one file-system call on the store (default 60 s): the store is NFS, which can stop answering. */
+  timeoutMs?: number;
+  /** Deadline of a publish, whose fsync writes back what the export left in the page cache (default 1 h). */
+  publishTimeoutMs?: number;
 }
 
 const PART = /^\..+\.part$/;
@@ -41,11 +46,25 @@ export class SnapshotStore {
   readonly roots: readonly string[];
   private readonly qemuImg: QemuImg;
   private readonly logger: Logger | undefined;
+  private readonly timeoutMs: number;
+  private readonly publishTimeoutMs: number;
 
   constructor(opts: SnapshotStoreOptions) {
     this.roots = opts.roots.map((r) => resolve(r));
     this.qemuImg = opts.qemuImg;
     this.logger = opts.logger;
+    this.timeoutMs = opts.timeoutMs ?? FS_CALL_TIMEOUT_MS;
+    this.publishTimeoutMs = opts.publishTimeoutMs ?? 3600_000;
+  }
+
+  /** Every file-system call on the store goes through here: none may wait forever on a dead mount. */
+  private bounded<T>(
+    operation: string,
+    path: string,
+    work: () => Promise<T>,
+    timeoutMs = this.timeoutMs,
+  ): Promise<T> {
+    return withDeadline(work(), { operation, path, timeoutMs });
   }
 
   /**
@@ -67,16 +86,19 @@ export class SnapshotStore {
         field: 'store.dir',
       });
     }
-    return confinePath(`${root}/${ref.dir}`, [root], 'store.dir');
+    const dir = `${root}/${ref.dir}`;
+    return this.bounded('realpath', dir, () => confinePath(dir, [root], 'store.dir'));
   }
 
   /** Creates the store directory (and parents) if needed and returns its real path. */
   async ensureDirectory(ref: StoreRef): Promise<string> {
     const dir = await this.directory(ref);
-    const created = await mkdir(dir, { recursive: true });
-    // A new directory entry must survive a crash like the files in it.
-    if (created !== undefined) await fsyncDirectory(dirname(created));
-    return dir;
+    return this.bounded('mkdir', dir, async () => {
+      const created = await mkdir(dir, { recursive: true });
+      // A new directory entry must survive a crash like the files in it.
+      if (created !== undefined) await fsyncDirectory(dirname(created));
+      return dir;
+    });
   }
 
   /** The real path of the snapshot file `name` in the store directory (name checked, confined). */
@@ -86,7 +108,22 @@ export class SnapshotStore {
 
   /** Confines any path to the store roots and returns its real path. */
   async confine(path: string, field = 'path'): Promise<string> {
-    return confinePath(path, this.roots, field);
+    return this.bounded('realpath', path, () => confinePath(path, this.roots, field));
+  }
+
+  /** True when `path` exists (bounded like every store call). */
+  async exists(path: string): Promise<boolean> {
+    return this.bounded('stat', path, () => exists(path));
+  }
+
+  /** Removes a `.name.part` file of an interrupted export if it is there (remove refuses hidden names). */
+  async removePart(partPath: string): Promise<void> {
+    const part = join(await this.confine(dirname(partPath), 'partPath'), basename(partPath));
+    await this.bounded('unlink', part, () =>
+      unlink(part).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+      }),
+    );
   }
 
   /** Where a snapshot is written before it is complete: `<dir>/.<name>.part` (hidden, never a chain member). */
@@ -111,15 +148,22 @@ export class SnapshotStore {
         field: 'partPath',
       });
     }
-    if (await exists(target)) throw new PathExistsError(target);
-    const handle = await open(part, 'r+');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(part, target);
-    await fsyncDirectory(dirname(target));
+    await this.bounded(
+      'publish',
+      target,
+      async () => {
+        if (await exists(target)) throw new PathExistsError(target);
+        const handle = await open(part, 'r+');
+        try {
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+        await rename(part, target);
+        await fsyncDirectory(dirname(target));
+      },
+      this.publishTimeoutMs,
+    );
     this.logger?.debug(
       { path: target, durationMs: Math.round(performance.now() - started) },
       'snapshot published',
@@ -128,7 +172,8 @@ export class SnapshotStore {
 
   /** Bytes available to the agent on the filesystem holding `dir` (statfs f_bavail × f_bsize). */
   async freeBytes(dir: string): Promise<number> {
-    const fs = await statfs(await this.confine(dir, 'dir'));
+    const target = await this.confine(dir, 'dir');
+    const fs = await this.bounded('statfs', target, () => statfs(target));
     return fs.bavail * fs.bsize;
   }
 
@@ -188,16 +233,20 @@ export class SnapshotStore {
    */
   async remove(path: string): Promise<boolean> {
     const target = await this.confine(path);
-    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined;
-      throw e;
+    const removed = await this.bounded('unlink', target, async () => {
+      const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return undefined;
+        throw e;
+      });
+      if (info === undefined) return false;
+      if (!info.isFile()) {
+        throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
+      }
+      await unlink(target);
+      await fsyncDirectory(dirname(target));
+      return true;
     });
-    if (info === undefined) return false;
-    if (!info.isFile()) {
-      throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
-    }
-    await unlink(target);
-    await fsyncDirectory(dirname(target));
+    if (!removed) return false;
     this.logger?.debug({ path: target }, 'store file removed');
     return true;
   }
@@ -205,7 +254,7 @@ export class SnapshotStore {
   /** Snapshot file names in a store directory (no part files, no subdirectories), sorted. */
   async list(ref: StoreRef): Promise<string[]> {
     const dir = await this.directory(ref);
-    const entries = await readdir(dir, { withFileTypes: true });
+    const entries = await this.bounded('readdir', dir, () => readdir(dir, { withFileTypes: true }));
     return entries
       .filter((e) => e.isFile() && !PART.test(e.name))
       .map((e) => e.name)
@@ -215,12 +264,14 @@ export class SnapshotStore {
   /** Removes `.<name>.part` leftovers of interrupted exports in a store directory; returns their names. */
   async removeStaleParts(ref: StoreRef): Promise<string[]> {
     const dir = await this.directory(ref);
-    const parts = (await readdir(dir, { withFileTypes: true })).filter(
-      (e) => e.isFile() && PART.test(e.name),
-    );
-    for (const part of parts) await unlink(join(dir, part.name));
-    if (parts.length > 0) await fsyncDirectory(dir);
-    return parts.map((p) => p.name);
+    return this.bounded('unlink', dir, async () => {
+      const parts = (await readdir(dir, { withFileTypes: true })).filter(
+        (e) => e.isFile() && PART.test(e.name),
+      );
+      for (const part of parts) await unlink(join(dir, part.name));
+      if (parts.length > 0) await fsyncDirectory(dir);
+      return parts.map((p) => p.name);
+    });
   }
 }
 

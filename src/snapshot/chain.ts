@@ -1,6 +1,6 @@
-import { stat, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { ChainInvalidError } from '../errors/index.js';
+import { FS_CALL_TIMEOUT_MS, withDeadline } from '../host/deadline.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import type { SnapshotStore } from '../host/store.js';
 
@@ -19,11 +19,8 @@ export async function chainPaths(store: SnapshotStore, top: string): Promise<str
 }
 
 /** Removes a `.name.part` file of an interrupted export (store.remove refuses hidden names). */
-export async function removePart(store: SnapshotStore, partPath: string): Promise<void> {
-  const dir = await store.confine(dirname(partPath), 'partPath');
-  await unlink(join(dir, basename(partPath))).catch((e: NodeJS.ErrnoException) => {
-    if (e.code !== 'ENOENT') throw e;
-  });
+export function removePart(store: SnapshotStore, partPath: string): Promise<void> {
+  return store.removePart(partPath);
 }
 
 /**
@@ -50,15 +47,16 @@ export async function removeIfUnreferenced(
   return store.remove(path);
 }
 
-/** True when `path` exists (file or device node). */
+/** True when `path` exists (file or device node); bounded, since it may lie on a dead NFS store. */
 export async function pathExists(path: string): Promise<boolean> {
-  return stat(path).then(
+  const found = stat(path).then(
     () => true,
     (e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return false;
       throw e;
     },
   );
+  return withDeadline(found, { operation: 'stat', path, timeoutMs: FS_CALL_TIMEOUT_MS });
 }
 
 /**
