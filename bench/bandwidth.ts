@@ -24,7 +24,7 @@ import {
   fileSnapshotCommand,
   jobContext,
   makeHarness,
-} from '../test/integration/snapshot/harness.js';
+} from '../test/support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { values } = parseArgs({

@@ -10,7 +10,7 @@ import { baseHandlers, type HostProbe } from '../src/handlers/index.js';
 import { JobRunner } from '../src/jobs/job-runner.js';
 import { JobJournal } from '../src/jobs/journal.js';
 import { CommandConsumer } from '../src/messaging/command-consumer.js';
-import { BrokerConnection } from '../src/messaging/connection.js';
+import { BrokerConnection, connectionName } from '../src/messaging/connection.js';
 import { EventPublisher } from '../src/messaging/event-publisher.js';
 import { type TopologyNames, topologyNames } from '../src/messaging/topology.js';
 import { createLogger } from '../src/observability/logger.js';
@@ -51,7 +51,7 @@ async function startHost(hostId: string, index: number, msg: WorkerStart): Promi
     const c = new BrokerConnection({
       role,
       urls,
-      hostId,
+      connectionName: connectionName(hostId, role),
       heartbeatSeconds: 15,
       connectTimeoutMs: 10_000,
       reconnectMinMs: 200,

@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type ChannelModel, type ConfirmChannel, connect } from 'amqplib';
 import type { AgentEvent } from '../src/protocol/index.js';
-import { CLUSTER_URLS, cluster, NODES } from '../test/helpers/cluster.js';
+import { CLUSTER_URLS, cluster, NODES } from '../test/support/cluster.js';
 import type { WorkerMessage, WorkerStart } from './fleet-worker.js';
 
 const { values: args } = parseArgs({

@@ -14,8 +14,8 @@
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { Cleanup, createQcow2, guestWrite, startTestDomain } from '../test/helpers/libvirt-fixtures.js';
-import { fileSnapshotCommand, makeHarness, runCreate } from '../test/integration/snapshot/harness.js';
+import { Cleanup, createQcow2, guestWrite, startTestDomain } from '../test/support/libvirt-fixtures.js';
+import { fileSnapshotCommand, makeHarness, runCreate } from '../test/support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { values } = parseArgs({

@@ -41,14 +41,14 @@ import {
   imagesIdentical,
   startTestDomain,
   type TestDomain,
-} from '../test/helpers/libvirt-fixtures.js';
+} from '../test/support/libvirt-fixtures.js';
 import {
   command,
   FileStepJournal,
   type Harness,
   jobContext,
   makeHarness,
-} from '../test/integration/snapshot/harness.js';
+} from '../test/support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { values } = parseArgs({

@@ -20,8 +20,8 @@ import { execa } from 'execa';
 import { silentLogger } from '../src/observability/logger.js';
 import { commandSchema } from '../src/protocol/index.js';
 import { createSnapshot } from '../src/snapshot/index.js';
-import { Cleanup, createQcow2, guestWrite, startTestDomain } from '../test/helpers/libvirt-fixtures.js';
-import { FileStepJournal, makeHarness } from '../test/integration/snapshot/harness.js';
+import { Cleanup, createQcow2, guestWrite, startTestDomain } from '../test/support/libvirt-fixtures.js';
+import { FileStepJournal, makeHarness } from '../test/support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { values } = parseArgs({

@@ -69,7 +69,7 @@ node -e "
   })();
 " "$HTTP_PORT"
 
-snapctl() { node dist/cli/snapctl.js "$@"; }
+snapctl() { node dist/snapctl.js "$@"; }
 
 # Print every event of this host while the demo runs (one line per event).
 snapctl --host "$HOST_ID" --json watch >"$WORK/events.jsonl" 2>"$WORK/watch.err" &

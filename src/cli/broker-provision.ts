@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { ChannelModel } from 'amqplib';
+import { closeChannel } from '../client/messages.js';
 import type { AgentConfig } from '../config/index.js';
+import type { BrokerConnection } from '../messaging/connection.js';
 import { declareSharedTopology, declareTopology, topologyNames } from '../messaging/topology.js';
 import { usageError } from './exit-codes.js';
 import type { Rabbitmqctl, TopicPermissions, VhostPermissions } from './rabbitmqctl.js';
@@ -112,16 +113,19 @@ export async function applyRights(
 
 /** Declares the shared exchanges, the dead-letter queue and `hostId`'s queue and binding (idempotent). */
 export async function declareFor(
-  model: ChannelModel,
+  connection: BrokerConnection,
   t: AgentConfig['topology'],
   hostId?: string,
 ): Promise<void> {
-  const channel = await model.createChannel();
+  const channel = await connection.openChannel();
   try {
-    if (hostId === undefined) await declareSharedTopology(channel, t);
-    else await declareTopology(channel, topologyNames({ hostId, topology: { ...t, declare: true } }), hostId);
+    const declaring =
+      hostId === undefined
+        ? declareSharedTopology(channel, t)
+        : declareTopology(channel, topologyNames({ hostId, topology: { ...t, declare: true } }), hostId);
+    await connection.bounded(declaring, 'declare the topology');
   } finally {
-    await channel.close().catch(() => {});
+    await closeChannel(connection, channel);
   }
 }
 

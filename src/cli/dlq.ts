@@ -1,6 +1,7 @@
-import type { ChannelModel, ConfirmChannel, GetMessage, Options } from 'amqplib';
+import type { ConfirmChannel, GetMessage, Options } from 'amqplib';
+import { assertExists, closeChannel, publishConfirmed } from '../client/messages.js';
 import { AgentError } from '../errors/index.js';
-import { messageOf, openChannel, openConfirmChannel, withTimeout } from './broker-session.js';
+import type { BrokerConnection } from '../messaging/connection.js';
 
 /** What `dlq list` shows about one dead-lettered command. */
 export interface DeadLetterSummary {
@@ -40,20 +41,20 @@ interface XDeath {
  * (nack + requeue): `list` and `show` never lose or consume a message.
  */
 export async function peekDeadLetters(
-  model: ChannelModel,
+  connection: BrokerConnection,
   queue: string,
   limit: number,
 ): Promise<{ letters: DeadLetterDetail[]; more: boolean }> {
-  await assertQueueExists(model, queue);
-  const channel = await openChannel(model);
+  await assertQueueExists(connection, queue);
+  const channel = await connection.openChannel();
   try {
-    const taken = await takeMessages(channel, queue, limit);
+    const taken = await takeMessages(connection, channel, queue, limit);
     const letters = taken.messages.map((message, index) => detailOf(message, index + 1));
     channel.nackAll(true);
     return { letters, more: taken.more };
   } finally {
     // Closing the channel would requeue anything still unacked too.
-    await channel.close().catch(() => {});
+    await closeChannel(connection, channel);
   }
 }
 
@@ -79,12 +80,15 @@ export interface ReplayResult {
  * each one only after the broker confirmed the publish and routed it; everything else is
  * requeued. A publish that fails or is unroutable leaves its message in the dead-letter queue.
  */
-export async function replayDeadLetters(model: ChannelModel, options: ReplayOptions): Promise<ReplayResult> {
-  await assertQueueExists(model, options.queue);
-  const channel = await openConfirmChannel(model);
+export async function replayDeadLetters(
+  connection: BrokerConnection,
+  options: ReplayOptions,
+): Promise<ReplayResult> {
+  await assertQueueExists(connection, options.queue);
+  const channel = await connection.openConfirmChannel();
   const replayed: ReplayResult['replayed'] = [];
   try {
-    const { messages } = await takeMessages(channel, options.queue, options.limit);
+    const { messages } = await takeMessages(connection, channel, options.queue, options.limit);
     const wanted = options.select === 'all' ? undefined : new Set(options.select);
     for (const message of messages) {
       const messageId = (message.properties.messageId as string | undefined) ?? null;
@@ -104,32 +108,28 @@ export async function replayDeadLetters(model: ChannelModel, options: ReplayOpti
     channel.nackAll(true);
     return { replayed, missing: wanted ? [...wanted] : [] };
   } finally {
-    await channel.close().catch(() => {});
+    await closeChannel(connection, channel);
   }
 }
 
-async function assertQueueExists(model: ChannelModel, queue: string): Promise<void> {
-  const channel = await openChannel(model);
-  try {
-    await channel.checkQueue(queue);
-  } catch (error) {
-    throw new AgentError('NOT_ROUTED', `the dead-letter queue "${queue}" does not exist on the broker`, {
-      cause: error,
-      details: { queue },
-    });
-  } finally {
-    await channel.close().catch(() => {});
-  }
+function assertQueueExists(connection: BrokerConnection, queue: string): Promise<void> {
+  return assertExists(
+    connection,
+    (channel) => channel.checkQueue(queue),
+    `the dead-letter queue "${queue}" does not exist on the broker`,
+    { queue },
+  );
 }
 
 async function takeMessages(
+  connection: BrokerConnection,
   channel: { get(queue: string, options?: Options.Get): Promise<GetMessage | false> },
   queue: string,
   limit: number,
 ): Promise<{ messages: GetMessage[]; more: boolean }> {
   const messages: GetMessage[] = [];
   while (messages.length < limit) {
-    const message = await channel.get(queue, { noAck: false });
+    const message = await connection.bounded(channel.get(queue, { noAck: false }), 'basic.get');
     if (message === false) return { messages, more: false };
     messages.push(message);
   }
@@ -157,40 +157,21 @@ async function republish(
     }
   }
   headers['x-replayed-from-dlq'] = new Date().toISOString();
-  let returned = false;
-  const onReturn = () => {
-    returned = true;
-  };
-  channel.once('return', onReturn);
-  try {
-    await withTimeout(
-      new Promise<void>((resolve, reject) => {
-        const p = message.properties;
-        channel.publish(
-          exchange,
-          hostId,
-          message.content,
-          {
-            persistent: true,
-            mandatory: true,
-            headers,
-            ...(p.messageId ? { messageId: p.messageId } : {}),
-            ...(p.correlationId ? { correlationId: p.correlationId } : {}),
-            ...(p.replyTo ? { replyTo: p.replyTo } : {}),
-            ...(p.contentType ? { contentType: p.contentType } : {}),
-            ...(p.type ? { type: p.type } : {}),
-            ...(p.appId ? { appId: p.appId } : {}),
-          },
-          (error: unknown) =>
-            error ? reject(new Error(`broker refused the replay: ${messageOf(error)}`)) : resolve(),
-        );
-      }),
-      confirmTimeoutMs,
-      `no publisher confirm within ${confirmTimeoutMs} ms`,
-    );
-  } finally {
-    channel.off('return', onReturn);
-  }
+  const p = message.properties;
+  const { returned } = await publishConfirmed(
+    channel,
+    { exchange, routingKey: hostId, confirmTimeoutMs, what: 'replay' },
+    message.content,
+    {
+      headers,
+      ...(p.messageId ? { messageId: p.messageId } : {}),
+      ...(p.correlationId ? { correlationId: p.correlationId } : {}),
+      ...(p.replyTo ? { replyTo: p.replyTo } : {}),
+      ...(p.contentType ? { contentType: p.contentType } : {}),
+      ...(p.type ? { type: p.type } : {}),
+      ...(p.appId ? { appId: p.appId } : {}),
+    },
+  );
   if (returned) {
     throw new AgentError(
       'NOT_ROUTED',

@@ -1,12 +1,7 @@
+import { etaMs, hostOf, percentOf } from '../client/event-facts.js';
 import type { AgentEvent, AgentEventOf } from '../protocol/index.js';
 import { eventKindOf } from '../protocol/index.js';
-import { etaMs, formatBytes, formatDuration, formatRate, percentOf } from './format.js';
-
-/** The host id of an event: `source` is `clvm-snapshot-agent/<hostId>`. */
-export function hostOf(event: AgentEvent): string {
-  const slash = event.source.lastIndexOf('/');
-  return slash >= 0 ? event.source.slice(slash + 1) : event.source;
-}
+import { formatBytes, formatDuration, formatRate } from './format.js';
 
 /** One line about a progress event: step, percent, bytes, rate and ETA when known. */
 export function progressLine(event: AgentEventOf<'progress'>): string {

@@ -1,4 +1,4 @@
-// Small, pure formatters shared by snapctl's output and the dashboard's server-side summaries.
+// Small, pure formatters for snapctl's output.
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 
@@ -31,36 +31,4 @@ export function formatDuration(ms: number | undefined): string {
   const m = Math.floor((totalSeconds % 3600) / 60);
   const s = totalSeconds % 60;
   return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : `${m}m${String(s).padStart(2, '0')}s`;
-}
-
-/** Remaining time from bytes left and the current rate; undefined when it cannot be known. */
-export function etaMs(progress: {
-  bytesDone?: number | undefined;
-  bytesTotal?: number | undefined;
-  bytesPerSecond?: number | undefined;
-}): number | undefined {
-  const { bytesDone, bytesTotal, bytesPerSecond } = progress;
-  if (bytesDone === undefined || bytesTotal === undefined || !bytesPerSecond || bytesPerSecond <= 0) {
-    return undefined;
-  }
-  return (Math.max(0, bytesTotal - bytesDone) / bytesPerSecond) * 1000;
-}
-
-/** Percent done of a progress event: its `percent`, else bytesDone/bytesTotal, else by step. */
-export function percentOf(progress: {
-  percent?: number | undefined;
-  bytesDone?: number | undefined;
-  bytesTotal?: number | undefined;
-  stepIndex: number;
-  stepCount: number;
-}): number {
-  if (progress.percent !== undefined) return clampPercent(progress.percent);
-  if (progress.bytesDone !== undefined && progress.bytesTotal) {
-    return clampPercent((progress.bytesDone / progress.bytesTotal) * 100);
-  }
-  return clampPercent((progress.stepIndex / progress.stepCount) * 100);
-}
-
-function clampPercent(value: number): number {
-  return Math.min(100, Math.max(0, Math.round(value * 10) / 10));
 }

@@ -1,15 +1,17 @@
 import { Command as Commander, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { AgentClient } from '../client/index.js';
+import { AgentClient, type AgentClientOptions, openBrokerConnection } from '../client/index.js';
+import type { TerminalEvent } from '../client/send-and-wait.js';
 import { type AgentConfig, loadConfig } from '../config/index.js';
-import { startDashboard } from '../dashboard/server.js';
-import { AgentError } from '../errors/index.js';
-import { brokerTlsOptions } from '../messaging/broker-tls.js';
+import { AgentError, messageOf } from '../errors/index.js';
+import { type BrokerTlsOptions, brokerTlsOptions } from '../messaging/broker-tls.js';
+import type { BrokerConnection } from '../messaging/connection.js';
 import {
   type Command,
   type CommandType,
   ENVELOPE_FIELD_PATTERNS,
   EVENT_KINDS,
   type EventKind,
+  strategyName,
 } from '../protocol/index.js';
 import {
   applyRights,
@@ -23,7 +25,6 @@ import {
   rightsLines,
   vhostOf,
 } from './broker-provision.js';
-import { connectBroker } from './broker-session.js';
 import { buildCommand, parseList, parseVolume } from './command-builder.js';
 import { type DeadLetterDetail, peekDeadLetters, replayDeadLetters, summaryOf } from './dlq.js';
 import { eventLine } from './event-lines.js';
@@ -32,7 +33,6 @@ import { formatBytes } from './format.js';
 import { type CliIo, writeJson, writeLine } from './io.js';
 import { createJobProgressView } from './progress-view.js';
 import { Rabbitmqctl } from './rabbitmqctl.js';
-import type { TerminalEvent } from './send-and-wait.js';
 import { DEFAULT_COMMAND_LIFETIME_S, loadSigner, writeKeyPair } from './signing-keys.js';
 import { watchEvents } from './watch.js';
 
@@ -64,6 +64,23 @@ const DEFAULT_TIMEOUT_S: Record<CommandType, number> = {
   'chain.verify': 3600,
 };
 
+/** What `snapctl dashboard` needs from the dashboard (src/snapctl.ts passes the real one in). */
+export type DashboardStarter = (options: {
+  brokerUrls: readonly string[];
+  eventsExchange: string;
+  connectTimeoutMs: number;
+  tls?: BrokerTlsOptions;
+  port: number;
+  host: string;
+}) => Promise<{ url: string; close(): Promise<void> }>;
+
+export interface SnapctlContext {
+  startDashboard: DashboardStarter;
+  env?: NodeJS.ProcessEnv;
+  /** Stops `watch` and `dashboard` (default: the first SIGINT or SIGTERM). */
+  stopSignal?: AbortSignal;
+}
+
 /**
  * Runs snapctl with `argv` (without node and script) and returns the exit code. Never throws:
  * every error becomes one message (no stack trace) and a documented exit code.
@@ -71,11 +88,10 @@ const DEFAULT_TIMEOUT_S: Record<CommandType, number> = {
 export async function runSnapctl(
   argv: readonly string[],
   io: CliIo,
-  env: NodeJS.ProcessEnv = process.env,
-  stopSignal?: AbortSignal,
+  context: SnapctlContext,
 ): Promise<ExitCode> {
   let exitCode: ExitCode = EXIT.ok;
-  const program = buildProgram(io, env, stopSignal, (code) => {
+  const program = buildProgram(io, context, (code) => {
     exitCode = code;
   });
   const json = argv.includes('--json');
@@ -92,7 +108,7 @@ export async function runSnapctl(
     }
     const code = exitCodeOf(error);
     const agentError = error instanceof AgentError ? error : undefined;
-    const message = error instanceof Error ? error.message : String(error);
+    const message = messageOf(error);
     if (json) {
       writeJson(io, { ok: false, exitCode: code, error: { code: agentError?.code ?? 'ERROR', message } });
     } else {
@@ -103,12 +119,9 @@ export async function runSnapctl(
   }
 }
 
-function buildProgram(
-  io: CliIo,
-  env: NodeJS.ProcessEnv,
-  stopSignal: AbortSignal | undefined,
-  setExit: (code: ExitCode) => void,
-): Commander {
+function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCode) => void): Commander {
+  const env = context.env ?? process.env;
+  const stopSignal = context.stopSignal;
   const program = new Commander('snapctl')
     .description(
       'Operate clvm-snapshot-agent: send commands, watch events, handle dead letters, serve the dashboard.',
@@ -208,7 +221,8 @@ function buildProgram(
     const config = configFrom(env, opts);
     const vhost = opts.vhost ?? vhostOf(config.broker.urls[0]!);
     const rights = rightsOf(config, vhost);
-    if (opts.declare) await withConnection(config, (model) => declareFor(model, config.topology, hostId));
+    if (opts.declare)
+      await withConnection(config, (connection) => declareFor(connection, config.topology, hostId));
     const ctl = new Rabbitmqctl({
       timeoutMs: 60_000,
       ...(opts.rabbitmqctlNode ? { node: opts.rabbitmqctlNode } : {}),
@@ -269,9 +283,7 @@ function buildProgram(
     .requiredOption('--snapshot <name>', 'file name of the new snapshot')
     .option('--parent <name>', 'the chain so far, oldest first (repeat, or comma-separated)', collect, [])
     .option('--vm <name>', 'libvirt domain using the volume')
-    .addOption(
-      new Option('--strategy <name>', 'strategy').choices(['auto', 'offline', 'lvm-cow', 'live-rotate']),
-    )
+    .addOption(new Option('--strategy <name>', 'strategy').choices(strategyName.options))
     .option('--quiesce', 'freeze guest filesystems through the guest agent')
     .addOption(new Option('--verify <level>', 'check after export').choices(['none', 'metadata', 'full']))
     .option('--compress', 'compress the exported QCOW2')
@@ -378,9 +390,9 @@ function buildProgram(
       const opts = this.optsWithGlobals<GlobalOptions & { volume?: string; kind?: EventKind }>();
       const config = configFrom(env, opts);
       const volume = opts.volume ? parseVolume(opts.volume) : undefined;
-      await withConnection(config, async (model) => {
+      await withConnection(config, async (connection) => {
         await watchEvents(
-          model,
+          connection,
           io,
           {
             eventsExchange: config.topology.eventsExchange,
@@ -402,8 +414,8 @@ function buildProgram(
     .action(async function (this: Commander) {
       const opts = this.optsWithGlobals<GlobalOptions & { limit: number }>();
       const config = configFrom(env, opts);
-      const { letters, more } = await withConnection(config, (model) =>
-        peekDeadLetters(model, config.topology.deadLetterQueue, opts.limit),
+      const { letters, more } = await withConnection(config, (connection) =>
+        peekDeadLetters(connection, config.topology.deadLetterQueue, opts.limit),
       );
       if (opts.json) {
         writeJson(io, {
@@ -428,8 +440,8 @@ function buildProgram(
     .action(async function (this: Commander, messageId: string) {
       const opts = this.optsWithGlobals<GlobalOptions & { limit: number }>();
       const config = configFrom(env, opts);
-      const { letters } = await withConnection(config, (model) =>
-        peekDeadLetters(model, config.topology.deadLetterQueue, opts.limit),
+      const { letters } = await withConnection(config, (connection) =>
+        peekDeadLetters(connection, config.topology.deadLetterQueue, opts.limit),
       );
       const letter = letters.find((l) => l.messageId === messageId);
       if (!letter) {
@@ -452,8 +464,8 @@ function buildProgram(
       if (!opts.all && ids.length === 0) throw usageError('give message ids to replay, or --all');
       if (opts.all && ids.length > 0) throw usageError('give message ids or --all, not both');
       const config = configFrom(env, opts);
-      const result = await withConnection(config, (model) =>
-        replayDeadLetters(model, {
+      const result = await withConnection(config, (connection) =>
+        replayDeadLetters(connection, {
           queue: config.topology.deadLetterQueue,
           commandsExchange: config.topology.commandsExchange,
           select: opts.all ? 'all' : ids,
@@ -481,7 +493,7 @@ function buildProgram(
     .action(async function (this: Commander) {
       const opts = this.optsWithGlobals<GlobalOptions & { port: number; listen: string }>();
       const config = configFrom(env, opts);
-      const dashboard = await startDashboard({
+      const dashboard = await context.startDashboard({
         brokerUrls: config.broker.urls,
         eventsExchange: config.topology.eventsExchange,
         connectTimeoutMs: config.broker.connectTimeoutMs,
@@ -517,19 +529,25 @@ function configFrom(env: NodeJS.ProcessEnv, opts: GlobalOptions): AgentConfig {
   return loadConfig({ env, overrides, ...(opts.config ? { file: opts.config } : {}) }).config;
 }
 
+/** How snapctl reaches the broker: one pass over the URLs, no reconnect, named `snapctl`. */
+function connectOptions(config: AgentConfig): AgentClientOptions {
+  return {
+    urls: config.broker.urls,
+    connectTimeoutMs: config.broker.connectTimeoutMs,
+    tls: brokerTlsOptions(config.broker.tls),
+    connectionName: 'snapctl',
+  };
+}
+
 async function withConnection<T>(
   config: AgentConfig,
-  use: (model: Awaited<ReturnType<typeof connectBroker>>) => Promise<T>,
+  use: (connection: BrokerConnection) => Promise<T>,
 ): Promise<T> {
-  const model = await connectBroker(
-    config.broker.urls,
-    config.broker.connectTimeoutMs,
-    brokerTlsOptions(config.broker.tls),
-  );
+  const connection = await openBrokerConnection(connectOptions(config));
   try {
-    return await use(model);
+    return await use(connection);
   } finally {
-    await model.close().catch(() => {});
+    await connection.close();
   }
 }
 
@@ -547,12 +565,10 @@ async function sendCommand(
   let terminal: TerminalEvent;
   try {
     const client = await AgentClient.connect({
-      urls: config.broker.urls,
-      connectTimeoutMs: config.broker.connectTimeoutMs,
+      ...connectOptions(config),
       commandsExchange: config.topology.commandsExchange,
       eventsExchange: config.topology.eventsExchange,
       confirmTimeoutMs: config.broker.confirmTimeoutMs,
-      tls: brokerTlsOptions(config.broker.tls),
       ...(signer ? { signer } : {}),
       ...(!signer && config.security.signingKey ? { signingKey: config.security.signingKey } : {}),
     });

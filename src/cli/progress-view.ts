@@ -1,8 +1,9 @@
 import cliProgress from 'cli-progress';
+import { etaMs, percentOf } from '../client/event-facts.js';
 import type { AgentEvent, AgentEventOf } from '../protocol/index.js';
 import { eventKindOf } from '../protocol/index.js';
 import { eventLine } from './event-lines.js';
-import { etaMs, formatDuration, formatRate, percentOf } from './format.js';
+import { formatDuration, formatRate } from './format.js';
 import { type CliIo, writeLine } from './io.js';
 
 /** Shows the events of the one job snapctl waits for. */

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import type { CommandSigner } from '../client/messages.js';
 import { ENVELOPE_FIELD_PATTERNS, generateSigningKeyPair, parsePrivateKey } from '../protocol/index.js';
-import type { CommandSigner } from './broker-session.js';
 import { usageError } from './exit-codes.js';
 
 /** Default lifetime of a command snapctl signs (must stay within the agent's maxCommandLifetimeMs). */

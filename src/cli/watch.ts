@@ -1,5 +1,7 @@
-import type { ChannelModel } from 'amqplib';
 import cliProgress from 'cli-progress';
+import { hostOf } from '../client/event-facts.js';
+import { subscribeEvents } from '../client/messages.js';
+import type { BrokerConnection } from '../messaging/connection.js';
 import {
   type AgentEvent,
   type AgentEventOf,
@@ -9,8 +11,7 @@ import {
   TERMINAL_KINDS,
   type VolumeRef,
 } from '../protocol/index.js';
-import { subscribeEvents } from './broker-session.js';
-import { eventLine, hostOf } from './event-lines.js';
+import { eventLine } from './event-lines.js';
 import { type CliIo, writeJson, writeLine } from './io.js';
 import { barPayload } from './progress-view.js';
 
@@ -34,7 +35,7 @@ interface WatchView {
  * broker only sends what was asked for. Prints the binding first so the operator sees the filter.
  */
 export async function watchEvents(
-  model: ChannelModel,
+  connection: BrokerConnection,
   io: CliIo,
   options: WatchOptions,
   signal: AbortSignal,
@@ -45,13 +46,12 @@ export async function watchEvents(
     ...(options.kind ? { kind: options.kind } : {}),
   });
   const view = options.json ? jsonView(io) : io.stdout.isTTY ? barsView(io) : lineView(io);
-  const subscription = await subscribeEvents(
-    model,
-    options.eventsExchange,
-    [pattern],
-    (event) => view.onEvent(event),
-    (problem, meta) => view.onInvalid(problem, meta.routingKey),
-  );
+  const subscription = await subscribeEvents(connection, {
+    exchange: options.eventsExchange,
+    patterns: [pattern],
+    onEvent: (event) => view.onEvent(event),
+    onInvalid: (problem, meta) => view.onInvalid(problem, meta.routingKey),
+  });
   // On stderr even with --json: scripts read stdout, and the line tells them the binding is live.
   writeLine(io.stderr, `watching ${options.eventsExchange} with binding ${pattern} (Ctrl-C to stop)`);
   try {

@@ -5,15 +5,9 @@
  * event id). snapctl and the dashboard use it; README "Client library" shows an example.
  */
 import type { ChannelModel } from 'amqplib';
-import {
-  type CommandSigner,
-  connectBroker,
-  type EventSubscription,
-  type InvalidEventHandler,
-  subscribeEvents,
-} from '../cli/broker-session.js';
-import { type SendAndWaitOptions, sendAndWait, type TerminalEvent } from '../cli/send-and-wait.js';
 import type { BrokerTlsOptions } from '../messaging/broker-tls.js';
+import { BrokerConnection } from '../messaging/connection.js';
+import type { Logger } from '../observability/logger.js';
 import {
   type AgentEvent,
   type Command,
@@ -21,10 +15,22 @@ import {
   eventBindingPattern,
   type VolumeRef,
 } from '../protocol/index.js';
+import {
+  type CommandSigner,
+  EventDeduper,
+  type EventSubscription,
+  type InvalidEventHandler,
+  subscribeEvents,
+} from './messages.js';
+import { type SendAndWaitOptions, sendAndWait, type TerminalEvent } from './send-and-wait.js';
 
-export type { CommandSigner, EventSubscription } from '../cli/broker-session.js';
-export type { TerminalEvent } from '../cli/send-and-wait.js';
 export type { BrokerTlsOptions } from '../messaging/broker-tls.js';
+export {
+  BrokerConnection,
+  type BrokerConnectionEvents,
+  ConnectionState,
+  redactBrokerUrl,
+} from '../messaging/connection.js';
 export type {
   AgentEvent,
   AgentEventOf,
@@ -33,6 +39,8 @@ export type {
   EventKind,
   VolumeRef,
 } from '../protocol/index.js';
+export { type CommandSigner, EventDeduper, type EventSubscription } from './messages.js';
+export type { TerminalEvent } from './send-and-wait.js';
 
 export interface AgentClientOptions {
   /** Broker URLs, tried in turn (the first that answers is used). */
@@ -48,6 +56,14 @@ export interface AgentClientOptions {
   /** CA, client certificate and key for amqps:// URLs. */
   tls?: BrokerTlsOptions;
   confirmTimeoutMs?: number;
+  /**
+   * Reconnect after losing the broker (default false: a lost connection is final). Subscriptions
+   * are made again on every new connection; watch `client.connection` for its state.
+   */
+  reconnect?: boolean;
+  /** The `connection_name` the broker shows (default `clvm-snapshot-agent/client`). */
+  connectionName?: string;
+  logger?: Logger;
 }
 
 export interface RunOptions {
@@ -64,30 +80,36 @@ export interface RunOptions {
 /** Which events a subscription gets; omitted parts match anything. Or raw binding patterns. */
 export type EventFilter = { hostId?: string; volume?: VolumeRef; kind?: EventKind } | { patterns: string[] };
 
-/** Remembers the last `capacity` event ids: at-least-once delivery becomes once per subscriber. */
-export class EventDeduper {
-  private readonly seen = new Set<string>();
-  constructor(private readonly capacity = 10_000) {}
-
-  /** True the first time an id is offered. */
-  first(id: string): boolean {
-    if (this.seen.has(id)) return false;
-    this.seen.add(id);
-    if (this.seen.size > this.capacity) this.seen.delete(this.seen.values().next().value as string);
-    return true;
-  }
+/** The connection an AgentClient rides on, for callers that use the broker calls directly. */
+export async function openBrokerConnection(
+  options: Pick<
+    AgentClientOptions,
+    'urls' | 'connectTimeoutMs' | 'tls' | 'reconnect' | 'connectionName' | 'logger'
+  >,
+): Promise<BrokerConnection> {
+  const connection = new BrokerConnection({
+    role: 'client',
+    connectionName: options.connectionName ?? 'clvm-snapshot-agent/client',
+    urls: options.urls,
+    connectTimeoutMs: options.connectTimeoutMs ?? 5000,
+    reconnect: options.reconnect ?? false,
+    ...(options.tls ? { tls: options.tls } : {}),
+    ...(options.logger ? { logger: options.logger } : {}),
+  });
+  await connection.open();
+  return connection;
 }
 
 export class AgentClient {
   private constructor(
-    private readonly model: ChannelModel,
+    /** The broker connection: its `state` and typed events ('state', 'connected', 'disconnected'...). */
+    readonly connection: BrokerConnection,
     private readonly options: AgentClientOptions,
   ) {}
 
   /** Connects to the first broker URL that answers; throws BROKER_UNREACHABLE naming every URL tried. */
   static async connect(options: AgentClientOptions): Promise<AgentClient> {
-    const model = await connectBroker(options.urls, options.connectTimeoutMs ?? 5000, options.tls ?? {});
-    return new AgentClient(model, options);
+    return new AgentClient(await openBrokerConnection(options), options);
   }
 
   private get commandsExchange(): string {
@@ -98,18 +120,12 @@ export class AgentClient {
     return this.options.eventsExchange ?? 'clvm.events';
   }
 
-  /** Calls `listener` once when the broker connection closes (the caller reconnects). */
-  onClose(listener: (error?: Error) => void): void {
-    this.model.once('close', listener);
-  }
-
   /**
    * Sends `command` to `hostId` and resolves with its terminal event (succeeded, failed or
    * rejected). Subscribes before publishing, so nothing is missed. Throws TIMEOUT, or NOT_ROUTED
    * when the host has no command queue.
    */
   async run(hostId: string, command: Command, options: RunOptions = {}): Promise<TerminalEvent> {
-    const dedup = new EventDeduper();
     const send: SendAndWaitOptions = {
       hostId,
       commandsExchange: this.commandsExchange,
@@ -117,17 +133,18 @@ export class AgentClient {
       replyTo: options.replyTo ?? true,
       timeoutMs: options.timeoutMs ?? 600_000,
       confirmTimeoutMs: this.options.confirmTimeoutMs ?? 10_000,
-      onEvent: (event) => {
-        if (dedup.first(event.id)) options.onEvent?.(event);
-      },
+      ...(options.onEvent ? { onEvent: options.onEvent } : {}),
       ...(options.onInvalid ? { onInvalid: options.onInvalid } : {}),
       ...(this.options.signer ? { signer: this.options.signer } : {}),
       ...(!this.options.signer && this.options.signingKey ? { signingKey: this.options.signingKey } : {}),
     };
-    return sendAndWait(this.model, command, send);
+    return sendAndWait(this.connection, command, send);
   }
 
-  /** Subscribes to events; each event id reaches `onEvent` once. Close the subscription when done. */
+  /**
+   * Subscribes to events; each event id reaches `onEvent` once, also across reconnects (the
+   * subscription is made again on every new connection). Close the subscription when done.
+   */
   async subscribe(
     filter: EventFilter,
     onEvent: (event: AgentEvent, meta: { routingKey: string }) => void,
@@ -135,18 +152,32 @@ export class AgentClient {
   ): Promise<EventSubscription> {
     const patterns = 'patterns' in filter ? filter.patterns : [eventBindingPattern(filter)];
     const dedup = new EventDeduper();
-    return subscribeEvents(
-      this.model,
-      this.eventsExchange,
-      patterns,
-      (event, meta) => {
-        if (dedup.first(event.id)) onEvent(event, meta);
+    let current: EventSubscription | undefined;
+    const subscribeOn = async (model?: ChannelModel): Promise<void> => {
+      current = await subscribeEvents(this.connection, {
+        exchange: this.eventsExchange,
+        patterns,
+        onEvent: (event, meta) => {
+          if (dedup.first(event.id)) onEvent(event, meta);
+        },
+        onInvalid,
+        ...(model ? { model } : {}),
+      });
+    };
+    await subscribeOn();
+    const unregister = this.connection.addSetup(subscribeOn);
+    return {
+      get queue() {
+        return current?.queue ?? '';
       },
-      onInvalid,
-    );
+      close: async () => {
+        unregister();
+        await current?.close();
+      },
+    };
   }
 
   async close(): Promise<void> {
-    await this.model.close().catch(() => {});
+    await this.connection.close();
   }
 }

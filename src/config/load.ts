@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import convict from 'convict';
-import { ConfigError } from '../errors/index.js';
+import { ConfigError, messageOf } from '../errors/index.js';
 import { DEFAULT_RETENTION_MS } from '../jobs/journal.js';
 import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import { configSchema } from './schema.js';
@@ -91,7 +91,7 @@ export function loadConfig(options: LoadConfigOptions = {}): { config: AgentConf
     return { config, redacted: conf.toString() };
   } catch (error) {
     if (error instanceof ConfigError) throw error;
-    const message = error instanceof Error ? error.message : String(error);
+    const message = messageOf(error);
     const key = /^([\w.]+):/.exec(message)?.[1];
     throw new ConfigError(`invalid configuration: ${message}`, { key, cause: error });
   }

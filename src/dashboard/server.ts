@@ -2,8 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { messageOf } from '../cli/broker-session.js';
-import { AgentClient } from '../client/index.js';
+import { AgentClient, ConnectionState } from '../client/index.js';
+import { messageOf } from '../errors/index.js';
 import type { BrokerTlsOptions } from '../messaging/broker-tls.js';
 import type { Logger } from '../observability/logger.js';
 import { silentLogger } from '../observability/logger.js';
@@ -27,8 +27,6 @@ const STATIC_FILES: Readonly<Record<string, { file: string; type: string }>> = {
 /** Pushes at most this often to the browsers: progress events can come fast. */
 const PUSH_INTERVAL_MS = 200;
 const KEEPALIVE_MS = 15_000;
-const RECONNECT_MIN_MS = 1_000;
-const RECONNECT_MAX_MS = 15_000;
 
 export interface DashboardOptions {
   brokerUrls: readonly string[];
@@ -59,7 +57,6 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
   const state = new DashboardState();
   const clients = new Set<ServerResponse>();
   let pushTimer: NodeJS.Timeout | undefined;
-  let closed = false;
 
   const pushSoon = (): void => {
     if (pushTimer) return;
@@ -70,59 +67,45 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
     }, PUSH_INTERVAL_MS);
   };
 
-  let model: AgentClient | undefined;
-  let reconnectTimer: NodeJS.Timeout | undefined;
-  let reconnectDelay = RECONNECT_MIN_MS;
-  const connectAndSubscribe = async (): Promise<void> => {
-    const connection = await AgentClient.connect({
-      urls: options.brokerUrls,
-      connectTimeoutMs: options.connectTimeoutMs,
-      eventsExchange: options.eventsExchange,
-      ...(options.tls ? { tls: options.tls } : {}),
-    });
-    try {
-      await connection.subscribe(
-        { patterns: [options.binding ?? '#'] },
-        (event) => {
-          state.apply(event);
-          pushSoon();
-        },
-        (problem, meta) =>
-          logger.warn({ routingKey: meta.routingKey, problem }, 'dashboard: invalid event ignored'),
-      );
-    } catch (error) {
-      await connection.close();
-      throw error;
-    }
-    model = connection;
-    reconnectDelay = RECONNECT_MIN_MS;
-    state.setBroker(true);
-    pushSoon();
-    connection.onClose((error?: Error) => {
-      model = undefined;
-      if (closed) return;
-      state.setBroker(false, error ? messageOf(error) : 'connection closed');
-      pushSoon();
-      scheduleReconnect();
-    });
-  };
-  const scheduleReconnect = (): void => {
-    if (closed || reconnectTimer) return;
-    reconnectTimer = setTimeout(
-      () => {
-        reconnectTimer = undefined;
-        connectAndSubscribe().catch((error: unknown) => {
-          state.setBroker(false, messageOf(error));
-          pushSoon();
-          reconnectDelay = Math.min(RECONNECT_MAX_MS, reconnectDelay * 2);
-          scheduleReconnect();
-        });
+  // The first connection must work; later losses are retried by the connection, which makes the
+  // subscription again before it is ready.
+  const client = await AgentClient.connect({
+    urls: options.brokerUrls,
+    connectTimeoutMs: options.connectTimeoutMs,
+    eventsExchange: options.eventsExchange,
+    reconnect: true,
+    connectionName: 'clvm-snapshot-agent/dashboard',
+    logger,
+    ...(options.tls ? { tls: options.tls } : {}),
+  });
+  try {
+    await client.subscribe(
+      { patterns: [options.binding ?? '#'] },
+      (event) => {
+        state.apply(event);
+        pushSoon();
       },
-      reconnectDelay * (0.8 + Math.random() * 0.4),
+      (problem, meta) =>
+        logger.warn({ routingKey: meta.routingKey, problem }, 'dashboard: invalid event ignored'),
     );
-  };
-
-  await connectAndSubscribe();
+  } catch (error) {
+    await client.close();
+    throw error;
+  }
+  state.setBroker(true);
+  pushSoon();
+  client.connection.on('state', (now, error) => {
+    if (now === ConnectionState.Ready) state.setBroker(true);
+    else if (now === ConnectionState.Reconnecting)
+      state.setBroker(false, error ? messageOf(error) : 'connection closed');
+    else return;
+    pushSoon();
+  });
+  client.connection.on('reconnecting', (_attempt, _delayMs, error) => {
+    if (error === undefined) return;
+    state.setBroker(false, messageOf(error));
+    pushSoon();
+  });
 
   const server = createServer((request, response) => {
     handleRequest(request, response, state, clients).catch((error: unknown) => {
@@ -138,7 +121,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
     await listen(server, options.port, options.host);
   } catch (error) {
     clearInterval(keepalive);
-    await model?.close().catch(() => {});
+    await client.close();
     throw error;
   }
   const address = server.address() as AddressInfo;
@@ -148,14 +131,12 @@ export async function startDashboard(options: DashboardOptions): Promise<Running
     url: `http://${hostForUrl}:${address.port}/`,
     state,
     close: async () => {
-      closed = true;
       clearInterval(keepalive);
       clearTimeout(pushTimer);
-      clearTimeout(reconnectTimer);
-      for (const client of clients) client.end();
+      for (const browser of clients) browser.end();
       clients.clear();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      await model?.close().catch(() => {});
+      await client.close();
     },
   };
 }

@@ -1,5 +1,4 @@
-import { hostOf } from '../cli/event-lines.js';
-import { etaMs, percentOf } from '../cli/format.js';
+import { etaMs, hostOf, percentOf } from '../client/event-facts.js';
 import { type AgentEvent, type AgentEventOf, eventKindOf } from '../protocol/index.js';
 
 /** A hypervisor the dashboard has heard from. */

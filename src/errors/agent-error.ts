@@ -57,6 +57,10 @@ export function toAgentError(error: unknown, fallbackCode = 'INTERNAL'): AgentEr
       details: { errno, ...(syscall ? { syscall } : {}), ...(path ? { path } : {}) },
     });
   }
-  const message = error instanceof Error ? error.message : String(error);
-  return new AgentError(fallbackCode, message, { cause: error });
+  return new AgentError(fallbackCode, messageOf(error), { cause: error });
+}
+
+/** The message of anything thrown. */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }

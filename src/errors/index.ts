@@ -1,4 +1,4 @@
-export { AgentError, type AgentErrorOptions, toAgentError } from './agent-error.js';
+export { AgentError, type AgentErrorOptions, messageOf, toAgentError } from './agent-error.js';
 export { BrokerUnavailableError } from './broker-unavailable-error.js';
 export { ChainInvalidError } from './chain-invalid-error.js';
 export { ConfigError } from './config-error.js';

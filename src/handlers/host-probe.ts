@@ -5,17 +5,17 @@ import { Libvirt } from '../host/libvirt.js';
 import { Lvm } from '../host/lvm.js';
 import { QemuImg } from '../host/qemu-img.js';
 import type { Logger } from '../observability/logger.js';
-import type { StrategyName } from '../protocol/index.js';
+import { CONCRETE_STRATEGIES, type StrategyName } from '../protocol/index.js';
+import { type HostOptions, hostSupport } from '../snapshot/strategies/index.js';
 import type { HostProbe, HostReport } from './ping.js';
 
 /** Maps the capability probe to what ping reports; `auto` is listed when any strategy can run. */
 export function hostReport(
   capabilities: Capabilities,
-  options: { liveRotate: 'enabled' | 'disabled' } = { liveRotate: 'enabled' },
+  options: HostOptions = { liveRotate: 'enabled' },
 ): HostReport {
-  const strategies: StrategyName[] = (['offline', 'lvm-cow', 'live-rotate'] as const).filter(
-    (s) => capabilities.strategies[s].available && (s !== 'live-rotate' || options.liveRotate === 'enabled'),
-  );
+  const support = hostSupport(capabilities, options);
+  const strategies: StrategyName[] = CONCRETE_STRATEGIES.filter((s) => support[s].available);
   return {
     tools: {
       qemuImg: capabilities.tools.qemuImg,

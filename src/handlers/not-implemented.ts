@@ -1,14 +1,10 @@
 import { NotImplementedError } from '../errors/index.js';
+import { commandTypesHandledBy } from '../jobs/command-table.js';
 import type { CommandHandlerFn, HandlerRegistry } from '../jobs/types.js';
 import type { CommandType } from '../protocol/index.js';
 
 /** Command types the snapshot engine implements; until it registers them they answer NOT_IMPLEMENTED. */
-export const ENGINE_COMMAND_TYPES = [
-  'snapshot.create',
-  'snapshot.delete',
-  'snapshot.revert',
-  'chain.verify',
-] as const satisfies readonly CommandType[];
+export const ENGINE_COMMAND_TYPES = commandTypesHandledBy('engine');
 
 function notImplemented(type: CommandType): CommandHandlerFn {
   return async () => {

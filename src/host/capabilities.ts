@@ -5,8 +5,8 @@ import { type RunOptions, type RunResult, runTool } from './exec.js';
 import type { ReflinkSupport } from './file-pool.js';
 
 /**
- * What this host can do, for `agent.ping` and the strategy planner. Every probe is independent:
- * a missing or broken tool yields null (and a line in `problems`), never a throw.
+ * What this host has, for `agent.ping`: each strategy reads what it needs from it (src/snapshot/strategies/).
+ * Every probe is independent: a missing or broken tool yields null (and a line in `problems`), never a throw.
  */
 export interface Capabilities {
   probedAt: string;
@@ -27,23 +27,8 @@ export interface Capabilities {
   };
   /** Reflink per configured file pool root (probed by cloning a scratch file there). */
   reflink: Array<{ root: string } & ReflinkSupport>;
-  strategies: Record<StrategyKind, StrategySupport>;
   /** Why something above is null or false, in the tools' words. */
   problems: string[];
-}
-
-export type StrategyKind = 'offline' | 'lvm-cow' | 'live-rotate';
-
-/** Where a strategy can run on this host. */
-export interface StrategySupport {
-  /** True when it can run on at least one pool kind. */
-  available: boolean;
-  /** Volumes on LVM (CLVM_NG) pools. */
-  lvmPools: boolean;
-  /** File pool roots where it can run. */
-  filePools: string[];
-  /** What is missing, when something is. */
-  reasons: string[];
 }
 
 /** The adapters the probe asks; structural so that Libvirt, Lvm and FilePool instances fit. */
@@ -146,14 +131,8 @@ async function attempt<T>(
 }
 
 /**
- * Probes tool versions, QMP commands and reflink per file pool root in parallel, and derives
- * which strategies this host can run:
- * - offline: qemu-img (+ lvm2 for LVM pools);
- * - lvm-cow: qemu-img + libvirt (running VMs are paused for the re-point) + lvm2 on LVM pools,
- *   reflink on file pools;
- * - live-rotate: qemu-img + libvirt + QEMU ≥ 6.1 with blockdev-reopen and change-backing-file;
- *   file pools only (refused on LVM, see docs/operations.md); no reflink needed.
- * Never throws. Cache the result: it starts several processes.
+ * Probes tool versions, QMP commands and reflink per file pool root in parallel. Never throws.
+ * Cache the result: it starts several processes.
  */
 export async function probeCapabilities(
   deps: CapabilityDeps,
@@ -188,63 +167,11 @@ export async function probeCapabilities(
   const has = (name: string) => commands === null || commands.includes(name);
   const blockdevReopen = hasStableBlockdevReopen(qemu) && has('blockdev-reopen');
   const changeBackingFile = qemu !== null && has('change-backing-file');
-  const allRoots = config.pools.fileRoots;
-  const reflinkRoots = reflink.filter((r) => r.supported).map((r) => r.root);
-
-  const need = (ok: boolean, reason: string, reasons: string[]) => {
-    if (!ok) reasons.push(reason);
-    return ok;
-  };
-  const strategy = (lvmPools: boolean, filePools: string[], reasons: string[]): StrategySupport => ({
-    available: lvmPools || filePools.length > 0,
-    lvmPools,
-    filePools,
-    reasons,
-  });
-
-  const offlineReasons: string[] = [];
-  const offlineBase = need(qemuImg !== null, 'qemu-img not found', offlineReasons);
-  const offline = strategy(
-    offlineBase && need(lvm !== null, 'lvm2 not found (LVM pools)', offlineReasons),
-    offlineBase ? allRoots : [],
-    offlineReasons,
-  );
-
-  const cowReasons: string[] = [];
-  const cowBase =
-    need(qemuImg !== null, 'qemu-img not found', cowReasons) &&
-    need(virt !== null, 'libvirt not available (running VMs are re-pointed through it)', cowReasons);
-  const cowLvm = cowBase && need(lvm !== null, 'lvm2 not found (LVM pools)', cowReasons);
-  if (reflinkRoots.length < allRoots.length) {
-    cowReasons.push(
-      `no reflink in file pool roots: ${reflink
-        .filter((r) => !r.supported)
-        .map((r) => `${r.root} (${r.reason})`)
-        .join(', ')}`,
-    );
-  }
-  const lvmCow = strategy(cowLvm, cowBase ? reflinkRoots : [], cowReasons);
-
-  const liveReasons: string[] = [];
-  const liveBase =
-    need(qemuImg !== null, 'qemu-img not found', liveReasons) &&
-    need(virt !== null, 'libvirt not available', liveReasons) &&
-    need(
-      blockdevReopen,
-      `QEMU ${qemu ?? 'unknown'} has no stable blockdev-reopen (needs ≥ 6.1)`,
-      liveReasons,
-    ) &&
-    need(changeBackingFile, 'QEMU has no change-backing-file', liveReasons);
-  // File pools only: on LVM the libvirt-tracked rotation is not proven yet, and the engine refuses it.
-  if (liveBase) liveReasons.push('LVM pools: live rotation through libvirt is not supported on LVM yet');
-  const liveRotate = strategy(false, liveBase ? allRoots : [], liveReasons);
-
   return {
     probedAt: new Date().toISOString(),
     tools: { qemuImg, qemu, libvirt: virt?.libvirt ?? null, lvm },
     qmp: { commands, blockdevReopen, changeBackingFile },
     reflink,
-    strategies: { offline, 'lvm-cow': lvmCow, 'live-rotate': liveRotate },
     problems,
   };
 }

@@ -1,6 +1,5 @@
 import type { KeyObject } from 'node:crypto';
 import { ValidationError } from '../errors/index.js';
-import type { IncomingCommand } from '../messaging/types.js';
 import {
   COMMAND_SIGNATURE_HEADERS,
   type CommandEnvelope,
@@ -8,6 +7,7 @@ import {
   readEnvelope,
   verifyEnvelope,
 } from '../protocol/index.js';
+import type { IncomingCommand } from './ports.js';
 
 /** What the Ed25519 check of intake needs (built once from the config). */
 export interface CommandKeyPolicy {

@@ -1,8 +1,5 @@
-import { join, resolve } from 'node:path';
 import type { z } from 'zod';
 import { ValidationError } from '../errors/index.js';
-import { confineChild, confinePath } from '../host/paths.js';
-import type { IncomingCommand } from '../messaging/types.js';
 import {
   COMMAND_ID_PATTERN,
   type Command,
@@ -11,23 +8,20 @@ import {
   REJECTION_CODE_LIST,
   type RejectionCode,
   SIGNATURE_HEADER,
-  type StoreRef,
   type VolumeRef,
   verifySignature,
 } from '../protocol/index.js';
 import { type CommandKeyPolicy, checkCommandSignature } from './command-signature.js';
+import { commandSpec, type PathPolicy } from './command-table.js';
+import type { IncomingCommand } from './ports.js';
 
 /** What intake checks against (a slice of AgentConfig). */
-export interface IntakePolicy {
+export interface IntakePolicy extends PathPolicy {
   maxMessageBytes: number;
   /** Legacy: when non-empty (and no commandKeys), every command must carry a valid HMAC header. */
   signingKey: string;
   /** When set, every command must carry a valid Ed25519 envelope (takes the place of signingKey). */
   commandKeys?: CommandKeyPolicy;
-  storeRoots: readonly string[];
-  fileRoots: readonly string[];
-  /** Empty: any VG with a valid name. */
-  volumeGroups: readonly string[];
 }
 
 /** Rejection codes (the `rejected` event's error.code and the metric's reason): the catalogue's. */
@@ -193,55 +187,7 @@ async function checkSemantics(command: Command, incoming: IncomingCommand, polic
       { field: 'id' },
     );
   }
-  switch (command.type) {
-    case 'snapshot.create':
-    case 'snapshot.delete':
-    case 'snapshot.revert':
-      await checkVolume(command.params.volume, policy);
-      await checkStore(command.params.store, policy);
-      break;
-    case 'chain.verify':
-      await checkStore(command.params.store, policy);
-      if (command.params.volume) await checkVolume(command.params.volume, policy);
-      if (command.params.compare) {
-        await confinePath(
-          command.params.compare.image,
-          [...policy.storeRoots, ...policy.fileRoots],
-          'params.compare.image',
-        );
-      }
-      break;
-    case 'agent.ping':
-    case 'job.cancel':
-      break;
-  }
-}
-
-async function checkStore(store: StoreRef, policy: IntakePolicy): Promise<void> {
-  const root = policy.storeRoots.find((r) => resolve(r) === store.root);
-  if (root === undefined) {
-    throw new ValidationError(
-      'STORE_ROOT_NOT_CONFIGURED',
-      `store root ${JSON.stringify(store.root)} is not a configured store root (${policy.storeRoots.join(', ')})`,
-      { field: 'params.store.root' },
-    );
-  }
-  await confinePath(join(store.root, store.dir), [root], 'params.store.dir');
-}
-
-async function checkVolume(volume: VolumeRef, policy: IntakePolicy): Promise<void> {
-  if (volume.kind === 'lvm') {
-    if (policy.volumeGroups.length > 0 && !policy.volumeGroups.includes(volume.vg)) {
-      throw new ValidationError(
-        'VOLUME_GROUP_NOT_ALLOWED',
-        `volume group ${JSON.stringify(volume.vg)} is not one this agent may touch (${policy.volumeGroups.join(', ')})`,
-        { field: 'params.volume.vg' },
-      );
-    }
-    return;
-  }
-  await confinePath(volume.pool, policy.fileRoots, 'params.volume.pool');
-  await confineChild(volume.pool, volume.file, policy.fileRoots, 'params.volume.file');
+  await commandSpec(command.type).confine(command, policy);
 }
 
 /**

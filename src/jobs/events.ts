@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import type { OutgoingEvent } from '../messaging/types.js';
 import {
   type AgentEvent,
   boundWord,
@@ -13,6 +12,7 @@ import {
   volumeKey,
 } from '../protocol/index.js';
 import { AGENT_NAME } from '../version.js';
+import type { OutgoingEvent } from './ports.js';
 
 /** Formats a per-job sequence number the way events carry it: 10 digits, zero-padded. */
 export function formatSequence(sequence: number): string {

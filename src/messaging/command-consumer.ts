@@ -1,11 +1,11 @@
 import { EventEmitter } from 'node:events';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import { BrokerUnavailableError } from '../errors/index.js';
+import type { CommandDisposition, CommandHandler, IncomingCommand } from '../jobs/ports.js';
 import type { Logger } from '../observability/logger.js';
 import type { BrokerConnection } from './connection.js';
 import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareTopology, type TopologyNames } from './topology.js';
-import type { CommandDisposition, CommandHandler, IncomingCommand } from './types.js';
 
 export interface CommandConsumerOptions {
   connection: BrokerConnection;
@@ -24,6 +24,15 @@ export interface CommandConsumerOptions {
 
 type ConsumeEnd = 'channel-closed' | 'cancelled' | 'stopped';
 
+/** The events a {@link CommandConsumer} emits, with their arguments. */
+export interface CommandConsumerEvents {
+  /** A consumer is registered on the command queue. */
+  active: [];
+  inactive: [];
+  /** Setting up the consumer failed (`failures` in a row); it tries again after a backoff. */
+  retrying: [failures: number, error: unknown];
+}
+
 /**
  * Consumes this host's command queue. On every (re)connect, server-side channel close or
  * consumer cancel notification (e.g. the queue was deleted) it declares the topology again and
@@ -34,9 +43,9 @@ type ConsumeEnd = 'channel-closed' | 'cancelled' | 'stopped';
  * throws counts as 'dead-letter'. When the channel died before the ack, nothing is done: RabbitMQ
  * redelivers the command (with a higher x-delivery-count) and the job layer dedups by command id.
  *
- * Events: 'active' (a consumer is registered), 'inactive'.
+ * Events: see {@link CommandConsumerEvents}.
  */
-export class CommandConsumer extends EventEmitter {
+export class CommandConsumer extends EventEmitter<CommandConsumerEvents> {
   private readonly opts: CommandConsumerOptions;
   private readonly logger: Logger;
   private started = false;
@@ -113,6 +122,7 @@ export class CommandConsumer extends EventEmitter {
         if (this.stopping) break;
         failures += 1;
         this.logger.warn({ err: error, failures }, 'could not consume commands; retrying');
+        this.emit('retrying', failures, error);
         await this.pause(failures);
       }
     }

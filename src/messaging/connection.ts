@@ -1,30 +1,68 @@
 import { EventEmitter } from 'node:events';
-import { type ChannelModel, connect } from 'amqplib';
-import { BrokerUnavailableError } from '../errors/index.js';
-import type { Logger } from '../observability/logger.js';
+import { type Channel, type ChannelModel, type ConfirmChannel, connect } from 'amqplib';
+import { AgentError, BrokerUnavailableError, messageOf } from '../errors/index.js';
+import { type Logger, silentLogger } from '../observability/logger.js';
 import { AGENT_NAME, AGENT_VERSION } from '../version.js';
 import type { BrokerTlsOptions } from './broker-tls.js';
-import { backoffDelay, sleep } from './timing.js';
+import { acquireWithTimeout, backoffDelay, settlesWithin, sleep, withTimeout } from './timing.js';
 
-export interface BrokerConnectionOptions {
-  /** What this connection is for ('consume', 'publish'); part of the connection_name. */
-  role: string;
-  /** Tried in turn, one per attempt. */
-  urls: string[];
-  hostId: string;
-  /** AMQP heartbeat; 0 disables it. A URL's own `?heartbeat=` wins. */
-  heartbeatSeconds: number;
-  /** Bound on one attempt: TCP connect plus the AMQP handshake. */
-  connectTimeoutMs: number;
-  reconnectMinMs: number;
-  reconnectMaxMs: number;
-  /** CA and client certificate for amqps:// URLs (brokerTlsOptions). */
-  tls?: BrokerTlsOptions;
-  logger: Logger;
+/** Where a {@link BrokerConnection} is in its life; 'ready' is the only state with a live connection. */
+export const ConnectionState = {
+  /** Constructed, not started. */
+  Idle: 'idle',
+  /** The first attempts, before any connection was open. */
+  Connecting: 'connecting',
+  /** Open, and every set-up registered with {@link BrokerConnection.addSetup} ran on it. */
+  Ready: 'ready',
+  /** Lost, and trying again (with backoff, round the list of URLs). */
+  Reconnecting: 'reconnecting',
+  /** Closed by {@link BrokerConnection.close}, or lost with `reconnect: false`; final. */
+  Closed: 'closed',
+} as const;
+export type ConnectionState = (typeof ConnectionState)[keyof typeof ConnectionState];
+
+/** The events a {@link BrokerConnection} emits, with their arguments. */
+export interface BrokerConnectionEvents {
+  /** A connection is open and set up; `where` is its URL, redacted. */
+  connected: [where: string];
+  /** The connection was lost (not emitted for {@link BrokerConnection.close}). */
+  disconnected: [error: Error | undefined];
+  /** The last attempt failed with `error` (or the connection was lost); the next comes after `delayMs`. */
+  reconnecting: [attempt: number, delayMs: number, error: unknown];
+  /** Every change of {@link BrokerConnection.state}. */
+  state: [state: ConnectionState, error: Error | undefined];
 }
 
-/** `amqp://user:pass@host:5672/vh?x` → `amqp://host:5672/vh`: safe to log. */
-export function describeBrokerUrl(url: string): string {
+export interface BrokerConnectionOptions {
+  /** What this connection is for ('consume', 'publish', 'snapctl'); in logs and error details. */
+  role: string;
+  /** The `connection_name` client property operators (and tests) find the connection by. */
+  connectionName: string;
+  /** Tried in turn, one per attempt. */
+  urls: readonly string[];
+  /** AMQP heartbeat; 0 disables it; unset takes the broker's. A URL's own `?heartbeat=` wins. */
+  heartbeatSeconds?: number;
+  /** Bound on one attempt: TCP connect plus the AMQP handshake. */
+  connectTimeoutMs: number;
+  /** Bound on each broker call made through {@link BrokerConnection.bounded} (default connectTimeoutMs). */
+  callTimeoutMs?: number;
+  /** Reconnect after a loss (default true); without it a lost connection is final ('closed'). */
+  reconnect?: boolean;
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  /** CA and client certificate for amqps:// URLs (brokerTlsOptions). */
+  tls?: BrokerTlsOptions;
+  logger?: Logger;
+}
+
+/** Something to declare on every new connection (queues, bindings, consumers). */
+export type ConnectionSetup = (model: ChannelModel) => Promise<void>;
+
+const DEFAULT_RECONNECT_MIN_MS = 1_000;
+const DEFAULT_RECONNECT_MAX_MS = 15_000;
+
+/** `amqp://user:pass@host:5672/vh?x` → `amqp://host:5672/vh`: safe to log and to print. */
+export function redactBrokerUrl(url: string): string {
   try {
     const parsed = new URL(url);
     return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
@@ -33,7 +71,7 @@ export function describeBrokerUrl(url: string): string {
   }
 }
 
-/** The `connection_name` client property operators (and tests) find a connection by. */
+/** The agent's `connection_name` for one role of one host. */
 export function connectionName(hostId: string, role: string): string {
   return `${AGENT_NAME}/${hostId}/${role}`;
 }
@@ -44,27 +82,27 @@ interface Waiter {
 }
 
 /**
- * One AMQP connection that keeps itself up: it connects in the background, and after any loss
- * (broker restart, network cut, heartbeat timeout, connection closed by an operator) reconnects
- * with jittered exponential backoff, going round the list of URLs. It never throws or rejects
- * because the broker is away; users wait for it with {@link whenConnected} and re-create their
- * channels on 'connected'.
+ * The one AMQP connection of the agent, snapctl and the dashboard. It goes round the list of
+ * URLs, bounds every attempt and (through {@link bounded}) every call, logs URLs only redacted,
+ * and after a loss (broker restart, network cut, heartbeat timeout, closed by an operator)
+ * reconnects with jittered exponential backoff and runs every {@link addSetup} set-up again
+ * before it is 'ready'. Model: rabbitmq-client's Connection; own code because amqplib's
+ * `recovery` option takes a single URL and hides the live connection from channel owners.
  *
- * Own loop rather than amqplib's `recovery` option: that takes a single URL, and we need to
- * rotate over cluster nodes and to expose the live connection to channel owners.
- *
- * Events: 'connected' (url without credentials), 'disconnected' (error?), 'reconnecting' (attempt, delayMs).
+ * Two ways in: {@link start} connects in the background and never fails because the broker is
+ * away (the agent); {@link open} makes one pass over the URLs and throws BROKER_UNREACHABLE
+ * naming each (snapctl, the dashboard).
  */
-export class BrokerConnection extends EventEmitter {
+export class BrokerConnection extends EventEmitter<BrokerConnectionEvents> {
   readonly role: string;
   readonly connectionName: string;
   private readonly opts: BrokerConnectionOptions;
   private readonly logger: Logger;
   private model: ChannelModel | undefined;
-  private started = false;
-  private closing = false;
+  private current: ConnectionState = ConnectionState.Idle;
   private readonly closeController = new AbortController();
   private readonly waiters = new Set<Waiter>();
+  private readonly setups = new Set<ConnectionSetup>();
   private loop: Promise<void> | undefined;
 
   constructor(opts: BrokerConnectionOptions) {
@@ -73,34 +111,58 @@ export class BrokerConnection extends EventEmitter {
       throw new BrokerUnavailableError('no broker URL configured', { role: opts.role });
     this.opts = opts;
     this.role = opts.role;
-    this.connectionName = connectionName(opts.hostId, opts.role);
-    this.logger = opts.logger.child({ component: 'broker-connection', role: opts.role });
+    this.connectionName = opts.connectionName;
+    this.logger = (opts.logger ?? silentLogger()).child({ component: 'broker-connection', role: opts.role });
   }
 
-  /** True while a connection is open. */
-  get connected(): boolean {
-    return this.model !== undefined;
+  get state(): ConnectionState {
+    return this.current;
   }
 
   /** Starts connecting in the background (idempotent). Failures are logged and retried, never thrown. */
   start(): void {
-    if (this.started || this.closing) return;
-    this.started = true;
-    this.loop = this.run().catch((error: unknown) => {
-      // run() handles its own errors; reaching this is a bug, but must not kill the process.
-      this.logger.error({ err: error }, 'broker connection loop stopped unexpectedly');
+    if (this.current !== ConnectionState.Idle) return;
+    this.setState(ConnectionState.Connecting);
+    this.runLoop(undefined);
+  }
+
+  /**
+   * Tries each URL once and resolves when one answers; afterwards the connection is kept up like
+   * after {@link start} (unless `reconnect: false`). Throws BROKER_UNREACHABLE naming every URL
+   * tried, credentials hidden.
+   */
+  async open(): Promise<void> {
+    if (this.current !== ConnectionState.Idle)
+      throw new BrokerUnavailableError('broker connection already started', { role: this.role });
+    this.setState(ConnectionState.Connecting);
+    const problems: string[] = [];
+    for (const url of this.opts.urls) {
+      try {
+        const model = await this.connectOnce(url);
+        this.runLoop({ model, url });
+        await this.whenConnected();
+        return;
+      } catch (error) {
+        if (this.closing) throw error;
+        problems.push(`${redactBrokerUrl(url)}: ${messageOf(error)}`);
+      }
+    }
+    this.setState(ConnectionState.Closed);
+    throw new AgentError('BROKER_UNREACHABLE', `cannot connect to the broker (${problems.join('; ')})`, {
+      retryable: true,
+      details: { urls: this.opts.urls.map(redactBrokerUrl) },
     });
   }
 
   /**
    * Resolves with the live connection, waiting for a (re)connect if needed. Rejects with
-   * BrokerUnavailableError when the connection is closed with {@link close} or `signal` aborts.
+   * BrokerUnavailableError when the connection is closed or `signal` aborts.
    */
   whenConnected(signal?: AbortSignal): Promise<ChannelModel> {
-    if (this.closing)
-      return Promise.reject(new BrokerUnavailableError('broker connection closed', this.errorOpts()));
+    if (this.current === ConnectionState.Closed)
+      return Promise.reject(new BrokerUnavailableError('broker connection closed', { role: this.role }));
     if (signal?.aborted) return Promise.reject(abortError(signal, this.role));
-    if (this.model) return Promise.resolve(this.model);
+    if (this.model && this.current === ConnectionState.Ready) return Promise.resolve(this.model);
     return new Promise<ChannelModel>((resolve, reject) => {
       const onAbort = () => {
         this.waiters.delete(waiter);
@@ -121,17 +183,50 @@ export class BrokerConnection extends EventEmitter {
     });
   }
 
+  /**
+   * Runs `setup` on every later connection before it counts as ready, so what a user declared
+   * (an exclusive queue, its bindings and consumer) comes back with the connection. A set-up that
+   * fails drops that connection and the loop tries again. Returns the way to unregister.
+   */
+  addSetup(setup: ConnectionSetup): () => void {
+    this.setups.add(setup);
+    return () => this.setups.delete(setup);
+  }
+
+  /** `call` bounded by callTimeoutMs: amqplib RPCs otherwise wait for the heartbeat to notice a dead peer. */
+  bounded<T>(call: Promise<T>, what: string): Promise<T> {
+    const ms = this.callTimeoutMs;
+    return withTimeout(call, ms, () => new BrokerUnavailableError(`${what}: no answer within ${ms} ms`));
+  }
+
+  /**
+   * A channel on the live connection (or on `model`, inside a set-up); a server-side close
+   * (404, 406...) reaches the caller as a failed call, not as an uncaught 'error'.
+   */
+  async openChannel(model?: ChannelModel): Promise<Channel> {
+    const on = model ?? (await this.whenConnected());
+    const channel = await this.openBounded(on.createChannel(), 'open a channel');
+    channel.on('error', () => {});
+    return channel;
+  }
+
+  /** Like {@link openChannel}, with publisher confirms. */
+  async openConfirmChannel(model?: ChannelModel): Promise<ConfirmChannel> {
+    const on = model ?? (await this.whenConnected());
+    const channel = await this.openBounded(on.createConfirmChannel(), 'open a confirm channel');
+    channel.on('error', () => {});
+    return channel;
+  }
+
   /** Stops reconnecting and closes the connection; pending {@link whenConnected} calls reject. */
   async close(): Promise<void> {
-    if (this.closing) {
+    if (this.current === ConnectionState.Closed) {
       await settlesWithin(this.loop ?? Promise.resolve(), this.opts.connectTimeoutMs);
       return;
     }
-    this.closing = true;
+    this.setState(ConnectionState.Closed);
     this.closeController.abort();
-    const closed = new BrokerUnavailableError('broker connection closed', this.errorOpts());
-    for (const waiter of this.waiters) waiter.reject(closed);
-    this.waiters.clear();
+    this.rejectWaiters();
     const model = this.model;
     this.model = undefined;
     if (model) {
@@ -147,21 +242,53 @@ export class BrokerConnection extends EventEmitter {
     await settlesWithin(this.loop ?? Promise.resolve(), this.opts.connectTimeoutMs);
   }
 
-  private async run(): Promise<void> {
+  private get callTimeoutMs(): number {
+    return this.opts.callTimeoutMs ?? this.opts.connectTimeoutMs;
+  }
+
+  private openBounded<T extends Channel>(opening: Promise<T>, what: string): Promise<T> {
+    const ms = this.callTimeoutMs;
+    return acquireWithTimeout(
+      opening,
+      ms,
+      () => new BrokerUnavailableError(`${what}: no answer within ${ms} ms`, { role: this.role }),
+      (late) => late.close(),
+    );
+  }
+
+  private runLoop(first: { model: ChannelModel; url: string } | undefined): void {
+    this.loop = this.run(first).catch((error: unknown) => {
+      // run() handles its own errors; reaching this is a bug, but must not kill the process.
+      this.logger.error({ err: error }, 'broker connection loop stopped unexpectedly');
+    });
+  }
+
+  private get closing(): boolean {
+    return this.current === ConnectionState.Closed;
+  }
+
+  private async run(first: { model: ChannelModel; url: string } | undefined): Promise<void> {
     let attempt = 0;
-    let urlIndex = 0;
+    let urlIndex = first ? this.opts.urls.indexOf(first.url) + 1 : 0;
+    let opened = first?.model;
+    let openedUrl = first?.url;
     while (!this.closing) {
-      const url = this.opts.urls[urlIndex % this.opts.urls.length]!;
-      urlIndex += 1;
-      let model: ChannelModel;
-      try {
-        model = await this.connectOnce(url);
-      } catch (error) {
-        if (this.closing) break;
-        attempt += 1;
-        await this.waitBeforeRetry(attempt, error, url);
-        continue;
+      if (!opened) {
+        const url = this.opts.urls[urlIndex % this.opts.urls.length]!;
+        urlIndex += 1;
+        try {
+          opened = await this.connectOnce(url);
+          openedUrl = url;
+        } catch (error) {
+          if (this.closing) break;
+          attempt += 1;
+          await this.waitBeforeRetry(attempt, error, url);
+          continue;
+        }
       }
+      const model = opened;
+      const url = openedUrl!;
+      opened = undefined;
       if (this.closing) {
         await model.close().catch(() => undefined);
         break;
@@ -169,14 +296,22 @@ export class BrokerConnection extends EventEmitter {
       attempt = 0;
       const lost = await this.holdConnection(model, url);
       if (this.closing) break;
+      if (this.opts.reconnect === false) {
+        this.setState(ConnectionState.Closed, lost);
+        this.rejectWaiters(lost);
+        break;
+      }
       attempt = 1;
       await this.waitBeforeRetry(attempt, lost, url);
     }
   }
 
-  /** Publishes `model` as the live connection and resolves when it closes (with the error, if any). */
-  private holdConnection(model: ChannelModel, url: string): Promise<Error | undefined> {
-    const where = describeBrokerUrl(url);
+  /**
+   * Runs the set-ups on `model`, publishes it as the live connection and resolves when it closes
+   * (with the error, if any).
+   */
+  private async holdConnection(model: ChannelModel, url: string): Promise<Error | undefined> {
+    const where = redactBrokerUrl(url);
     const closed = new Promise<Error | undefined>((resolve) => {
       model.once('close', (error?: Error) => resolve(error));
     });
@@ -191,33 +326,50 @@ export class BrokerConnection extends EventEmitter {
       ),
     );
     model.on('unblocked', () => this.logger.info({ broker: where }, 'broker unblocked this connection'));
+    try {
+      for (const setup of this.setups) await setup(model);
+    } catch (error) {
+      this.logger.warn({ err: error, broker: where }, 'set-up on the new broker connection failed');
+      await settlesWithin(model.close(), this.opts.connectTimeoutMs).catch(() => undefined);
+      await closed;
+      return error instanceof Error ? error : new Error(messageOf(error));
+    }
+    if (this.closing) {
+      await model.close().catch(() => undefined);
+      return undefined;
+    }
     this.model = model;
+    this.setState(ConnectionState.Ready);
     this.logger.info({ broker: where, connectionName: this.connectionName }, 'connected to the broker');
     for (const waiter of this.waiters) waiter.resolve(model);
     this.waiters.clear();
     this.emit('connected', where);
-    return closed.then((error) => {
-      if (this.model === model) this.model = undefined;
-      if (!this.closing) {
-        this.logger.warn({ err: error, broker: where }, 'broker connection lost');
-        this.emit('disconnected', error);
-      }
-      return error;
-    });
+    const error = await closed;
+    if (this.model === model) this.model = undefined;
+    if (!this.closing) {
+      this.logger.warn({ err: error, broker: where }, 'broker connection lost');
+      if (this.opts.reconnect !== false) this.setState(ConnectionState.Reconnecting, error);
+      this.emit('disconnected', error);
+    }
+    return error;
   }
 
   private async waitBeforeRetry(attempt: number, error: unknown, url: string): Promise<void> {
-    const delayMs = backoffDelay(attempt, this.opts.reconnectMinMs, this.opts.reconnectMaxMs);
+    const delayMs = backoffDelay(
+      attempt,
+      this.opts.reconnectMinMs ?? DEFAULT_RECONNECT_MIN_MS,
+      this.opts.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS,
+    );
     this.logger.warn(
-      { err: error, broker: describeBrokerUrl(url), attempt, delayMs },
+      { err: error, broker: redactBrokerUrl(url), attempt, delayMs },
       'broker not reachable, retrying',
     );
-    this.emit('reconnecting', attempt, delayMs);
+    this.emit('reconnecting', attempt, delayMs, error);
     await sleep(delayMs, this.closeController.signal);
   }
 
   /** One connection attempt, bounded by connectTimeoutMs even if the handshake stalls. */
-  private async connectOnce(url: string): Promise<ChannelModel> {
+  private connectOnce(url: string): Promise<ChannelModel> {
     const timeoutMs = this.opts.connectTimeoutMs;
     const attempt = connect(withHeartbeat(url, this.opts.heartbeatSeconds), {
       ...this.opts.tls,
@@ -228,40 +380,25 @@ export class BrokerConnection extends EventEmitter {
         version: AGENT_VERSION,
       },
     });
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(new BrokerUnavailableError(`no AMQP handshake within ${timeoutMs} ms`, this.errorOpts())),
-        timeoutMs,
-      );
-    });
-    try {
-      return await Promise.race([attempt, timeout]);
-    } catch (error) {
-      // A connection that completes after we gave up must not linger.
-      attempt.then((late) => late.close().catch(() => undefined)).catch(() => undefined);
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
+    // A connection that completes after we gave up must not linger.
+    return acquireWithTimeout(
+      attempt,
+      timeoutMs,
+      () => new BrokerUnavailableError(`no AMQP handshake within ${timeoutMs} ms`, { role: this.role }),
+      (late) => late.close(),
+    );
   }
 
-  private errorOpts(): { role: string } {
-    return { role: this.role };
+  private setState(state: ConnectionState, error?: Error): void {
+    if (this.current === state) return;
+    this.current = state;
+    this.emit('state', state, error);
   }
-}
 
-/** True when `promise` settles within `ms` (its rejection is rethrown), false on timeout. */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms);
-  });
-  try {
-    return await Promise.race([promise.then(() => true as const), timeout]);
-  } finally {
-    clearTimeout(timer);
+  private rejectWaiters(cause?: Error): void {
+    const closed = new BrokerUnavailableError('broker connection closed', { role: this.role, cause });
+    for (const waiter of this.waiters) waiter.reject(closed);
+    this.waiters.clear();
   }
 }
 
@@ -273,7 +410,8 @@ function abortError(signal: AbortSignal, role: string): BrokerUnavailableError {
 }
 
 /** Adds `?heartbeat=N` unless the URL already sets one (amqplib reads heartbeat from the URL). */
-function withHeartbeat(url: string, heartbeatSeconds: number): string {
+function withHeartbeat(url: string, heartbeatSeconds: number | undefined): string {
+  if (heartbeatSeconds === undefined) return url;
   const parsed = new URL(url);
   if (!parsed.searchParams.has('heartbeat')) parsed.searchParams.set('heartbeat', String(heartbeatSeconds));
   return parsed.toString();

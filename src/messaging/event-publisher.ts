@@ -3,16 +3,17 @@ import type { ConfirmChannel, Message, Options } from 'amqplib';
 import {
   AgentError,
   BrokerUnavailableError,
+  messageOf,
   PublishNackedError,
   PublishTimeoutError,
 } from '../errors/index.js';
+import type { EventSink, OutgoingEvent } from '../jobs/ports.js';
 import type { Logger } from '../observability/logger.js';
 import { AGENT_NAME } from '../version.js';
-import type { BrokerConnection } from './connection.js';
+import { type BrokerConnection, ConnectionState } from './connection.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
 import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareEventsExchange, type TopologyNames } from './topology.js';
-import type { EventSink, OutgoingEvent } from './types.js';
 
 export interface EventPublisherOptions {
   connection: BrokerConnection;
@@ -147,7 +148,7 @@ export class EventPublisher extends EventEmitter implements EventSink {
     // Open the channel on every (re)connect, so progress flows again even when no persistent event is due.
     this.opts.connection.on('connected', this.openSoon);
     this.opts.connection.on('connected', this.restartStallClock);
-    if (this.opts.connection.connected) this.openSoon();
+    if (this.opts.connection.state === ConnectionState.Ready) this.openSoon();
     const stallMs = this.stallAfterMs;
     this.stallTimer = setInterval(() => this.checkStall(), Math.max(50, Math.min(1000, stallMs / 4)));
     this.stallTimer.unref();
@@ -181,7 +182,7 @@ export class EventPublisher extends EventEmitter implements EventSink {
   /** The stall of the outbox head while connected, or undefined when it moves (or is empty). */
   stall(now = Date.now()): OutboxStall | undefined {
     const head = this.outbox?.head();
-    if (!head || !this.opts.connection.connected || this.closing) return undefined;
+    if (!head || this.opts.connection.state !== ConnectionState.Ready || this.closing) return undefined;
     if (head.seq !== this.headSeq) return undefined; // the writer has not picked it up yet
     const sinceMs = now - this.headSince;
     if (sinceMs < this.stallAfterMs) return undefined;
@@ -293,8 +294,8 @@ export class EventPublisher extends EventEmitter implements EventSink {
 
   private sendTransient(e: OutgoingEvent): void {
     const channel = this.channel;
-    if (!channel || !this.opts.connection.connected) {
-      if (this.opts.connection.connected) this.openSoon();
+    if (!channel || this.opts.connection.state !== ConnectionState.Ready) {
+      if (this.opts.connection.state === ConnectionState.Ready) this.openSoon();
       this.logger.debug(
         { eventId: e.event.id, type: e.event.type },
         'broker away: dropping a non-persistent event',
@@ -350,7 +351,7 @@ export class EventPublisher extends EventEmitter implements EventSink {
           await this.quarantine(outbox, entry, permanent);
           continue;
         }
-        this.lastError = error instanceof Error ? error.message : String(error);
+        this.lastError = messageOf(error);
         failures += 1;
         this.logger.warn(
           { err: error, eventId: entry.event.event.id, failures, depth: outbox.depth },
@@ -395,7 +396,7 @@ export class EventPublisher extends EventEmitter implements EventSink {
       await outbox.quarantine(entry, reason, replacement);
     } catch (error) {
       // The entry stays the head: the next attempt quarantines it again.
-      this.lastError = error instanceof Error ? error.message : String(error);
+      this.lastError = messageOf(error);
       this.logger.error({ err: error, eventId: original.event.id }, 'cannot quarantine an outbox entry');
       await sleep(this.opts.retryMaxMs ?? 10_000, this.closeController.signal);
       return;

@@ -1,8 +1,8 @@
 import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OutboxError } from '../errors/index.js';
+import type { OutgoingEvent } from '../jobs/ports.js';
 import type { Logger } from '../observability/logger.js';
-import type { OutgoingEvent } from './types.js';
 
 /** One event waiting in the outbox. */
 export interface OutboxEntry {

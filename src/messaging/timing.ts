@@ -58,3 +58,16 @@ export async function acquireWithTimeout<T>(
     throw error;
   }
 }
+
+/** True when `promise` settles within `ms` (its rejection is rethrown), false on timeout. */
+export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([promise.then(() => true as const), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

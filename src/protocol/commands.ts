@@ -31,7 +31,15 @@ export const storeRef = z
   .meta({ id: 'StoreRef', description: 'Snapshot directory <root>/<dir> on the snapshot store.' });
 export type StoreRef = z.infer<typeof storeRef>;
 
-export const strategyName = z.enum(['auto', 'offline', 'lvm-cow', 'live-rotate']);
+/**
+ * The snapshot strategies the engine runs. Each is one file in src/snapshot/strategies/ and one line
+ * of its table, which is typed `satisfies Record<ConcreteStrategy, …>`: the two cannot drift.
+ */
+export const CONCRETE_STRATEGIES = ['offline', 'lvm-cow', 'live-rotate'] as const;
+export type ConcreteStrategy = (typeof CONCRETE_STRATEGIES)[number];
+
+/** A command's strategy: one of the engine's, or `auto` (the planner chooses). */
+export const strategyName = z.enum(['auto', ...CONCRETE_STRATEGIES]);
 export type StrategyName = z.infer<typeof strategyName>;
 
 export const pingParams = z.object({}).strict().meta({ id: 'PingParams' });

@@ -476,6 +476,19 @@ export const FAILURE_CODES = [
     meaning: 'The broker could not be reached (client side).',
   },
   {
+    code: 'NOT_ROUTED',
+    retryable: 'no',
+    commands: ANY,
+    meaning:
+      'The exchange or queue a command or a subscription needs does not exist on the broker: no agent declared it (client side).',
+  },
+  {
+    code: 'TIMEOUT',
+    retryable: 'yes',
+    commands: ANY,
+    meaning: 'No terminal event arrived within the wait; the job may still be running (client side).',
+  },
+  {
     code: 'OUTBOX_UNAVAILABLE',
     retryable: 'yes',
     commands: ANY,

@@ -12,7 +12,7 @@ import { JobJournal } from '../jobs/journal.js';
 import type { HandlerRegistry } from '../jobs/types.js';
 import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import { CommandConsumer } from '../messaging/command-consumer.js';
-import { BrokerConnection } from '../messaging/connection.js';
+import { BrokerConnection, ConnectionState, connectionName } from '../messaging/connection.js';
 import { EventPublisher, type ReturnedEvent } from '../messaging/event-publisher.js';
 import { type TopologyNames, topologyNames } from '../messaging/topology.js';
 import { type HealthServer, startHealthServer } from '../observability/health-server.js';
@@ -102,7 +102,7 @@ const observability: Stage<Ctx> = {
         {
           name: 'publisher',
           check: () =>
-            ctx.connections?.publish.connected
+            ctx.connections?.publish.state === ConnectionState.Ready
               ? { ok: true }
               : { ok: false, detail: 'the publishing connection to the broker is down' },
         },
@@ -136,7 +136,7 @@ const connections: Stage<Ctx> = {
       const connection = new BrokerConnection({
         role,
         urls: b.urls,
-        hostId: ctx.config.hostId,
+        connectionName: connectionName(ctx.config.hostId, role),
         heartbeatSeconds: b.heartbeatSeconds,
         connectTimeoutMs: b.connectTimeoutMs,
         reconnectMinMs: b.reconnectMinMs,

@@ -3,6 +3,7 @@
 // gives (same file, same environment), so a changed http.port or http.host is followed.
 // Exit 0 healthy, 1 not (Docker's convention).
 import { loadConfig } from '../config/index.js';
+import { messageOf } from '../errors/index.js';
 
 const TIMEOUT_MS = 4000;
 
@@ -23,7 +24,7 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (error: unknown) => {
-    console.error(`healthcheck: ${error instanceof Error ? error.message : String(error)}`);
+    console.error(`healthcheck: ${messageOf(error)}`);
     process.exit(1);
   },
 );

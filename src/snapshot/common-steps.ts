@@ -7,6 +7,27 @@ import type { SnapshotDeps } from './deps.js';
 import type { Step, StepIO } from './steps.js';
 import type { CowHealth, VolumeBackend } from './volumes.js';
 
+/**
+ * The staging volume, made by `make` under its name (a half-made one from an earlier attempt of
+ * this job is removed first); undone by removing it.
+ */
+export function createStagingStep(
+  backend: VolumeBackend,
+  staging: string,
+  make: (io: StepIO) => Promise<void>,
+): Step {
+  return {
+    name: 'create-staging',
+    run: async (io) => {
+      await backend.remove(staging);
+      await make(io);
+    },
+    undo: async () => {
+      await backend.remove(staging);
+    },
+  };
+}
+
 /** `qemu-img convert` of `source` to the part file: a delta (-B parent, relative) or a full image. */
 export function exportStep(
   deps: SnapshotDeps,

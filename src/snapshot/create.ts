@@ -1,37 +1,18 @@
 import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import {
-  AgentError,
-  JobInterruptedError,
-  PathExistsError,
-  StrategyUnavailableError,
-} from '../errors/index.js';
+import { AgentError, PathExistsError, StrategyUnavailableError } from '../errors/index.js';
 import type { JobContext } from '../jobs/types.js';
 import type { SnapshotCreateResult } from '../protocol/index.js';
 import { pathExists } from './chain.js';
+import { checkpoint } from './checkpoints.js';
 import type { SnapshotDeps } from './deps.js';
-import { Failpoints } from './failpoints.js';
-import { EngineJournal } from './journal.js';
-import {
-  activeLayerBackend,
-  familyNames,
-  layerHoldsWritesSince,
-  nextLayerName,
-  volumeAt,
-} from './live-layers.js';
-import { LIVE_ROTATE_DISABLED, liveRotateSteps, probeLiveRotate } from './live-rotate.js';
-import { lvmCowSteps } from './lvm-cow.js';
-import { offlineSteps } from './offline.js';
-import type { CreatePlan } from './plan.js';
-import { chooseKind, chooseStrategy } from './planner.js';
-import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
-import {
-  inspectVm,
-  pinnedBackingChain,
-  pinnedChainReason,
-  resumeIfPausedByUs,
-  thawIfFrozenByUs,
-} from './vm.js';
+import { activeLayerBackend, layerHoldsWritesSince, volumeAt } from './live-layers.js';
+import type { CreateFacts, CreateJournal, CreatePlan } from './plan.js';
+import { runPlannedJob } from './planned-job.js';
+import { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
+import type { StepPlan } from './steps.js';
+import { STRATEGIES, type StrategyHooks, strategyOf, type VolumeProbe } from './strategies/index.js';
+import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
 import { FileVolumeBackend, jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
 type CreateContext = JobContext<'snapshot.create'>;
@@ -41,62 +22,34 @@ type CreateContext = JobContext<'snapshot.create'>;
  * strategy's steps, and returns the SnapshotCreateResult. With `ctx.recovering` it rebuilds the
  * steps from the journaled plan and rolls back or finishes (see steps.ts).
  */
-export async function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Promise<SnapshotCreateResult> {
-  const journal = new EngineJournal(ctx.journal);
-  let plan = journal.get().plan as CreatePlan | null;
-  try {
-    if (plan === null) {
-      // Nothing was done before the plan was journaled: an interrupted job is simply not done.
-      if (ctx.recovering) throw new JobInterruptedError(null);
-      plan = await makeCreatePlan(ctx, deps);
-      await journal.setPlan(plan);
-    }
-  } catch (error) {
-    throw withOutcome(error, { rolledBack: true, step: null });
-  }
-  // The plan names the layer it snapshots (a command may name the volume by another of its names).
-  const backend = await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps);
-  const steps = createSteps(plan, backend, deps, journal);
-  try {
-    if (ctx.recovering) {
-      // Invariant 4: a VM we paused (or froze) is released before anything else.
-      await resumeIfPausedByUs(deps.libvirt, journal);
-      await thawIfFrozenByUs(deps.libvirt, journal);
-    }
-  } catch (error) {
-    throw withOutcome(error, { rolledBack: false, step: null });
-  }
-  try {
-    await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
-  } catch (error) {
-    throw withVolumePath(error, plan, journal);
-  }
-  return createResult(plan, journal, steps);
+export function createSnapshot(ctx: CreateContext, deps: SnapshotDeps): Promise<SnapshotCreateResult> {
+  return runPlannedJob<CreatePlan, CreateFacts, SnapshotCreateResult>(ctx, deps, {
+    plan: () => makeCreatePlan(ctx, deps),
+    steps: async (plan, journal) => {
+      // The plan names the layer it snapshots (a command may name the volume by another of its names).
+      const backend = await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps);
+      return createSteps(plan, backend, deps, journal);
+    },
+    result: createResult,
+    failure: withVolumePath,
+  });
 }
 
-/** The job's step list for a plan (offline, lvm-cow or live-rotate), with the failpoints hooked in. */
+/** The job's step list for a plan (its strategy's, from the table), its checkpoints published. */
 export function createSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
+  journal: CreateJournal,
 ): StepPlan {
-  const failpoints = deps.failpoints ?? Failpoints.none;
-  const hooks = {
+  const hooks: StrategyHooks = {
     onExportProgress: (percent: number) => {
-      if (percent > 0 && percent < 100) failpoints.hit(`${plan.strategy}:export:during`);
+      if (percent > 0 && percent < 100) checkpoint(`${plan.strategy}:export:during`);
     },
     // Inside a step, at its critical moment (VM paused by lvm-cow, right after live-rotate's switch).
-    midStep: (step: string) => failpoints.hit(`${plan.strategy}:${step}:during`),
+    midStep: (step: string) => checkpoint(`${plan.strategy}:${step}:during`),
   };
-  switch (plan.strategy) {
-    case 'offline':
-      return offlineSteps(plan, backend, deps, hooks);
-    case 'lvm-cow':
-      return lvmCowSteps(plan, backend, deps, journal, hooks);
-    case 'live-rotate':
-      return liveRotateSteps(plan, backend, deps, journal, hooks);
-  }
+  return STRATEGIES[plan.strategy].steps(plan, backend, deps, journal, hooks);
 }
 
 /** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */
@@ -110,32 +63,23 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   }
   const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
   const vmRunning = vm?.running ?? false;
-  const needsReflink =
-    backend.kind === 'file' &&
-    (params.options.strategy === 'lvm-cow' || (params.options.strategy === 'auto' && vmRunning));
-  const reflink =
-    backend instanceof FileVolumeBackend && needsReflink
-      ? await deps.filePool.supportsReflink(backend.dir)
-      : null;
   // Every backing of the active volume must resolve (the store mounted, seed defect 3) before we start.
   const activeChain = await deps.store.readChain(backend.activePath);
   const active = activeChain[0]!;
-  const mayRotate = params.options.strategy === 'auto' || params.options.strategy === 'live-rotate';
-  const liveRotate =
-    mayRotate && vm?.running && vm.target !== null
-      ? deps.liveRotate !== 'disabled'
-        ? await probeLiveRotate(deps, vm.name, vm.target, backend, active.virtualSize)
-        : { supported: false, reason: LIVE_ROTATE_DISABLED }
-      : null;
+  // Each strategy the planner may choose looks at the volume first (reflink, live rotation...).
+  const probes: Partial<Record<CreatePlan['strategy'], VolumeProbe>> = {};
+  for (const candidate of candidateStrategies(params.options.strategy, vmRunning)) {
+    const input = { deps, vm, backend, virtualSize: active.virtualSize };
+    probes[candidate.name] = (await candidate.probe?.(input)) ?? null;
+  }
   const strategy = chooseStrategy({
     requested: params.options.strategy,
     vmRunning,
     poolKind: backend.kind,
-    reflink,
-    liveRotate,
+    probes,
   });
-  // Every other strategy changes the image header (offline: a new image; lvm-cow: its backing).
-  if (strategy.name !== 'live-rotate') {
+  const chosen = strategyOf(strategy.name);
+  if (chosen.rewritesActiveHeader) {
     const pinned = await pinnedBackingChain(deps.libvirt, params.vm, backend.activePath);
     if (pinned !== null && params.vm !== null) {
       throw new StrategyUnavailableError(strategy.name, pinnedChainReason(params.vm, pinned));
@@ -174,19 +118,14 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   });
   const metadataBytes = 1024 * 1024 + Math.ceil(active.virtualSize / 8192);
   await deps.store.ensureFreeSpace(storeDir, exportBytes, { reserveBytes: metadataBytes });
-  await backend.ensureSpace(strategy.name === 'lvm-cow' ? 'cow' : 'overlay', active.virtualSize);
+  await backend.ensureSpace(chosen.space, active.virtualSize);
 
   const tag = jobTag(ctx.jobId);
-  const live =
-    strategy.name === 'live-rotate' && backend instanceof FileVolumeBackend
-      ? {
-          stagingName: await nextLayerName(backend.dir, backend.activeName),
-          liveLayers: localLayers(
-            backend,
-            activeChain.map((m) => m.path),
-          ),
-        }
-      : null;
+  const layers =
+    (await chosen.planLayers?.(
+      backend,
+      activeChain.map((m) => m.path),
+    )) ?? null;
   return {
     strategy: strategy.name,
     strategyReason: strategy.reason,
@@ -206,8 +145,8 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
     chainDepth: delta ? parentDepth + 1 : 1,
     virtualSize: active.virtualSize,
     exportBytes,
-    stagingName: live?.stagingName ?? backend.tempName('stg', tag),
-    ...(live === null ? {} : { liveLayers: live.liveLayers }),
+    stagingName: layers?.stagingName ?? backend.tempName('stg', tag),
+    ...(layers?.liveLayers === undefined ? {} : { liveLayers: layers.liveLayers }),
     retiredName: backend.tempName('old', tag),
     cloneName: backend.tempName('cow', tag),
     tag,
@@ -223,7 +162,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
 /** The succeeded result: built from the plan and the journal, plus the file's size. */
 async function createResult(
   plan: CreatePlan,
-  journal: EngineJournal,
+  journal: CreateJournal,
   steps: StepPlan,
 ): Promise<SnapshotCreateResult> {
   const record = journal.get();
@@ -243,8 +182,7 @@ async function createResult(
     strategy: { name: plan.strategy, reason: plan.strategyReason },
     vmPauseMs: Math.round(record.pauseMs * 1000) / 1000,
     activePath: plan.activePath,
-    volumePath:
-      plan.strategy === 'live-rotate' ? join(dirname(plan.activePath), plan.stagingName) : plan.activePath,
+    volumePath: volumePathOf(plan, journal),
     quiesced: !plan.quiesce
       ? 'not-requested'
       : quiesced === 'yes' || quiesced === 'unavailable'
@@ -254,30 +192,22 @@ async function createResult(
   };
 }
 
-/** The volume's active layer after the job: live-rotate's new layer once libvirt switched to it. */
-function volumePathOf(plan: CreatePlan, journal: EngineJournal): string {
-  const switched = plan.strategy === 'live-rotate' && journal.get().steps.switch === 'done';
-  return switched ? join(dirname(plan.activePath), plan.stagingName) : plan.activePath;
+/** The volume's active layer after the job: a strategy's new layer once it moved there (live-rotate's switch). */
+function volumePathOf(plan: CreatePlan, journal: CreateJournal): string {
+  return activeLayerMoved(plan, journal) ? join(dirname(plan.activePath), plan.stagingName) : plan.activePath;
 }
 
-/** A failure after live-rotate's switch still tells the management plane where the volume is now. */
-function withVolumePath(error: unknown, plan: CreatePlan, journal: EngineJournal): unknown {
-  if (!(error instanceof AgentError) || plan.strategy !== 'live-rotate') return error;
-  if (journal.get().steps.switch !== 'done') return error;
+function activeLayerMoved(plan: CreatePlan, journal: CreateJournal): boolean {
+  const step = strategyOf(plan.strategy).movesActiveLayerAt;
+  return step !== undefined && journal.get().steps[step] === 'done';
+}
+
+/** A failure after the active layer moved still tells the management plane where the volume is now. */
+function withVolumePath(error: unknown, plan: CreatePlan, journal: CreateJournal): unknown {
+  if (!(error instanceof AgentError) || !activeLayerMoved(plan, journal)) return error;
   return new AgentError(error.code, error.message, {
     cause: error.cause ?? error,
     retryable: error.retryable,
     details: { ...error.details, volumePath: volumePathOf(plan, journal) },
   });
-}
-
-/** The active chain's layers that are this volume's own files in its pool (top first, down to its base). */
-function localLayers(backend: FileVolumeBackend, chain: string[]): string[] {
-  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
-  const layers: string[] = [];
-  for (const path of chain) {
-    if (!own.has(path)) break;
-    layers.push(path);
-  }
-  return layers;
 }

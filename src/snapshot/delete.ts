@@ -3,27 +3,21 @@
 //   the child's header no longer names the snapshot) → remove-snapshot (after proving nothing refers to it)
 
 import { readdir } from 'node:fs/promises';
-import {
-  AgentError,
-  ChainInvalidError,
-  JobInterruptedError,
-  SnapshotInUseError,
-  ValidationError,
-} from '../errors/index.js';
+import { AgentError, ChainInvalidError, SnapshotInUseError, ValidationError } from '../errors/index.js';
 import { isInside } from '../host/paths.js';
 import type { JobContext } from '../jobs/types.js';
 import { backingOf, pathExists, removeIfUnreferenced } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
-import { EngineJournal } from './journal.js';
+import type { GuestFacts } from './journal.js';
 import { activeLayerBackend } from './live-layers.js';
-import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
+import { runPlannedJob } from './planned-job.js';
+import type { StepPlan } from './steps.js';
 import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
 import { FileVolumeBackend } from './volumes.js';
 
 type DeleteContext = JobContext<'snapshot.delete'>;
 
 export interface DeletePlan {
-  [key: string]: unknown;
   snapshotName: string;
   snapshotPath: string;
   /** What the snapshot itself backs onto (its parent), which becomes the child's backing; null: none. */
@@ -38,29 +32,17 @@ export interface DeletePlan {
   target: string | null;
 }
 
-export async function deleteSnapshot(
-  ctx: DeleteContext,
-  deps: SnapshotDeps,
-): Promise<Record<string, unknown>> {
-  const journal = new EngineJournal(ctx.journal);
-  let plan = journal.get().plan as DeletePlan | null;
-  try {
-    if (plan === null) {
-      if (ctx.recovering) throw new JobInterruptedError(null);
-      plan = await makeDeletePlan(ctx, deps);
-      await journal.setPlan(plan);
-    }
-  } catch (error) {
-    throw withOutcome(error, { rolledBack: true, step: null });
-  }
-  const steps = deleteSteps(plan, deps);
-  await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
-  return {
-    deleted: plan.snapshotName,
-    path: plan.snapshotPath,
-    mergedInto: plan.childPath,
-    childBacking: plan.childBacking,
-  };
+export function deleteSnapshot(ctx: DeleteContext, deps: SnapshotDeps): Promise<Record<string, unknown>> {
+  return runPlannedJob<DeletePlan, GuestFacts, Record<string, unknown>>(ctx, deps, {
+    plan: () => makeDeletePlan(ctx, deps),
+    steps: async (plan) => deleteSteps(plan, deps),
+    result: async (plan) => ({
+      deleted: plan.snapshotName,
+      path: plan.snapshotPath,
+      mergedInto: plan.childPath,
+      childBacking: plan.childBacking,
+    }),
+  });
 }
 
 /** Checks the chain as the command gives it and every reason to refuse, before touching anything. */

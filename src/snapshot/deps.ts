@@ -4,7 +4,6 @@ import type { Lvm } from '../host/lvm.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import type { SnapshotStore } from '../host/store.js';
 import type { ExportBandwidth } from './export-bandwidth.js';
-import type { Failpoints } from './failpoints.js';
 
 /** The adapters the snapshot engine composes; plain objects, so lab suites can build them without the agent. */
 export interface SnapshotDeps {
@@ -13,8 +12,6 @@ export interface SnapshotDeps {
   filePool: FilePool;
   lvm: Lvm;
   libvirt: Libvirt;
-  /** Test-only fault injection (default: none). */
-  failpoints?: Failpoints;
   /** live-rotate runs unless 'disabled' (config snapshot.liveRotate; default 'enabled'). */
   liveRotate?: 'enabled' | 'disabled';
   /** How often the CoW fill level is read during an lvm-cow export (default 1000 ms). */

@@ -14,22 +14,19 @@ import { createSnapshot } from './create.js';
 import { deleteSnapshot } from './delete.js';
 import type { SnapshotDeps } from './deps.js';
 import { ExportBandwidth } from './export-bandwidth.js';
-import { Failpoints } from './failpoints.js';
 import { revertSnapshot } from './revert.js';
 import { verifyChain } from './verify.js';
 
+export { CHECKPOINT_CHANNEL, type Checkpoint } from './checkpoints.js';
 export { createSnapshot, createSteps, makeCreatePlan } from './create.js';
 export { deleteSnapshot, deleteSteps, makeDeletePlan } from './delete.js';
 export type { SnapshotDeps } from './deps.js';
-export { Failpoints } from './failpoints.js';
 export { EngineJournal, type EngineRecord } from './journal.js';
-export { liveRotateSteps, probeLiveRotate } from './live-rotate.js';
-export { lvmCowSteps } from './lvm-cow.js';
-export { offlineSteps } from './offline.js';
 export type { CreatePlan } from './plan.js';
-export { chooseKind, chooseStrategy } from './planner.js';
+export { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
 export { revertSnapshot, revertSteps } from './revert.js';
 export { recoverSteps, runSteps, type Step, type StepPlan } from './steps.js';
+export { hostSupport, STRATEGIES, type Strategy, type StrategyHooks } from './strategies/index.js';
 export { verifyChain } from './verify.js';
 export { jobTag, volumeBackend } from './volumes.js';
 
@@ -43,18 +40,14 @@ export function snapshotHandlers(deps: SnapshotDeps): HandlerRegistry {
   };
 }
 
-/** Builds the engine's adapters from the configuration (failpoints from AGENT_FAILPOINTS, test-only). */
-export function createSnapshotDeps(
-  config: AgentConfig,
-  logger: Logger,
-  failpoints: Failpoints = Failpoints.fromEnv(),
-): SnapshotDeps {
+/** Builds the engine's adapters from the configuration. */
+export function createSnapshotDeps(config: AgentConfig, logger: Logger): SnapshotDeps {
   const qemuImg = new QemuImg({
     logger,
     timeoutMs: config.timeouts.toolMs,
     exportTimeoutMs: config.timeouts.exportMs,
     // Every path under a root is re-resolved right before qemu-img runs (symlink swaps).
-    run: confinedRunner(failpoints.wrapRunner(runTool), [...config.store.roots, ...config.pools.fileRoots]),
+    run: confinedRunner(runTool, [...config.store.roots, ...config.pools.fileRoots]),
   });
   const store = new SnapshotStore({ roots: config.store.roots, qemuImg, logger });
   const filePool = new FilePool({
@@ -77,7 +70,6 @@ export function createSnapshotDeps(
     filePool,
     lvm,
     libvirt,
-    failpoints,
     liveRotate: config.snapshot.liveRotate,
     bandwidth,
   };

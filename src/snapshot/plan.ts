@@ -1,8 +1,8 @@
-import type { ConcreteStrategy } from './planner.js';
+import type { ConcreteStrategy } from '../protocol/index.js';
+import type { EngineJournal, GuestFacts } from './journal.js';
 
 /** Everything a snapshot.create job decided before its first step; journaled, so recovery rebuilds the same steps. */
 export interface CreatePlan {
-  [key: string]: unknown;
   strategy: ConcreteStrategy;
   strategyReason: string;
   kind: 'full' | 'delta';
@@ -41,3 +41,14 @@ export interface CreatePlan {
   /** The command's export bandwidth, bytes/s (absent: the host's limit alone). */
   bandwidthBytesPerSecond?: number;
 }
+
+/** What a snapshot.create job's steps record besides their states. */
+export interface CreateFacts extends GuestFacts {
+  /** live-rotate: how long libvirt's switch to the new layer took (ms, for the benchmark). */
+  switchMs?: number;
+  /** live-rotate: this job started the block commit (it goes on in libvirtd if the agent dies). */
+  commitStarted?: boolean;
+}
+
+/** The journal of a snapshot.create job. */
+export type CreateJournal = EngineJournal<CreatePlan, CreateFacts>;

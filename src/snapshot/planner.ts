@@ -1,8 +1,6 @@
 import { StrategyUnavailableError } from '../errors/index.js';
-import type { StrategyName } from '../protocol/index.js';
-
-/** Strategies this engine runs. */
-export type ConcreteStrategy = 'offline' | 'lvm-cow' | 'live-rotate';
+import { CONCRETE_STRATEGIES, type ConcreteStrategy, type StrategyName } from '../protocol/index.js';
+import { type Strategy, strategyOf, type VolumeProbe } from './strategies/index.js';
 
 export interface StrategyChoice {
   name: ConcreteStrategy;
@@ -14,64 +12,57 @@ export interface StrategyInput {
   /** A QEMU process holds the volume (running or paused VM). */
   vmRunning: boolean;
   poolKind: 'lvm' | 'file';
-  /** File pools: whether the pool's filesystem makes reflink clones. */
-  reflink: { supported: boolean; reason: string | null } | null;
-  /** Running VM: whether its QEMU and the pool can rotate live (null: not asked). */
-  liveRotate: { supported: boolean; reason: string } | null;
+  /** Each candidate strategy's probe of the volume (absent or null: not asked). */
+  probes: Partial<Record<ConcreteStrategy, VolumeProbe>>;
 }
 
 /**
- * Picks the strategy (pure). `auto`: stopped VM → offline (no copy-on-write, smallest deltas);
- * running VM → live-rotate when its QEMU and the pool allow it (no pause, minimal deltas), else
- * lvm-cow (LVM snapshot, or reflink clone in file pools). An explicit request that cannot run
- * here is refused with the reason, never silently replaced.
+ * The strategies the planner may choose, in the order `auto` tries them: the requested one, or for
+ * `auto` those the table offers for the VM's state (stopped → offline; running → live-rotate, then
+ * lvm-cow). Their probes are what the planner needs asked.
+ */
+export function candidateStrategies(requested: StrategyName, vmRunning: boolean): Strategy[] {
+  if (requested !== 'auto') return [strategyOf(requested)];
+  const vm = vmRunning ? 'running' : 'stopped';
+  return CONCRETE_STRATEGIES.map(strategyOf)
+    .filter((s) => s.auto.vm === vm)
+    .sort((a, b) => a.auto.rank - b.auto.rank);
+}
+
+/**
+ * Picks the strategy (pure) from the table. `auto`: the first candidate that fits, saying why the
+ * ones before it did not. An explicit request that cannot run here is refused with the reason,
+ * never silently replaced.
  * @throws StrategyUnavailableError
  */
 export function chooseStrategy(input: StrategyInput): StrategyChoice {
-  const cowReason =
-    input.poolKind === 'lvm'
-      ? 'LVM copy-on-write snapshot'
-      : input.reflink?.supported
-        ? 'reflink clone in the file pool'
-        : null;
-  const noCow = `the file pool cannot make reflink clones (${input.reflink?.reason ?? 'unknown'})`;
-  const live = input.liveRotate;
-  switch (input.requested) {
-    case 'live-rotate':
-      if (!input.vmRunning)
-        throw new StrategyUnavailableError(
-          'live-rotate',
-          'the VM is not running; offline snapshots a stopped VM',
-        );
-      if (!live?.supported) throw new StrategyUnavailableError('live-rotate', live?.reason ?? 'not probed');
-      return { name: 'live-rotate', reason: `requested (${live.reason})` };
-    case 'offline':
-      if (input.vmRunning)
-        throw new StrategyUnavailableError('offline', 'the VM is running; offline needs it stopped');
-      return { name: 'offline', reason: 'requested' };
-    case 'lvm-cow':
-      if (cowReason === null) throw new StrategyUnavailableError('lvm-cow', noCow);
-      return {
-        name: 'lvm-cow',
-        reason: input.vmRunning
-          ? `requested (${cowReason})`
-          : `requested (${cowReason}; VM stopped: backing pointer set with qemu-img rebase -u)`,
-      };
-    case 'auto': {
-      if (!input.vmRunning) {
-        return {
-          name: 'offline',
-          reason: 'auto: no running VM holds the volume, so offline (no copy-on-write)',
-        };
-      }
-      if (live?.supported)
-        return { name: 'live-rotate', reason: `auto: the VM is running and ${live.reason}` };
-      const notLive = `live-rotate is unavailable (${live?.reason ?? 'not probed'})`;
-      if (cowReason === null)
-        throw new StrategyUnavailableError('auto', `the VM is running, ${notLive} and ${noCow}`);
-      return { name: 'lvm-cow', reason: `auto: the VM is running and ${notLive}, so lvm-cow (${cowReason})` };
-    }
+  const facts = (name: ConcreteStrategy) => ({
+    vmRunning: input.vmRunning,
+    poolKind: input.poolKind,
+    probe: input.probes[name] ?? null,
+  });
+  const candidates = candidateStrategies(input.requested, input.vmRunning);
+  if (input.requested !== 'auto') {
+    const fit = candidates[0]!.fit(facts(input.requested));
+    if (!fit.fits) throw new StrategyUnavailableError(input.requested, fit.whyNot);
+    return { name: input.requested, reason: `requested (${fit.why})` };
   }
+  const situation = input.vmRunning ? 'the VM is running' : 'no running VM holds the volume';
+  const unavailable: string[] = [];
+  for (const strategy of candidates) {
+    const fit = strategy.fit(facts(strategy.name));
+    if (!fit.fits) {
+      unavailable.push(`${strategy.name} is unavailable (${fit.whyNot})`);
+      continue;
+    }
+    const reason = !input.vmRunning
+      ? `auto: ${situation}, so ${strategy.name} (${fit.why})`
+      : unavailable.length === 0
+        ? `auto: ${situation} and ${fit.why}`
+        : `auto: ${situation} and ${unavailable.join(' and ')}, so ${strategy.name} (${fit.why})`;
+    return { name: strategy.name, reason };
+  }
+  throw new StrategyUnavailableError('auto', `${situation}, ${unavailable.join(' and ')}`);
 }
 
 export interface KindInput {

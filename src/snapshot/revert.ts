@@ -1,21 +1,21 @@
 // snapshot.revert (VM stopped): the volume becomes a fresh overlay on the snapshot (instant) or a
 // flattened standalone copy of it.
 //   create-staging → retire-active → promote-staging (point of no return) → remove-retired
-import { AgentError, JobInterruptedError, ValidationError, VmStateError } from '../errors/index.js';
+import { AgentError, ValidationError, VmStateError } from '../errors/index.js';
 import type { JobContext } from '../jobs/types.js';
 import { pathExists } from './chain.js';
-import { swapSteps } from './common-steps.js';
+import { createStagingStep, swapSteps } from './common-steps.js';
 import type { SnapshotDeps } from './deps.js';
-import { EngineJournal } from './journal.js';
+import type { GuestFacts } from './journal.js';
 import { activeLayerBackend, volumeAt } from './live-layers.js';
-import { jobRunEnv, runOrRecoverSteps, type StepPlan, withOutcome } from './steps.js';
+import { runPlannedJob } from './planned-job.js';
+import type { StepPlan } from './steps.js';
 import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
 import { jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
 type RevertContext = JobContext<'snapshot.revert'>;
 
 export interface RevertPlan {
-  [key: string]: unknown;
   snapshotName: string;
   snapshotPath: string;
   mode: 'overlay' | 'flatten';
@@ -25,30 +25,22 @@ export interface RevertPlan {
   retiredName: string;
 }
 
-export async function revertSnapshot(
-  ctx: RevertContext,
-  deps: SnapshotDeps,
-): Promise<Record<string, unknown>> {
-  const journal = new EngineJournal(ctx.journal);
-  let plan = journal.get().plan as RevertPlan | null;
-  try {
-    if (plan === null) {
-      if (ctx.recovering) throw new JobInterruptedError(null);
-      plan = await makeRevertPlan(ctx, deps);
-      await journal.setPlan(plan);
-    }
-  } catch (error) {
-    throw withOutcome(error, { rolledBack: true, step: null });
-  }
-  const backend = await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps);
-  const steps = revertSteps(plan, backend, deps);
-  await runOrRecoverSteps(steps, jobRunEnv(ctx, journal, deps.failpoints), ctx.recovering);
-  return {
-    activePath: plan.activePath,
-    revertedTo: plan.snapshotName,
-    mode: plan.mode,
-    backing: plan.mode === 'overlay' ? plan.snapshotPath : null,
-  };
+export function revertSnapshot(ctx: RevertContext, deps: SnapshotDeps): Promise<Record<string, unknown>> {
+  return runPlannedJob<RevertPlan, GuestFacts, Record<string, unknown>>(ctx, deps, {
+    plan: () => makeRevertPlan(ctx, deps),
+    steps: async (plan) =>
+      revertSteps(
+        plan,
+        await volumeBackend(volumeAt(ctx.command.params.volume, plan.activePath), deps),
+        deps,
+      ),
+    result: async (plan) => ({
+      activePath: plan.activePath,
+      revertedTo: plan.snapshotName,
+      mode: plan.mode,
+      backing: plan.mode === 'overlay' ? plan.snapshotPath : null,
+    }),
+  });
 }
 
 export async function makeRevertPlan(ctx: RevertContext, deps: SnapshotDeps): Promise<RevertPlan> {
@@ -99,32 +91,25 @@ export function revertSteps(plan: RevertPlan, backend: VolumeBackend, deps: Snap
     kind: 'revert',
     pointOfNoReturn: 'promote-staging',
     steps: [
-      {
-        name: 'create-staging',
-        run: async (io) => {
-          await backend.remove(plan.stagingName);
-          if (plan.mode === 'overlay') {
-            await backend.createOverlay(
-              plan.stagingName,
-              { file: plan.snapshotPath, format: 'qcow2' },
-              plan.virtualSize,
-            );
-            return;
-          }
-          const { targetExists } = await backend.prepareCopyTarget(plan.stagingName, plan.snapshotPath);
-          await deps.qemuImg.convert({
-            source: plan.snapshotPath,
-            target: stagingPath,
-            targetExists,
-            signal: io.signal,
-            progress: (p) =>
-              io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }),
-          });
-        },
-        undo: async () => {
-          await backend.remove(plan.stagingName);
-        },
-      },
+      createStagingStep(backend, plan.stagingName, async (io) => {
+        if (plan.mode === 'overlay') {
+          await backend.createOverlay(
+            plan.stagingName,
+            { file: plan.snapshotPath, format: 'qcow2' },
+            plan.virtualSize,
+          );
+          return;
+        }
+        const { targetExists } = await backend.prepareCopyTarget(plan.stagingName, plan.snapshotPath);
+        await deps.qemuImg.convert({
+          source: plan.snapshotPath,
+          target: stagingPath,
+          targetExists,
+          signal: io.signal,
+          progress: (p) =>
+            io.progress({ percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal }),
+        });
+      }),
       ...swapSteps(backend, deps, { staging: plan.stagingName, retired: plan.retiredName }),
     ],
   };

@@ -7,7 +7,7 @@ import {
 } from '../errors/index.js';
 import type { JobContext, ProgressUpdate } from '../jobs/types.js';
 import type { Logger } from '../observability/logger.js';
-import { Failpoints } from './failpoints.js';
+import { checkpoint } from './checkpoints.js';
 import type { EngineJournal } from './journal.js';
 
 /** What a running step may report and watch. */
@@ -38,7 +38,7 @@ export interface Step {
 
 /** A strategy as an explicit step list with its point of no return. */
 export interface StepPlan {
-  /** Failpoint prefix and log name: offline, lvm-cow, delete, revert. */
+  /** Checkpoint prefix and log name: offline, lvm-cow, live-rotate, delete, revert. */
   kind: string;
   steps: Step[];
   /** The step after which the job is finished forward instead of rolled back. */
@@ -49,7 +49,6 @@ export interface RunEnv {
   journal: EngineJournal;
   signal: AbortSignal;
   progress(update: ProgressUpdate): void;
-  failpoints: Failpoints;
   logger: Logger;
   /**
    * How often the point-of-no-return check is asked again when it cannot answer (default 4 tries,
@@ -94,7 +93,7 @@ export async function runSteps(plan: StepPlan, env: RunEnv, from = 0): Promise<v
       await rollBack(plan, env, i - 1);
       throw withOutcome(new JobCancelledError(step.name), { rolledBack: true, step: step.name });
     }
-    env.failpoints.hit(`${plan.kind}:${step.name}:before`);
+    checkpoint(`${plan.kind}:${step.name}:before`);
     await env.journal.setStep(step.name, 'started');
     env.progress({ step: step.name, stepIndex: i, stepCount: total });
     const started = performance.now();
@@ -124,7 +123,7 @@ export async function runSteps(plan: StepPlan, env: RunEnv, from = 0): Promise<v
       throw withOutcome(failure, { rolledBack: true, step: step.name });
     }
     await env.journal.setStep(step.name, 'done', Math.round(performance.now() - started));
-    env.failpoints.hit(`${plan.kind}:${step.name}:after`);
+    checkpoint(`${plan.kind}:${step.name}:after`);
   }
   await env.journal.update((r) => {
     r.phase = 'finished';
@@ -220,13 +219,11 @@ async function isDoneRetrying(step: Step, env: RunEnv): Promise<boolean> {
 export function jobRunEnv(
   ctx: Pick<JobContext, 'signal' | 'progress' | 'logger'>,
   journal: EngineJournal,
-  failpoints: Failpoints | undefined,
 ): RunEnv {
   return {
     journal,
     signal: ctx.signal,
     progress: (u) => ctx.progress(u),
-    failpoints: failpoints ?? Failpoints.none,
     logger: ctx.logger,
   };
 }

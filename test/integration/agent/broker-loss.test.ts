@@ -1,16 +1,16 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { connectionName } from '../../../src/messaging/connection.js';
+import { ConnectionState, connectionName } from '../../../src/messaging/connection.js';
 import {
   type ReceivedEvent,
   slowHandler,
   startTestAgent,
   type TestAgent,
   TestClient,
-  waitFor,
-} from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
-import { closeConnectionByName } from '../messaging/support.js';
+} from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { closeConnectionByName } from '../../support/messaging.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
+import { waitFor } from '../../support/wait.js';
 
 /** Events of a job, duplicates (same CloudEvents id: at-least-once delivery) removed. */
 function unique(events: ReceivedEvent[]): ReceivedEvent[] {
@@ -65,7 +65,10 @@ describe('broker loss (real broker)', () => {
     await client.waitTerminal('cut-1', 30_000);
     await client.waitTerminal('cut-2', 30_000);
     const running = agent.agent!;
-    await waitFor(() => (running.consumer.active && running.connections.publish.connected) || undefined);
+    await waitFor(
+      () =>
+        (running.consumer.active && running.connections.publish.state === ConnectionState.Ready) || undefined,
+    );
     for (const id of ['cut-1', 'cut-2']) expectInOrder(unique(client.of(id)));
     const metrics = await (await fetch(`${await agent.httpUrl()}/metrics`)).text();
     expect(metrics).toMatch(/clvm_agent_broker_reconnects_total\{role="publish"\} [1-9]/);

@@ -5,14 +5,15 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { buildEvent } from '../../../src/jobs/events.js';
-import { newRecord } from '../../../src/jobs/job-runner.js';
+import { newRecord } from '../../../src/jobs/intake.js';
 import { JobJournal } from '../../../src/jobs/journal.js';
 import type { HandlerRegistry } from '../../../src/jobs/types.js';
 import { commandSchema, routingWord, volumeKey, volumeWord } from '../../../src/protocol/index.js';
-import { slowHandler, startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
-import { childAgentsPerTest } from '../../helpers/agents-per-test.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
+import { slowHandler, startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { childAgentsPerTest } from '../../support/agents-per-test.js';
+import { brokerUrl } from '../../support/broker.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
+import { waitFor } from '../../support/wait.js';
 
 /** Instant handlers that record every run: no handler may run for a refused message. */
 function recordingHandlers() {

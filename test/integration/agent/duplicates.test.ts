@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { CommandHandlerFn } from '../../../src/jobs/types.js';
-import { slowHandler, waitFor } from '../../helpers/agent.js';
-import { agentsPerTest } from '../../helpers/agents-per-test.js';
+import { slowHandler } from '../../support/agent.js';
+import { agentsPerTest } from '../../support/agents-per-test.js';
+import { waitFor } from '../../support/wait.js';
 
 describe('duplicate deliveries (real broker)', () => {
   const frame = agentsPerTest();

@@ -13,9 +13,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { ASYNCAPI_FILE } from '../../../scripts/gen-asyncapi.js';
 import type { CommandHandlerFn, HandlerRegistry } from '../../../src/jobs/types.js';
-import { startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { arbitraryFor, type JsonSchema } from '../../helpers/schema-arbitrary.js';
+import { startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { arbitraryFor, type JsonSchema } from '../../support/schema-arbitrary.js';
+import { waitFor } from '../../support/wait.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 2_147_483_647);
 const COUNT = Number(process.env.FUZZ_COUNT ?? 10_000);

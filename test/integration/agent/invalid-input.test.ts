@@ -2,8 +2,9 @@ import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { HandlerRegistry } from '../../../src/jobs/types.js';
-import { type TestClient, waitFor } from '../../helpers/agent.js';
-import { agentsPerTest } from '../../helpers/agents-per-test.js';
+import type { TestClient } from '../../support/agent.js';
+import { agentsPerTest } from '../../support/agents-per-test.js';
+import { waitFor } from '../../support/wait.js';
 
 /** Handlers that only count calls: none of them may run for bad input. */
 function countingHandlers() {

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
+import { startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { waitFor } from '../../support/wait.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
@@ -37,7 +38,7 @@ describe('the agent process', () => {
   it('SIGTERM during a job: the job finishes within the grace, its terminal event is delivered, exit 0', async () => {
     agent = await startTestAgent({
       mode: 'child',
-      entry: 'test/helpers/agent-child.ts',
+      entry: 'test/support/agent-child.ts',
       env: { TEST_SLOW_CREATE_MS: '1500' },
       overrides: { limits: { shutdownGraceMs: 20_000 } },
     });
@@ -70,7 +71,7 @@ describe('the agent process', () => {
   it('SIGTERM with a job longer than the grace: the job is aborted and answered failed, exit 0', async () => {
     agent = await startTestAgent({
       mode: 'child',
-      entry: 'test/helpers/agent-child.ts',
+      entry: 'test/support/agent-child.ts',
       env: { TEST_SLOW_CREATE_MS: '60000' },
       overrides: { limits: { shutdownGraceMs: 500 } },
     });

@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { waitFor } from '../../helpers/agent.js';
-import { childAgentsPerTest } from '../../helpers/agents-per-test.js';
+import { childAgentsPerTest } from '../../support/agents-per-test.js';
+import { waitFor } from '../../support/wait.js';
 
 describe('crash recovery (child process, real broker)', () => {
   const run = childAgentsPerTest();
@@ -34,7 +34,9 @@ describe('crash recovery (child process, real broker)', () => {
     expect(sequences).toEqual([...sequences].sort((a, b) => a - b));
     expect(new Set(sequences).size).toBe(sequences.length);
     expect(events.length).toBeGreaterThan(before);
-    await new Promise((r) => setTimeout(r, 500)); // a second terminal event would arrive by now
+    // No second terminal event: counted once the agent stopped and all it sent has arrived.
+    await second.stopAgent();
+    await client.drain(second);
     expect(client.terminal('crash-1')).toHaveLength(1);
     const journal = JSON.parse(await readFile(join(first.stateDir, 'jobs', 'crash-1.json'), 'utf8'));
     expect(journal).toMatchObject({ state: 'succeeded', runs: 2 });

@@ -1,8 +1,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { waitFor } from '../../helpers/agent.js';
-import { agentsPerTest } from '../../helpers/agents-per-test.js';
+import { agentsPerTest } from '../../support/agents-per-test.js';
+import { waitFor } from '../../support/wait.js';
 
 const run = promisify(execFile);
 

@@ -1,8 +1,8 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestAgent, type TestAgent, TestClient } from '../../helpers/agent.js';
-import { MiB, makeQcow2, writePattern } from '../../helpers/images.js';
+import { startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { MiB, makeQcow2, writePattern } from '../../support/images.js';
 
 // The operator's signals, read from a real agent's /metrics (src/main.ts in a child process)
 // after real snapshot jobs: per volume the last success, the last failure and its code, bytes

@@ -1,7 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { brokerUrl } from '../../helpers/broker.js';
-import { type FakeAgent, startFakeAgent, type Topology, uniqueHost, uniqueTopology } from './fake-agent.js';
-import { lastJson, snapctl, topologyFlags } from './run-snapctl.js';
+import { brokerUrl } from '../../support/broker.js';
+import {
+  type FakeAgent,
+  startFakeAgent,
+  type Topology,
+  uniqueHost,
+  uniqueTopology,
+} from '../../support/fake-agent.js';
+import { lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
 
 // snapctl against the real broker and a fake agent that answers with real CloudEvents.
 // Each command: its happy path, its failure path and the exit code (see src/cli/exit-codes.ts).

@@ -1,9 +1,16 @@
 import { type ChannelModel, connect } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventSchema } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { type FakeAgent, startFakeAgent, type Topology, uniqueHost, uniqueTopology } from './fake-agent.js';
-import { lastJson, snapctl, topologyFlags } from './run-snapctl.js';
+import { brokerUrl } from '../../support/broker.js';
+import {
+  type FakeAgent,
+  startFakeAgent,
+  type Topology,
+  uniqueHost,
+  uniqueTopology,
+} from '../../support/fake-agent.js';
+import { lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
+import { waitUntil } from '../../support/wait.js';
 
 // Dead letters made by RabbitMQ itself (the fake agent nacks without requeue, the queue's
 // dead-letter exchange routes them to the DLQ); snapctl reads them without losing any and
@@ -44,18 +51,6 @@ async function deadLetterCount(): Promise<number> {
   }
 }
 
-async function waitFor(
-  what: string,
-  check: () => Promise<boolean> | boolean,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 describe('snapctl dlq', () => {
   const id1 = `dl-1-${process.pid}`;
   const id2 = `dl-2-${process.pid}`;
@@ -68,7 +63,7 @@ describe('snapctl dlq', () => {
       ),
     );
     expect(sends.map((s) => s.exitCode)).toEqual([4, 4]);
-    await waitFor('2 dead letters', async () => (await deadLetterCount()) === 2);
+    await waitUntil(async () => (await deadLetterCount()) === 2, 20_000, '2 dead letters');
 
     const list = await snapctl(['dlq', 'list', '--json', ...flags]);
     expect(list.exitCode).toBe(0);
@@ -134,8 +129,10 @@ describe('snapctl dlq', () => {
     const replay = await snapctl(['dlq', 'replay', id1, ...flags]);
     expect(replay.exitCode).toBe(0);
     expect(replay.stdout).toContain(`replayed ${id1} to host ${hostId}`);
-    await waitFor('the replayed command to succeed', () =>
-      outcomes.includes(`${id1} io.clvm.snapshot-agent.succeeded`),
+    await waitUntil(
+      () => outcomes.includes(`${id1} io.clvm.snapshot-agent.succeeded`),
+      20_000,
+      'the replayed command to succeed',
     );
     expect(await deadLetterCount()).toBe(1);
 
@@ -158,8 +155,10 @@ describe('snapctl dlq', () => {
     const all = await snapctl(['dlq', 'replay', '--all', '--json', ...topologyFlags(brokerUrl(), topology)]);
     expect(all.exitCode).toBe(0);
     expect(lastJson(all.stdout)).toEqual({ ok: true, replayed: [{ messageId: id2, hostId }], missing: [] });
-    await waitFor('the second command to succeed', () =>
-      outcomes.includes(`${id2} io.clvm.snapshot-agent.succeeded`),
+    await waitUntil(
+      () => outcomes.includes(`${id2} io.clvm.snapshot-agent.succeeded`),
+      20_000,
+      'the second command to succeed',
     );
     expect(await deadLetterCount()).toBe(0);
     expect(outcomes.some((o) => o.endsWith('rejected'))).toBe(false);

@@ -3,11 +3,12 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { CommandHandlerFn } from '../../../src/jobs/types.js';
 import { AGENT_VERSION } from '../../../src/version.js';
-import { slowHandler, startTestAgent, type TestAgent, TestClient, waitFor } from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { lastJson, snapctl, startSnapctl } from './run-snapctl.js';
+import { slowHandler, startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { lastJson, snapctl, startSnapctl } from '../../support/snapctl.js';
+import { waitFor } from '../../support/wait.js';
 
-// snapctl against the real agent (test/helpers/agent.ts: in-process, real broker, real topology:
+// snapctl against the real agent (test/support/agent.ts: in-process, real broker, real topology:
 // quorum command queue, dead-letter exchange and queue).
 
 const SIGNING_KEY = 'real-agent-key';

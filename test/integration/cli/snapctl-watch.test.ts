@@ -2,7 +2,7 @@ import { fileURLToPath } from 'node:url';
 import { connect } from 'amqplib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { brokerUrl } from '../../helpers/broker.js';
+import { brokerUrl } from '../../support/broker.js';
 import {
   type FakeAgent,
   makeEvent,
@@ -11,8 +11,9 @@ import {
   type Topology,
   uniqueHost,
   uniqueTopology,
-} from './fake-agent.js';
-import { snapctl, startSnapctl, topologyFlags } from './run-snapctl.js';
+} from '../../support/fake-agent.js';
+import { snapctl, startSnapctl, topologyFlags } from '../../support/snapctl.js';
+import { waitUntil } from '../../support/wait.js';
 
 // `snapctl watch` on jobs with progress: plain lines when stdout is not a TTY, live bars in a TTY
 // (a pseudo-terminal from util-linux `script`), filters done by the broker binding.
@@ -51,14 +52,6 @@ const createArgs = (name: string) => [
   name,
 ];
 
-async function waitFor(what: string, check: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 describe('snapctl watch (not a TTY)', () => {
   it('prints a line per progress event (step, percent, rate, ETA) and one per finished job; Ctrl-C exits 0', async () => {
     const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
@@ -72,7 +65,7 @@ describe('snapctl watch (not a TTY)', () => {
       err += c.toString();
     });
     try {
-      await waitFor('watch to subscribe', () => err.includes('watching'));
+      await waitUntil(() => err.includes('watching'), 30_000, 'watch to subscribe');
       expect(err).toContain(`with binding ${hostId}.*.*`);
 
       // An event of another host must not show: the binding filters by host.
@@ -95,7 +88,7 @@ describe('snapctl watch (not a TTY)', () => {
       expect(ok.exitCode).toBe(0);
       const failed = await snapctl([...createArgs('snap-w2'), ...flags, '--id', `fail-watch-${hostId}`]);
       expect(failed.exitCode).toBe(1);
-      await waitFor('the failed line', () => out.includes(`fail-watch-${hostId} failed`));
+      await waitUntil(() => out.includes(`fail-watch-${hostId} failed`), 30_000, 'the failed line');
     } finally {
       watch.kill('SIGINT');
     }
@@ -132,10 +125,10 @@ describe('snapctl watch (not a TTY)', () => {
       err += c.toString();
     });
     try {
-      await waitFor('watch to subscribe', () => err.includes(`with binding ${hostId}.*.failed`));
+      await waitUntil(() => err.includes(`with binding ${hostId}.*.failed`), 30_000, 'watch to subscribe');
       await snapctl([...createArgs('snap-k1'), ...flags, '--id', `kind-ok-${hostId}`]);
       await snapctl([...createArgs('snap-k2'), ...flags, '--id', `fail-kind-${hostId}`]);
-      await waitFor('a failed event', () => out.includes(`fail-kind-${hostId}`));
+      await waitUntil(() => out.includes(`fail-kind-${hostId}`), 30_000, 'a failed event');
     } finally {
       watch.kill('SIGINT');
     }
@@ -152,7 +145,7 @@ describe('snapctl watch (not a TTY)', () => {
 
 describe('snapctl watch (in a TTY)', () => {
   it('draws a live bar per running job and a line when it finishes', async () => {
-    const entry = fileURLToPath(new URL('../../../src/cli/snapctl.ts', import.meta.url));
+    const entry = fileURLToPath(new URL('../../../src/snapctl.ts', import.meta.url));
     const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
     const quoted = ['node', '--import', 'tsx', entry, 'watch', ...flags].map((a) => `'${a}'`).join(' ');
     // `script` gives the child a pseudo-terminal; `timeout -s INT` plays the operator's Ctrl-C.
@@ -166,7 +159,7 @@ describe('snapctl watch (in a TTY)', () => {
     tty.stdout?.on('data', (c: Buffer) => {
       out += c.toString();
     });
-    await waitFor('watch in the TTY', () => out.includes('watching'));
+    await waitUntil(() => out.includes('watching'), 30_000, 'watch in the TTY');
     const ok = await snapctl([...createArgs('snap-t1'), ...flags, '--id', `tty-${hostId}`]);
     expect(ok.exitCode).toBe(0);
     const result = await tty;

@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startTestAgent, type TestAgent } from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
+import { startTestAgent, type TestAgent } from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 

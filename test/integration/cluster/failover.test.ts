@@ -15,10 +15,13 @@ import { connect } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectionName } from '../../../src/messaging/connection.js';
 import { eventKindOf } from '../../../src/protocol/index.js';
-import { startTestAgent, type TestAgent, uniqueSuffix } from '../../helpers/agent.js';
-import { CLUSTER_URLS, cluster, type NodeNo, nodeOfUrl } from '../../helpers/cluster.js';
-import { makeQcow2, writePattern } from '../../helpers/images.js';
-import { FailoverSender, FailoverSubscriber } from './bus.js';
+import { startTestAgent, type TestAgent } from '../../support/agent.js';
+import { CLUSTER_URLS, cluster, type NodeNo, nodeOfUrl } from '../../support/cluster.js';
+import { FailoverSender, FailoverSubscriber } from '../../support/cluster-bus.js';
+import { expectOutboxEmpty } from '../../support/drain.js';
+import { makeQcow2, writePattern } from '../../support/images.js';
+import { uniqueSuffix } from '../../support/names.js';
+import { waitFor } from '../../support/wait.js';
 
 const FULL = process.env.CLUSTER_FULL === '1';
 const HEARTBEAT_S = 5;
@@ -204,8 +207,9 @@ async function runCase(
     () => all.every((id) => sub.terminalsOf(id).length > 0),
     120_000,
   );
-  // Room for a doubled terminal event to arrive, if one were published.
-  await new Promise((r) => setTimeout(r, 1000));
+  // A doubled terminal event would come from a command still queued or run again, or from the
+  // outbox: count once the agent holds nothing more (drain condition, test/support/drain.ts).
+  await drained();
   const snapshotMs = Date.parse(sub.terminalsOf(snapId)[0]!.time) - snapSent;
 
   let missingAccepted = 0;
@@ -246,6 +250,30 @@ async function runCase(
   expect(figures).toMatchObject({ lost: 0, doubled: 0, missingAccepted: 0, ranTwice: 0, deadLettered: 0 });
   expect(readyAgainMs).toBeLessThan(RECOVERY_BOUND_MS);
   return figures;
+}
+
+/**
+ * Nothing more can reach the subscriber: no command waits in or is delivered from the agent's
+ * queue, the agent's outbox is empty, and a fence sent after that came through the subscriber's
+ * queue (everything queued before it was delivered).
+ */
+async function drained(): Promise<void> {
+  await waitFor(
+    async () => {
+      const rows = JSON.parse(
+        await cluster.ctl(1, 'list_queues', 'name', 'messages', '--formatter', 'json'),
+      ) as Array<{ name: string; messages: number }>;
+      const left = rows.find((r) => r.name === agent.names.commandQueue)?.messages;
+      if (left !== 0) return undefined;
+      return expectOutboxEmpty(agent.stateDir).then(
+        () => true,
+        () => undefined,
+      );
+    },
+    60_000,
+    'the command queue and the outbox to be empty',
+  );
+  await sub.drain();
 }
 
 async function waitReady(timeoutMs: number): Promise<void> {

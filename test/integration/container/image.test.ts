@@ -1,9 +1,11 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { brokerUrl } from '../../helpers/broker.js';
-import { daemonSet, values } from '../../helpers/chart.js';
-import { hasPattern, MiB, makeQcow2, sameContent, tempDir, writePattern } from '../../helpers/images.js';
+import { HostBus } from '../../support/agent-process.js';
+import { brokerUrl } from '../../support/broker.js';
+import { daemonSet, values } from '../../support/chart.js';
+import { hasPattern, MiB, makeQcow2, sameContent, tempDir, writePattern } from '../../support/images.js';
+import { uniqueSuffix } from '../../support/names.js';
 import {
   AGENT_IMAGE,
   buildAgentImage,
@@ -11,8 +13,7 @@ import {
   podman,
   removeContainer,
   requirePodman,
-} from '../../helpers/podman.js';
-import { HostBus } from '../snapshot/agent-process.js';
+} from '../../support/podman.js';
 
 // The image built from the Dockerfile as it ships and run for real (podman, host network, the
 // local broker), with a file pool and a store mounted from the host. The local base image stands
@@ -25,10 +26,6 @@ interface Running {
   hostId: string;
   port: number;
   bus: HostBus;
-}
-
-function uniqueId(): string {
-  return `${process.pid}-${Math.random().toString(16).slice(2, 8)}`;
 }
 
 async function waitReady(port: number, timeoutMs = 60_000): Promise<unknown> {
@@ -95,7 +92,7 @@ describe('the container image (podman)', () => {
   }
 
   it('runs the agent: ping reports the tools in the image, an offline snapshot, health, user, caps, SIGTERM', async () => {
-    const id = uniqueId();
+    const id = uniqueSuffix();
     const run: Running = {
       name: `clvm-i17-agent-${id}`,
       hostId: `i17-img-${id}`,
@@ -211,7 +208,7 @@ describe('the container image (podman)', () => {
   });
 
   it('starts with the agent config and the container environment the chart renders', async () => {
-    const id = uniqueId();
+    const id = uniqueSuffix();
     const nodeName = `i17-chart-${id}`;
     const name = `clvm-i17-chart-${id}`;
     const port = await freePort();

@@ -6,18 +6,18 @@ import { type BrowserContext, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RunningDashboard, startDashboard } from '../../../src/dashboard/server.js';
 import type { AgentEvent, VolumeRef } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
+import { brokerUrl } from '../../support/broker.js';
 import {
   declareTopology,
-  deleteTopology,
+  deleteTestTopology,
   makeEvent,
   publishEvent,
   type Topology,
   uniqueHost,
   uniqueTopology,
-} from '../cli/fake-agent.js';
-import { startSnapctl, topologyFlags } from '../cli/run-snapctl.js';
+} from '../../support/fake-agent.js';
+import { startSnapctl, topologyFlags } from '../../support/snapctl.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
 
 // The live dashboard end to end: events published to the real broker appear in headless
 // Chromium through the dashboard's SSE stream. DASHBOARD_SCREENSHOT=<path> also saves the
@@ -82,8 +82,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await dashboard?.close();
-  if (channel) await deleteTopology(channel, topology);
   await connection?.close();
+  if (channel) await deleteTestTopology(topology);
   if (profileDir) await rm(profileDir, { recursive: true, force: true });
 });
 

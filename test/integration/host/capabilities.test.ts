@@ -11,8 +11,9 @@ import { FilePool } from '../../../src/host/file-pool.js';
 import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
-import { tempDir } from '../../helpers/images.js';
-import { mountXfs, type XfsMount } from '../../helpers/xfs.js';
+import { hostSupport } from '../../../src/snapshot/strategies/index.js';
+import { tempDir } from '../../support/images.js';
+import { mountXfs, type XfsMount } from '../../support/xfs.js';
 
 let xfs: XfsMount;
 let ext: { dir: string; cleanup: () => Promise<void> };
@@ -68,14 +69,14 @@ describe('probeCapabilities', () => {
       { root: xfsRoot, supported: true, reason: null },
       { root: extRoot, supported: false, reason: expect.stringMatching(/not supported/i) },
     ]);
-    expect(caps.strategies.offline).toMatchObject({ available: true, lvmPools: true, filePools: roots });
-    expect(caps.strategies['lvm-cow']).toMatchObject({
+    expect(hostSupport(caps).offline).toMatchObject({ available: true, lvmPools: true, filePools: roots });
+    expect(hostSupport(caps)['lvm-cow']).toMatchObject({
       available: true,
       lvmPools: true,
       filePools: [xfsRoot],
     });
-    expect(caps.strategies['lvm-cow'].reasons.join()).toContain(extRoot);
-    expect(caps.strategies['live-rotate']).toMatchObject({
+    expect(hostSupport(caps)['lvm-cow'].reasons.join()).toContain(extRoot);
+    expect(hostSupport(caps)['live-rotate']).toMatchObject({
       available: true,
       lvmPools: false,
       filePools: roots,
@@ -99,8 +100,8 @@ describe('probeCapabilities', () => {
     expect(caps.tools).toEqual({ qemuImg: null, qemu: null, libvirt: null, lvm: null });
     expect(caps.qmp).toEqual({ commands: null, blockdevReopen: false, changeBackingFile: false });
     for (const kind of ['offline', 'lvm-cow', 'live-rotate'] as const) {
-      expect(caps.strategies[kind]).toMatchObject({ available: false, lvmPools: false, filePools: [] });
-      expect(caps.strategies[kind].reasons[0]).toBe('qemu-img not found');
+      expect(hostSupport(caps)[kind]).toMatchObject({ available: false, lvmPools: false, filePools: [] });
+      expect(hostSupport(caps)[kind].reasons[0]).toBe('qemu-img not found');
     }
     expect(caps.reflink.map((r) => r.supported)).toEqual([false, false]);
     expect(caps.problems.join('\n')).toMatch(/qemu-img.*not installed/);
@@ -120,10 +121,14 @@ describe('probeCapabilities', () => {
       { pools: { fileRoots: [extRoot] } },
     );
     expect(caps.tools.qemu).toBe('5.2.0');
-    expect(caps.strategies.offline).toMatchObject({ available: true, lvmPools: false, filePools: [extRoot] });
-    expect(caps.strategies['lvm-cow'].available).toBe(false);
-    expect(caps.strategies['live-rotate'].available).toBe(false);
-    expect(caps.strategies['live-rotate'].reasons.join()).toMatch(/blockdev-reopen.*6\.1/);
+    expect(hostSupport(caps).offline).toMatchObject({
+      available: true,
+      lvmPools: false,
+      filePools: [extRoot],
+    });
+    expect(hostSupport(caps)['lvm-cow'].available).toBe(false);
+    expect(hostSupport(caps)['live-rotate'].available).toBe(false);
+    expect(hostSupport(caps)['live-rotate'].reasons.join()).toMatch(/blockdev-reopen.*6\.1/);
   });
 
   it('asks the QEMU binary for its QMP commands without a VM', async () => {

@@ -22,8 +22,8 @@ import {
   sameContent,
   tempDir,
   writePattern,
-} from '../../helpers/images.js';
-import { freeBytesOf, mountXfs, type XfsMount } from '../../helpers/xfs.js';
+} from '../../support/images.js';
+import { freeBytesOf, mountXfs, type XfsMount } from '../../support/xfs.js';
 
 const toolCalls: string[][] = [];
 const record = (file: string, args: readonly string[], options: Parameters<typeof runTool>[2]) => {

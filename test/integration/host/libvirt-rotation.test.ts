@@ -25,7 +25,7 @@ import {
   sweepStaleTestResources,
   type TestDisk,
   type TestDomain,
-} from '../../helpers/libvirt-fixtures.js';
+} from '../../support/libvirt-fixtures.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -21,7 +21,7 @@ import {
   sweepStaleTestResources,
   type TestDomain,
   uniqueName,
-} from '../../helpers/libvirt-fixtures.js';
+} from '../../support/libvirt-fixtures.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -16,7 +16,7 @@ import {
   sameContent,
   tempDir,
   writePattern,
-} from '../../helpers/images.js';
+} from '../../support/images.js';
 
 const qemuImg = new QemuImg({ timeoutMs: 30_000, exportTimeoutMs: 120_000 });
 let dir: string;

@@ -14,8 +14,8 @@ import {
   sameContent,
   tempDir,
   writePattern,
-} from '../../helpers/images.js';
-import { freeBytesOf } from '../../helpers/xfs.js';
+} from '../../support/images.js';
+import { freeBytesOf } from '../../support/xfs.js';
 
 const toolCalls: string[][] = [];
 const qemuImg = new QemuImg({

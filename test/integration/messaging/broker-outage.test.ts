@@ -1,20 +1,26 @@
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { AgentError } from '../../../src/errors/index.js';
+import type { IncomingCommand } from '../../../src/jobs/ports.js';
 import { CommandConsumer } from '../../../src/messaging/command-consumer.js';
-import type { IncomingCommand } from '../../../src/messaging/types.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
+import {
+  BrokerConnection,
+  ConnectionState,
+  connectionName,
+  redactBrokerUrl,
+} from '../../../src/messaging/connection.js';
+import { brokerUrl, deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,
   connectionPids,
-  deleteTopology,
   logger,
   runCleanups,
   testConnection,
   uniqueNames,
-  waitUntil,
   watchProcessErrors,
-} from './support.js';
+} from '../../support/messaging.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
+import { waitUntil } from '../../support/wait.js';
 
 describe('broker outages (through a TCP proxy in front of the shared broker)', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -39,7 +45,7 @@ describe('broker outages (through a TCP proxy in front of the shared broker)', (
 
     connection.start();
     await waitUntil(() => delays.length >= 5, 10_000, 'five reconnect attempts');
-    expect(connection.connected).toBe(false);
+    expect(connection.state).toBe(ConnectionState.Connecting);
     expect(delays.slice(0, 5).map(([attempt]) => attempt)).toEqual([1, 2, 3, 4, 5]);
     // 50 ms doubling, capped at 500 ms, half jittered.
     for (const [attempt, delay] of delays) {
@@ -57,7 +63,7 @@ describe('broker outages (through a TCP proxy in front of the shared broker)', (
     await p.resume();
     await connected;
     await expect(model).resolves.toBeDefined();
-    expect(connection.connected).toBe(true);
+    expect(connection.state).toBe(ConnectionState.Ready);
     expect(await connectionPids(connection.connectionName)).toHaveLength(1);
     expect(errors.errors).toEqual([]);
   });
@@ -94,7 +100,76 @@ describe('broker outages (through a TCP proxy in front of the shared broker)', (
     // connectTimeoutMs is 2000 in the test connection: the attempt ended, it did not hang.
     expect(Date.now() - started).toBeLessThan(5000);
     await p.resume();
-    await waitUntil(() => connection.connected, 15_000, 'the connection');
+    await waitUntil(() => connection.state === ConnectionState.Ready, 15_000, 'the connection');
+  });
+
+  it('open(): one pass over the URLs naming each (credentials hidden); then set-ups run again on every reconnect before ready', async () => {
+    const dead = await proxy();
+    await dead.stop();
+    const { hostId } = uniqueNames('open');
+    const deadUrl = dead.urlFor(brokerUrl());
+    const unreachable = new BrokerConnection({
+      role: 'open-test',
+      connectionName: connectionName(hostId, 'open-dead'),
+      urls: [deadUrl, deadUrl.replace(/:\d+\//, ':1/')],
+      connectTimeoutMs: 2000,
+      logger,
+    });
+    const refused = await unreachable.open().then(
+      () => undefined,
+      (error: unknown) => error as AgentError,
+    );
+    expect(refused?.code).toBe('BROKER_UNREACHABLE');
+    expect(refused?.message).toContain(redactBrokerUrl(deadUrl));
+    expect(refused?.message).not.toContain('guest:');
+    expect(unreachable.state).toBe(ConnectionState.Closed);
+
+    const p = await proxy();
+    const connection = testConnection(hostId, 'open', [p.urlFor(brokerUrl())]);
+    cleanups.push(() => connection.close());
+    const states: string[] = [];
+    connection.on('state', (state) => states.push(state));
+    await connection.open();
+    let setups = 0;
+    connection.addSetup(async (model) => {
+      // Declares on the new connection before anyone else can use it.
+      expect(connection.state).not.toBe(ConnectionState.Ready);
+      const channel = await model.createChannel();
+      await channel.close();
+      setups += 1;
+    });
+    const reconnected = once(connection, 'connected');
+    await p.stop();
+    await p.resume();
+    await reconnected;
+    expect(setups).toBe(1);
+    expect(states).toEqual([
+      ConnectionState.Connecting,
+      ConnectionState.Ready,
+      ConnectionState.Reconnecting,
+      ConnectionState.Ready,
+    ]);
+  });
+
+  it('with reconnect: false a lost connection is final: state closed, waiters rejected', async () => {
+    const p = await proxy();
+    const { hostId } = uniqueNames('final');
+    const connection = new BrokerConnection({
+      role: 'final-test',
+      connectionName: connectionName(hostId, 'final'),
+      urls: [p.urlFor(brokerUrl())],
+      connectTimeoutMs: 2000,
+      reconnect: false,
+      logger,
+    });
+    cleanups.push(() => connection.close());
+    await connection.open();
+    expect(connection.state).toBe(ConnectionState.Ready);
+    const closed = once(connection, 'disconnected');
+    await p.stop();
+    await closed;
+    expect(connection.state).toBe(ConnectionState.Closed);
+    await expect(connection.whenConnected()).rejects.toMatchObject({ code: 'BROKER_UNAVAILABLE' });
   });
 
   it('close() while the broker is away ends promptly and rejects waiters', async () => {
@@ -150,7 +225,12 @@ describe('broker outages (through a TCP proxy in front of the shared broker)', (
         persistent: true,
       });
     }
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    // All five sit in the queue, ready: none went to the consumer cut off from the broker.
+    await waitUntil(
+      async () => (await channel.checkQueue(names.commandQueue)).messageCount === 5,
+      10_000,
+      'the five commands to be queued',
+    );
     expect(received).toEqual([]);
 
     await p.resume();

@@ -1,21 +1,21 @@
 import { once } from 'node:events';
 import type { Channel } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { CommandDisposition, CommandHandler, IncomingCommand } from '../../../src/jobs/ports.js';
 import { CommandConsumer } from '../../../src/messaging/command-consumer.js';
 import type { BrokerConnection } from '../../../src/messaging/connection.js';
 import type { TopologyNames } from '../../../src/messaging/topology.js';
-import type { CommandDisposition, CommandHandler, IncomingCommand } from '../../../src/messaging/types.js';
+import { deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,
   closeConnectionByName,
-  deleteTopology,
   logger,
   runCleanups,
   testConnection,
   uniqueNames,
-  waitUntil,
   watchProcessErrors,
-} from './support.js';
+} from '../../support/messaging.js';
+import { waitUntil } from '../../support/wait.js';
 
 interface Rig {
   names: TopologyNames;
@@ -145,10 +145,15 @@ describe('CommandConsumer', () => {
     const { model, channel: other } = await adminConnection('cancel-conflict');
     cleanups.push(() => model.close());
     const gone = once(r.consumer, 'inactive');
+    let retries = 0;
+    r.consumer.on('retrying', () => {
+      retries += 1;
+    });
     await other.deleteQueue(r.names.commandQueue);
     await other.assertQueue(r.names.commandQueue, { durable: false });
     await gone;
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    // Two set-ups failed against the conflicting queue, and it did not consume in between.
+    await waitUntil(() => retries >= 2, 10_000, 'two failed set-ups');
     expect(r.consumer.active).toBe(false);
     await other.deleteQueue(r.names.commandQueue);
     await waitUntil(() => r.consumer.active, 35_000, 'the consumer to come back');
@@ -181,8 +186,12 @@ describe('CommandConsumer', () => {
     release();
     await stopped;
     expect(r.received.map((c) => c.messageId)).toEqual(['in-flight']);
-    // The in-flight one was acked; only the one sent after stop() waits on the queue.
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    expect((await r.admin.checkQueue(r.names.commandQueue)).messageCount).toBe(1);
+    // The in-flight one was acked; only the one sent after stop() waits on the queue (the ack
+    // reaches the broker asynchronously: wait until it counts; an unacked one would be back, 2).
+    await waitUntil(
+      async () => (await r.admin.checkQueue(r.names.commandQueue)).messageCount === 1,
+      5000,
+      'the queue to hold only the command sent after stop()',
+    );
   });
 });

@@ -1,19 +1,17 @@
 import { once } from 'node:events';
 import { readdir } from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { BrokerConnection } from '../../../src/messaging/connection.js';
+import { type BrokerConnection, ConnectionState } from '../../../src/messaging/connection.js';
 import { EventPublisher, type ReturnedEvent } from '../../../src/messaging/event-publisher.js';
 import type { TopologyNames } from '../../../src/messaging/topology.js';
 import { eventSchema } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { TcpProxy } from '../../helpers/tcp-proxy.js';
+import { brokerUrl, deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,
   closeConnectionByPid,
   collapseAdjacentRepeats,
   collectEvents,
   connectionPids,
-  deleteTopology,
   type EventCollector,
   logger,
   runCleanups,
@@ -21,9 +19,10 @@ import {
   testConnection,
   testEvent,
   uniqueNames,
-  waitUntil,
   watchProcessErrors,
-} from './support.js';
+} from '../../support/messaging.js';
+import { TcpProxy } from '../../support/tcp-proxy.js';
+import { waitUntil } from '../../support/wait.js';
 
 interface Rig {
   names: TopologyNames;
@@ -148,11 +147,11 @@ describe('EventPublisher', () => {
     await r.collector.waitFor((m) => m.length === 2);
 
     await proxy.stop();
-    await waitUntil(() => !r.connection.connected, 10_000, 'the disconnect');
+    await waitUntil(() => r.connection.state !== ConnectionState.Ready, 10_000, 'the disconnect');
     await r.publisher.publish(testEvent(r.hostId, 3, { persistent: false }));
     expect(r.publisher.outboxDepth).toBe(0);
     await proxy.resume();
-    await waitUntil(() => r.connection.connected, 10_000, 'the reconnect');
+    await waitUntil(() => r.connection.state === ConnectionState.Ready, 10_000, 'the reconnect');
     // Progress flows again after the reconnect without waiting for a persistent event.
     let n = 3;
     await waitUntil(

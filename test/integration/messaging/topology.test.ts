@@ -1,14 +1,15 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../../src/config/index.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
+import { deleteTopology } from '../../support/broker.js';
 import {
   adminConnection,
-  deleteTopology,
   listExchanges,
   listQueues,
   runCleanups,
   uniqueNames,
-} from './support.js';
+} from '../../support/messaging.js';
+import { waitUntil } from '../../support/wait.js';
 
 describe('topology', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -106,20 +107,26 @@ describe('topology', () => {
 type TestChannel = Awaited<ReturnType<typeof adminConnection>>['channel'];
 
 async function waitUntilCount(channel: TestChannel, queue: string, count: number): Promise<void> {
-  for (let i = 0; i < 250; i += 1) {
-    if ((await channel.checkQueue(queue)).messageCount >= count) return;
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  throw new Error(`${queue} never held ${count} message(s)`);
+  await waitUntil(
+    async () => (await channel.checkQueue(queue)).messageCount >= count,
+    5000,
+    `${queue} to hold ${count} message(s)`,
+  );
 }
 
 /** Consumes what `queue` holds (basic.get is refused on single-active-consumer queues). */
 async function contentsOf(channel: TestChannel, queue: string): Promise<string[]> {
+  const { messageCount } = await channel.checkQueue(queue);
   const seen: string[] = [];
   const { consumerTag } = await channel.consume(queue, (m) => m && seen.push(m.content.toString()), {
     noAck: true,
   });
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  // Drained: every message the queue held was delivered, and the queue is empty now.
+  await waitUntil(
+    async () => seen.length >= messageCount && (await channel.checkQueue(queue)).messageCount === 0,
+    5000,
+    `${queue} to be drained`,
+  );
   await channel.cancel(consumerTag);
   return seen;
 }

@@ -10,10 +10,13 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyRights, declareFor, hostRights, managementRights } from '../../../src/cli/broker-provision.js';
 import { Rabbitmqctl } from '../../../src/cli/rabbitmqctl.js';
+import { openBrokerConnection } from '../../../src/client/index.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
-import { startTestAgent, type TestAgent, uniqueSuffix, waitFor } from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { lastJson, snapctl } from '../cli/run-snapctl.js';
+import { startTestAgent, type TestAgent } from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { uniqueSuffix } from '../../support/names.js';
+import { lastJson, snapctl } from '../../support/snapctl.js';
+import { waitFor } from '../../support/wait.js';
 
 const sfx = uniqueSuffix();
 const vhost = `i12-lp-${sfx}`;
@@ -103,7 +106,7 @@ describe('per-host broker rights (real broker)', () => {
     ]);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(lastJson(run.stdout)).toMatchObject({ ok: true, outcome: 'created', user: users.a, vhost });
-    const guest = await connect(urlAs('guest'));
+    const guest = await openBrokerConnection({ urls: [urlAs('guest')] });
     await declareFor(guest, topology, hostB);
     await guest.close();
     // What B's agent does at start with B's rights: check, not declare.

@@ -5,12 +5,12 @@
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectBroker } from '../../../src/cli/broker-session.js';
+import { openBrokerConnection } from '../../../src/client/index.js';
 import { loadConfig } from '../../../src/config/index.js';
 import { brokerTlsOptions } from '../../../src/messaging/broker-tls.js';
-import { startTestAgent, type TestAgent } from '../../helpers/agent.js';
-import { startTlsBroker, type TlsBroker } from '../../helpers/tls-broker.js';
-import { lastJson, snapctl } from '../cli/run-snapctl.js';
+import { startTestAgent, type TestAgent } from '../../support/agent.js';
+import { lastJson, snapctl } from '../../support/snapctl.js';
+import { startTlsBroker, type TlsBroker } from '../../support/tls-broker.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
@@ -62,25 +62,29 @@ describe('TLS to the broker (real TLS listener)', () => {
       certFile: broker.certFile,
       keyFile: broker.keyFile,
     });
-    await expect(connectBroker([broker.url], 10_000, otherCa)).rejects.toThrow(
-      /certificate|self.signed|unable to verify/i,
-    );
+    await expect(
+      openBrokerConnection({ urls: [broker.url], connectTimeoutMs: 10_000, tls: otherCa }),
+    ).rejects.toThrow(/certificate|self.signed|unable to verify/i);
     const noClientCert = brokerTlsOptions({ caFile: broker.caFile, certFile: '', keyFile: '' });
-    const refused = await connectBroker([broker.url], 10_000, noClientCert).then(
+    const refused = await openBrokerConnection({
+      urls: [broker.url],
+      connectTimeoutMs: 10_000,
+      tls: noClientCert,
+    }).then(
       () => 'connected',
       (error: Error) => error.message,
     );
     console.log(`without a client certificate: ${refused}`);
-    await expect(connectBroker([broker.url], 10_000, noClientCert)).rejects.toThrow(
-      /BROKER_UNREACHABLE|unreachable|certificate|closed|socket|handshake/i,
-    );
+    await expect(
+      openBrokerConnection({ urls: [broker.url], connectTimeoutMs: 10_000, tls: noClientCert }),
+    ).rejects.toThrow(/BROKER_UNREACHABLE|unreachable|certificate|closed|socket|handshake/i);
     // The right CA and certificate work (the two refusals are about the certificates, not the node).
-    const model = await connectBroker(
-      [broker.url],
-      10_000,
-      brokerTlsOptions({ caFile: broker.caFile, certFile: broker.certFile, keyFile: broker.keyFile }),
-    );
-    await model.close();
+    const connection = await openBrokerConnection({
+      urls: [broker.url],
+      connectTimeoutMs: 10_000,
+      tls: brokerTlsOptions({ caFile: broker.caFile, certFile: broker.certFile, keyFile: broker.keyFile }),
+    });
+    await connection.close();
   });
 
   it('a bad CA or certificate path stops the agent at start: exit 78 naming the key', async () => {

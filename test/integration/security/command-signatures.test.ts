@@ -15,9 +15,11 @@ import {
   signBody,
   signCommand,
 } from '../../../src/protocol/index.js';
-import { startTestAgent, type TestAgent, TestClient, uniqueSuffix, waitFor } from '../../helpers/agent.js';
-import { brokerUrl } from '../../helpers/broker.js';
-import { lastJson, snapctl, topologyFlags } from '../cli/run-snapctl.js';
+import { startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { brokerUrl } from '../../support/broker.js';
+import { uniqueSuffix } from '../../support/names.js';
+import { lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
+import { waitFor } from '../../support/wait.js';
 
 const current = generateSigningKeyPair();
 const retired = generateSigningKeyPair();

@@ -1,6 +1,6 @@
 // The symlink race: a snapshot job's paths are confined at intake, then the pool directory is
 // swapped for a symlink to a directory outside the roots while the export runs (slowed with the
-// export-rate failpoint). Every later qemu-img call re-resolves its paths: the job fails with
+// host's export bandwidth limit). Every later qemu-img call re-resolves its paths: the job fails with
 // PATH_ESCAPES_ROOTS, and the files outside the roots are neither read (atime) nor written.
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, utimes } from 'node:fs/promises';
@@ -11,9 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../../src/config/index.js';
 import { AgentError } from '../../../src/errors/index.js';
 import { silentLogger } from '../../../src/observability/logger.js';
-import { createSnapshot, createSnapshotDeps, Failpoints } from '../../../src/snapshot/index.js';
-import { makeQcow2 } from '../../helpers/images.js';
-import { command, FileStepJournal, jobContext } from '../snapshot/harness.js';
+import { createSnapshot, createSnapshotDeps } from '../../../src/snapshot/index.js';
+import { makeQcow2 } from '../../support/images.js';
+import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 
@@ -86,9 +86,10 @@ describe('symlink swapped in during a running job', () => {
         store: { roots: [storeRoot] },
         pools: { fileRoots: [poolRoot] },
         log: { level: 'silent' },
+        limits: { exportBytesPerSecond: MiB },
       },
     });
-    const deps = createSnapshotDeps(config, silentLogger(), Failpoints.parse('export-rate=1M'));
+    const deps = createSnapshotDeps(config, silentLogger());
     const outsideBefore = await fingerprint(outside);
 
     const cmd = command('snapshot.create', {

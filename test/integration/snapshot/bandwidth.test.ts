@@ -7,8 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runTool } from '../../../src/host/exec.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { ExportBandwidth } from '../../../src/snapshot/export-bandwidth.js';
-import { MiB, makeQcow2, sameContent, writePattern } from '../../helpers/images.js';
-import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './harness.js';
+import { MiB, makeQcow2, sameContent, writePattern } from '../../support/images.js';
+import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from '../../support/snapshot-harness.js';
 
 let h: Harness;
 const converts: Array<{ args: readonly string[]; ms: number }> = [];

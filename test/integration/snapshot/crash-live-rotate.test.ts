@@ -4,8 +4,8 @@
 // boundaries and right after libvirt's external snapshot returned (switch:during). The guest
 // also writes while the agent is dead: those writes reach the live disk and stay out of the snapshot.
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { assertLibvirtReady, Cleanup } from '../../helpers/libvirt-fixtures.js';
-import { type CrashSetup, liveRotateCrashAt, liveRotateCrashSetup } from './crash-matrix.js';
+import { type CrashSetup, liveRotateCrashAt, liveRotateCrashSetup } from '../../support/crash-matrix.js';
+import { assertLibvirtReady, Cleanup } from '../../support/libvirt-fixtures.js';
 
 const cleanup = new Cleanup();
 let s: CrashSetup;

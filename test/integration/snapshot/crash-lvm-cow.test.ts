@@ -4,6 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, it } from 'vitest';
+import { HostBus } from '../../support/agent-process.js';
+import { type CrashSetup, crashAt } from '../../support/crash-matrix.js';
 import {
   assertLibvirtReady,
   Cleanup,
@@ -12,11 +14,9 @@ import {
   guestWrite,
   makeTempDir,
   startTestDomain,
-} from '../../helpers/libvirt-fixtures.js';
-import { ReferenceDisk } from '../../helpers/reference-images.js';
-import { mountXfs } from '../../helpers/xfs.js';
-import { HostBus } from './agent-process.js';
-import { type CrashSetup, crashAt } from './crash-matrix.js';
+} from '../../support/libvirt-fixtures.js';
+import { ReferenceDisk } from '../../support/reference-images.js';
+import { mountXfs } from '../../support/xfs.js';
 
 const cleanup = new Cleanup();
 let s: CrashSetup;

@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { makeQcow2 } from '../../helpers/images.js';
-import { ReferenceDisk } from '../../helpers/reference-images.js';
-import { HostBus } from './agent-process.js';
-import { type CrashSetup, crashAt } from './crash-matrix.js';
+import { HostBus } from '../../support/agent-process.js';
+import { type CrashSetup, crashAt } from '../../support/crash-matrix.js';
+import { makeQcow2 } from '../../support/images.js';
+import { ReferenceDisk } from '../../support/reference-images.js';
 
 let s: CrashSetup;
 

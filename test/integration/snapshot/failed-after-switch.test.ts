@@ -7,12 +7,12 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AgentError, HostCommandError } from '../../../src/errors/index.js';
 import type { QemuImg } from '../../../src/host/qemu-img.js';
-import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference } from '../../helpers/reference-images.js';
-import { qemuChain, qemuOpenFilesUnder } from '../../helpers/vm-watch.js';
-import { fileSnapshotCommand, runCreate } from './harness.js';
-import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
+import { checkExitCode, infoOf } from '../../support/images.js';
+import { guestFlush, virsh } from '../../support/libvirt-fixtures.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { differsFromReference } from '../../support/reference-images.js';
+import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
+import { qemuChain, qemuOpenFilesUnder } from '../../support/vm-watch.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;

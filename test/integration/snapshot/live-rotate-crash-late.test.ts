@@ -3,8 +3,8 @@
 // makes the full snapshot, the rest are deltas; commit-frozen:during kills the agent while
 // libvirt's block commit may still run (libvirt finishes it; recovery waits for it).
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { assertLibvirtReady, Cleanup } from '../../helpers/libvirt-fixtures.js';
-import { type CrashSetup, liveRotateCrashAt, liveRotateCrashSetup } from './crash-matrix.js';
+import { type CrashSetup, liveRotateCrashAt, liveRotateCrashSetup } from '../../support/crash-matrix.js';
+import { assertLibvirtReady, Cleanup } from '../../support/libvirt-fixtures.js';
 
 const cleanup = new Cleanup();
 let s: CrashSetup;

@@ -12,8 +12,9 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventKindOf } from '../../../src/protocol/index.js';
-import { checkExitCode } from '../../helpers/images.js';
+import { type AgentEvent, eventKindOf } from '../../../src/protocol/index.js';
+import { AgentProcess, HostBus } from '../../support/agent-process.js';
+import { checkExitCode } from '../../support/images.js';
 import {
   assertLibvirtReady,
   Cleanup,
@@ -24,15 +25,14 @@ import {
   startTestDomain,
   type TestDomain,
   virsh,
-} from '../../helpers/libvirt-fixtures.js';
+} from '../../support/libvirt-fixtures.js';
 import {
   differsFromReference,
   type PatternWrite,
   ReferenceDisk,
   roundWrites,
-} from '../../helpers/reference-images.js';
-import { blockCensus, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { AgentProcess, HostBus } from './agent-process.js';
+} from '../../support/reference-images.js';
+import { blockCensus, readBackThroughQemu } from '../../support/vm-watch.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -126,19 +126,23 @@ async function crashWithVmChange(
   if (vm !== 'destroy') await virsh(['start', dom.name]);
 
   const second = AgentProcess.start(agentEnv());
-  let data: { rolledBack?: boolean; error?: { code: string; details?: Record<string, unknown> } };
+  let terminal: AgentEvent;
   try {
     await bus.waitForStarted(++starts);
-    const terminal = await bus.waitForTerminal(jobId);
-    await new Promise((resolve) => setTimeout(resolve, 700));
-    expect(bus.terminalsOf(jobId)).toHaveLength(1);
-    data = terminal.data as typeof data;
-    expect(eventKindOf(terminal.type), JSON.stringify(data)).toBe(
-      outcome === 'finish' ? 'succeeded' : 'failed',
-    );
+    terminal = await bus.waitForTerminal(jobId);
   } finally {
     await second.stop();
   }
+  // One terminal event, counted once the agent is gone and all it sent has arrived.
+  await bus.drain(agentEnv().stateDir);
+  expect(bus.terminalsOf(jobId)).toHaveLength(1);
+  const data = terminal.data as {
+    rolledBack?: boolean;
+    error?: { code: string; details?: Record<string, unknown> };
+  };
+  expect(eventKindOf(terminal.type), JSON.stringify(data)).toBe(
+    outcome === 'finish' ? 'succeeded' : 'failed',
+  );
   if (outcome === 'finish') {
     chain.push(name);
     refs.push(ref);

@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hostReport } from '../../../src/handlers/index.js';
 import type { Capabilities } from '../../../src/host/capabilities.js';
-import { createQcow2, guestWrite, imageInfo, startTestDomain } from '../../helpers/libvirt-fixtures.js';
-import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { createQcow2, guestWrite, imageInfo, startTestDomain } from '../../support/libvirt-fixtures.js';
+import { libvirtSuite } from '../../support/libvirt-suite.js';
+import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('lrdis', { reflink: true, liveRotate: 'disabled' });
@@ -46,11 +46,14 @@ describe('live-rotate disabled (config)', () => {
   });
 
   it('ping offers live-rotate unless it is disabled (enabled by default)', () => {
-    const available = { available: true, lvmPools: true, filePools: [], reasons: [] };
-    const caps = {
-      strategies: { offline: available, 'lvm-cow': available, 'live-rotate': available },
+    // A host where every strategy can run.
+    const caps: Capabilities = {
+      probedAt: new Date().toISOString(),
       tools: { qemuImg: '7.2', qemu: '7.2', libvirt: '9.0', lvm: '2.03' },
-    } as unknown as Capabilities;
+      qmp: { commands: null, blockdevReopen: true, changeBackingFile: true },
+      reflink: [{ root: '/pools', supported: true, reason: null }],
+      problems: [],
+    };
     expect(hostReport(caps, { liveRotate: 'disabled' }).strategies).toEqual(['auto', 'offline', 'lvm-cow']);
     expect(hostReport(caps).strategies).toEqual(['auto', 'offline', 'lvm-cow', 'live-rotate']);
   });

@@ -11,13 +11,19 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { deleteSnapshot, revertSnapshot } from '../../../src/snapshot/index.js';
-import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, guestWrite, virsh } from '../../helpers/libvirt-fixtures.js';
-import { SecondLibvirtd } from '../../helpers/libvirt2.js';
-import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
-import { qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { command, FileStepJournal, fileSnapshotCommand, jobContext, runCreate } from './harness.js';
-import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
+import { checkExitCode, infoOf } from '../../support/images.js';
+import { guestFlush, guestWrite, virsh } from '../../support/libvirt-fixtures.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { SecondLibvirtd } from '../../support/libvirt2.js';
+import { differsFromReference, type ReferenceDisk } from '../../support/reference-images.js';
+import {
+  command,
+  FileStepJournal,
+  fileSnapshotCommand,
+  jobContext,
+  runCreate,
+} from '../../support/snapshot-harness.js';
+import { qemuChain, readBackThroughQemu } from '../../support/vm-watch.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('lrtruth');

@@ -5,10 +5,10 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createSnapshot } from '../../../src/snapshot/index.js';
-import { createQcow2, startTestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
-import { FileStepJournal, fileSnapshotCommand, jobContext } from './harness.js';
-import { guestWriteRound, libvirtSuite } from './suite.js';
+import { createQcow2, startTestDomain, virsh } from '../../support/libvirt-fixtures.js';
+import { guestWriteRound, libvirtSuite } from '../../support/libvirt-suite.js';
+import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
+import { FileStepJournal, fileSnapshotCommand, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;

@@ -9,17 +9,17 @@
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, guestWrite, type TestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
+import { checkExitCode, infoOf } from '../../support/images.js';
+import { guestFlush, guestWrite, type TestDomain, virsh } from '../../support/libvirt-fixtures.js';
+import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
 import {
   differsFromReference,
   type PatternWrite,
   type ReferenceDisk,
   roundWrites,
-} from '../../helpers/reference-images.js';
-import { blockCensus, qemuChain, readBackThroughQemu } from '../../helpers/vm-watch.js';
-import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+} from '../../support/reference-images.js';
+import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
+import { blockCensus, qemuChain, readBackThroughQemu } from '../../support/vm-watch.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;

@@ -9,17 +9,17 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { ProgressUpdate } from '../../../src/jobs/types.js';
 import { createSnapshot } from '../../../src/snapshot/index.js';
-import { checkExitCode } from '../../helpers/images.js';
-import { guestFlush, guestWrite, type TestDomain, virsh } from '../../helpers/libvirt-fixtures.js';
+import { checkExitCode } from '../../support/images.js';
+import { guestFlush, guestWrite, type TestDomain, virsh } from '../../support/libvirt-fixtures.js';
+import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
 import {
   differsFromReference,
   type PatternWrite,
   type ReferenceDisk,
   roundWrites,
-} from '../../helpers/reference-images.js';
-import { LifecycleWatch, StatePoller } from '../../helpers/vm-watch.js';
-import { FileStepJournal, fileSnapshotCommand, jobContext } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+} from '../../support/reference-images.js';
+import { FileStepJournal, fileSnapshotCommand, jobContext } from '../../support/snapshot-harness.js';
+import { LifecycleWatch, StatePoller } from '../../support/vm-watch.js';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;

@@ -7,11 +7,11 @@
 // writes gives an empty delta.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { infoOf, mapOf } from '../../helpers/images.js';
-import { guestFlush, guestWrite } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, type PatternWrite } from '../../helpers/reference-images.js';
-import { fileSnapshotCommand, runCreate } from './harness.js';
-import { libvirtSuite, runningVolume } from './suite.js';
+import { infoOf, mapOf } from '../../support/images.js';
+import { guestFlush, guestWrite } from '../../support/libvirt-fixtures.js';
+import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { differsFromReference, type PatternWrite } from '../../support/reference-images.js';
+import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const CLUSTER = 64 * 1024;

@@ -5,11 +5,11 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { checkExitCode, infoOf } from '../../helpers/images.js';
-import { guestFlush, virsh } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, type ReferenceDisk } from '../../helpers/reference-images.js';
-import { fileSnapshotCommand, runCreate } from './harness.js';
-import { guestWriteRound, libvirtSuite, runningVolume } from './suite.js';
+import { checkExitCode, infoOf } from '../../support/images.js';
+import { guestFlush, virsh } from '../../support/libvirt-fixtures.js';
+import { guestWriteRound, libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { differsFromReference, type ReferenceDisk } from '../../support/reference-images.js';
+import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;

@@ -9,9 +9,15 @@ import { runTool } from '../../../src/host/exec.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import { createSnapshot } from '../../../src/snapshot/index.js';
-import { checkExitCode, infoOf, makeQcow2 } from '../../helpers/images.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+import { checkExitCode, infoOf, makeQcow2 } from '../../support/images.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from '../../support/reference-images.js';
+import {
+  command,
+  FileStepJournal,
+  type Harness,
+  jobContext,
+  makeHarness,
+} from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;

@@ -7,15 +7,21 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Command } from '../../../src/protocol/index.js';
 import { createSnapshot, deleteSnapshot, revertSnapshot, verifyChain } from '../../../src/snapshot/index.js';
-import { checkExitCode, infoOf, makeQcow2 } from '../../helpers/images.js';
+import { checkExitCode, infoOf, makeQcow2 } from '../../support/images.js';
 import {
   assertLibvirtReady,
   Cleanup,
   removeDomain,
   startTestDomain,
-} from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, type Harness, jobContext, makeHarness } from './harness.js';
+} from '../../support/libvirt-fixtures.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from '../../support/reference-images.js';
+import {
+  command,
+  FileStepJournal,
+  type Harness,
+  jobContext,
+  makeHarness,
+} from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;

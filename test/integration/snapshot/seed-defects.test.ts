@@ -7,11 +7,11 @@ import { runTool } from '../../../src/host/exec.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { removeIfUnreferenced } from '../../../src/snapshot/chain.js';
 import { createSnapshot } from '../../../src/snapshot/index.js';
-import { checkExitCode, infoOf, makeQcow2 } from '../../helpers/images.js';
-import { guestWrite, startTestDomain } from '../../helpers/libvirt-fixtures.js';
-import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, jobContext } from './harness.js';
-import { libvirtSuite } from './suite.js';
+import { checkExitCode, infoOf, makeQcow2 } from '../../support/images.js';
+import { guestWrite, startTestDomain } from '../../support/libvirt-fixtures.js';
+import { libvirtSuite } from '../../support/libvirt-suite.js';
+import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
+import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const { h, cleanup } = libvirtSuite('seed', { reflink: true });

@@ -1,7 +1,7 @@
 // Bad days for storage: the snapshot engine on a store and an LVM pool that fail mid-job.
 //
 // The store (ext4, no journal, errors=continue) and the pool's only PV sit on device-mapper devices
-// (helpers/faults.ts) whose tables are reloaded at a chosen step of a job: EIO on reads, writes or
+// (test/support/lab/faults.ts) whose tables are reloaded at a chosen step of a job: EIO on reads, writes or
 // both, a slow device, or a file system / VG that fills up. The switch happens when the job's
 // journal says the step started (the engine journals every step before running it), or, for
 // "during export", at the export's first progress between 0 and 100 % (the export is slowed with
@@ -30,16 +30,12 @@ import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import type { ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
-import {
-  createSnapshot,
-  type EngineRecord,
-  Failpoints,
-  type SnapshotDeps,
-} from '../../../src/snapshot/index.js';
-import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
-import { command, jobContext } from '../../integration/snapshot/harness.js';
-import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../helpers/faults.js';
-import { claimDisk, sh } from '../helpers/lab.js';
+import { createSnapshot, type EngineRecord, type SnapshotDeps } from '../../../src/snapshot/index.js';
+import { Failpoints } from '../../support/failpoints.js';
+import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../../support/lab/faults.js';
+import { claimDisk, sh } from '../../support/lab/lab.js';
+import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
+import { command, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;

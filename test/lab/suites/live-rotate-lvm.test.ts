@@ -18,9 +18,9 @@ import { QemuImg } from '../../../src/host/qemu-img.js';
 import { chainFromGraph, type QmpBlockDeviceInfo, type QmpBlockGraph } from '../../../src/host/qmp.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { differsFromReference, ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { command, FileStepJournal, jobContext } from '../../integration/snapshot/harness.js';
-import { QmpClient, type ScratchVg, scratchVg } from '../helpers/lab.js';
+import { QmpClient, type ScratchVg, scratchVg } from '../../support/lab/lab.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from '../../support/reference-images.js';
+import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostCommandError, LvmVolumeInUseError, LvmVolumeNotFoundError } from '../../../src/errors/index.js';
 import { Lvm } from '../../../src/host/lvm.js';
-import { holdOpen, nbdUrl, type ScratchVg, scratchVg, sh } from '../helpers/lab.js';
+import { holdOpen, nbdUrl, type ScratchVg, scratchVg, sh } from '../../support/lab/lab.js';
 
 const MiB = 1024 * 1024;
 const lvm = new Lvm({ timeoutMs: 60_000 });

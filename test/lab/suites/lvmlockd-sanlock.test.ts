@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lvm } from '../../../src/host/lvm.js';
-import { claimDisk, sh, uniqueName } from '../helpers/lab.js';
+import { claimDisk, sh, uniqueName } from '../../support/lab/lab.js';
 
 const MiB = 1024 * 1024;
 const lvm = new Lvm({ timeoutMs: 120_000 });

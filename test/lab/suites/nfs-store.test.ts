@@ -37,10 +37,11 @@ import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import type { ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
 import { StoreHealth } from '../../../src/observability/store-health.js';
-import { createSnapshot, Failpoints, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { differsFromReference, ReferenceDisk } from '../../helpers/reference-images.js';
-import { command, jobContext } from '../../integration/snapshot/harness.js';
-import { NfsServer, processState, threadStates } from '../helpers/nfs.js';
+import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
+import { Failpoints } from '../../support/failpoints.js';
+import { NfsServer, processState, threadStates } from '../../support/lab/nfs.js';
+import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
+import { command, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;

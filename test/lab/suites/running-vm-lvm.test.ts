@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LvmVolumeInUseError } from '../../../src/errors/index.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
-import { QmpClient, type ScratchVg, scratchVg, sh } from '../helpers/lab.js';
+import { QmpClient, type ScratchVg, scratchVg, sh } from '../../support/lab/lab.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;

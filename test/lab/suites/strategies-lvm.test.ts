@@ -21,7 +21,7 @@ import type { JobContext, StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { commandSchema } from '../../../src/protocol/index.js';
 import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { type ScratchVg, scratchVg, sh } from '../helpers/lab.js';
+import { type ScratchVg, scratchVg, sh } from '../../support/lab/lab.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;

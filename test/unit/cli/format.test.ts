@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { etaMs, formatBytes, formatDuration, formatRate, percentOf } from '../../../src/cli/format.js';
+import { formatBytes, formatDuration, formatRate } from '../../../src/cli/format.js';
 import { shortId } from '../../../src/cli/watch.js';
+import { etaMs, percentOf } from '../../../src/client/event-facts.js';
 
 describe('formatters', () => {
   it('formatBytes uses binary units', () => {

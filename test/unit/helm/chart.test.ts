@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../../src/config/index.js';
 import { createMetrics } from '../../../src/observability/metrics.js';
-import { CHART, daemonSet, stubTemplate, templateFiles, templates, values } from '../../helpers/chart.js';
+import { CHART, daemonSet, stubTemplate, templateFiles, templates, values } from '../../support/chart.js';
 
 // No helm binary here: the chart is checked piece by piece. values.yaml against its schema (ajv),
 // every .Values reference against values.yaml, each template's YAML once template actions are

@@ -2,8 +2,8 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { OutgoingEvent } from '../../../src/jobs/ports.js';
 import { Outbox } from '../../../src/messaging/outbox.js';
-import type { OutgoingEvent } from '../../../src/messaging/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import type { AgentEvent } from '../../../src/protocol/index.js';
 

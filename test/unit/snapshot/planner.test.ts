@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { Failpoints } from '../../../src/snapshot/failpoints.js';
 import { chooseKind, chooseStrategy } from '../../../src/snapshot/planner.js';
 
 describe('chooseStrategy', () => {
@@ -11,34 +10,40 @@ describe('chooseStrategy', () => {
     requested: 'auto',
     vmRunning: true,
     poolKind: 'lvm',
-    reflink: null,
-    liveRotate: null,
+    probes: {},
   } as const;
 
   it('auto: offline for a stopped VM; live-rotate for a running one when it can; else lvm-cow; with the reason', () => {
     expect(chooseStrategy({ ...input, vmRunning: false }).name).toBe('offline');
-    expect(chooseStrategy({ ...input, liveRotate: live })).toEqual({
+    expect(chooseStrategy({ ...input, probes: { 'live-rotate': live } })).toEqual({
       name: 'live-rotate',
       reason: 'auto: the VM is running and QEMU 7.2.0 rotates live',
     });
-    const lvm = chooseStrategy({ ...input, liveRotate: noLive });
+    const lvm = chooseStrategy({ ...input, probes: { 'live-rotate': noLive } });
     expect(lvm).toMatchObject({
       name: 'lvm-cow',
       reason: expect.stringMatching(/older than 6.1.*LVM copy-on-write/),
     });
-    const file = chooseStrategy({ ...input, poolKind: 'file', reflink, liveRotate: noLive });
+    const file = chooseStrategy({
+      ...input,
+      poolKind: 'file',
+      probes: { 'lvm-cow': reflink, 'live-rotate': noLive },
+    });
     expect(file).toMatchObject({ name: 'lvm-cow', reason: expect.stringMatching(/reflink/) });
-    expect(chooseStrategy({ ...input, poolKind: 'file', reflink: noReflink, liveRotate: live }).name).toBe(
-      'live-rotate',
-    );
+    expect(
+      chooseStrategy({ ...input, poolKind: 'file', probes: { 'lvm-cow': noReflink, 'live-rotate': live } })
+        .name,
+    ).toBe('live-rotate');
   });
 
   it('refuses what cannot run, with the reason, instead of silently choosing another way', () => {
     expect(() =>
-      chooseStrategy({ ...input, poolKind: 'file', reflink: noReflink, liveRotate: noLive }),
+      chooseStrategy({ ...input, poolKind: 'file', probes: { 'lvm-cow': noReflink, 'live-rotate': noLive } }),
     ).toThrow(/older than 6.1.*Operation not supported/);
     expect(() => chooseStrategy({ ...input, requested: 'offline' })).toThrow(/running/);
-    expect(() => chooseStrategy({ ...input, requested: 'live-rotate', liveRotate: noLive })).toThrow(
+    expect(() =>
+      chooseStrategy({ ...input, requested: 'live-rotate', probes: { 'live-rotate': noLive } }),
+    ).toThrow(
       expect.objectContaining({
         code: 'STRATEGY_UNAVAILABLE',
         message: expect.stringMatching(/older than 6.1/),
@@ -47,13 +52,23 @@ describe('chooseStrategy', () => {
     expect(() => chooseStrategy({ ...input, requested: 'live-rotate', vmRunning: false })).toThrow(
       /not running/,
     );
-    expect(chooseStrategy({ ...input, requested: 'live-rotate', liveRotate: live }).name).toBe('live-rotate');
-    expect(chooseStrategy({ ...input, requested: 'lvm-cow', liveRotate: live }).name).toBe('lvm-cow');
+    expect(chooseStrategy({ ...input, requested: 'live-rotate', probes: { 'live-rotate': live } }).name).toBe(
+      'live-rotate',
+    );
+    expect(chooseStrategy({ ...input, requested: 'lvm-cow', probes: { 'live-rotate': live } }).name).toBe(
+      'lvm-cow',
+    );
   });
 
   it('lvm-cow on a stopped VM is allowed (rebase -u then)', () => {
     expect(
-      chooseStrategy({ ...input, requested: 'lvm-cow', vmRunning: false, poolKind: 'file', reflink }).reason,
+      chooseStrategy({
+        ...input,
+        requested: 'lvm-cow',
+        vmRunning: false,
+        poolKind: 'file',
+        probes: { 'lvm-cow': reflink },
+      }).reason,
     ).toMatch(/rebase -u/);
   });
 });
@@ -78,28 +93,5 @@ describe('chooseKind', () => {
     const choice = chooseKind({ ...base, ...change });
     expect(choice.kind).toBe('full');
     expect(choice.kind === 'full' && choice.reason).toMatch(reason);
-  });
-});
-
-describe('Failpoints', () => {
-  it('is inert unless set, and reads points and the export rate', () => {
-    expect(Failpoints.parse(undefined).active).toBe(false);
-    const fp = Failpoints.parse('offline:export:before, lvm-cow:export:during,export-rate=4M');
-    expect(fp.active).toBe(true);
-    expect(fp.exportRate).toBe('4M');
-    expect(() => Failpoints.parse('rm -rf')).toThrow(/cannot read/);
-  });
-  it('adds -r to qemu-img convert only', async () => {
-    const calls: string[][] = [];
-    const run = Failpoints.parse('export-rate=1M').wrapRunner(async (_file, args) => {
-      calls.push([...args]);
-      return { stdout: '', stderr: '', exitCode: 0, durationMs: 0 };
-    });
-    await run('qemu-img', ['convert', '-f', 'qcow2'], { timeoutMs: 1 });
-    await run('qemu-img', ['info', 'x'], { timeoutMs: 1 });
-    expect(calls).toEqual([
-      ['convert', '-r', '1M', '-f', 'qcow2'],
-      ['info', 'x'],
-    ]);
   });
 });

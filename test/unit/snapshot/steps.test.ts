@@ -4,7 +4,6 @@ import { describe, expect, it } from 'vitest';
 import { AgentError } from '../../../src/errors/index.js';
 import type { StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
-import { Failpoints } from '../../../src/snapshot/failpoints.js';
 import { EngineJournal } from '../../../src/snapshot/journal.js';
 import { type RunEnv, recoverSteps, runSteps, type StepPlan } from '../../../src/snapshot/steps.js';
 
@@ -48,7 +47,6 @@ function env(
     journal: new EngineJournal(journal),
     signal,
     progress: () => {},
-    failpoints: Failpoints.none,
     logger: silentLogger(),
   };
 }

@@ -1,23 +1,70 @@
 // Strategy "lvm-cow" (running VM; also works stopped), see docs/strategies.md:
 //   clone (VM paused for the instant of the clone) → export → publish → verify → remove-clone →
 //   repoint (point of no return: QMP change-backing-file with the VM paused, or rebase -u when stopped)
-import { qcow2Blockdev, reopenWithBacking } from '../host/libvirt.js';
-import { backingOf } from './chain.js';
-import { exportStep, publishStep, setBackingUnsafe, verifyStep } from './common-steps.js';
-import type { SnapshotDeps } from './deps.js';
-import type { EngineJournal } from './journal.js';
-import type { CreatePlan } from './plan.js';
-import type { StepPlan } from './steps.js';
-import { freezeGuest, thawGuest, withVmPaused } from './vm.js';
-import type { VolumeBackend } from './volumes.js';
+import { qcow2Blockdev, reopenWithBacking } from '../../host/libvirt.js';
+import { backingOf } from '../chain.js';
+import { exportStep, publishStep, setBackingUnsafe, verifyStep } from '../common-steps.js';
+import type { SnapshotDeps } from '../deps.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
+import type { StepPlan } from '../steps.js';
+import { freezeGuest, thawGuest, withVmPaused } from '../vm.js';
+import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
+import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
-/** The lvm-cow strategy's steps for one plan. Callable without the agent (lab suites). */
-export function lvmCowSteps(
+/**
+ * A running VM (also works stopped): an LVM snapshot, or a reflink clone in a file pool, made with
+ * the VM paused for an instant; the active image is re-pointed onto the snapshot at the end.
+ */
+export const lvmCow = {
+  name: 'lvm-cow',
+  auto: { vm: 'running', rank: 1 },
+  onHost: (host) =>
+    supportFrom((need, reasons) => {
+      const base =
+        need(host.tools.qemuImg !== null, 'qemu-img not found') &&
+        need(host.tools.libvirt !== null, 'libvirt not available (running VMs are re-pointed through it)');
+      const lvmPools = base && need(host.tools.lvm !== null, 'lvm2 not found (LVM pools)');
+      const noReflink = host.reflink.filter((r) => !r.supported);
+      if (noReflink.length > 0) {
+        reasons.push(
+          `no reflink in file pool roots: ${noReflink.map((r) => `${r.root} (${r.reason})`).join(', ')}`,
+        );
+      }
+      const reflinkRoots = fileRoots(host).filter((root) => !noReflink.some((r) => r.root === root));
+      return { lvmPools, filePools: base ? reflinkRoots : [] };
+    }),
+  // File pools: whether the pool's filesystem makes reflink clones.
+  probe: async ({ deps, backend }) =>
+    backend instanceof FileVolumeBackend ? deps.filePool.supportsReflink(backend.dir) : null,
+  fit: ({ vmRunning, poolKind, probe }) => {
+    const cow =
+      poolKind === 'lvm'
+        ? 'LVM copy-on-write snapshot'
+        : probe?.supported
+          ? 'reflink clone in the file pool'
+          : null;
+    if (cow === null)
+      return {
+        fits: false,
+        whyNot: `the file pool cannot make reflink clones (${probe?.reason ?? 'unknown'})`,
+      };
+    return {
+      fits: true,
+      why: vmRunning ? cow : `${cow}; VM stopped: backing pointer set with qemu-img rebase -u`,
+    };
+  },
+  space: 'cow',
+  rewritesActiveHeader: true,
+  steps: lvmCowSteps,
+} satisfies Strategy;
+
+/** The lvm-cow strategy's steps for one plan. */
+function lvmCowSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
-  hooks: { onExportProgress?: (percent: number) => void; midStep?: (step: string) => void } = {},
+  journal: CreateJournal,
+  hooks: StrategyHooks = {},
 ): StepPlan {
   const clonePath = backend.pathOf(plan.cloneName);
   const vm = plan.vmRunning ? plan.vm : null;

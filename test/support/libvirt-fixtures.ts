@@ -15,6 +15,7 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { uniqueSuffix } from './names.js';
 
 /** libvirt URI of the tests (TEST_LIBVIRT_URI overrides). */
 export const LIBVIRT_URI = process.env.TEST_LIBVIRT_URI ?? 'qemu:///system';
@@ -47,7 +48,7 @@ export class Cleanup {
 
 /** `clvmt-<label>-<pid>-<random>`: unique across test files running at the same time. */
 export function uniqueName(label: string): string {
-  return `${TEST_PREFIX}-${safeLabel(label)}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  return `${TEST_PREFIX}-${safeLabel(label)}-${uniqueSuffix()}`;
 }
 
 // Labels carry no '-', so sweepStaleTestResources can read the pid back out of a name.

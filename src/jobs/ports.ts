@@ -1,3 +1,5 @@
+// What the job layer needs from the transport, defined here: the messaging layer delivers
+// IncomingCommands to a CommandHandler and implements the EventSink.
 import type { AgentEvent } from '../protocol/index.js';
 
 /** A command as it came off the per-host queue, before any validation. */

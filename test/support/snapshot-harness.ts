@@ -4,19 +4,20 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runTool } from '../../../src/host/exec.js';
-import { FilePool } from '../../../src/host/file-pool.js';
-import { Libvirt } from '../../../src/host/libvirt.js';
-import { Lvm } from '../../../src/host/lvm.js';
-import { QemuImg } from '../../../src/host/qemu-img.js';
-import { SnapshotStore } from '../../../src/host/store.js';
-import type { JobContext, ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
-import { silentLogger } from '../../../src/observability/logger.js';
-import type { SnapshotCreateResult } from '../../../src/protocol/index.js';
-import { type Command, type CommandType, commandSchema } from '../../../src/protocol/index.js';
-import { createSnapshot, Failpoints, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { LIBVIRT_URI } from '../../helpers/libvirt-fixtures.js';
-import { mountXfs } from '../../helpers/xfs.js';
+import { runTool } from '../../src/host/exec.js';
+import { FilePool } from '../../src/host/file-pool.js';
+import { Libvirt } from '../../src/host/libvirt.js';
+import { Lvm } from '../../src/host/lvm.js';
+import { QemuImg } from '../../src/host/qemu-img.js';
+import { SnapshotStore } from '../../src/host/store.js';
+import type { JobContext, ProgressUpdate, StepJournal } from '../../src/jobs/types.js';
+import { silentLogger } from '../../src/observability/logger.js';
+import type { SnapshotCreateResult } from '../../src/protocol/index.js';
+import { type Command, type CommandType, commandSchema } from '../../src/protocol/index.js';
+import { createSnapshot, type SnapshotDeps } from '../../src/snapshot/index.js';
+import { Failpoints } from './failpoints.js';
+import { LIBVIRT_URI } from './libvirt-fixtures.js';
+import { mountXfs } from './xfs.js';
 
 /** A StepJournal in a JSON file: every write replaces the file and fsyncs, as the job layer's does. */
 export class FileStepJournal implements StepJournal {
@@ -81,7 +82,6 @@ export async function makeHarness(
     lvm: new Lvm({ timeoutMs: 60_000 }),
     libvirt: new Libvirt({ uri: LIBVIRT_URI, timeoutMs: 60_000 }),
     cowPollMs: 200,
-    failpoints,
     // The engine suites exercise the rotation itself; the agent's default keeps it disabled.
     liveRotate: opts.liveRotate ?? 'enabled',
   };

@@ -1,17 +1,16 @@
-// Shared pieces of the messaging integration tests: unique names per test, rabbitmqctl look-ups,
-// an event collector, and clean-up that never touches another test's objects.
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Channel, type ChannelModel, type ConsumeMessage, connect } from 'amqplib';
-import { runTool } from '../../../src/host/exec.js';
-import { BrokerConnection } from '../../../src/messaging/connection.js';
-import type { TopologyNames } from '../../../src/messaging/topology.js';
-import type { OutgoingEvent } from '../../../src/messaging/types.js';
-import { type Logger, silentLogger } from '../../../src/observability/logger.js';
-import { type AgentEvent, eventTypePrefix } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
+import { runTool } from '../../src/host/exec.js';
+import type { OutgoingEvent } from '../../src/jobs/ports.js';
+import { BrokerConnection, connectionName } from '../../src/messaging/connection.js';
+import type { TopologyNames } from '../../src/messaging/topology.js';
+import { type Logger, silentLogger } from '../../src/observability/logger.js';
+import { type AgentEvent, eventTypePrefix } from '../../src/protocol/index.js';
+import { brokerUrl } from './broker.js';
+import { uniqueSuffix } from './names.js';
+import { waitUntil } from './wait.js';
 
 export const logger: Logger = process.env.TEST_LOG
   ? (await import('pino')).pino({ level: 'debug' })
@@ -19,7 +18,7 @@ export const logger: Logger = process.env.TEST_LOG
 
 /** Names no other test (or test file running in parallel) uses. */
 export function uniqueNames(label: string): { names: TopologyNames; hostId: string } {
-  const tag = `${label}-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tag = `${label}-${uniqueSuffix()}`;
   return {
     hostId: `h-${tag}`,
     names: {
@@ -38,7 +37,7 @@ export function testConnection(hostId: string, role: string, urls = [brokerUrl()
   return new BrokerConnection({
     role,
     urls,
-    hostId,
+    connectionName: connectionName(hostId, role),
     heartbeatSeconds: 5,
     connectTimeoutMs: 2000,
     reconnectMinMs: 50,
@@ -56,28 +55,6 @@ export async function adminConnection(label: string): Promise<{ model: ChannelMo
   const channel = await model.createChannel();
   channel.on('error', () => undefined);
   return { model, channel };
-}
-
-/** Deletes the queues and exchanges of `names` (whatever exists), on a throwaway channel each. */
-export async function deleteTopology(names: TopologyNames): Promise<void> {
-  const model = await connect(brokerUrl());
-  model.on('error', () => undefined);
-  try {
-    for (const queue of [names.commandQueue, names.deadLetterQueue]) {
-      const channel = await model.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteQueue(queue).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-    for (const exchange of [names.commandsExchange, names.eventsExchange, names.deadLetterExchange]) {
-      const channel = await model.createChannel();
-      channel.on('error', () => undefined);
-      await channel.deleteExchange(exchange).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    }
-  } finally {
-    await model.close().catch(() => undefined);
-  }
 }
 
 export async function rabbitmqctl(args: string[]): Promise<string> {
@@ -171,15 +148,6 @@ export async function collectEvents(
     waitFor: (predicate, timeoutMs = 20_000) => waitUntil(() => predicate(messages), timeoutMs, 'events'),
     close: () => model.close().catch(() => undefined),
   };
-}
-
-/** Polls `condition` every 20 ms; rejects naming `what` after `timeoutMs`. */
-export async function waitUntil(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 /** A persistent (or not) `started` event with a recognisable sequence number. */

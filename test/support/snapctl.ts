@@ -2,8 +2,8 @@ import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import type { Topology } from './fake-agent.js';
 
-const ENTRY = fileURLToPath(new URL('../../../src/cli/snapctl.ts', import.meta.url));
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ENTRY = fileURLToPath(new URL('../../src/snapctl.ts', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** Environment for snapctl children: no agent settings inherited from the developer's shell. */
 function cleanEnv(extra: Record<string, string>): Record<string, string> {
@@ -28,7 +28,7 @@ export function topologyFlags(url: string, topology: Topology): string[] {
   ];
 }
 
-/** Starts snapctl as a child process (`node --import tsx src/cli/snapctl.ts ...`), stdout/stderr piped. */
+/** Starts snapctl as a child process (`node --import tsx src/snapctl.ts ...`), stdout/stderr piped. */
 export function startSnapctl(args: readonly string[], env: Record<string, string> = {}): ResultPromise {
   return execa('node', ['--import', 'tsx', ENTRY, ...args], {
     cwd: ROOT,

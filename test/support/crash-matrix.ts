@@ -8,8 +8,9 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { expect } from 'vitest';
-import { eventKindOf } from '../../../src/protocol/index.js';
-import { checkExitCode } from '../../helpers/images.js';
+import { type AgentEvent, eventKindOf } from '../../src/protocol/index.js';
+import { AgentProcess, HostBus } from './agent-process.js';
+import { checkExitCode } from './images.js';
 import {
   type Cleanup,
   createQcow2,
@@ -18,15 +19,9 @@ import {
   makeTempDir,
   startTestDomain,
   virsh,
-} from '../../helpers/libvirt-fixtures.js';
-import {
-  differsFromReference,
-  type PatternWrite,
-  ReferenceDisk,
-  roundWrites,
-} from '../../helpers/reference-images.js';
-import { blockCensus, qemuChain } from '../../helpers/vm-watch.js';
-import { AgentProcess, HostBus } from './agent-process.js';
+} from './libvirt-fixtures.js';
+import { differsFromReference, type PatternWrite, ReferenceDisk, roundWrites } from './reference-images.js';
+import { blockCensus, qemuChain } from './vm-watch.js';
 
 export interface CrashSetup {
   bus: HostBus;
@@ -111,27 +106,28 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
   }
 
   const second = AgentProcess.start(env);
+  let terminal: AgentEvent;
   try {
     await s.bus.waitForStarted(++s.agentStarts);
-    const terminal = await s.bus.waitForTerminal(jobId);
-    // Give a duplicate terminal event time to show up, if one were (wrongly) published.
-    await new Promise((resolve) => setTimeout(resolve, 700));
-    expect(s.bus.terminalsOf(jobId)).toHaveLength(1);
-    const kind = eventKindOf(terminal.type);
-    const data = terminal.data as {
-      rolledBack?: boolean;
-      error?: { code: string };
-      result?: { snapshot?: { name: string } };
-    };
-    if (rollsBack) {
-      expect(kind, JSON.stringify(data)).toBe('failed');
-      expect(data.rolledBack).toBe(true);
-    } else {
-      expect(kind, JSON.stringify(data)).toBe('succeeded');
-      expect(data.result?.snapshot?.name).toBe(name);
-    }
+    terminal = await s.bus.waitForTerminal(jobId);
   } finally {
     await second.stop();
+  }
+  // One terminal event, counted once the agent is gone and all it sent has arrived.
+  await s.bus.drain(env.stateDir);
+  expect(s.bus.terminalsOf(jobId)).toHaveLength(1);
+  const kind = eventKindOf(terminal.type);
+  const data = terminal.data as {
+    rolledBack?: boolean;
+    error?: { code: string };
+    result?: { snapshot?: { name: string } };
+  };
+  if (rollsBack) {
+    expect(kind, JSON.stringify(data)).toBe('failed');
+    expect(data.rolledBack).toBe(true);
+  } else {
+    expect(kind, JSON.stringify(data)).toBe('succeeded');
+    expect(data.result?.snapshot?.name).toBe(name);
   }
   if (!rollsBack) {
     s.chain.push(name);

@@ -6,9 +6,11 @@ import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { type Channel, type ChannelModel, connect } from 'amqplib';
-import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
-import { type AgentEvent, eventKindOf } from '../../../src/protocol/index.js';
-import { brokerUrl } from '../../helpers/broker.js';
+import { declareTopology, topologyNames } from '../../src/messaging/topology.js';
+import { type AgentEvent, eventKindOf } from '../../src/protocol/index.js';
+import { brokerUrl } from './broker.js';
+import { expectOutboxEmpty, QueueFence } from './drain.js';
+import { FAILPOINTS_PRELOAD } from './failpoints.js';
 
 const ROOT = join(import.meta.dirname, '..', '..', '..');
 
@@ -31,7 +33,9 @@ export class AgentProcess {
 
   static start(env: AgentEnv): AgentProcess {
     const log = createWriteStream(env.logFile, { flags: 'a' });
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/main.ts')], {
+    // The failpoints are armed by a test-only preload module in the agent's process.
+    const args = ['--import', 'tsx', '--import', FAILPOINTS_PRELOAD, join(ROOT, 'src/main.ts')];
+    const child = spawn(process.execPath, args, {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
@@ -71,12 +75,14 @@ export class AgentProcess {
 export class HostBus {
   readonly events: AgentEvent[] = [];
   private waiters: Array<() => void> = [];
+  private readonly fence = new QueueFence();
 
   private constructor(
     readonly hostId: string,
     private readonly model: ChannelModel,
     private readonly channel: Channel,
     private readonly queue: string,
+    private readonly eventQueue: string,
   ) {}
 
   static async open(hostId: string): Promise<HostBus> {
@@ -96,11 +102,11 @@ export class HostBus {
     await declareTopology(channel, names, hostId);
     const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
     await channel.bindQueue(queue, names.eventsExchange, `${hostId}.#`);
-    const bus = new HostBus(hostId, model, channel, names.commandQueue);
+    const bus = new HostBus(hostId, model, channel, names.commandQueue, queue);
     await channel.consume(
       queue,
       (msg) => {
-        if (msg === null) return;
+        if (msg === null || bus.fence.take(msg)) return;
         bus.events.push(JSON.parse(msg.content.toString('utf8')) as AgentEvent);
         for (const wake of bus.waiters.splice(0)) wake();
       },
@@ -160,6 +166,15 @@ export class HostBus {
       () => this.events.filter((e) => eventKindOf(e.type) === 'started').length >= count,
       timeoutMs,
     );
+  }
+
+  /**
+   * After the agent stopped (`stateDir` is its state): every event it sent is in `events`, so a
+   * count taken now is final. See test/support/drain.ts.
+   */
+  async drain(stateDir: string): Promise<void> {
+    await expectOutboxEmpty(stateDir);
+    await this.fence.pass(this.channel, this.eventQueue);
   }
 
   /** Deletes the host's command queue and closes the connection. */

@@ -1,19 +1,48 @@
 // Strategy "offline" (stopped VM), see docs/strategies.md:
 //   create-staging → export → publish → verify → rebase-staging → retire-active →
 //   promote-staging (point of no return) → remove-retired
-import { pathExists } from './chain.js';
-import { exportStep, publishStep, setBackingUnsafe, swapSteps, verifyStep } from './common-steps.js';
-import type { SnapshotDeps } from './deps.js';
-import type { CreatePlan } from './plan.js';
-import type { StepPlan } from './steps.js';
-import type { VolumeBackend } from './volumes.js';
+import {
+  createStagingStep,
+  exportStep,
+  publishStep,
+  setBackingUnsafe,
+  swapSteps,
+  verifyStep,
+} from '../common-steps.js';
+import type { SnapshotDeps } from '../deps.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
+import type { StepPlan } from '../steps.js';
+import type { VolumeBackend } from '../volumes.js';
+import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
-/** The offline strategy's steps for one plan. Callable without the agent (lab suites). */
-export function offlineSteps(
+/** A stopped VM: no copy-on-write; the active image is swapped for an overlay on the snapshot. */
+export const offline = {
+  name: 'offline',
+  auto: { vm: 'stopped', rank: 0 },
+  onHost: (host) =>
+    supportFrom((need) => {
+      const base = need(host.tools.qemuImg !== null, 'qemu-img not found');
+      return {
+        lvmPools: base && need(host.tools.lvm !== null, 'lvm2 not found (LVM pools)'),
+        filePools: base ? fileRoots(host) : [],
+      };
+    }),
+  fit: ({ vmRunning }) =>
+    vmRunning
+      ? { fits: false, whyNot: 'the VM is running; offline needs it stopped' }
+      : { fits: true, why: 'no copy-on-write' },
+  space: 'overlay',
+  rewritesActiveHeader: true,
+  steps: offlineSteps,
+} satisfies Strategy;
+
+/** The offline strategy's steps for one plan. */
+function offlineSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  hooks: { onExportProgress?: (percent: number) => void } = {},
+  _journal: CreateJournal,
+  hooks: StrategyHooks = {},
 ): StepPlan {
   const stagingPath = backend.pathOf(plan.stagingName);
   const retiredPath = backend.pathOf(plan.retiredName);
@@ -21,21 +50,10 @@ export function offlineSteps(
     kind: 'offline',
     pointOfNoReturn: 'promote-staging',
     steps: [
-      {
-        // An empty overlay on the active image: it becomes the volume once the export is done.
-        name: 'create-staging',
-        run: async () => {
-          await backend.remove(plan.stagingName); // a half-made one from an earlier attempt of this job
-          await backend.createOverlay(
-            plan.stagingName,
-            { file: plan.activePath, format: 'qcow2' },
-            plan.virtualSize,
-          );
-        },
-        undo: async () => {
-          await backend.remove(plan.stagingName);
-        },
-      },
+      // An empty overlay on the active image: it becomes the volume once the export is done.
+      createStagingStep(backend, plan.stagingName, () =>
+        backend.createOverlay(plan.stagingName, { file: plan.activePath, format: 'qcow2' }, plan.virtualSize),
+      ),
       exportStep(deps, {
         source: plan.activePath,
         partPath: plan.partPath,
@@ -64,9 +82,4 @@ export function offlineSteps(
       ...swapSteps(backend, deps, { staging: plan.stagingName, retired: plan.retiredName }),
     ],
   };
-}
-
-/** True when the staging volume still exists (used by tests to prove no temporary is left). */
-export async function stagingLeft(plan: CreatePlan, backend: VolumeBackend): Promise<boolean> {
-  return pathExists(backend.pathOf(plan.stagingName));
 }

@@ -1,6 +1,6 @@
 // The frame of a test that runs real agents: every agent a test starts, and its client, are
 // stopped after the test. childAgentsPerTest is the kill -9 variant: agent processes running
-// test/helpers/agent-child.ts, whose snapshot.create sleeps TEST_SLOW_CREATE_MS.
+// test/support/agent-child.ts, whose snapshot.create sleeps TEST_SLOW_CREATE_MS.
 import { afterEach } from 'vitest';
 import { startTestAgent, type TestAgent, type TestAgentOptions, TestClient } from './agent.js';
 
@@ -39,7 +39,7 @@ export function childAgentsPerTest() {
     ): Promise<TestAgent> {
       return frame.start({
         mode: 'child',
-        entry: 'test/helpers/agent-child.ts',
+        entry: 'test/support/agent-child.ts',
         env: { TEST_SLOW_CREATE_MS: String(slowCreateMs) },
         ...(opts.overrides ? { overrides: opts.overrides } : {}),
         ...(opts.restartOf ? { stateDir: opts.restartOf.stateDir, reuse: opts.restartOf } : {}),

@@ -2,7 +2,6 @@
 // (`node --import tsx src/main.ts`) — with a temp state dir and unique host id, exchange and queue
 // names, plus small AMQP helpers to send commands and collect events. stop() removes everything.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,7 +20,11 @@ import {
   signBody,
 } from '../../src/protocol/index.js';
 import { type RunningAgent, startAgent } from '../../src/service/agent.js';
-import { brokerUrl } from './broker.js';
+import { brokerUrl, deleteTopology } from './broker.js';
+import { expectOutboxEmpty, QueueFence } from './drain.js';
+import { FAILPOINTS_PRELOAD } from './failpoints.js';
+import { uniqueSuffix } from './names.js';
+import { waitFor } from './wait.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -66,11 +69,6 @@ export interface TestAgent {
   stop(): Promise<void>;
   /** Stops the agent only (keeps state and broker objects: for restart tests). */
   stopAgent(): Promise<void>;
-}
-
-/** A unique, routing-safe suffix for names in one test. */
-export function uniqueSuffix(): string {
-  return `${process.pid}-${randomBytes(4).toString('hex')}`;
 }
 
 /** Deep-merges plain objects; arrays and scalars of `b` win. */
@@ -168,7 +166,9 @@ export async function startTestAgent(opts: TestAgentOptions = {}): Promise<TestA
     const env: NodeJS.ProcessEnv = Object.fromEntries(
       Object.entries(process.env).filter(([k]) => !k.startsWith('AGENT_')),
     );
-    child = spawn(process.execPath, ['--import', 'tsx', opts.entry ?? 'src/main.ts'], {
+    // AGENT_FAILPOINTS: the test-only preload arms them in the agent's process.
+    const preload = opts.env?.AGENT_FAILPOINTS ? ['--import', FAILPOINTS_PRELOAD] : [];
+    child = spawn(process.execPath, ['--import', 'tsx', ...preload, opts.entry ?? 'src/main.ts'], {
       cwd: ROOT,
       env: { ...env, AGENT_CONFIG: configFile, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -259,37 +259,6 @@ export async function startTestAgent(opts: TestAgentOptions = {}): Promise<TestA
   return testAgent;
 }
 
-/** Deletes the queues and exchanges of a test agent (after it stopped). */
-export async function deleteTopology(names: TopologyNames): Promise<void> {
-  const conn = await connect(brokerUrl());
-  try {
-    const ch = await conn.createChannel();
-    await ch.deleteQueue(names.commandQueue);
-    await ch.deleteQueue(names.deadLetterQueue);
-    await ch.deleteExchange(names.commandsExchange);
-    await ch.deleteExchange(names.eventsExchange);
-    await ch.deleteExchange(names.deadLetterExchange);
-    await ch.close();
-  } finally {
-    await conn.close();
-  }
-}
-
-/** Polls `check` until it returns a value other than undefined. */
-export async function waitFor<T>(
-  check: () => T | undefined | Promise<T | undefined>,
-  timeoutMs = 10_000,
-  message: () => string = () => 'condition not met',
-): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms: ${message()}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 export interface ReceivedEvent {
   routingKey: string;
   event: AgentEvent;
@@ -303,6 +272,8 @@ export interface ReceivedEvent {
 export class TestClient {
   readonly events: ReceivedEvent[] = [];
   readonly replies: Array<{ correlationId: string | undefined; event: AgentEvent }> = [];
+  private readonly fence = new QueueFence();
+  private eventQueue = '';
   private constructor(
     private readonly conn: ChannelModel,
     private readonly ch: Channel,
@@ -319,10 +290,11 @@ export class TestClient {
     await ch.bindQueue(queue, agent.names.eventsExchange, pattern);
     const reply = await ch.assertQueue('', { exclusive: true, autoDelete: true });
     const client = new TestClient(conn, ch, agent.names, agent.hostId, reply.queue);
+    client.eventQueue = queue;
     await ch.consume(
       queue,
       (m) => {
-        if (!m) return;
+        if (!m || client.fence.take(m)) return;
         const event = JSON.parse(m.content.toString()) as AgentEvent;
         client.events.push({ routingKey: m.fields.routingKey, event, kind: eventKindOf(event.type) });
       },
@@ -389,6 +361,15 @@ export class TestClient {
       timeoutMs,
       () => `no terminal event for ${jobId}`,
     );
+  }
+
+  /**
+   * After `agent` stopped: every event it sent is in `events`, so a count taken now is final
+   * (test/support/drain.ts).
+   */
+  async drain(agent: Pick<TestAgent, 'stateDir'>): Promise<void> {
+    await expectOutboxEmpty(agent.stateDir);
+    await this.fence.pass(this.ch, this.eventQueue);
   }
 
   /** Messages in the agent's dead-letter queue (read and put back: nack with requeue). */

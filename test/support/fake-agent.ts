@@ -1,7 +1,7 @@
 // A tiny stand-in for the agent's messaging side, for snapctl and dashboard tests: declares a
 // host queue, answers commands with real CloudEvents built from the protocol schemas, and can
 // fail, hang, reject (bad signature) or dead-letter on demand. The real agent is tested with
-// test/helpers/agent.ts where it matters; this one makes each outcome reachable on purpose.
+// test/support/agent.ts where it matters; this one makes each outcome reachable on purpose.
 import { randomBytes } from 'node:crypto';
 import { type Channel, type ChannelModel, type ConsumeMessage, connect } from 'amqplib';
 import {
@@ -16,7 +16,9 @@ import {
   SIGNATURE_HEADER,
   type VolumeRef,
   verifySignature,
-} from '../../../src/protocol/index.js';
+} from '../../src/protocol/index.js';
+import { deleteBrokerObjects } from './broker.js';
+import { uniqueSuffix } from './names.js';
 
 export type Behaviour = 'succeed' | 'fail' | 'hang' | 'dead-letter';
 
@@ -29,7 +31,7 @@ export interface Topology {
 
 /** Exchange and queue names unique to one test (so files can run in parallel). */
 export function uniqueTopology(label: string): Topology {
-  const tag = `${label}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const tag = `${label}-${uniqueSuffix()}`;
   return {
     commandsExchange: `test.cmd.${tag}`,
     eventsExchange: `test.evt.${tag}`,
@@ -38,6 +40,7 @@ export function uniqueTopology(label: string): Topology {
   };
 }
 
+/** A short host id (job ids built on it stay short enough for snapctl to print whole). */
 export function uniqueHost(label: string): string {
   return `${label}-${randomBytes(3).toString('hex')}`;
 }
@@ -97,11 +100,12 @@ export async function declareTopology(channel: Channel, topology: Topology): Pro
   await channel.bindQueue(topology.deadLetterQueue, topology.deadLetterExchange, '');
 }
 
-export async function deleteTopology(channel: Channel, topology: Topology): Promise<void> {
-  await channel.deleteQueue(topology.deadLetterQueue);
-  await channel.deleteExchange(topology.commandsExchange);
-  await channel.deleteExchange(topology.eventsExchange);
-  await channel.deleteExchange(topology.deadLetterExchange);
+/** Deletes what {@link declareTopology} made. */
+export function deleteTestTopology(topology: Topology): Promise<void> {
+  return deleteBrokerObjects({
+    queues: [topology.deadLetterQueue],
+    exchanges: [topology.commandsExchange, topology.eventsExchange, topology.deadLetterExchange],
+  });
 }
 
 export interface FakeAgentOptions {
@@ -248,8 +252,8 @@ export async function startFakeAgent(options: FakeAgentOptions): Promise<FakeAge
     close: async () => {
       await channel.cancel(consumerTag);
       await channel.deleteQueue(queue);
-      await deleteTopology(channel, options.topology);
       await connection.close();
+      await deleteTestTopology(options.topology);
     },
   };
 }

@@ -9,9 +9,9 @@ import {
   guestWrite,
   startTestDomain,
   type TestDomain,
-} from '../../helpers/libvirt-fixtures.js';
-import { ReferenceDisk, roundWrites } from '../../helpers/reference-images.js';
-import { type Harness, makeHarness } from './harness.js';
+} from './libvirt-fixtures.js';
+import { ReferenceDisk, roundWrites } from './reference-images.js';
+import { type Harness, makeHarness } from './snapshot-harness.js';
 
 /**
  * Registers the suite's beforeAll/afterAll. `h` stands for the harness beforeAll makes (read it in

@@ -8,15 +8,15 @@
 // export is exactly the old top layer: the writes since the previous snapshot. The cost: the active
 // layer's name changes with every snapshot (the result's `volumePath`), and each delta is written
 // twice locally (once by the guest, once by the commit into the base).
-import { AgentError, HostCommandError, InsufficientSpaceError } from '../errors/index.js';
-import { exportStep, publishStep, verifyStep } from './common-steps.js';
-import type { SnapshotDeps } from './deps.js';
-import type { EngineJournal } from './journal.js';
-import { writeLayerRecord } from './live-layers.js';
-import type { CreatePlan } from './plan.js';
-import type { StepPlan } from './steps.js';
-import { freezeGuest, thawGuest } from './vm.js';
-import { FileVolumeBackend, type VolumeBackend } from './volumes.js';
+import { AgentError, HostCommandError, InsufficientSpaceError } from '../../errors/index.js';
+import { exportStep, publishStep, verifyStep } from '../common-steps.js';
+import type { SnapshotDeps } from '../deps.js';
+import { familyNames, nextLayerName, writeLayerRecord } from '../live-layers.js';
+import type { CreateJournal, CreatePlan } from '../plan.js';
+import type { StepPlan } from '../steps.js';
+import { freezeGuest, thawGuest } from '../vm.js';
+import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
+import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
 /** Why live-rotate is refused when the host turned it off (config snapshot.liveRotate). */
 export const LIVE_ROTATE_DISABLED =
@@ -25,13 +25,68 @@ export const LIVE_ROTATE_DISABLED =
 /** How long libvirt may take to update its chain after a block commit job ended. */
 const COMMIT_SETTLE_MS = 10_000;
 
-/** The live-rotate strategy's steps for one plan. Callable without the agent. */
-export function liveRotateSteps(
+/** A running VM on a file pool, no pause: libvirt puts a new layer on top, the old top is exported. */
+export const liveRotate = {
+  name: 'live-rotate',
+  auto: { vm: 'running', rank: 0 },
+  onHost: (host, options) =>
+    supportFrom((need, reasons) => {
+      if (!need(options.liveRotate === 'enabled', LIVE_ROTATE_DISABLED))
+        return { lvmPools: false, filePools: [] };
+      const qemu = host.tools.qemu;
+      const base =
+        need(host.tools.qemuImg !== null, 'qemu-img not found') &&
+        need(host.tools.libvirt !== null, 'libvirt not available') &&
+        need(
+          host.qmp.blockdevReopen,
+          `QEMU ${qemu ?? 'unknown'} has no stable blockdev-reopen (needs ≥ 6.1)`,
+        ) &&
+        need(host.qmp.changeBackingFile, 'QEMU has no change-backing-file');
+      // File pools only: on LVM the libvirt-tracked rotation is not proven yet, and the engine refuses it.
+      if (base) reasons.push('LVM pools: live rotation through libvirt is not supported on LVM yet');
+      return { lvmPools: false, filePools: base ? fileRoots(host) : [] };
+    }),
+  probe: async ({ deps, vm, backend, virtualSize }) => {
+    if (!vm?.running || vm.target === null) return null;
+    if (deps.liveRotate === 'disabled') return { supported: false, reason: LIVE_ROTATE_DISABLED };
+    return probeLiveRotate(deps, vm.name, vm.target, backend, virtualSize);
+  },
+  fit: ({ vmRunning, probe }) => {
+    if (!vmRunning) return { fits: false, whyNot: 'the VM is not running; offline snapshots a stopped VM' };
+    if (!probe?.supported) return { fits: false, whyNot: probe?.reason ?? 'not probed' };
+    return { fits: true, why: probe.reason ?? 'supported' };
+  },
+  space: 'overlay',
+  rewritesActiveHeader: false,
+  movesActiveLayerAt: 'switch',
+  planLayers: async (backend, activeChain) =>
+    backend instanceof FileVolumeBackend
+      ? {
+          stagingName: await nextLayerName(backend.dir, backend.activeName),
+          liveLayers: localLayers(backend, activeChain),
+        }
+      : null,
+  steps: liveRotateSteps,
+} satisfies Strategy;
+
+/** The active chain's layers that are this volume's own files in its pool (top first, down to its base). */
+function localLayers(backend: FileVolumeBackend, chain: string[]): string[] {
+  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
+  const layers: string[] = [];
+  for (const path of chain) {
+    if (!own.has(path)) break;
+    layers.push(path);
+  }
+  return layers;
+}
+
+/** The live-rotate strategy's steps for one plan. */
+function liveRotateSteps(
   plan: CreatePlan,
   backend: VolumeBackend,
   deps: SnapshotDeps,
-  journal: EngineJournal,
-  hooks: { onExportProgress?: (percent: number) => void; midStep?: (step: string) => void } = {},
+  journal: CreateJournal,
+  hooks: StrategyHooks = {},
 ): StepPlan {
   const vm = plan.vm;
   if (vm === null || !plan.vmRunning) throw new Error('live-rotate needs a running VM (the planner checks)');
@@ -225,7 +280,7 @@ export function liveRotateSteps(
  * Whether the running VM's volume can rotate live: a file pool (the libvirt-tracked rotation is
  * not proven on LVM yet), the disk's top layer is QCOW2, and the pool has room for the new layer.
  */
-export async function probeLiveRotate(
+async function probeLiveRotate(
   deps: Pick<SnapshotDeps, 'libvirt'>,
   vm: string,
   target: string,

@@ -1,4 +1,5 @@
 import { connect } from 'amqplib';
+import type { TopologyNames } from '../../src/messaging/topology.js';
 
 /**
  * The broker the integration suites use: TEST_AMQP_URL when set (these machines and CI),
@@ -46,4 +47,32 @@ export function brokerUrl(): string {
   const url = process.env.TEST_AMQP_URL;
   if (!url) throw new Error('TEST_AMQP_URL is not set (global setup did not run?)');
   return url;
+}
+
+/** Deletes queues and exchanges a test made (whatever of them exists), each on a throwaway channel. */
+export async function deleteBrokerObjects(objects: { queues: string[]; exchanges: string[] }): Promise<void> {
+  const model = await connect(brokerUrl());
+  model.on('error', () => undefined);
+  try {
+    const each = async (
+      remove: (channel: Awaited<ReturnType<typeof model.createChannel>>) => Promise<unknown>,
+    ) => {
+      const channel = await model.createChannel();
+      channel.on('error', () => undefined);
+      await remove(channel).catch(() => undefined);
+      await channel.close().catch(() => undefined);
+    };
+    for (const queue of objects.queues) await each((channel) => channel.deleteQueue(queue));
+    for (const exchange of objects.exchanges) await each((channel) => channel.deleteExchange(exchange));
+  } finally {
+    await model.close().catch(() => undefined);
+  }
+}
+
+/** Deletes an agent's queues and exchanges (after it stopped). */
+export function deleteTopology(names: TopologyNames): Promise<void> {
+  return deleteBrokerObjects({
+    queues: [names.commandQueue, names.deadLetterQueue],
+    exchanges: [names.commandsExchange, names.eventsExchange, names.deadLetterExchange],
+  });
 }

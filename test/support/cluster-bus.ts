@@ -3,11 +3,12 @@
 // that re-consumes after losing its node. Both ride on the agent's own BrokerConnection (all
 // three URLs, reconnect with backoff).
 import type { Channel, ConfirmChannel, ConsumeMessage } from 'amqplib';
-import { BrokerConnection } from '../../../src/messaging/connection.js';
-import type { TopologyNames } from '../../../src/messaging/topology.js';
-import { createLogger } from '../../../src/observability/logger.js';
-import { type AgentEvent, eventKindOf, TERMINAL_KINDS } from '../../../src/protocol/index.js';
-import { CLUSTER_URLS } from '../../helpers/cluster.js';
+import { BrokerConnection, connectionName } from '../../src/messaging/connection.js';
+import type { TopologyNames } from '../../src/messaging/topology.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { type AgentEvent, eventKindOf, TERMINAL_KINDS } from '../../src/protocol/index.js';
+import { CLUSTER_URLS } from './cluster.js';
+import { QueueFence } from './drain.js';
 
 const logger = createLogger({ level: process.env.TEST_AGENT_LOG === '1' ? 'debug' : 'silent' });
 
@@ -15,7 +16,7 @@ function connection(role: string, hostId: string): BrokerConnection {
   const c = new BrokerConnection({
     role,
     urls: [...CLUSTER_URLS],
-    hostId,
+    connectionName: connectionName(hostId, role),
     heartbeatSeconds: 5,
     connectTimeoutMs: 3000,
     reconnectMinMs: 100,
@@ -117,6 +118,7 @@ export class FailoverSubscriber {
   private loop: Promise<void> | undefined;
   private current: Channel | undefined;
   private readonly waiters = new Set<() => void>();
+  private readonly fence = new QueueFence();
 
   constructor(
     private readonly names: TopologyNames,
@@ -161,6 +163,10 @@ export class FailoverSubscriber {
   }
 
   private onMessage(ch: Channel, m: ConsumeMessage): void {
+    if (this.fence.take(m)) {
+      ch.ack(m);
+      return;
+    }
     const event = JSON.parse(m.content.toString('utf8')) as AgentEvent;
     if (this.seen.has(event.id)) this.duplicates += 1;
     else {
@@ -199,6 +205,17 @@ export class FailoverSubscriber {
         const timer = setTimeout(wake, Math.min(left, 250));
         this.waiters.add(wake);
       });
+    }
+  }
+
+  /** Resolves once everything queued for the subscriber so far was delivered (a fence came through). */
+  async drain(): Promise<void> {
+    const model = await this.conn.whenConnected();
+    const ch = await model.createChannel();
+    try {
+      await this.fence.pass(ch, this.queue, 30_000);
+    } finally {
+      await ch.close().catch(() => undefined);
     }
   }
 

@@ -1,5 +1,7 @@
-import type { ChannelModel, ConsumeMessage } from 'amqplib';
+import type { ConsumeMessage } from 'amqplib';
 import { AgentError } from '../errors/index.js';
+import type { BrokerConnection } from '../messaging/connection.js';
+import { withTimeout } from '../messaging/timing.js';
 import {
   type AgentEvent,
   type AgentEventOf,
@@ -10,12 +12,13 @@ import {
 } from '../protocol/index.js';
 import {
   type CommandSigner,
+  closeChannel,
   DIRECT_REPLY_TO,
+  EventDeduper,
   handleEventMessage,
-  openConfirmChannel,
   publishCommand,
   subscribeEvents,
-} from './broker-session.js';
+} from './messages.js';
 
 export type TerminalEvent = AgentEventOf<'succeeded'> | AgentEventOf<'failed'> | AgentEventOf<'rejected'>;
 
@@ -41,7 +44,7 @@ export interface SendAndWaitOptions {
  * Throws TIMEOUT when nothing terminal arrives in time, NOT_ROUTED when the host has no queue.
  */
 export async function sendAndWait(
-  model: ChannelModel,
+  connection: BrokerConnection,
   command: Command,
   options: SendAndWaitOptions,
 ): Promise<TerminalEvent> {
@@ -49,33 +52,34 @@ export async function sendAndWait(
   const terminal = new Promise<TerminalEvent>((resolve) => {
     settle = resolve;
   });
-  const seen = new Set<string>();
+  const dedup = new EventDeduper();
   const onEvent = (event: AgentEvent): void => {
     if (event.correlationid !== command.id) return;
     // The same event can come twice (events exchange and reply-to, or an outbox replay).
-    if (seen.has(event.id)) return;
-    seen.add(event.id);
+    if (!dedup.first(event.id)) return;
     options.onEvent?.(event);
     const kind = eventKindOf(event.type);
     if (kind && TERMINAL_KINDS.has(kind)) settle?.(event as TerminalEvent);
   };
   const onInvalid = (problem: string) => options.onInvalid?.(problem);
 
-  const subscription = await subscribeEvents(
-    model,
-    options.eventsExchange,
-    [eventBindingPattern({ hostId: options.hostId })],
+  const subscription = await subscribeEvents(connection, {
+    exchange: options.eventsExchange,
+    patterns: [eventBindingPattern({ hostId: options.hostId })],
     onEvent,
     onInvalid,
-  );
-  const channel = await openConfirmChannel(model);
+  });
+  const channel = await connection.openConfirmChannel();
   try {
     if (options.replyTo) {
       // Direct reply-to: consume the pseudo queue (no-ack) on the channel that publishes.
-      await channel.consume(
-        DIRECT_REPLY_TO,
-        (message: ConsumeMessage | null) => handleEventMessage(message, onEvent, onInvalid),
-        { noAck: true },
+      await connection.bounded(
+        channel.consume(
+          DIRECT_REPLY_TO,
+          (message: ConsumeMessage | null) => handleEventMessage(message, onEvent, onInvalid),
+          { noAck: true },
+        ),
+        'consume direct reply-to',
       );
     }
     await publishCommand(channel, command, {
@@ -86,27 +90,18 @@ export async function sendAndWait(
       ...(options.signer ? { signer: options.signer } : {}),
       ...(options.replyTo ? { replyTo: DIRECT_REPLY_TO } : {}),
     });
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new AgentError(
-              'TIMEOUT',
-              `no result for ${command.type} ${command.id} from host "${options.hostId}" within ${Math.round(options.timeoutMs / 1000)} s (it may still be running: snapctl watch --host ${options.hostId})`,
-              { retryable: true, details: { commandId: command.id } },
-            ),
-          ),
-        options.timeoutMs,
-      );
-    });
-    try {
-      return await Promise.race([terminal, timedOut]);
-    } finally {
-      clearTimeout(timer);
-    }
+    return await withTimeout(
+      terminal,
+      options.timeoutMs,
+      () =>
+        new AgentError(
+          'TIMEOUT',
+          `no result for ${command.type} ${command.id} from host "${options.hostId}" within ${Math.round(options.timeoutMs / 1000)} s (it may still be running: snapctl watch --host ${options.hostId})`,
+          { retryable: true, details: { commandId: command.id } },
+        ),
+    );
   } finally {
-    await channel.close().catch(() => {});
+    await closeChannel(connection, channel);
     await subscription.close();
   }
 }
