@@ -11,7 +11,7 @@
 //                              soft timeout alone does not bound it: calls wait for the client's
 //                              state recovery; the agent's deadlines, export 8 s and store 6 s, do); nothing
 //                              under the snapshot's name; store-health says down meanwhile
-//   hard, nfsd stopped 40 s    longer than the agent's timeouts (export 8 s, store calls 4 s): the
+//   hard, nfsd stopped 25 s    longer than the agent's timeouts (export 8 s, store calls 4 s): the
 //                              stuck qemu-img is killed (or, blocked in the kernel, abandoned) and the
 //                              job fails HOST_TIMEOUT before the server is back; store-health answers
 //                              within its own timeout and says down
@@ -300,7 +300,7 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     expect((await up.get()).values[0]?.value).toBe(1);
   });
 
-  it('hard mount, nfsd stopped for 40 s (past the agent timeouts): qemu-img is killed or abandoned, the job fails HOST_TIMEOUT before the server is back', async () => {
+  it('hard mount, nfsd stopped for 25 s (past the agent timeouts): qemu-img is killed or abandoned, the job fails HOST_TIMEOUT before the server is back', async () => {
     const v = volumes.hard;
     const up = new Gauge({ name: 'h14_hard_up', help: 'up', labelNames: ['root'], registers: [] });
     const free = new Gauge({ name: 'h14_hard_free', help: 'free', labelNames: ['root'], registers: [] });
@@ -313,7 +313,7 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
       timeoutMs: 1000,
     });
     let convertPid = 0;
-    const run = await jobThroughOutage(v, 'restart', 40, {
+    const run = await jobThroughOutage(v, 'restart', 25, {
       exportTimeoutMs: 8_000,
       storeTimeoutMs: 4_000,
       killGraceMs: 1_000,
@@ -334,7 +334,7 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     expect(run.error).toBeDefined();
     const e = run.error!;
     findings.push(
-      `hard, 40 s outage: failed ${e.code} rolledBack=${e.details.rolledBack} step=${e.details.step} ${Math.round((run.settledAt - run.outage.stoppedAt) / 100) / 10} s after the stop; qemu-img ${convertPid} then: state ${left.state ?? 'gone'} threads ${left.threads || '-'}: ${e.message.slice(0, 200)}`,
+      `hard, 25 s outage: failed ${e.code} rolledBack=${e.details.rolledBack} step=${e.details.step} ${Math.round((run.settledAt - run.outage.stoppedAt) / 100) / 10} s after the stop; qemu-img ${convertPid} then: state ${left.state ?? 'gone'} threads ${left.threads || '-'}: ${e.message.slice(0, 200)}`,
     );
     expect(e.code).toBe('HOST_TIMEOUT');
     expect(e.retryable).toBe(true);
