@@ -35,28 +35,18 @@ import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
-import type { ProgressUpdate, StepJournal } from '../../../src/jobs/types.js';
+import type { ProgressUpdate } from '../../../src/jobs/types.js';
 import { StoreHealth } from '../../../src/observability/store-health.js';
 import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { Failpoints } from '../../support/failpoints.js';
 import { NfsServer, processState, threadStates } from '../../support/lab/nfs.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
-import { command, jobContext } from '../../support/snapshot-harness.js';
+import { command, jobContext, MemoryJournal } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;
 const SOFT = 'soft,timeo=10,retrans=2';
 const HARD = 'hard,timeo=10';
-
-class MemoryJournal implements StepJournal {
-  private facts: Record<string, unknown> = {};
-  read<T extends Record<string, unknown>>(): T {
-    return structuredClone(this.facts) as T;
-  }
-  async write(patch: Record<string, unknown>): Promise<void> {
-    this.facts = { ...this.facts, ...structuredClone(patch) };
-  }
-}
 
 interface Volume {
   file: string;
@@ -203,6 +193,31 @@ async function expectVolumeMatches(v: Volume): Promise<void> {
   expect(await differsFromReference(v.path, v.live)).toBeNull();
 }
 
+/**
+ * The agent's store-health signal on one mount (clvm_agent_store_up); `probe` refreshes it as a
+ * scrape does, checks it answered within its own timeout (1 s, plus slack for the loaded host) and
+ * returns the gauge.
+ */
+function storeHealth(v: Volume, label: string, store: SnapshotStore) {
+  const up = new Gauge({ name: `h14_${label}_up`, help: 'up', labelNames: ['root'], registers: [] });
+  const free = new Gauge({ name: `h14_${label}_free`, help: 'free', labelNames: ['root'], registers: [] });
+  const health = new StoreHealth({
+    roots: [v.storeRoot],
+    freeBytes: (root) => store.freeBytes(root),
+    up,
+    free,
+    timeoutMs: 1000,
+  });
+  return {
+    async probe(): Promise<number | undefined> {
+      const started = performance.now();
+      await health.refresh();
+      expect(performance.now() - started).toBeLessThan(5_000);
+      return (await up.get()).values[0]?.value;
+    },
+  };
+}
+
 /** The next snapshot, the server up: succeeds and matches; only snapshots the caller knows carry a name. */
 async function nextSnapshotIsCorrect(v: Volume): Promise<void> {
   const reference = await v.live.freeze(join(work, `${v.file}-next-${v.counter + 1}.raw`));
@@ -241,42 +256,28 @@ async function jobThroughOutage(
 }
 
 describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', () => {
-  it('hard mount, the server unreachable for 4 s mid-export: the export resumes and the snapshot is correct', async () => {
-    const v = volumes.hard;
-    const run = await jobThroughOutage(v, 'partition', 4);
-    findings.push(`hard, 4 s outage: ${run.timeline}`);
-    await run.outage.back;
-    expect(run.error, run.error?.message).toBeUndefined();
-    expect(run.settledAt).toBeGreaterThan(run.outage.resumedAt);
-    v.parents.push(run.name);
-    await expectSnapshotMatches(v, run.name, run.reference);
-    await expectVolumeMatches(v);
-    await nextSnapshotIsCorrect(v);
-  });
-
-  it('soft mount, the server unreachable for 1 s (below the soft timeout): absorbed, the snapshot is correct', async () => {
-    const v = volumes.soft;
-    const run = await jobThroughOutage(v, 'partition', 1);
-    findings.push(`soft, 1 s outage: ${run.timeline}`);
-    await run.outage.back;
-    expect(run.error, run.error?.message).toBeUndefined();
-    v.parents.push(run.name);
-    await expectSnapshotMatches(v, run.name, run.reference);
-    await expectVolumeMatches(v);
-    await nextSnapshotIsCorrect(v);
-  });
+  it.each([
+    ['hard', 4],
+    ['soft', 1],
+  ] as const)(
+    '%s mount, the server unreachable for %i s mid-export (a soft mount: below its timeout): the export resumes and the snapshot is correct',
+    async (mount, seconds) => {
+      const v = volumes[mount];
+      const run = await jobThroughOutage(v, 'partition', seconds);
+      findings.push(`${mount}, unreachable ${seconds} s: ${run.timeline}`);
+      await run.outage.back;
+      expect(run.error, run.error?.message).toBeUndefined();
+      expect(run.settledAt).toBeGreaterThan(run.outage.resumedAt);
+      v.parents.push(run.name);
+      await expectSnapshotMatches(v, run.name, run.reference);
+      await expectVolumeMatches(v);
+      await nextSnapshotIsCorrect(v);
+    },
+  );
 
   it('soft mount, nfsd stopped for 15 s: the job fails retryable before the server is back, nothing published, store-health down', async () => {
     const v = volumes.soft;
-    const up = new Gauge({ name: 'h14_soft_up', help: 'up', labelNames: ['root'], registers: [] });
-    const free = new Gauge({ name: 'h14_soft_free', help: 'free', labelNames: ['root'], registers: [] });
-    const health = new StoreHealth({
-      roots: [v.storeRoot],
-      freeBytes: (root) => deps({ storeRoot: v.storeRoot }).store.freeBytes(root),
-      up,
-      free,
-      timeoutMs: 1000,
-    });
+    const health = storeHealth(v, 'soft', deps({ storeRoot: v.storeRoot }).store);
     const run = await jobThroughOutage(v, 'restart', 15, {
       exportTimeoutMs: 8_000,
       storeTimeoutMs: 6_000,
@@ -284,10 +285,7 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     });
     findings.push(`soft, 15 s outage: ${run.timeline}`);
     expect(server.up, 'the job ended while the server was still down').toBe(false);
-    const probeStarted = performance.now();
-    await health.refresh();
-    expect(performance.now() - probeStarted).toBeLessThan(5_000);
-    expect((await up.get()).values[0]?.value).toBe(0);
+    expect(await health.probe()).toBe(0);
     await run.outage.back;
     expect(run.error).toBeDefined();
     const e = run.error!;
@@ -296,22 +294,12 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     expect(existsSync(join(v.storeRoot, 'vol', run.name)), 'nothing under the snapshot name').toBe(false);
     await expectVolumeMatches(v);
     await nextSnapshotIsCorrect(v);
-    await health.refresh();
-    expect((await up.get()).values[0]?.value).toBe(1);
+    expect(await health.probe()).toBe(1);
   });
 
   it('hard mount, nfsd stopped for 25 s (past the agent timeouts): qemu-img is killed or abandoned, the job fails HOST_TIMEOUT before the server is back', async () => {
     const v = volumes.hard;
-    const up = new Gauge({ name: 'h14_hard_up', help: 'up', labelNames: ['root'], registers: [] });
-    const free = new Gauge({ name: 'h14_hard_free', help: 'free', labelNames: ['root'], registers: [] });
-    const store = deps({ storeRoot: v.storeRoot, storeTimeoutMs: 4_000 }).store;
-    const health = new StoreHealth({
-      roots: [v.storeRoot],
-      freeBytes: (root) => store.freeBytes(root),
-      up,
-      free,
-      timeoutMs: 1000,
-    });
+    const health = storeHealth(v, 'hard', deps({ storeRoot: v.storeRoot, storeTimeoutMs: 4_000 }).store);
     let convertPid = 0;
     const run = await jobThroughOutage(v, 'restart', 25, {
       exportTimeoutMs: 8_000,
@@ -324,12 +312,7 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     expect(server.up, 'the job ended while the server was still down').toBe(false);
     const left = { state: processState(convertPid), threads: threadStates(convertPid).join('') };
     // store-health answers within its own timeout, twice (the second finds the first probe still stuck).
-    for (let i = 0; i < 2; i++) {
-      const probeStarted = performance.now();
-      await health.refresh();
-      expect(performance.now() - probeStarted).toBeLessThan(5_000);
-      expect((await up.get()).values[0]?.value).toBe(0);
-    }
+    for (let i = 0; i < 2; i++) expect(await health.probe()).toBe(0);
     await run.outage.back;
     expect(run.error).toBeDefined();
     const e = run.error!;
@@ -353,11 +336,8 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     await nextSnapshotIsCorrect(v);
     // The stuck probe answers once the server is back: up again (a drain condition, not a sleep).
     const upDeadline = performance.now() + 60_000;
-    while (performance.now() < upDeadline) {
-      await health.refresh();
-      if ((await up.get()).values[0]?.value === 1) break;
-    }
-    expect((await up.get()).values[0]?.value).toBe(1);
+    while (performance.now() < upDeadline && (await health.probe()) !== 1);
+    expect(await health.probe()).toBe(1);
   });
 
   it('hard mount, nfsd restarted mid-export (4 s down): one clear outcome, nothing half-published, the next snapshot is correct', async () => {
