@@ -111,11 +111,6 @@ export class SnapshotStore {
     return this.bounded('realpath', path, () => confinePath(path, this.roots, field));
   }
 
-  /** True when `path` exists (bounded like every store call). */
-  async exists(path: string): Promise<boolean> {
-    return this.bounded('stat', path, () => exists(path));
-  }
-
   /** Removes a `.name.part` file of an interrupted export if it is there (remove refuses hidden names). */
   async removePart(partPath: string): Promise<void> {
     const part = join(await this.confine(dirname(partPath), 'partPath'), basename(partPath));
