@@ -8,11 +8,13 @@
  *    (allocated bytes of the store file) ÷ guest bytes written since the previous snapshot.
  * 2. Guest I/O stall per snapshot, from QEMU's side: QEMU's trace events (log backend, µs wall-clock
  *    timestamps in the domain log, turned on with HMP trace-event around each snapshot) give the
- *    main-loop time of the blockdev-snapshot command (live-rotate: request dequeued → reply) and the
- *    QMP STOP → RESUME event timestamps (lvm-cow). Next to them the engine's own numbers (switchMs
- *    fact, vmPauseMs), which include virsh process start-ups. Then the pure QEMU cost on a bare QEMU
- *    (pc machine, TCG, one virtio-blk disk) over a direct QMP unix socket: blockdev-add +
- *    blockdev-snapshot, and stop + cont, no process spawn in the number.
+ *    main-loop time of the switch (live-rotate: libvirt's `transaction` with a blockdev-snapshot
+ *    action, request dequeued → reply) and the QMP STOP → RESUME event timestamps (lvm-cow). Next to
+ *    them the engine's own numbers (switchMs fact: the virsh snapshot-create-as call through the
+ *    virsh session; vmPauseMs). Then the pure QEMU cost on a bare QEMU (pc machine, TCG, one
+ *    virtio-blk disk) over a direct QMP unix socket, with the commands libvirt sends for the switch
+ *    (blockdev-add of the overlay's file and qcow2 nodes, then `transaction` [blockdev-snapshot]),
+ *    and stop + cont; no libvirt and no process in the number.
  * 3. Export throughput: the engine's export step (exportStep → QemuImg.convert, as the engine runs
  *    it) of a frozen layer vs `cp` of a raw file holding the same bytes, pool → store, page cache
  *    dropped before each, median of runs.
@@ -23,9 +25,8 @@
  * Needs root, libvirtd (bash scripts/ensure-host.sh), xfsprogs, loop devices; QEMU with the log
  * trace backend (Debian's has it).
  */
-import { open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa, type ResultPromise } from 'execa';
@@ -37,7 +38,6 @@ import {
   Cleanup,
   createQcow2,
   guestWrite,
-  hmp,
   imagesIdentical,
   startTestDomain,
   type TestDomain,
@@ -49,6 +49,8 @@ import {
   jobContext,
   makeHarness,
 } from '../test/support/snapshot-harness.js';
+import { fsyncFile, load, log, median, ms, percentile } from './bench-util.js';
+import { pauses, traced } from './qemu-trace.js';
 
 const MiB = 1024 * 1024;
 const { values } = parseArgs({
@@ -73,136 +75,8 @@ if (writeMiB * count > sizeMiB) throw new Error('--write-mib × --snapshots must
 
 type Strategy = 'live-rotate' | 'lvm-cow';
 
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-const median = (v: number[]): number => percentile(v, 50);
-const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 const stats = (v: number[]): string =>
   `n=${v.length} p50 ${ms(percentile(v, 50))} ms, p99 ${ms(percentile(v, 99))} ms, max ${ms(Math.max(...v))} ms`;
-const load = (): string =>
-  loadavg()
-    .map((l) => l.toFixed(2))
-    .join(' ');
-const log = (line: string): void => {
-  process.stderr.write(`${line}\n`);
-};
-
-// ---------------------------------------------------------------------------------------------
-// QEMU trace lines in a libvirt domain log: `<pid>@<sec>.<usec>:<event> <args>` (-msg timestamp=on).
-
-const TRACE_EVENTS = ['handle_qmp_command', 'monitor_qmp_cmd_in_band', 'monitor_qmp_respond'];
-
-interface QmpCommandTrace {
-  execute: string;
-  /** Main loop dequeued the request (monitor_qmp_cmd_in_band), epoch ms. */
-  startMs: number;
-  /** The reply was queued (monitor_qmp_respond), epoch ms. */
-  endMs: number;
-}
-
-interface TraceWindow {
-  commands: QmpCommandTrace[];
-  /** QMP STOP/RESUME events with QEMU's own timestamps, epoch ms. */
-  runstate: Array<{ event: 'STOP' | 'RESUME'; atMs: number }>;
-}
-
-function parseTrace(text: string): TraceWindow {
-  const requests = new Map<string, string>();
-  const starts = new Map<string, number>();
-  const commands: QmpCommandTrace[] = [];
-  const runstate: TraceWindow['runstate'] = [];
-  for (const line of text.split('\n')) {
-    const m = /^\d+@(\d+)\.(\d{6}):(\w+) (.*)$/.exec(line);
-    if (m === null) continue;
-    const atMs = Number(m[1]) * 1000 + Number(m[2]) / 1000;
-    const [event, rest] = [m[3]!, m[4]!];
-    if (event === 'handle_qmp_command') {
-      const req = JSON.parse(rest.replace(/^mon \S+ req: /, '')) as {
-        execute: string;
-        id?: string;
-        arguments?: { 'command-line'?: string };
-      };
-      const line = req.arguments?.['command-line'];
-      if (req.id !== undefined) requests.set(req.id, line === undefined ? req.execute : `hmp ${line}`);
-    } else if (event === 'monitor_qmp_cmd_in_band') {
-      starts.set(JSON.parse(rest) as string, atMs);
-    } else if (event === 'monitor_qmp_respond') {
-      const resp = JSON.parse(rest.replace(/^mon \S+ resp: /, '')) as {
-        id?: string;
-        event?: string;
-        timestamp?: { seconds: number; microseconds: number };
-      };
-      if ((resp.event === 'STOP' || resp.event === 'RESUME') && resp.timestamp) {
-        runstate.push({
-          event: resp.event,
-          atMs: resp.timestamp.seconds * 1000 + resp.timestamp.microseconds / 1000,
-        });
-      } else if (resp.id !== undefined && starts.has(resp.id)) {
-        commands.push({
-          execute: requests.get(resp.id) ?? '?',
-          startMs: starts.get(resp.id)!,
-          endMs: atMs,
-        });
-      }
-    }
-  }
-  return { commands, runstate };
-}
-
-/** Bytes of `path` from `offset` to its end ('' when it is shorter). */
-async function readFrom(path: string, offset: number): Promise<string> {
-  const handle = await open(path, 'r');
-  try {
-    const size = (await handle.stat()).size;
-    if (size <= offset) return '';
-    const buf = Buffer.alloc(size - offset);
-    await handle.read(buf, 0, buf.length, offset);
-    return buf.toString('utf8');
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Turns QEMU's QMP trace events on, runs fn, turns them off and returns the trace lines in between. */
-async function traced<T>(dom: TestDomain, fn: () => Promise<T>): Promise<{ value: T; trace: TraceWindow }> {
-  const logPath = `/var/log/libvirt/qemu/${dom.name}.log`;
-  const before = await stat(logPath);
-  for (const e of TRACE_EVENTS) await hmp(dom.name, `trace-event ${e} on`);
-  const value = await fn();
-  for (const e of [...TRACE_EVENTS].reverse()) await hmp(dom.name, `trace-event ${e} off`);
-  // The last "off" request is traced before it runs; virtlogd may write it a moment later.
-  const marker = 'trace-event handle_qmp_command off';
-  for (let i = 0; ; i++) {
-    // virtlogd rolls the log over at 2 MiB (renamed to .log.0): then the window spans both files.
-    const now = await stat(logPath);
-    let text: string;
-    if (now.ino === before.ino) text = await readFrom(logPath, before.size);
-    else {
-      const rolled = await stat(`${logPath}.0`);
-      if (rolled.ino !== before.ino) throw new Error(`${logPath} rolled over twice in one snapshot`);
-      text = (await readFrom(`${logPath}.0`, before.size)) + (await readFrom(logPath, 0));
-    }
-    if (text.includes(marker) || i >= 50) return { value, trace: parseTrace(text) };
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** Paused intervals (STOP → RESUME) in a trace window, ms. */
-function pauses(trace: TraceWindow): number[] {
-  const out: number[] = [];
-  let stoppedAt: number | null = null;
-  for (const e of trace.runstate) {
-    if (e.event === 'STOP') stoppedAt = e.atMs;
-    else if (stoppedAt !== null) {
-      out.push(e.atMs - stoppedAt);
-      stoppedAt = null;
-    }
-  }
-  if (stoppedAt !== null) throw new Error('a STOP without RESUME in the trace');
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1 + 2: the engine on two VMs with the same writes.
@@ -212,11 +86,11 @@ interface SnapRow {
   sizeBytes: number;
   kind: string;
   strategy: string;
-  /** live-rotate: the engine's switchMs fact (virsh qemu-monitor-command wall time). */
+  /** live-rotate: the engine's switchMs fact (virsh snapshot-create-as wall time, virsh session). */
   switchMs: number | null;
   /** lvm-cow: the engine's vmPauseMs (suspend call → resume return, both pauses). */
   vmPauseMs: number;
-  /** QEMU: main-loop time of each blockdev-snapshot (request dequeued → reply). */
+  /** QEMU: main-loop time of each switch command (libvirt's transaction; request dequeued → reply). */
   qemuSnapshotMs: number[];
   /** QEMU: main-loop time of every QMP command the engine sent (all of them hold the BQL). */
   qemuAllCommandsMs: number;
@@ -275,7 +149,7 @@ async function snapshot(h: Harness, vm: Vm, n: number): Promise<SnapRow> {
     switchMs: facts.switchMs ?? null,
     vmPauseMs: result.vmPauseMs,
     qemuSnapshotMs: trace.commands
-      .filter((c) => c.execute === 'blockdev-snapshot')
+      .filter((c) => c.execute === 'transaction' || c.execute === 'blockdev-snapshot')
       .map((c) => c.endMs - c.startMs),
     qemuAllCommandsMs: engineCommands.reduce((a, c) => a + (c.endMs - c.startMs), 0),
     qmpCommandCount: engineCommands.length,
@@ -316,7 +190,7 @@ async function growthAndStall(): Promise<{ lr: SnapRow[]; cow: SnapRow[] }> {
         vm.rows.push(row);
         log(
           `${vm.strategy} snap-${n} (${row.kind}): ${(row.sizeBytes / MiB).toFixed(2)} MiB, ` +
-            `QEMU blockdev-snapshot ${row.qemuSnapshotMs.map(ms).join('/') || '-'} ms, ` +
+            `QEMU switch ${row.qemuSnapshotMs.map(ms).join('/') || '-'} ms, ` +
             `QEMU paused ${row.qemuPausesMs.map(ms).join('+') || '0'} ms, switchMs ${row.switchMs ?? '-'}, ` +
             `vmPauseMs ${row.vmPauseMs}, ${row.qmpCommandCount} QMP commands holding QEMU's main loop ` +
             `${ms(row.qemuAllCommandsMs)} ms in all, longest ${row.qemuLongestCommand.execute} ` +
@@ -466,12 +340,20 @@ async function bareQemu(dir: string): Promise<BareResult> {
       const file = join(dir, `ov${i}.qcow2`);
       // As the engine does: the overlay exists before the switch (qemu-img, not timed).
       await createQcow2(file, 2048, { backing: topFile, unsafe: true });
-      const add = await qmp!.cmd('blockdev-add', {
+      // As libvirt does for snapshot-create-as --reuse-external: the overlay's file node, its
+      // qcow2 node with no backing, then the switch as a one-action transaction.
+      const addFile = await qmp!.cmd('blockdev-add', {
+        driver: 'file',
+        'node-name': `ov${i}-file`,
+        filename: file,
+      });
+      const addFormat = await qmp!.cmd('blockdev-add', {
         driver: 'qcow2',
         'node-name': `ov${i}`,
-        file: { driver: 'file', filename: file },
+        file: `ov${i}-file`,
         backing: null,
       });
+      const add = { rttMs: addFile.rttMs + addFormat.rttMs };
       const at = (i % 16) * 32 * MiB;
       if (load === 'written') {
         // As in the engine workload: the round's writes are done (not flushed) before the switch.
@@ -482,7 +364,9 @@ async function bareQemu(dir: string): Promise<BareResult> {
         await hmpCmd(`qemu-io -d disk0/virtio-backend "aio_write -q -P 0x22 ${at} 8M"`);
         lastInflight = { file, at };
       }
-      const snap = await qmp!.cmd('blockdev-snapshot', { node: top, overlay: `ov${i}` });
+      const snap = await qmp!.cmd('transaction', {
+        actions: [{ type: 'blockdev-snapshot', data: { node: top, overlay: `ov${i}` } }],
+      });
       snapshotIds[load].push(snap.id);
       if (load === 'idle') {
         result.addMs.push(add.rttMs);
@@ -497,7 +381,7 @@ async function bareQemu(dir: string): Promise<BareResult> {
     for (let i = stallSamples + 1; i <= 2 * stallSamples; i++) await rotate(i, 'written');
     for (let i = 2 * stallSamples + 1; i <= 3 * stallSamples; i++) await rotate(i, 'inflight');
     await hmpCmd('qemu-io -d disk0/virtio-backend "flush"');
-    // stop + cont back to back: the least an lvm-cow pause can cost (it also clones and spawns virsh).
+    // stop + cont back to back: the least an lvm-cow pause can cost (it also clones, and libvirt saves its status).
     for (let i = 0; i < 2 * stallSamples; i++) {
       const inflight = i >= stallSamples;
       if (inflight)
@@ -535,7 +419,7 @@ async function bareQemu(dir: string): Promise<BareResult> {
           throw new Error(`in-flight write not found through ${file}: ${r.stdout}`);
       });
     }
-    // QEMU-side main-loop time of the plain blockdev-snapshot commands (ids b<n>, in order).
+    // QEMU-side main-loop time of the switch transactions (ids b<n>, in order).
     const trace = await readFile(traceFile, 'utf8');
     const starts = new Map<string, number>();
     const durations = new Map<string, number>();
@@ -573,15 +457,6 @@ async function bareQemu(dir: string): Promise<BareResult> {
 async function dropCaches(): Promise<void> {
   await execa('sync');
   await writeFile('/proc/sys/vm/drop_caches', '3');
-}
-
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 interface ExportRow {
@@ -741,8 +616,8 @@ if (growth !== null) {
   const cowPauses = growth.cow.flatMap((r) => r.qemuPausesMs);
   const cowPerSnap = growth.cow.map((r) => r.qemuPausesMs.reduce((a, b) => a + b, 0));
   console.log('\nGuest I/O stall per snapshot, libvirt domains (engine runs):');
-  console.log(`- live-rotate, QEMU blockdev-snapshot main-loop time: ${stats(lrSnap)}`);
-  console.log(`- live-rotate, engine switchMs (virsh spawn incl.): ${stats(lrSwitch)}`);
+  console.log(`- live-rotate, QEMU main-loop time of libvirt's switch (transaction): ${stats(lrSnap)}`);
+  console.log(`- live-rotate, engine switchMs (virsh snapshot-create-as in the session): ${stats(lrSwitch)}`);
   console.log(`- live-rotate, QEMU STOP→RESUME intervals seen: ${lrPaused.length}`);
   console.log(
     `- live-rotate, QEMU main-loop time of all engine QMP commands per snapshot: ${stats(growth.lr.map((r) => r.qemuAllCommandsMs))}`,
@@ -777,17 +652,17 @@ if (!skip.has('stall')) {
 }
 if (bare !== null) {
   console.log('\nBare QEMU (pc, TCG, virtio-blk), direct QMP unix socket:');
-  console.log(`- blockdev-add (overlay) round trip: ${stats(bare.addMs)}`);
-  console.log(`- blockdev-snapshot round trip: ${stats(bare.snapshotMs)}`);
+  console.log(`- blockdev-add ×2 (overlay file + qcow2 node) round trips: ${stats(bare.addMs)}`);
+  console.log(`- transaction [blockdev-snapshot] round trip: ${stats(bare.snapshotMs)}`);
   console.log(
-    `- blockdev-snapshot QEMU main-loop time (trace), nothing written since the last: ${stats(bare.snapshotQemuMs)}`,
+    `- transaction [blockdev-snapshot] QEMU main-loop time (trace), nothing written since the last: ${stats(bare.snapshotQemuMs)}`,
   );
-  console.log(`- blockdev-add + blockdev-snapshot round trips: ${stats(bare.addPlusSnapshotMs)}`);
+  console.log(`- blockdev-add ×2 + transaction round trips: ${stats(bare.addPlusSnapshotMs)}`);
   console.log(
-    `- blockdev-snapshot QEMU main-loop time right after ${writeMiB} MiB of completed, unflushed guest writes: ${stats(bare.afterWritesSnapshotMs)}`,
+    `- transaction [blockdev-snapshot] QEMU main-loop time right after ${writeMiB} MiB of completed, unflushed guest writes: ${stats(bare.afterWritesSnapshotMs)}`,
   );
   console.log(
-    `- blockdev-snapshot QEMU main-loop time with an 8 MiB guest write in flight: ${stats(bare.inflightSnapshotMs)}`,
+    `- transaction [blockdev-snapshot] QEMU main-loop time with an 8 MiB guest write in flight: ${stats(bare.inflightSnapshotMs)}`,
   );
   console.log(`- stop + cont round trips: ${stats(bare.stopContRttMs)}`);
   console.log(`- stop + cont, QEMU STOP→RESUME event timestamps: ${stats(bare.stopContQemuMs)}`);

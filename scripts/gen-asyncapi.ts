@@ -124,6 +124,13 @@ export const commandExamples: Record<string, Command[]> = {
       params: { store: STORE, chain: ['snap-1', 'snap-2'], volume: VOLUME },
     },
   ],
+  'volume.resize': [
+    {
+      id: 'cmd-0008',
+      type: 'volume.resize',
+      params: { volume: VOLUME, vm: 'i-2-34-VM', sizeBytes: 21474836480 },
+    },
+  ],
   'job.cancel': [{ id: 'cmd-0007', type: 'job.cancel', params: { jobId: 'cmd-0002' } }],
 };
 

@@ -3,7 +3,7 @@ import { AgentClient, type AgentClientOptions, openBrokerConnection } from '../c
 import type { TerminalEvent } from '../client/send-and-wait.js';
 import { type AgentConfig, loadConfig } from '../config/index.js';
 import { AgentError, messageOf } from '../errors/index.js';
-import { type BrokerTlsOptions, brokerTlsOptions } from '../messaging/broker-tls.js';
+import { brokerTlsOptions } from '../messaging/broker-tls.js';
 import type { BrokerConnection } from '../messaging/connection.js';
 import {
   type Command,
@@ -62,17 +62,17 @@ const DEFAULT_TIMEOUT_S: Record<CommandType, number> = {
   'snapshot.delete': 3600,
   'snapshot.revert': 3600,
   'chain.verify': 3600,
+  'volume.resize': 600,
 };
 
-/** What `snapctl dashboard` needs from the dashboard (src/snapctl.ts passes the real one in). */
-export type DashboardStarter = (options: {
-  brokerUrls: readonly string[];
-  eventsExchange: string;
-  connectTimeoutMs: number;
-  tls?: BrokerTlsOptions;
-  port: number;
-  host: string;
-}) => Promise<{ url: string; close(): Promise<void> }>;
+/**
+ * Serves the dashboard for `config`'s broker and events exchange on `listen` (src/snapctl.ts
+ * passes the real one in: the CLI and the dashboard import nothing of each other).
+ */
+export type DashboardStarter = (
+  config: AgentConfig,
+  listen: { port: number; host: string },
+) => Promise<{ url: string; close(): Promise<void> }>;
 
 export interface SnapctlContext {
   startDashboard: DashboardStarter;
@@ -274,15 +274,9 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
     .action(send('agent.ping', () => ({})));
 
   const snapshot = program.command('snapshot').description('create, delete or revert snapshots');
-  snapshot
-    .command('create')
-    .description('take a snapshot of a volume into the snapshot store')
-    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file>')
-    .requiredOption('--store-root <path>', 'snapshot store root (a configured store root)')
-    .requiredOption('--store-dir <dir>', 'directory of this volume under the store root')
+  volumeCommand(snapshot, 'create', 'take a snapshot of a volume into the snapshot store')
     .requiredOption('--snapshot <name>', 'file name of the new snapshot')
     .option('--parent <name>', 'the chain so far, oldest first (repeat, or comma-separated)', collect, [])
-    .option('--vm <name>', 'libvirt domain using the volume')
     .addOption(new Option('--strategy <name>', 'strategy').choices(strategyName.options))
     .option('--quiesce', 'freeze guest filesystems through the guest agent')
     .addOption(new Option('--verify <level>', 'check after export').choices(['none', 'metadata', 'full']))
@@ -290,9 +284,7 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
     .option('--max-chain <n>', 'start a full snapshot when the chain is this long', positiveInteger)
     .action(
       send('snapshot.create', (o) => ({
-        volume: parseVolume(String(o.volume)),
-        vm: o.vm ?? null,
-        store: { root: o.storeRoot, dir: o.storeDir },
+        ...volumeParams(o),
         parents: parseList(o.parent as string[]),
         snapshot: o.snapshot,
         options: definedOnly({
@@ -304,33 +296,19 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
         }),
       })),
     );
-  snapshot
-    .command('delete')
-    .description('remove one snapshot from a chain (merging it into its neighbour)')
-    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file>')
-    .requiredOption('--store-root <path>', 'snapshot store root')
-    .requiredOption('--store-dir <dir>', 'directory of this volume under the store root')
+  volumeCommand(snapshot, 'delete', 'remove one snapshot from a chain (merging it into its neighbour)')
     .requiredOption('--chain <names...>', 'the whole chain, oldest first (comma-separated or repeated)')
     .requiredOption('--snapshot <name>', 'the member of the chain to remove')
-    .option('--vm <name>', 'libvirt domain using the volume')
     .action(
       send('snapshot.delete', (o) => ({
-        volume: parseVolume(String(o.volume)),
-        vm: o.vm ?? null,
-        store: { root: o.storeRoot, dir: o.storeDir },
+        ...volumeParams(o),
         chain: parseList(o.chain as string[]),
         snapshot: o.snapshot,
       })),
     );
-  snapshot
-    .command('revert')
-    .description('revert a volume to a snapshot')
-    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file>')
-    .requiredOption('--store-root <path>', 'snapshot store root')
-    .requiredOption('--store-dir <dir>', 'directory of this volume under the store root')
+  volumeCommand(snapshot, 'revert', 'revert a volume to a snapshot')
     .requiredOption('--chain <names...>', 'the whole chain, oldest first')
     .requiredOption('--snapshot <name>', 'the snapshot to revert to')
-    .option('--vm <name>', 'libvirt domain using the volume')
     .addOption(
       new Option('--mode <mode>', 'new overlay on the snapshot, or a flattened copy').choices([
         'overlay',
@@ -339,9 +317,7 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
     )
     .action(
       send('snapshot.revert', (o) => ({
-        volume: parseVolume(String(o.volume)),
-        vm: o.vm ?? null,
-        store: { root: o.storeRoot, dir: o.storeDir },
+        ...volumeParams(o),
         chain: parseList(o.chain as string[]),
         snapshot: o.snapshot,
         ...definedOnly({ mode: o.mode }),
@@ -371,6 +347,24 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
           ...(o.compareSnapshot ? { compare: { snapshot: o.compareSnapshot, image: o.compareImage } } : {}),
         };
       }),
+    );
+
+  program
+    .command('volume')
+    .description('volume operations')
+    .command('resize')
+    .description(
+      "grow a volume, also while its VM runs and after live rotations (LVM: lvextend of the volume's LVs, then libvirt)",
+    )
+    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file> (any of its names)')
+    .requiredOption('--size <bytes>', 'the new virtual size in bytes (a multiple of 512)', positiveInteger)
+    .option('--vm <name>', 'libvirt domain using the volume')
+    .action(
+      send('volume.resize', (o) => ({
+        volume: parseVolume(String(o.volume)),
+        vm: o.vm ?? null,
+        sizeBytes: o.size,
+      })),
     );
 
   program
@@ -493,14 +487,7 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
     .action(async function (this: Commander) {
       const opts = this.optsWithGlobals<GlobalOptions & { port: number; listen: string }>();
       const config = configFrom(env, opts);
-      const dashboard = await context.startDashboard({
-        brokerUrls: config.broker.urls,
-        eventsExchange: config.topology.eventsExchange,
-        connectTimeoutMs: config.broker.connectTimeoutMs,
-        tls: brokerTlsOptions(config.broker.tls),
-        port: opts.port,
-        host: opts.listen,
-      });
+      const dashboard = await context.startDashboard(config, { port: opts.port, host: opts.listen });
       if (opts.json) writeJson(io, { ok: true, url: dashboard.url });
       else writeLine(io.stdout, `dashboard on ${dashboard.url} (Ctrl-C to stop)`);
       const signal = stopSignal ?? interruptSignal();
@@ -512,6 +499,26 @@ function buildProgram(io: CliIo, context: SnapctlContext, setExit: (code: ExitCo
     });
 
   return program;
+}
+
+/** A subcommand on one volume and its store directory (snapshot create, delete, revert). */
+function volumeCommand(parent: Commander, name: string, description: string): Commander {
+  return parent
+    .command(name)
+    .description(description)
+    .requiredOption('--volume <ref>', 'lvm:<vg>/<lv> or file:<pool dir>/<file>')
+    .requiredOption('--store-root <path>', 'snapshot store root (a configured store root)')
+    .requiredOption('--store-dir <dir>', 'directory of this volume under the store root')
+    .option('--vm <name>', 'libvirt domain using the volume');
+}
+
+/** The params a volumeCommand's options give. */
+function volumeParams(o: Record<string, unknown>) {
+  return {
+    volume: parseVolume(String(o.volume)),
+    vm: (o.vm as string | undefined) ?? null,
+    store: { root: o.storeRoot, dir: o.storeDir },
+  };
 }
 
 /** Loads the agent's configuration with the command-line overrides on top. */

@@ -185,7 +185,7 @@ export const configSchema = {
   },
   snapshot: {
     liveRotate: {
-      doc: "The live-rotate strategy. 'enabled' (default): auto prefers it for running VMs on file pools. It rotates through libvirt, so libvirt's descriptions stay true, but the volume's active layer moves to a new file with every snapshot (the result's volumePath): 'disabled' for a management plane that cannot apply that path (auto then picks lvm-cow and an explicit live-rotate is refused).",
+      doc: "The live-rotate strategy. 'enabled' (default): auto prefers it for running VMs (file pools and LVM). It rotates through libvirt, so libvirt's descriptions stay true, but the volume's active layer moves to a new file or LV with every snapshot (the result's volumePath): 'disabled' for a management plane that cannot apply that path (auto then picks lvm-cow and an explicit live-rotate is refused).",
       format: ['disabled', 'enabled'],
       default: 'enabled',
       env: 'AGENT_LIVE_ROTATE',

@@ -225,13 +225,23 @@ export async function runTool(
   const exitCode = result.exitCode ?? -1;
   const ok = options.okExitCodes ?? [0];
   if (!ok.includes(exitCode)) {
-    const kind = classifyFailure(stderr);
-    const why = lastLine(stderr) || result.signal || result.spawnError?.message || `exit code ${exitCode}`;
-    throw new HostCommandError(kind, `${file} ${args[0] ?? ''} failed: ${why}`.replace(/\s+/g, ' ').trim(), {
-      ...info,
-      exitCode,
-      stderr,
-    });
+    throw failedToolError(file, args, stderr, exitCode, result.signal ?? result.spawnError?.message);
   }
   return { stdout, stderr, exitCode, durationMs };
+}
+
+/** The error of a tool call that ran and failed: classified from stderr, its last line as the reason. */
+export function failedToolError(
+  file: string,
+  args: readonly string[],
+  stderr: string,
+  exitCode: number,
+  otherwise?: string,
+): HostCommandError {
+  const why = lastLine(stderr) || otherwise || `exit code ${exitCode}`;
+  return new HostCommandError(
+    classifyFailure(stderr),
+    `${file} ${args[0] ?? ''} failed: ${why}`.replace(/\s+/g, ' ').trim(),
+    { command: file, args, exitCode, stderr },
+  );
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { copyFile, rename as fsRename, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { copyFile, rename as fsRename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import {
   AgentError,
   InsufficientSpaceError,
@@ -10,9 +10,9 @@ import {
   ValidationError,
 } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
-import { confineChild, confinePath } from './paths.js';
-import type { BackingRef, QemuImg } from './qemu-img.js';
-import { fsyncDirectory } from './store.js';
+import { confineChild, confinePath, pathExists } from './paths.js';
+import type { CreateImageOptions, QemuImg } from './qemu-img.js';
+import { fsyncDirectory, RootedFiles } from './rooted-files.js';
 
 export interface FilePoolOptions {
   /** Configured pool roots (config.pools.fileRoots): every pool and volume lies under one. */
@@ -45,17 +45,12 @@ const NO_REFLINK: Readonly<Record<string, string>> = {
  * SharedMountPoint / local pools). The LVM snapshot of the LVM strategies becomes a reflink
  * clone here; there is never a silent full copy.
  */
-export class FilePool {
-  readonly roots: readonly string[];
-  private readonly qemuImg: QemuImg;
+export class FilePool extends RootedFiles {
   private readonly timeoutMs: number;
-  private readonly logger: Logger | undefined;
 
   constructor(opts: FilePoolOptions) {
-    this.roots = opts.roots.map((r) => resolve(r));
-    this.qemuImg = opts.qemuImg;
+    super(opts);
     this.timeoutMs = opts.timeoutMs;
-    this.logger = opts.logger;
   }
 
   /**
@@ -78,30 +73,18 @@ export class FilePool {
     return confineChild(await this.poolDirectory(pool), file, this.roots, 'volume.file');
   }
 
-  /** Confines any path to the pool roots and returns its real path. */
-  async confine(path: string, field = 'path'): Promise<string> {
-    return confinePath(path, this.roots, field);
-  }
-
   /** True when the (confined) path exists. */
   async exists(path: string): Promise<boolean> {
-    return exists(await this.confine(path));
+    return pathExists(await this.confine(path));
   }
 
   /**
    * Creates a QCOW2 volume (standalone or an overlay); never overwrites (qemu-img create would).
    * @throws PathExistsError
    */
-  async create(opts: {
-    path: string;
-    sizeBytes?: number;
-    backing?: BackingRef;
-    clusterSize?: number;
-    extendedL2?: boolean;
-    unsafe?: boolean;
-  }): Promise<string> {
+  async create(opts: Omit<CreateImageOptions, 'preallocation'>): Promise<string> {
     const path = await this.confine(opts.path);
-    if (await exists(path)) throw new PathExistsError(path);
+    if (await pathExists(path)) throw new PathExistsError(path);
     await this.qemuImg.create({ ...opts, path });
     await fsyncDirectory(dirname(path));
     return path;
@@ -109,17 +92,9 @@ export class FilePool {
 
   /** Removes a volume file; false when it did not exist. Checking that nothing uses it is the caller's job. */
   async remove(path: string): Promise<boolean> {
-    const target = await this.confine(path);
-    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined;
-      throw e;
-    });
-    if (info === undefined) return false;
-    if (!info.isFile()) throw new ValidationError('INVALID_PATH', `${target} is not a regular file`);
-    await unlink(target);
-    await fsyncDirectory(dirname(target));
-    this.logger?.debug({ path: target }, 'pool volume removed');
-    return true;
+    const removed = await this.removeFile(path);
+    if (removed) this.logger?.debug({ path: removed }, 'pool volume removed');
+    return removed !== undefined;
   }
 
   /**
@@ -129,7 +104,7 @@ export class FilePool {
   async rename(from: string, to: string): Promise<void> {
     const source = await this.confine(from, 'from');
     const target = await this.confine(to, 'to');
-    if (await exists(target)) throw new PathExistsError(target);
+    if (await pathExists(target)) throw new PathExistsError(target);
     await fsRename(source, target);
     await fsyncDirectory(dirname(target));
     if (dirname(source) !== dirname(target)) await fsyncDirectory(dirname(source));
@@ -142,12 +117,18 @@ export class FilePool {
    * @throws ReflinkUnsupportedError REFLINK_UNSUPPORTED when the filesystem cannot (ext4, tmpfs,
    *   different filesystems); PathExistsError when `target` exists
    */
-  async reflinkClone(source: string, target: string): Promise<void> {
+  async reflinkClone(source: string, target: string, opts: { syncDirectory?: boolean } = {}): Promise<void> {
     const from = await this.confine(source, 'source');
     const to = await this.confine(target, 'target');
-    if (await exists(to)) throw new PathExistsError(to);
+    if (await pathExists(to)) throw new PathExistsError(to);
     await this.clone(from, to);
-    await fsyncDirectory(dirname(to));
+    // A caller with the VM paused syncs the directory after the resume (syncDirectoryOf).
+    if (opts.syncDirectory ?? true) await fsyncDirectory(dirname(to));
+  }
+
+  /** fsyncs the directory of `path` (under a root): makes a new name in it durable. */
+  async syncDirectoryOf(path: string): Promise<void> {
+    await fsyncDirectory(dirname(await this.confine(path, 'path')));
   }
 
   /**
@@ -213,14 +194,4 @@ export class FilePool {
       clearTimeout(timer);
     }
   }
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return false;
-      throw e;
-    },
-  );
 }

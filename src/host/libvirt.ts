@@ -1,4 +1,5 @@
-// The libvirt adapter: every call is `virsh -c <uri> ...` through runTool, with a timeout.
+// The libvirt adapter: every call is a virsh command with a timeout, run in the host's long-lived
+// virsh session (src/host/virsh-session.ts); one that hands QEMU a file descriptor runs as a process.
 // QMP goes through `virsh qemu-monitor-command` (JSON in, JSON out); QEMU's errors become QmpError.
 import { open } from 'node:fs/promises';
 import { HostCommandError, ValidationError } from '../errors/index.js';
@@ -15,6 +16,7 @@ import {
   type QmpBlockGraph,
   type QmpBlockInfo,
 } from './qmp.js';
+import { sharedVirshSession, type VirshSession, virshCommandLine } from './virsh-session.js';
 
 export type { BlockCache, BlockdevOptions, BlockNode } from './qmp.js';
 export { qcow2Blockdev, reopenWithBacking } from './qmp.js';
@@ -67,6 +69,11 @@ export interface LibvirtOptions {
   /** Timeout of calls that copy data (a block commit); default timeoutMs. */
   copyTimeoutMs?: number;
   logger?: Logger;
+  /**
+   * Where virsh commands run: the process-wide session of the URI (default), a given session, or
+   * `'process'` for one virsh process per command (the design before sessions; benchmarks compare).
+   */
+  session?: VirshSession | 'shared' | 'process';
 }
 
 // Errors that mean "no guest agent to talk to", not "the freeze failed".
@@ -84,12 +91,20 @@ export class Libvirt {
   readonly timeoutMs: number;
   readonly copyTimeoutMs: number;
   private readonly logger: Logger | undefined;
+  private readonly session: VirshSession | null;
 
   constructor(opts: LibvirtOptions) {
     this.uri = opts.uri;
     this.timeoutMs = opts.timeoutMs;
     this.copyTimeoutMs = opts.copyTimeoutMs ?? opts.timeoutMs;
     this.logger = opts.logger;
+    const session = opts.session ?? 'shared';
+    this.session =
+      session === 'process'
+        ? null
+        : session === 'shared'
+          ? sharedVirshSession(opts.uri, opts.logger)
+          : session;
   }
 
   /** libvirt library version and the hypervisor (QEMU) version; qemu is null if libvirt reports none. */
@@ -327,6 +342,22 @@ export class Libvirt {
     ]);
   }
 
+  /**
+   * Sets the virtual size of a running disk's active layer (`virsh blockresize`, QMP block_resize
+   * on the node libvirt tracks), so the guest sees the new capacity. The layers below keep theirs.
+   */
+  async blockResize(domain: string, target: string, sizeBytes: number): Promise<void> {
+    await this.virsh([
+      'blockresize',
+      '--domain',
+      checkDomain(domain),
+      '--path',
+      checkTarget(target),
+      '--size',
+      `${sizeBytes}B`,
+    ]);
+  }
+
   /** Whether libvirt runs a block job (commit, copy, pull) on the disk now (`virsh blockjob --info`). */
   async blockJobRunning(domain: string, target: string): Promise<boolean> {
     const { stdout } = await this.virsh([
@@ -340,9 +371,14 @@ export class Libvirt {
     return !/No current block job/i.test(stdout) && stdout.trim() !== '';
   }
 
-  /** Waits (up to copyTimeoutMs) until no block job runs on the disk, e.g. one a killed client started. */
+  /**
+   * Waits (up to copyTimeoutMs) until no block job runs on the disk, e.g. one a killed client started.
+   * Polls from 5 ms, doubling up to `pollMs`: a small commit ends within milliseconds, and each
+   * poll (query-block-jobs in QEMU's main loop) stays cheap through the session.
+   */
   async waitForBlockJob(domain: string, target: string, pollMs = 200): Promise<void> {
     const deadline = Date.now() + this.copyTimeoutMs;
+    let delay = 5;
     while (await this.blockJobRunning(domain, target)) {
       if (Date.now() > deadline) {
         throw new HostCommandError('timeout', `a block job on ${target} of ${domain} still runs`, {
@@ -350,7 +386,8 @@ export class Libvirt {
           args: ['blockjob', domain, target, '--info'],
         });
       }
-      await new Promise((resolve) => setTimeout(resolve, pollMs));
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, pollMs);
     }
   }
 
@@ -435,9 +472,17 @@ export class Libvirt {
     }
   }
 
+  /**
+   * One virsh command: through the host's virsh session, or as its own process when it hands over
+   * a file descriptor (the session's virsh does not hold ours) or when sessions are off.
+   */
   private virsh(args: string[], passFds?: number[], timeoutMs?: number) {
+    const timeout = timeoutMs ?? this.timeoutMs;
+    if (passFds === undefined && this.session !== null && virshCommandLine(args) !== null) {
+      return this.session.run(args, { timeoutMs: timeout, ...(this.logger ? { logger: this.logger } : {}) });
+    }
     return runTool('virsh', ['-c', this.uri, ...args], {
-      timeoutMs: timeoutMs ?? this.timeoutMs,
+      timeoutMs: timeout,
       logger: this.logger,
       ...(passFds === undefined ? {} : { passFds }),
     });

@@ -248,6 +248,35 @@ export class Lvm {
     await this.tool('lvrename', [vg, from, to]);
   }
 
+  /** Adds and removes tags of an LV in one `lvchange` (one metadata commit: both or neither). */
+  async changeTags(vg: string, name: string, tags: { add: string[]; remove: string[] }): Promise<void> {
+    checkName('vg', vg);
+    checkName('name', name);
+    for (const tag of [...tags.add, ...tags.remove]) checkTag(tag);
+    if (tags.add.length === 0 && tags.remove.length === 0) return;
+    await this.tool('lvchange', [
+      ...tags.remove.flatMap((t) => ['--deltag', t]),
+      ...tags.add.flatMap((t) => ['--addtag', t]),
+      `${vg}/${name}`,
+    ]);
+  }
+
+  /**
+   * Grows an LV to at least `sizeBytes` (rounded up to extents); an LV already that large is left
+   * as it is. Works on an open LV (the holder sees the new size of the device). Never shrinks.
+   */
+  async extendVolume(vg: string, name: string, sizeBytes: number): Promise<LogicalVolume> {
+    checkName('vg', vg);
+    checkName('name', name);
+    checkSize('sizeBytes', sizeBytes);
+    const volume = await this.mustGet(vg, name);
+    const { extentSizeBytes } = await this.volumeGroup(vg);
+    const size = this.roundToExtents(sizeBytes, extentSizeBytes);
+    if (volume.sizeBytes >= size) return volume;
+    await this.tool('lvextend', ['--size', `${size}b`, `${vg}/${name}`]);
+    return this.mustGet(vg, name);
+  }
+
   /** Activates (exclusive/shared/local) or deactivates an LV on this host. */
   async activate(vg: string, name: string, mode: ActivationMode): Promise<void> {
     checkName('vg', vg);

@@ -1,13 +1,23 @@
-import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
+import { basename, dirname, join, relative } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
 import type { StoreRef } from '../protocol/index.js';
-import { FS_CALL_TIMEOUT_MS, withDeadline } from './deadline.js';
-import { checkAbsolutePath, confineChild, confinePath, isInside, realpathAllowMissing } from './paths.js';
+import {
+  checkAbsolutePath,
+  confineChild,
+  confinePath,
+  isInside,
+  pathExists,
+  realpathAllowMissing,
+} from './paths.js';
+import { chainFromHeaders } from './qcow2-header.js';
 import type { QemuImg } from './qemu-img.js';
+import { fsyncDirectory, RootedFiles } from './rooted-files.js';
 
-/** One image of a backing chain as read from the headers (`qemu-img info --backing-chain -U`). */
+export { fsyncDirectory };
+
+/** One image of a backing chain as read from the headers (as `qemu-img info --backing-chain -U` reports it). */
 export interface ChainMember {
   /** Absolute path qemu-img opened (for store files: resolved from the child's relative backing). */
   path: string;
@@ -40,31 +50,14 @@ const PART = /^\..+\.part$/;
 /**
  * The snapshot store (an NFS mount): confined paths, atomic publish of snapshot files, free
  * space, relative backing names between store files and chain reading. File-system calls only,
- * except readChain (qemu-img).
+ * except readChain (QCOW2 headers, else qemu-img).
  */
-export class SnapshotStore {
-  readonly roots: readonly string[];
-  private readonly qemuImg: QemuImg;
-  private readonly logger: Logger | undefined;
-  private readonly timeoutMs: number;
+export class SnapshotStore extends RootedFiles {
   private readonly publishTimeoutMs: number;
 
   constructor(opts: SnapshotStoreOptions) {
-    this.roots = opts.roots.map((r) => resolve(r));
-    this.qemuImg = opts.qemuImg;
-    this.logger = opts.logger;
-    this.timeoutMs = opts.timeoutMs ?? FS_CALL_TIMEOUT_MS;
+    super(opts);
     this.publishTimeoutMs = opts.publishTimeoutMs ?? 3600_000;
-  }
-
-  /** Every file-system call on the store goes through here: none may wait forever on a dead mount. */
-  private bounded<T>(
-    operation: string,
-    path: string,
-    work: () => Promise<T>,
-    timeoutMs = this.timeoutMs,
-  ): Promise<T> {
-    return withDeadline(work(), { operation, path, timeoutMs });
   }
 
   /**
@@ -106,11 +99,6 @@ export class SnapshotStore {
     return confineChild(await this.directory(ref), name, this.roots, 'snapshot');
   }
 
-  /** Confines any path to the store roots and returns its real path. */
-  async confine(path: string, field = 'path'): Promise<string> {
-    return this.bounded('realpath', path, () => confinePath(path, this.roots, field));
-  }
-
   /** Removes a `.name.part` file of an interrupted export if it is there (remove refuses hidden names). */
   async removePart(partPath: string): Promise<void> {
     const part = join(await this.confine(dirname(partPath), 'partPath'), basename(partPath));
@@ -147,7 +135,7 @@ export class SnapshotStore {
       'publish',
       target,
       async () => {
-        if (await exists(target)) throw new PathExistsError(target);
+        if (await pathExists(target)) throw new PathExistsError(target);
         const handle = await open(part, 'r+');
         try {
           await handle.sync();
@@ -209,7 +197,11 @@ export class SnapshotStore {
    */
   async readChain(topPath: string): Promise<ChainMember[]> {
     const realRoots = await Promise.all(this.roots.map((r) => realpathAllowMissing(r)));
-    const images = await this.qemuImg.chain(checkAbsolutePath(topPath, 'topPath'), { forceShare: true });
+    const top = checkAbsolutePath(topPath, 'topPath');
+    // The headers in-process (a qemu-img process per chain read was most of a snapshot's process
+    // starts); qemu-img for what only it reads as it does (raw layers, protocols, broken chains).
+    const headers = await this.bounded('read', top, () => chainFromHeaders(top));
+    const images = headers ?? (await this.qemuImg.chain(top, { forceShare: true }));
     return images.map((image) => ({
       path: image.filename,
       format: image.format,
@@ -227,23 +219,9 @@ export class SnapshotStore {
    * (invariant 3) is the caller's job. Returns false when it did not exist (steps are idempotent).
    */
   async remove(path: string): Promise<boolean> {
-    const target = await this.confine(path);
-    const removed = await this.bounded('unlink', target, async () => {
-      const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
-        if (e.code === 'ENOENT') return undefined;
-        throw e;
-      });
-      if (info === undefined) return false;
-      if (!info.isFile()) {
-        throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
-      }
-      await unlink(target);
-      await fsyncDirectory(dirname(target));
-      return true;
-    });
-    if (!removed) return false;
-    this.logger?.debug({ path: target }, 'store file removed');
-    return true;
+    const removed = await this.removeFile(path);
+    if (removed) this.logger?.debug({ path: removed }, 'store file removed');
+    return removed !== undefined;
   }
 
   /** Snapshot file names in a store directory (no part files, no subdirectories), sorted. */
@@ -268,24 +246,4 @@ export class SnapshotStore {
       return parts.map((p) => p.name);
     });
   }
-}
-
-/** fsync of a directory makes renames, creations and removals in it durable. */
-export async function fsyncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return false;
-      throw e;
-    },
-  );
 }

@@ -8,7 +8,7 @@ import {
   type CommandType,
   type StoreRef,
   type VolumeRef,
-  volumeKey,
+  volumeFamilyKey,
 } from '../protocol/index.js';
 
 /** The configured roots and volume groups a command's paths must stay inside (a slice of AgentConfig). */
@@ -32,8 +32,10 @@ export interface CommandSpec<T extends CommandType> {
 
 const noLock = () => null;
 const nothingToConfine = async () => {};
+// One lock for every name of a volume (live rotation's layer names too): two jobs on the same
+// volume never run at once, whichever of its names each command uses.
 const volumeLock = (command: { params: { volume: VolumeRef } }) =>
-  `volume:${volumeKey(command.params.volume)}`;
+  `volume:${volumeFamilyKey(command.params.volume)}`;
 
 async function confineVolumeAndStore(
   command: { params: { volume: VolumeRef; store: StoreRef } },
@@ -66,7 +68,9 @@ export const COMMAND_TABLE = {
   },
   'chain.verify': {
     lockKey: ({ params }) =>
-      params.volume ? `volume:${volumeKey(params.volume)}` : `store:${params.store.root}/${params.store.dir}`,
+      params.volume
+        ? volumeLock({ params: { volume: params.volume } })
+        : `store:${params.store.root}/${params.store.dir}`,
     confine: async ({ params }, policy) => {
       await confineStore(params.store, policy);
       if (params.volume) await confineVolume(params.volume, policy);
@@ -78,6 +82,12 @@ export const COMMAND_TABLE = {
         );
       }
     },
+    handler: 'engine',
+    volumeOutcome: false,
+  },
+  'volume.resize': {
+    lockKey: volumeLock,
+    confine: ({ params }, policy) => confineVolume(params.volume, policy),
     handler: 'engine',
     volumeOutcome: false,
   },

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { createSecureContext } from 'node:tls';
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { AgentConfig } from '../config/index.js';
-import { ConfigError } from '../errors/index.js';
+import { ConfigError, messageOf } from '../errors/index.js';
 
 /** What amqplib hands to tls.connect for `amqps://` URLs (ignored by plain `amqp://`). */
 export interface BrokerTlsOptions {
@@ -16,7 +16,7 @@ function readPem(file: string, key: string): Buffer {
   try {
     return readFileSync(file);
   } catch (error) {
-    throw new ConfigError(`${key}: cannot read ${file}: ${(error as Error).message}`, { key, cause: error });
+    throw new ConfigError(`${key}: cannot read ${file}: ${messageOf(error)}`, { key, cause: error });
   }
 }
 
@@ -31,49 +31,42 @@ export function brokerTlsOptions(tls: TlsConfig | undefined): BrokerTlsOptions {
   if (!tls) return {};
   const options: BrokerTlsOptions = {};
   if (tls.caFile) {
-    options.ca = readPem(tls.caFile, 'broker.tls.caFile');
-    check(
-      () => createSecureContext({ ca: options.ca }),
-      'broker.tls.caFile',
-      tls.caFile,
-      'a PEM CA certificate',
-    );
+    options.ca = usablePem('broker.tls.caFile', tls.caFile, 'a PEM CA certificate', (ca) => ({ ca }));
   }
   if (Boolean(tls.certFile) !== Boolean(tls.keyFile)) {
     const key = tls.certFile ? 'broker.tls.keyFile' : 'broker.tls.certFile';
     throw new ConfigError(
       `${key}: a client certificate needs both broker.tls.certFile and broker.tls.keyFile`,
-      {
-        key,
-      },
+      { key },
     );
   }
   if (tls.certFile && tls.keyFile) {
-    options.cert = readPem(tls.certFile, 'broker.tls.certFile');
-    options.key = readPem(tls.keyFile, 'broker.tls.keyFile');
-    check(
-      () => createSecureContext({ cert: options.cert }),
-      'broker.tls.certFile',
-      tls.certFile,
-      'a PEM certificate',
-    );
-    check(
-      () => createSecureContext({ cert: options.cert, key: options.key }),
+    const cert = usablePem('broker.tls.certFile', tls.certFile, 'a PEM certificate', (pem) => ({
+      cert: pem,
+    }));
+    options.cert = cert;
+    options.key = usablePem(
       'broker.tls.keyFile',
       tls.keyFile,
       'the PEM private key of broker.tls.certFile',
+      (pem) => ({ cert, key: pem }),
     );
   }
   return options;
 }
 
-function check(build: () => unknown, key: string, file: string, what: string): void {
+/** Reads `file` (config `key`) and checks that TLS takes it as `what` in `context`. */
+function usablePem(
+  key: string,
+  file: string,
+  what: string,
+  context: (pem: Buffer) => SecureContextOptions,
+): Buffer {
+  const pem = readPem(file, key);
   try {
-    build();
+    createSecureContext(context(pem));
   } catch (error) {
-    throw new ConfigError(`${key}: ${file} is not ${what}: ${(error as Error).message}`, {
-      key,
-      cause: error,
-    });
+    throw new ConfigError(`${key}: ${file} is not ${what}: ${messageOf(error)}`, { key, cause: error });
   }
+  return pem;
 }

@@ -76,6 +76,19 @@ export interface ReturnedEvent {
   replyText: string;
 }
 
+/** The events an {@link EventPublisher} emits, with their arguments. */
+export interface EventPublisherEvents {
+  /** The broker returned an event (no queue bound for its routing key). */
+  returned: [returned: ReturnedEvent];
+  /** The broker confirmed a persistent event; it left the outbox. */
+  confirmed: [event: OutgoingEvent];
+  /** The outbox holds this many entries now. */
+  depth: [depth: number];
+  quarantined: [quarantined: QuarantinedEvent];
+  stall: [stall: OutboxStall];
+  'stall-end': [];
+}
+
 /**
  * Publishes events on the events exchange over its own connection, with publisher confirms.
  *
@@ -106,10 +119,9 @@ export interface ReturnedEvent {
  * While the broker is connected and the head entry does not move for `stallAfterMs`, the outbox
  * is stalled (`stall()`, a log line at start and end, 'stall' / 'stall-end' events).
  *
- * Events: 'returned' (ReturnedEvent), 'confirmed' (OutgoingEvent), 'depth' (outbox depth),
- * 'quarantined' (QuarantinedEvent), 'stall' (OutboxStall), 'stall-end'.
+ * Events: see {@link EventPublisherEvents}.
  */
-export class EventPublisher extends EventEmitter implements EventSink {
+export class EventPublisher extends EventEmitter<EventPublisherEvents> implements EventSink {
   private readonly opts: EventPublisherOptions;
   private readonly logger: Logger;
   private outbox: Outbox | undefined;

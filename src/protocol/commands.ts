@@ -115,6 +115,21 @@ export const chainVerifyParams = z
   .strict()
   .meta({ id: 'ChainVerifyParams' });
 
+export const volumeResizeParams = z
+  .object({
+    volume: volumeRef.describe('the volume by any of its names (live rotation moves its active layer)'),
+    vm: vmName.nullable().default(null).describe('libvirt domain using the volume, or null when none'),
+    sizeBytes: z
+      .number()
+      .int()
+      .positive()
+      .multipleOf(512)
+      .max(Number.MAX_SAFE_INTEGER)
+      .describe('the new virtual size in bytes (a multiple of 512, not smaller than the current one)'),
+  })
+  .strict()
+  .meta({ id: 'VolumeResizeParams' });
+
 export const jobCancelParams = z
   .object({ jobId: commandId.describe('id of the job to cancel') })
   .strict()
@@ -149,6 +164,7 @@ export const snapshotRevertCommand = command(
   'SnapshotRevertCommand',
 );
 export const chainVerifyCommand = command('chain.verify', chainVerifyParams, 'ChainVerifyCommand');
+export const volumeResizeCommand = command('volume.resize', volumeResizeParams, 'VolumeResizeCommand');
 export const jobCancelCommand = command('job.cancel', jobCancelParams, 'JobCancelCommand');
 
 export const commandSchema = z
@@ -158,6 +174,7 @@ export const commandSchema = z
     snapshotDeleteCommand,
     snapshotRevertCommand,
     chainVerifyCommand,
+    volumeResizeCommand,
     jobCancelCommand,
   ])
   .meta({ id: 'Command' });

@@ -17,8 +17,14 @@ export interface ErrorCodeInfo {
 }
 
 const ANY = ['*'] as const;
-const VOLUME_COMMANDS = ['snapshot.create', 'snapshot.delete', 'snapshot.revert', 'chain.verify'] as const;
-const MUTATING = ['snapshot.create', 'snapshot.delete', 'snapshot.revert'] as const;
+const VOLUME_COMMANDS = [
+  'snapshot.create',
+  'snapshot.delete',
+  'snapshot.revert',
+  'chain.verify',
+  'volume.resize',
+] as const;
+const MUTATING = ['snapshot.create', 'snapshot.delete', 'snapshot.revert', 'volume.resize'] as const;
 
 /** Codes of `rejected` events: the command was refused at intake, nothing ran. */
 export const REJECTION_CODES = [
@@ -319,6 +325,12 @@ export const FAILURE_CODES = [
     retryable: 'no',
     commands: VOLUME_COMMANDS,
     meaning: 'The volume is not in the state the command assumes (e.g. not QCOW2).',
+  },
+  {
+    code: 'VOLUME_SHRINK_REFUSED',
+    retryable: 'no',
+    commands: ['volume.resize'],
+    meaning: 'volume.resize asked for a size smaller than the volume: shrinking would cut off guest data.',
   },
   {
     code: 'VOLUME_NOT_ATTACHED',

@@ -162,6 +162,23 @@ export const chainVerifyResult = z
   })
   .meta({ id: 'ChainVerifyResult' });
 
+export const volumeResizeResult = z
+  .object({
+    volumePath: z.string().describe("the volume's active layer (the path the VM's disk opens)"),
+    previousVirtualSize: z.number().int().min(0),
+    virtualSize: z.number().int().min(0),
+    through: z
+      .enum(['libvirt', 'qemu-img', 'unchanged'])
+      .describe(
+        'libvirt: virsh blockresize of the running disk; qemu-img: nothing held it; unchanged: it already had the size',
+      ),
+    lvs: z
+      .array(z.object({ path: z.string(), sizeBytes: z.number().int().min(0) }))
+      .describe("LVM: the volume's LVs in its chain and their sizes after lvextend; file pools: empty"),
+  })
+  .meta({ id: 'VolumeResizeResult' });
+export type VolumeResizeResult = z.infer<typeof volumeResizeResult>;
+
 export const jobCancelResult = z
   .object({
     cancelled: z.boolean(),
@@ -176,6 +193,7 @@ export const COMMAND_RESULTS = {
   'snapshot.delete': snapshotDeleteResult,
   'snapshot.revert': snapshotRevertResult,
   'chain.verify': chainVerifyResult,
+  'volume.resize': volumeResizeResult,
   'job.cancel': jobCancelResult,
 } as const;
 
@@ -187,7 +205,7 @@ export const succeededData = z
     result: z
       .record(z.string(), z.unknown())
       .describe(
-        'per commandType: agent.ping → PingResult, snapshot.create → SnapshotCreateResult, snapshot.delete → SnapshotDeleteResult, snapshot.revert → SnapshotRevertResult, chain.verify → ChainVerifyResult, job.cancel → JobCancelResult',
+        'per commandType: agent.ping → PingResult, snapshot.create → SnapshotCreateResult, snapshot.delete → SnapshotDeleteResult, snapshot.revert → SnapshotRevertResult, chain.verify → ChainVerifyResult, volume.resize → VolumeResizeResult, job.cancel → JobCancelResult',
       ),
   })
   .meta({ id: 'SucceededData' });

@@ -92,3 +92,22 @@ export const absolutePath = z
     new RegExp(`^(?:/${FILE_NAME_SOURCE})+$`),
     'invalid path: must be absolute and normalised, segments of letters, digits and "_.+-" not starting with "." or "-"',
   );
+
+/** Names live rotation gives a volume's active layer: `<base>.lr-a` ... (docs/strategies.md "live-rotate"). */
+const LAYER_SUFFIXES = ['a', 'b', 'c', 'd'].map((s) => `.lr-${s}`);
+const LAYER_NAME = /\.lr-[a-d]$/;
+
+/** The volume's base name (the file or LV the volume was created as) for any of its layer names. */
+export function baseNameOf(name: string): string {
+  return name.replace(LAYER_NAME, '');
+}
+
+/** The volume's names in a pool: its base name first, then every layer name. */
+export function familyNames(name: string): string[] {
+  const base = baseNameOf(name);
+  return [base, ...LAYER_SUFFIXES.map((s) => `${base}${s}`)];
+}
+
+export function isLayerName(name: string): boolean {
+  return LAYER_NAME.test(name);
+}

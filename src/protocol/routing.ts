@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { VolumeRef } from './commands.js';
 import type { EventKind } from './events.js';
+import { baseNameOf } from './names.js';
 
 /**
  * Event routing keys: `<hostWord>.<volumeWord>.<kind>` on the events topic exchange.
@@ -58,6 +59,19 @@ export function volumeKey(volume: VolumeRef | null | undefined): string {
   if (!volume) return 'agent';
   const parts = volume.kind === 'lvm' ? ['lvm', volume.vg, volume.lv] : ['file', volume.pool, volume.file];
   return parts.map((p) => encodeWord(String(p))).join('~');
+}
+
+/**
+ * One key for every name of a volume (its base name and live rotation's layer names, which a
+ * command may use while the management plane catches up with `volumePath`): the job lock, so two
+ * jobs on the same volume never run at once whatever name each was given.
+ */
+export function volumeFamilyKey(volume: VolumeRef): string {
+  return volumeKey(
+    volume.kind === 'lvm'
+      ? { ...volume, lv: baseNameOf(volume.lv) }
+      : { ...volume, file: baseNameOf(volume.file) },
+  );
 }
 
 /** The volume's routing word: volumeKey bounded. */

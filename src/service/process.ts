@@ -17,6 +17,8 @@ export interface AgentProcessOptions {
   /** Builds the command handlers once config and logger exist (the snapshot engine registers here). */
   handlers?: (config: AgentConfig, logger: Logger) => HandlerRegistry | Promise<HandlerRegistry>;
   env?: NodeJS.ProcessEnv;
+  /** Runs once the agent stopped, before the process exits (closes long-lived host sessions). */
+  afterStop?: () => Promise<void>;
 }
 
 /**
@@ -58,7 +60,15 @@ export async function runAgentProcess(opts: AgentProcessOptions = {}): Promise<v
   const stopGracefully = (signal: NodeJS.Signals, running: RunningAgent) => {
     logger.info({ signal }, 'signal received: shutting down gracefully');
     void running.stop(signal).then(
-      (errors) => process.exit(errors.length === 0 ? EXIT.ok : EXIT.startFailed),
+      async (errors) => {
+        try {
+          await opts.afterStop?.();
+        } catch (error) {
+          logger.error({ err: error }, 'closing host sessions failed');
+          errors.push(error as Error);
+        }
+        process.exit(errors.length === 0 ? EXIT.ok : EXIT.startFailed);
+      },
       (error: unknown) => {
         logger.fatal({ err: error }, 'shutdown failed');
         process.exit(EXIT.startFailed);

@@ -1,6 +1,7 @@
-import { stat } from 'node:fs/promises';
 import { ChainInvalidError } from '../errors/index.js';
 import { FS_CALL_TIMEOUT_MS, withDeadline } from '../host/deadline.js';
+import { pathExists } from '../host/paths.js';
+import { readQcow2Header, resolveBackingPath } from '../host/qcow2-header.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import type { SnapshotStore } from '../host/store.js';
 
@@ -9,8 +10,29 @@ export async function backingOf(
   qemuImg: QemuImg,
   path: string,
 ): Promise<{ written: string | null; resolved: string | null }> {
+  // The QCOW2 header in-process; qemu-img for another format or a backing name with a protocol.
+  // Bounded: the image may lie on an NFS store whose server is gone.
+  const read = withDeadline(readQcow2Header(path), {
+    operation: 'read',
+    path,
+    timeoutMs: FS_CALL_TIMEOUT_MS,
+  });
+  const header = await read.catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return null; // qemu-img's error says it as the callers expect
+    throw error;
+  });
+  if (header !== null) {
+    if (header.backingFile === null) return { written: null, resolved: null };
+    const resolved = resolveBackingPath(path, header.backingFile);
+    if (resolved !== null) return { written: header.backingFile, resolved };
+  }
   const info = await qemuImg.info(path, { forceShare: true });
   return { written: info.backingFile, resolved: info.fullBackingFile };
+}
+
+/** Whether `image`'s header names `backing` (resolved) as its backing. */
+export async function backsOnto(qemuImg: QemuImg, image: string, backing: string | null): Promise<boolean> {
+  return (await backingOf(qemuImg, image)).resolved === backing;
 }
 
 /** Every path in the backing chain of `top` (top first), read from the headers with force-share. */
@@ -47,17 +69,8 @@ export async function removeIfUnreferenced(
   return store.remove(path);
 }
 
-/** True when `path` exists (file or device node); bounded, since it may lie on a dead NFS store. */
-export async function pathExists(path: string): Promise<boolean> {
-  const found = stat(path).then(
-    () => true,
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return false;
-      throw e;
-    },
-  );
-  return withDeadline(found, { operation: 'stat', path, timeoutMs: FS_CALL_TIMEOUT_MS });
-}
+/** True when `path` exists (file or device node). */
+export { pathExists };
 
 /**
  * Checks a new store snapshot and its link to its parent, not the rest of the chain (that is

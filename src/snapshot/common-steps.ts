@@ -2,7 +2,7 @@
 // (retire the old active, promote the staging volume, remove the retired one).
 import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
 import { EXPORT_TUNING, type QemuImg, RATE_LIMITED_TUNING } from '../host/qemu-img.js';
-import { backingOf, newSnapshotProblems, pathExists, removeIfUnreferenced, removePart } from './chain.js';
+import { backsOnto, newSnapshotProblems, pathExists, removeIfUnreferenced, removePart } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
 import type { Step, StepIO } from './steps.js';
 import type { CowHealth, VolumeBackend } from './volumes.js';
@@ -182,7 +182,7 @@ export function verifyStep(
 
 /** Rewrites only the header of an image nobody holds (`qemu-img rebase -u`), if not already so. */
 export async function setBackingUnsafe(qemuImg: QemuImg, image: string, backing: string): Promise<void> {
-  if ((await backingOf(qemuImg, image)).resolved === backing) return;
+  if (await backsOnto(qemuImg, image, backing)) return;
   await qemuImg.rebase({ image, backing: { file: backing, format: 'qcow2' }, unsafe: true });
 }
 

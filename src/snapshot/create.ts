@@ -6,14 +6,14 @@ import type { SnapshotCreateResult } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import { checkpoint } from './checkpoints.js';
 import type { SnapshotDeps } from './deps.js';
-import { activeLayerBackend, layerHoldsWritesSince, volumeAt } from './live-layers.js';
+import { existingActiveLayer, layerHoldsWritesSince, volumeAt } from './live-layers.js';
 import type { CreateFacts, CreateJournal, CreatePlan } from './plan.js';
 import { runPlannedJob } from './planned-job.js';
 import { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
 import type { StepPlan } from './steps.js';
 import { STRATEGIES, type StrategyHooks, strategyOf, type VolumeProbe } from './strategies/index.js';
 import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
-import { FileVolumeBackend, jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
+import { jobTag, type VolumeBackend, volumeBackend } from './volumes.js';
 
 type CreateContext = JobContext<'snapshot.create'>;
 
@@ -55,12 +55,7 @@ export function createSteps(
 /** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */
 export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Promise<CreatePlan> {
   const params = ctx.command.params;
-  const backend = await activeLayerBackend(params.volume, params.vm, deps);
-  if (!(await pathExists(backend.activePath))) {
-    throw new AgentError('VOLUME_NOT_FOUND', `volume ${backend.activePath} does not exist`, {
-      details: { path: backend.activePath },
-    });
-  }
+  const backend = await existingActiveLayer(params.volume, params.vm, deps);
   const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
   const vmRunning = vm?.running ?? false;
   // Every backing of the active volume must resolve (the store mounted, seed defect 3) before we start.
@@ -100,8 +95,7 @@ export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Pr
   const writesSinceParent =
     parentPath !== null &&
     (active.backingPath === parentPath ||
-      (backend instanceof FileVolumeBackend &&
-        (await layerHoldsWritesSince(backend.dir, backend.activeName)) === parentPath));
+      (await layerHoldsWritesSince(backend, backend.activeName, parentPath)));
   const kind = chooseKind({
     parentName,
     parentExists,

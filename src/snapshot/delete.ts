@@ -6,13 +6,13 @@ import { readdir } from 'node:fs/promises';
 import { AgentError, ChainInvalidError, SnapshotInUseError, ValidationError } from '../errors/index.js';
 import { isInside } from '../host/paths.js';
 import type { JobContext } from '../jobs/types.js';
-import { backingOf, pathExists, removeIfUnreferenced } from './chain.js';
-import type { SnapshotDeps } from './deps.js';
+import { backingOf, backsOnto, pathExists, removeIfUnreferenced } from './chain.js';
+import { blockGraphOf, type SnapshotDeps } from './deps.js';
 import type { GuestFacts } from './journal.js';
 import { activeLayerBackend } from './live-layers.js';
 import { runPlannedJob } from './planned-job.js';
 import type { StepPlan } from './steps.js';
-import { inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
+import { diskOf, inspectVm, pinnedBackingChain, pinnedChainReason } from './vm.js';
 import { FileVolumeBackend } from './volumes.js';
 
 type DeleteContext = JobContext<'snapshot.delete'>;
@@ -94,7 +94,9 @@ export async function makeDeletePlan(ctx: DeleteContext, deps: SnapshotDeps): Pr
         `it is the backing file of the running VM ${vm.name}'s disk and a live merge is not supported; stop the VM first`,
       );
     }
-    const open = (await deps.libvirt.diskChain(vm.name, vm.target ?? 'vda')).map((n) => n.filename);
+    const open = (await blockGraphOf(deps).chain(diskOf({ vm: vm.name, target: vm.target }))).map(
+      (n) => n.filename,
+    );
     for (const path of [snapshotPath, childPath]) {
       if (open.includes(path)) {
         throw new SnapshotInUseError(
@@ -108,7 +110,7 @@ export async function makeDeletePlan(ctx: DeleteContext, deps: SnapshotDeps): Pr
   const others = (await deps.store.list(params.store)).map((name) => `${storeDir}/${name}`);
   for (const other of [...others, backend.activePath]) {
     if (other === snapshotPath || other === childPath || !(await pathExists(other))) continue;
-    if ((await backingOf(deps.qemuImg, other)).resolved === snapshotPath) {
+    if (await backsOnto(deps.qemuImg, other, snapshotPath)) {
       throw new SnapshotInUseError(params.snapshot, `${other} also backs onto it`, { retryable: false });
     }
   }
@@ -141,8 +143,7 @@ export async function makeDeletePlan(ctx: DeleteContext, deps: SnapshotDeps): Pr
 
 /** The delete steps for one plan. */
 export function deleteSteps(plan: DeletePlan, deps: SnapshotDeps): StepPlan {
-  const merged = async (): Promise<boolean> =>
-    (await backingOf(deps.qemuImg, plan.childPath)).resolved === plan.newBase;
+  const merged = (): Promise<boolean> => backsOnto(deps.qemuImg, plan.childPath, plan.newBase);
   return {
     kind: 'delete',
     pointOfNoReturn: 'merge',
@@ -167,8 +168,12 @@ export function deleteSteps(plan: DeletePlan, deps: SnapshotDeps): StepPlan {
         name: 'remove-snapshot',
         run: async () => {
           const holders = [plan.childPath, plan.activePath, ...(await storeFiles(deps, plan.storeDir))];
-          if (plan.vm !== null && (await deps.libvirt.isRunning(plan.vm))) {
-            const open = (await deps.libvirt.diskChain(plan.vm, plan.target ?? 'vda')).map((n) => n.filename);
+          const graph = blockGraphOf(deps);
+          if (plan.vm !== null && (await graph.holdsDisks(plan.vm))) {
+            // A VM stopped at plan time has no target there: look at it again.
+            const target =
+              plan.target ?? (await inspectVm(deps.libvirt, plan.vm, plan.activePath))?.target ?? null;
+            const open = (await graph.chain(diskOf({ vm: plan.vm, target }))).map((n) => n.filename);
             if (open.includes(plan.snapshotPath)) {
               throw new SnapshotInUseError(plan.snapshotName, `the running VM ${plan.vm} has it open`);
             }

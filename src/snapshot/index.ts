@@ -14,6 +14,7 @@ import { createSnapshot } from './create.js';
 import { deleteSnapshot } from './delete.js';
 import type { SnapshotDeps } from './deps.js';
 import { ExportBandwidth } from './export-bandwidth.js';
+import { resizeVolume } from './resize.js';
 import { revertSnapshot } from './revert.js';
 import { verifyChain } from './verify.js';
 
@@ -24,19 +25,21 @@ export type { SnapshotDeps } from './deps.js';
 export { EngineJournal, type EngineRecord } from './journal.js';
 export type { CreatePlan } from './plan.js';
 export { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
+export { resizeVolume } from './resize.js';
 export { revertSnapshot, revertSteps } from './revert.js';
 export { recoverSteps, runSteps, type Step, type StepPlan } from './steps.js';
 export { hostSupport, STRATEGIES, type Strategy, type StrategyHooks } from './strategies/index.js';
 export { verifyChain } from './verify.js';
 export { jobTag, volumeBackend } from './volumes.js';
 
-/** The handlers of snapshot.create, snapshot.delete, snapshot.revert and chain.verify. */
+/** The handlers of snapshot.create, snapshot.delete, snapshot.revert, chain.verify and volume.resize. */
 export function snapshotHandlers(deps: SnapshotDeps): HandlerRegistry {
   return {
     'snapshot.create': (ctx) => createSnapshot(ctx, deps),
     'snapshot.delete': (ctx) => deleteSnapshot(ctx, deps),
     'snapshot.revert': (ctx) => revertSnapshot(ctx, deps),
     'chain.verify': (ctx) => verifyChain(ctx, deps),
+    'volume.resize': (ctx) => resizeVolume(ctx, deps),
   };
 }
 

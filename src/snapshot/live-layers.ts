@@ -1,46 +1,32 @@
-// The live chain of a rotated volume on a file pool: `<active> → <base>`, both on primary storage.
-// live-rotate puts a new layer on top (through libvirt) and later commits the old top down into the
-// base, so the active layer's name moves between `<base>.lr-a`, `<base>.lr-b`... ("layer names").
-// A sidecar record in the pool says which layer holds exactly the writes since which snapshot.
-import { randomBytes } from 'node:crypto';
+// The live chain of a rotated volume: `<active> → <base>`, both on primary storage (files of a file
+// pool, or LVs of one VG). live-rotate puts a new layer on top (through libvirt) and later commits the
+// old top down into the base, so the active layer's name moves between `<base>.lr-a`, `<base>.lr-b`...
+// ("layer names"). A record says which layer holds exactly the writes since which snapshot: a sidecar
+// file in a file pool, a tag on the layer's LV on LVM.
+import { createHash, randomBytes } from 'node:crypto';
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { AgentError, HostCommandError } from '../errors/index.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import { fsyncDirectory } from '../host/store.js';
-import type { VolumeRef } from '../protocol/index.js';
+import { baseNameOf, familyNames, isLayerName, type VolumeRef } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
-import { FileVolumeBackend, type VolumeBackend, volumeBackend } from './volumes.js';
+import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend, volumeBackend } from './volumes.js';
 
-/** Names an active layer of a rotated volume takes: `<base>.lr-a` ... (the first free one). */
-const LAYER_SUFFIXES = ['a', 'b', 'c', 'd'].map((s) => `.lr-${s}`);
-const LAYER_NAME = /\.lr-[a-d]$/;
-
-/** The volume's base name (the file the volume was created as) for any of its layer names. */
-export function baseNameOf(name: string): string {
-  return name.replace(LAYER_NAME, '');
-}
-
-/** The volume's names in a pool: its base name first, then every layer name. */
-export function familyNames(name: string): string[] {
-  const base = baseNameOf(name);
-  return [base, ...LAYER_SUFFIXES.map((s) => `${base}${s}`)];
-}
-
-export function isLayerName(name: string): boolean {
-  return LAYER_NAME.test(name);
-}
-
-/** The first layer name of the volume that no file uses: the next active layer. */
-export async function nextLayerName(dir: string, name: string): Promise<string> {
+/** The first layer name of the volume that no file or LV uses: the next active layer. */
+export async function nextLayerName(
+  pool: Pick<VolumeBackend, 'exists' | 'pathOf'>,
+  name: string,
+): Promise<string> {
   for (const candidate of familyNames(name).slice(1)) {
-    if (!(await pathExists(join(dir, candidate)))) return candidate;
+    if (!(await pool.exists(candidate))) return candidate;
   }
+  const where = dirname(pool.pathOf(name));
   throw new AgentError(
     'VOLUME_STATE_UNEXPECTED',
-    `every layer name of ${baseNameOf(name)} is in use in ${dir}: earlier rotations left layers behind`,
-    { details: { dir, names: familyNames(name) } },
+    `every layer name of ${baseNameOf(name)} is in use in ${where}: earlier rotations left layers behind`,
+    { details: { dir: where, names: familyNames(name) } },
   );
 }
 
@@ -52,23 +38,24 @@ export async function nextLayerName(dir: string, name: string): Promise<string> 
  */
 export async function resolveActiveLayer(
   qemuImg: QemuImg,
-  dir: string,
+  pool: Pick<VolumeBackend, 'exists' | 'pathOf'>,
   name: string,
   vmSources: readonly string[] | null,
 ): Promise<string> {
   const names = familyNames(name);
   if (vmSources !== null) {
-    for (const candidate of names) if (vmSources.includes(join(dir, candidate))) return candidate;
+    for (const candidate of names) if (vmSources.includes(pool.pathOf(candidate))) return candidate;
   }
   const present: string[] = [];
-  for (const candidate of names) if (await pathExists(join(dir, candidate))) present.push(candidate);
+  for (const candidate of names) if (await pool.exists(candidate)) present.push(candidate);
   if (present.length <= 1) return present[0] ?? name;
   const backings = new Set<string>();
   for (const candidate of present) {
-    const info = await qemuImg.info(join(dir, candidate), { forceShare: true });
+    const info = await qemuImg.info(pool.pathOf(candidate), { forceShare: true });
     if (info.fullBackingFile !== null) backings.add(info.fullBackingFile);
   }
-  const tops = present.filter((c) => !backings.has(join(dir, c)));
+  const dir = dirname(pool.pathOf(name));
+  const tops = present.filter((c) => !backings.has(pool.pathOf(c)));
   const layerTops = tops.filter(isLayerName);
   if (layerTops.length === 1) return layerTops[0]!;
   if (layerTops.length === 0 && tops.length === 1) return tops[0]!;
@@ -77,6 +64,20 @@ export async function resolveActiveLayer(
     `cannot tell the active layer of volume ${baseNameOf(name)} in ${dir}: ${tops.join(', ')} are all tops`,
     { details: { dir, tops } },
   );
+}
+
+/** The chain's layers (paths, top first) that are this volume's own files or LVs, down to its base. */
+export function localLayers(
+  backend: Pick<VolumeBackend, 'activeName' | 'pathOf'>,
+  chain: string[],
+): string[] {
+  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
+  const layers: string[] = [];
+  for (const path of chain) {
+    if (!own.has(path)) break;
+    layers.push(path);
+  }
+  return layers;
 }
 
 /** What the sidecar says: `layer` (this very file) holds exactly the guest writes since `since`. */
@@ -93,8 +94,8 @@ function recordPath(dir: string, name: string): string {
   return join(dir, `.${baseNameOf(name)}.clvm-live.json`);
 }
 
-/** The snapshot whose writes the active layer holds exactly since, when the record still fits the file. */
-export async function layerHoldsWritesSince(dir: string, activeName: string): Promise<string | null> {
+/** The sidecar's form of the record: whether it still fits the file (`since` when it does). */
+async function fileRecordSince(dir: string, activeName: string): Promise<string | null> {
   let record: LayerRecord;
   try {
     record = JSON.parse(await readFile(recordPath(dir, activeName), 'utf8')) as LayerRecord;
@@ -108,8 +109,8 @@ export async function layerHoldsWritesSince(dir: string, activeName: string): Pr
   return record.since;
 }
 
-/** Writes the record atomically (temp file, fsync, rename, fsync the directory). */
-export async function writeLayerRecord(dir: string, layerName: string, since: string): Promise<void> {
+/** Writes the sidecar atomically (temp file, fsync, rename, fsync the directory). */
+async function writeFileRecord(dir: string, layerName: string, since: string): Promise<void> {
   const st = await stat(join(dir, layerName));
   const record: LayerRecord = { layer: layerName, inode: st.ino, birthtimeMs: st.birthtimeMs, since };
   const target = recordPath(dir, layerName);
@@ -130,14 +131,68 @@ export async function writeLayerRecord(dir: string, layerName: string, since: st
   await fsyncDirectory(dir);
 }
 
+// On LVM the record is a tag on the layer's LV: it lives in the VG metadata (every host sees it),
+// goes away with the LV, and an LV made again under the same name starts without it. A snapshot
+// path may hold characters tags may not, so the tag carries a digest of it.
+const LVM_RECORD_PREFIX = 'clvm-live-since=';
+function lvmRecordTag(since: string): string {
+  return `${LVM_RECORD_PREFIX}${createHash('sha256').update(since).digest('hex').slice(0, 40)}`;
+}
+
+/** Whether the active layer holds exactly the guest writes since snapshot `since` (its record says so and still fits). */
+export async function layerHoldsWritesSince(
+  backend: VolumeBackend,
+  activeName: string,
+  since: string,
+): Promise<boolean> {
+  if (backend instanceof FileVolumeBackend) return (await fileRecordSince(backend.dir, activeName)) === since;
+  if (!(backend instanceof LvmVolumeBackend) || !isLayerName(activeName)) return false;
+  const lv = await backend.volume(activeName);
+  return lv?.tags.includes(lvmRecordTag(since)) ?? false;
+}
+
+/** Records that `layerName` holds exactly the writes since snapshot `since` (replacing its earlier record). */
+export async function writeLayerRecord(
+  backend: VolumeBackend,
+  layerName: string,
+  since: string,
+): Promise<void> {
+  if (backend instanceof FileVolumeBackend) return writeFileRecord(backend.dir, layerName, since);
+  if (!(backend instanceof LvmVolumeBackend)) throw new Error(`no layer record for a ${backend.kind} pool`);
+  const lv = await backend.volume(layerName);
+  if (lv === undefined)
+    throw new AgentError('VOLUME_NOT_FOUND', `LV ${backend.pathOf(layerName)} does not exist`);
+  const tag = lvmRecordTag(since);
+  if (lv.tags.includes(tag)) return;
+  const stale = lv.tags.filter((t) => t.startsWith(LVM_RECORD_PREFIX));
+  await backend.retag(layerName, { add: [tag], remove: stale }); // one lvchange: atomic
+}
+
 /** The command's volume reference, pointed at the layer a plan works on (journaled: recovery uses the same). */
 export function volumeAt(volume: VolumeRef, activePath: string): VolumeRef {
-  return volume.kind === 'file' ? { ...volume, file: basename(activePath) } : volume;
+  return volume.kind === 'file'
+    ? { ...volume, file: basename(activePath) }
+    : { ...volume, lv: basename(activePath) };
+}
+
+/** activeLayerBackend, for a command that needs the layer to exist (VOLUME_NOT_FOUND otherwise). */
+export async function existingActiveLayer(
+  volume: VolumeRef,
+  vm: string | null,
+  deps: SnapshotDeps,
+): Promise<VolumeBackend> {
+  const backend = await activeLayerBackend(volume, vm, deps);
+  if (!(await pathExists(backend.activePath))) {
+    throw new AgentError('VOLUME_NOT_FOUND', `volume ${backend.activePath} does not exist`, {
+      details: { path: backend.activePath },
+    });
+  }
+  return backend;
 }
 
 /**
- * The backend of the volume's active layer. A file volume that live rotation moved may be named by
- * any of its names (base or layer names): the running VM's disk, else the headers, say which is on top.
+ * The backend of the volume's active layer. A volume that live rotation moved may be named by any
+ * of its names (base or layer names): the running VM's disk, else the headers, say which is on top.
  */
 export async function activeLayerBackend(
   volume: VolumeRef,
@@ -145,7 +200,6 @@ export async function activeLayerBackend(
   deps: SnapshotDeps,
 ): Promise<VolumeBackend> {
   const backend = await volumeBackend(volume, deps);
-  if (!(backend instanceof FileVolumeBackend) || volume.kind !== 'file') return backend;
   let sources: string[] | null = null;
   if (vm !== null) {
     try {
@@ -157,6 +211,6 @@ export async function activeLayerBackend(
       if (!(error instanceof HostCommandError && error.kind === 'not-found')) throw error;
     }
   }
-  const name = await resolveActiveLayer(deps.qemuImg, backend.dir, backend.activeName, sources);
-  return name === backend.activeName ? backend : volumeBackend({ ...volume, file: name }, deps);
+  const name = await resolveActiveLayer(deps.qemuImg, backend, backend.activeName, sources);
+  return name === backend.activeName ? backend : volumeBackend(volumeAt(volume, backend.pathOf(name)), deps);
 }

@@ -1,6 +1,7 @@
 import { realpath } from 'node:fs/promises';
 import { AgentError, HostCommandError } from '../errors/index.js';
-import type { GuestFreezeResult, Libvirt } from '../host/libvirt.js';
+import type { DiskRef, FreezeRecord } from '../host/block-graph.js';
+import type { Libvirt } from '../host/libvirt.js';
 import type { EngineJournal } from './journal.js';
 
 /** What the engine needs to know about the VM using a volume. */
@@ -109,28 +110,40 @@ export async function thawIfFrozenByUs(libvirt: Libvirt, journal: EngineJournal)
   });
 }
 
-/** Freezes the guest's filesystems (guest agent) for a switch or clone; journaled so recovery thaws. */
-export async function freezeGuest(
-  libvirt: Libvirt,
-  journal: EngineJournal,
-  vm: string,
-): Promise<GuestFreezeResult> {
-  await journal.update((r) => {
-    r.facts.frozenByUs = vm;
-  });
-  const result = await libvirt.guestFreeze(vm);
-  await journal.update((r) => {
-    r.facts.quiesced = 'frozen' in result ? 'yes' : 'unavailable';
-    if (!('frozen' in result)) r.facts.frozenByUs = null;
-  });
-  return result;
+/** Journals a guest freeze in the job's facts: recovery thaws a guest a killed job left frozen. */
+export function freezeRecord(journal: EngineJournal, vm: string): FreezeRecord {
+  return {
+    freezing: async () => {
+      await journal.update((r) => {
+        r.facts.frozenByUs = vm;
+      });
+    },
+    frozen: async (result) => {
+      await journal.update((r) => {
+        r.facts.quiesced = 'frozen' in result ? 'yes' : 'unavailable';
+        if (!('frozen' in result)) r.facts.frozenByUs = null;
+      });
+    },
+    thawed: async () => {
+      await journal.update((r) => {
+        r.facts.frozenByUs = null;
+      });
+    },
+  };
 }
 
-export async function thawGuest(libvirt: Libvirt, journal: EngineJournal, vm: string): Promise<void> {
-  await libvirt.guestThaw(vm);
-  await journal.update((r) => {
-    r.facts.frozenByUs = null;
-  });
+/** The running VM's disk a plan works on (the planner found its target). */
+export function diskOf(plan: { vm: string | null; target: string | null }): DiskRef {
+  if (plan.vm === null || plan.target === null) {
+    throw new AgentError(
+      'VOLUME_STATE_UNEXPECTED',
+      `no disk target of VM ${plan.vm ?? '(none)'} in the plan`,
+      {
+        details: { vm: plan.vm, target: plan.target },
+      },
+    );
+  }
+  return { domain: plan.vm, target: plan.target };
 }
 
 /**

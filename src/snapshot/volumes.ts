@@ -3,7 +3,7 @@ import { link, rename, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { AgentError, InsufficientSpaceError, ValidationError } from '../errors/index.js';
 import type { FilePool } from '../host/file-pool.js';
-import type { Lvm } from '../host/lvm.js';
+import type { LogicalVolume, Lvm } from '../host/lvm.js';
 import type { BackingRef, QemuImg } from '../host/qemu-img.js';
 import { fsyncDirectory } from '../host/store.js';
 import type { VolumeRef } from '../protocol/index.js';
@@ -45,8 +45,13 @@ export interface VolumeBackend {
    * exists before the copy (LVM: yes, qemu-img convert -n) or is created by qemu-img (file).
    */
   prepareCopyTarget(name: string, source: string): Promise<{ targetExists: boolean }>;
-  /** Instant point-in-time copy of the active volume: LVM snapshot / reflink clone. */
-  cowClone(name: string): Promise<void>;
+  /**
+   * Instant point-in-time copy of the active volume: LVM snapshot / reflink clone. `whilePaused`:
+   * only what must happen at that instant; the caller then calls settleClone once the VM runs again.
+   */
+  cowClone(name: string, opts?: { whilePaused?: boolean }): Promise<void>;
+  /** Makes a clone made `whilePaused` durable (file pools: fsync of its directory). */
+  settleClone(name: string): Promise<void>;
   cowHealth(name: string): Promise<CowHealth>;
   /** Moves the active volume aside under `retiredName`; the volume path keeps working where the pool allows. */
   retireActive(retiredName: string): Promise<void>;
@@ -128,8 +133,14 @@ export class FileVolumeBackend implements VolumeBackend {
     return { targetExists: false };
   }
 
-  async cowClone(name: string): Promise<void> {
-    await this.deps.filePool.reflinkClone(this.activePath, this.pathOf(name));
+  async cowClone(name: string, opts: { whilePaused?: boolean } = {}): Promise<void> {
+    await this.deps.filePool.reflinkClone(this.activePath, this.pathOf(name), {
+      syncDirectory: !opts.whilePaused,
+    });
+  }
+
+  async settleClone(name: string): Promise<void> {
+    await this.deps.filePool.syncDirectoryOf(this.pathOf(name));
   }
 
   async cowHealth(): Promise<CowHealth> {
@@ -204,9 +215,33 @@ export class LvmVolumeBackend implements VolumeBackend {
     return (await this.deps.lvm.getVolume(this.vg, name)) !== undefined;
   }
 
-  /** A thick LV for a whole QCOW2 of `virtualSize`, fully allocated (it becomes the active volume). */
-  private async fullSize(virtualSize: number): Promise<number> {
+  /**
+   * A thick LV for a whole QCOW2 of `virtualSize`, fully allocated (it becomes the active volume,
+   * or a layer of a live-rotated chain that holds every cluster once the guest rewrote them all).
+   */
+  async fullSize(virtualSize: number): Promise<number> {
     return (await this.deps.qemuImg.measure({ sizeBytes: virtualSize })).fullyAllocatedBytes;
+  }
+
+  /** The LV `name` as lvs reports it (undefined: no such LV). */
+  volume(name: string): Promise<LogicalVolume | undefined> {
+    return this.deps.lvm.getVolume(this.vg, name);
+  }
+
+  /** Changes the tags of LV `name` in one metadata commit. */
+  retag(name: string, tags: { add: string[]; remove: string[] }): Promise<void> {
+    return this.deps.lvm.changeTags(this.vg, name, tags);
+  }
+
+  /**
+   * Makes LV `name` usable here: active exclusively on a shared (lvmlockd/clvmd) VG, so no other
+   * host opens it, and locally on a plain VG. lvcreate activates a new LV the same way.
+   */
+  async ensureActive(name: string): Promise<void> {
+    const lv = await this.volume(name);
+    if (lv === undefined || lv.activeHere) return;
+    const group = await this.deps.lvm.volumeGroup(this.vg);
+    await this.deps.lvm.activate(this.vg, name, group.shared ? 'exclusive' : 'local');
   }
 
   async createOverlay(
@@ -218,6 +253,7 @@ export class LvmVolumeBackend implements VolumeBackend {
     if (!(await this.exists(name))) {
       await this.deps.lvm.createVolume({ vg: this.vg, name, sizeBytes: await this.fullSize(virtualSize) });
     }
+    await this.ensureActive(name);
     await this.deps.qemuImg.create({
       path: this.pathOf(name),
       backing,
@@ -243,6 +279,10 @@ export class LvmVolumeBackend implements VolumeBackend {
     const active = await this.deps.lvm.getVolume(this.vg, this.activeName);
     if (!active) throw new AgentError('VOLUME_NOT_FOUND', `LV ${this.vg}/${this.activeName} does not exist`);
     return Math.min(active.sizeBytes, Math.max(Math.ceil(active.sizeBytes * 0.2), 1024 ** 3));
+  }
+
+  async settleClone(): Promise<void> {
+    // lvcreate commits the LVM metadata itself.
   }
 
   async cowClone(name: string): Promise<void> {
@@ -286,6 +326,33 @@ export class LvmVolumeBackend implements VolumeBackend {
     if (!(await this.exists(name))) return false;
     await this.deps.lvm.removeVolume(this.vg, name); // refuses an open LV (invariant 3)
     return true;
+  }
+
+  /**
+   * lvextends the given LVs of the volume (paths) so each holds a fully allocated QCOW2 of
+   * `virtualSize`; checks the VG has room for all of them before extending any. Returns each LV's size.
+   */
+  async growLayers(
+    paths: string[],
+    virtualSize: number,
+  ): Promise<Array<{ path: string; sizeBytes: number }>> {
+    const group = await this.deps.lvm.volumeGroup(this.vg);
+    const needed = this.deps.lvm.roundToExtents(await this.fullSize(virtualSize), group.extentSizeBytes);
+    const lvs: LogicalVolume[] = [];
+    for (const path of paths) {
+      const lv = await this.volume(basename(path));
+      if (lv === undefined) throw new AgentError('VOLUME_NOT_FOUND', `LV ${path} does not exist`);
+      lvs.push(lv);
+    }
+    const growth = lvs.reduce((sum, lv) => sum + Math.max(0, needed - lv.sizeBytes), 0);
+    if (group.freeBytes < growth)
+      throw new InsufficientSpaceError('pool', `VG ${this.vg}`, growth, group.freeBytes);
+    const grown: Array<{ path: string; sizeBytes: number }> = [];
+    for (const lv of lvs) {
+      const after = await this.deps.lvm.extendVolume(this.vg, lv.name, needed);
+      grown.push({ path: lv.path, sizeBytes: after.sizeBytes });
+    }
+    return grown;
   }
 
   async ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void> {

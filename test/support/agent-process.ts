@@ -8,11 +8,11 @@ import { join } from 'node:path';
 import { type Channel, type ChannelModel, connect } from 'amqplib';
 import { declareTopology, topologyNames } from '../../src/messaging/topology.js';
 import { type AgentEvent, eventKindOf } from '../../src/protocol/index.js';
-import { brokerUrl } from './broker.js';
+import { brokerUrl, defaultTopology } from './broker.js';
 import { expectOutboxEmpty, QueueFence } from './drain.js';
 import { FAILPOINTS_PRELOAD } from './failpoints.js';
 
-const ROOT = join(import.meta.dirname, '..', '..', '..');
+const ROOT = join(import.meta.dirname, '..', '..');
 
 export interface AgentEnv {
   hostId: string;
@@ -88,17 +88,7 @@ export class HostBus {
   static async open(hostId: string): Promise<HostBus> {
     const model = await connect(brokerUrl());
     const channel = await model.createChannel();
-    const names = topologyNames({
-      hostId,
-      topology: {
-        commandsExchange: 'clvm.commands',
-        eventsExchange: 'clvm.events',
-        queuePrefix: 'clvm.agent.',
-        deadLetterExchange: 'clvm.commands.dlx',
-        deadLetterQueue: 'clvm.commands.dead',
-        deliveryLimit: 5,
-      },
-    });
+    const names = topologyNames({ hostId, topology: defaultTopology() });
     await declareTopology(channel, names, hostId);
     const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
     await channel.bindQueue(queue, names.eventsExchange, `${hostId}.#`);

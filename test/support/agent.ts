@@ -392,3 +392,32 @@ export class TestClient {
     await this.conn.close().catch(() => undefined);
   }
 }
+
+/** A snapshot.create of LV vg0/`lv` into the agent's first store, directory `lv`, snapshot snap-1. */
+export function lvmCreateCommand(agent: Pick<TestAgent, 'config'>, id: string, lv: string) {
+  return {
+    id,
+    type: 'snapshot.create',
+    params: {
+      volume: { kind: 'lvm', vg: 'vg0', lv },
+      store: { root: agent.config.store.roots[0], dir: lv },
+      snapshot: 'snap-1',
+    },
+  };
+}
+
+/** Instant ping and snapshot.create handlers that record the job id of every run (`runs`). */
+export function recordingHandlers(): { runs: string[]; handlers: HandlerRegistry } {
+  const runs: string[] = [];
+  const handlers: HandlerRegistry = {
+    'agent.ping': async (ctx) => {
+      runs.push(ctx.jobId);
+      return {};
+    },
+    'snapshot.create': async (ctx) => {
+      runs.push(ctx.jobId);
+      return {};
+    },
+  };
+  return { runs, handlers };
+}

@@ -1,4 +1,7 @@
 import { connect } from 'amqplib';
+import { type AgentConfig, loadConfig } from '../../src/config/index.js';
+import { messageOf } from '../../src/errors/index.js';
+import { redactBrokerUrl } from '../../src/messaging/connection.js';
 import type { TopologyNames } from '../../src/messaging/topology.js';
 
 /**
@@ -21,7 +24,7 @@ export async function startBrokerIfNeeded(): Promise<string> {
   } catch (error) {
     throw new Error(
       'No RabbitMQ for the integration tests: TEST_AMQP_URL is not set and testcontainers could not start one ' +
-        `(${error instanceof Error ? error.message : String(error)}). ` +
+        `(${messageOf(error)}). ` +
         'Set TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672 or provide a Docker engine.',
     );
   }
@@ -32,9 +35,7 @@ async function assertReachable(url: string): Promise<void> {
     const conn = await connect(url, { timeout: 5000 });
     await conn.close();
   } catch (error) {
-    throw new Error(
-      `TEST_AMQP_URL=${url.replace(/\/\/[^@]*@/, '//***@')} is not reachable: ${error instanceof Error ? error.message : String(error)}`,
-    );
+    throw new Error(`TEST_AMQP_URL=${redactBrokerUrl(url)} is not reachable: ${messageOf(error)}`);
   }
 }
 
@@ -75,4 +76,9 @@ export function deleteTopology(names: TopologyNames): Promise<void> {
     queues: [names.commandQueue, names.deadLetterQueue],
     exchanges: [names.commandsExchange, names.eventsExchange, names.deadLetterExchange],
   });
+}
+
+/** The agent's default topology (built-in defaults, no environment): what a host runs with. */
+export function defaultTopology(): AgentConfig['topology'] {
+  return loadConfig({ env: {} }).config.topology;
 }

@@ -7,12 +7,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentEvent, eventKindOf } from '../../src/protocol/index.js';
 import { AgentProcess, HostBus } from './agent-process.js';
 import { checkExitCode } from './images.js';
 import {
-  type Cleanup,
+  assertLibvirtReady,
+  Cleanup,
   createQcow2,
   guestFlush,
   guestWrite,
@@ -157,43 +158,89 @@ export async function crashAt(s: CrashSetup, failpoint: string, rollsBack: boole
 const MiB = 1024 * 1024;
 
 /**
- * live-rotate matrix setup: a plain file pool (no reflink needed), a running type='qemu' VM on it,
- * the guest also writing while the agent is dead. `cleanup` removes all of it.
+ * A matrix's world: a file pool (in `poolRoot`, default a temp dir) holding vol.qcow2, a store, the
+ * raw reference of the live disk, a HostBus, and with `vm` a running type='qemu' VM on the volume
+ * (else the "guest" writes with qemu-io). live-rotate: the guest also writes while the agent is
+ * dead, and the active layer is what libvirt says. `cleanup` removes all of it.
  */
-export async function liveRotateCrashSetup(cleanup: Cleanup, label: string): Promise<CrashSetup> {
+export async function crashSetup(
+  cleanup: Cleanup,
+  label: string,
+  opts: { strategy: CrashSetup['strategy']; vm: boolean; poolRoot?: string },
+): Promise<CrashSetup> {
+  if (opts.vm) await assertLibvirtReady();
   const base = await makeTempDir(cleanup, label);
-  const poolRoot = join(base, 'pools');
+  const poolRoot = opts.poolRoot ?? join(base, 'pools');
   const pool = join(poolRoot, 'p1');
   const storeRoot = join(base, 'store');
   await mkdir(pool, { recursive: true });
   await mkdir(storeRoot, { recursive: true });
   const active = join(pool, 'vol.qcow2');
   await createQcow2(active, SIZE / MiB);
-  const dom = await startTestDomain(cleanup, { label, disk: { type: 'file', path: active } });
-  const activeImage = async (): Promise<string> => (await libvirtChain(dom.name))[0]!;
   const bus = await HostBus.open(`h7${label}-${randomBytes(3).toString('hex')}`);
   cleanup.add('bus', () => bus.close());
-  return {
+  const world = {
     bus,
     base,
     poolRoot,
     pool,
     storeRoot,
     volumeFile: 'vol.qcow2',
-    vm: dom.name,
     live: await ReferenceDisk.create(join(base, 'live.raw'), SIZE),
-    write: async (writes) => {
-      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
-    },
-    settle: () => guestFlush(dom),
-    strategy: 'live-rotate',
-    writeWhileDown: true,
-    activeImage,
+    strategy: opts.strategy,
     chain: [],
     refs: [],
     round: 0,
     agentStarts: 0,
   };
+  if (!opts.vm) {
+    return {
+      ...world,
+      vm: null,
+      write: async (writes) => {
+        const commands = writes.flatMap((w) => ['-c', `write -q -P ${w.pattern} ${w.offset} ${w.length}`]);
+        await execa('qemu-io', ['-f', 'qcow2', ...commands, active]);
+      },
+      settle: async () => {},
+    };
+  }
+  const dom = await startTestDomain(cleanup, { label, disk: { type: 'file', path: active } });
+  return {
+    ...world,
+    vm: dom.name,
+    write: async (writes) => {
+      for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
+    },
+    settle: () => guestFlush(dom),
+    ...(opts.strategy === 'live-rotate'
+      ? { writeWhileDown: true, activeImage: async () => (await libvirtChain(dom.name))[0]! }
+      : {}),
+  };
+}
+
+/**
+ * The frame of a crash-matrix file: `setup` before all cells, its clean-up after them, one test per
+ * cell `[failpoint, rolls back]`, run by `at` (default crashAt).
+ */
+export function crashMatrixSuite(opts: {
+  title: string;
+  cellTitle: string;
+  setup: (cleanup: Cleanup) => Promise<CrashSetup>;
+  cells: Array<[string, boolean]>;
+  at?: (s: CrashSetup, failpoint: string, rollsBack: boolean) => Promise<void>;
+}): void {
+  const cleanup = new Cleanup();
+  let s: CrashSetup;
+  beforeAll(async () => {
+    s = await opts.setup(cleanup);
+  });
+  afterAll(() => cleanup.run());
+  const at = opts.at ?? crashAt;
+  describe(opts.title, () => {
+    it.each(opts.cells)(opts.cellTitle, async (point, back) => {
+      await at(s, point, back);
+    });
+  });
 }
 
 /** The chain libvirt describes for the domain's disk (live XML), top first. */

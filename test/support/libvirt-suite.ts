@@ -1,7 +1,9 @@
 // The usual frame of a snapshot suite with VMs: libvirtd checked and a harness made before all
 // tests, both cleaned up after them. (Apart from harness.ts, which benches import outside vitest.)
-import { join } from 'node:path';
-import { afterAll, beforeAll } from 'vitest';
+import { basename, join } from 'node:path';
+import { afterAll, beforeAll, expect } from 'vitest';
+import type { SnapshotCreateResult } from '../../src/protocol/index.js';
+import { checkExitCode } from './images.js';
 import {
   assertLibvirtReady,
   Cleanup,
@@ -10,8 +12,8 @@ import {
   startTestDomain,
   type TestDomain,
 } from './libvirt-fixtures.js';
-import { ReferenceDisk, roundWrites } from './reference-images.js';
-import { type Harness, makeHarness } from './snapshot-harness.js';
+import { differsFromReference, ReferenceDisk, roundWrites } from './reference-images.js';
+import { fileSnapshotCommand, type Harness, makeHarness, runCreate } from './snapshot-harness.js';
 
 /**
  * Registers the suite's beforeAll/afterAll. `h` stands for the harness beforeAll makes (read it in
@@ -41,21 +43,34 @@ export function libvirtSuite(
 
 const MiB = 1024 * 1024;
 
+/** The volume size of the suites' running VMs. */
+export const VOLUME_BYTES = 32 * MiB;
+
 /**
- * A fresh QCOW2 volume `file` in the harness's pool, a running domain on it and the raw reference
- * of its live disk (`referenceBytes`, default the volume's size) in the harness's base directory.
+ * A fresh QCOW2 volume `file` (default vol.qcow2, VOLUME_BYTES) in the harness's pool (or on the
+ * block device `device`), a running
+ * domain on it and the raw reference of its live disk (`referenceBytes`, default the volume's size)
+ * in the harness's base directory.
  */
 export async function runningVolume(
   h: Harness,
   cleanup: Cleanup,
-  opts: { label: string; file: string; sizeBytes: number; reference: string; referenceBytes?: number },
+  opts: { label: string; sizeBytes?: number; reference?: string; referenceBytes?: number } & (
+    | { file?: string }
+    | { device: string }
+  ),
 ) {
-  const active = join(h.pool, opts.file);
-  await createQcow2(active, opts.sizeBytes / MiB);
-  const dom = await startTestDomain(cleanup, { label: opts.label, disk: { type: 'file', path: active } });
+  const disk =
+    'device' in opts
+      ? { type: 'block' as const, path: opts.device }
+      : { type: 'file' as const, path: join(h.pool, opts.file ?? 'vol.qcow2') };
+  const active = disk.path;
+  const sizeBytes = opts.sizeBytes ?? VOLUME_BYTES;
+  await createQcow2(active, sizeBytes / MiB);
+  const dom = await startTestDomain(cleanup, { label: opts.label, disk });
   const live = await ReferenceDisk.create(
-    join(h.base, opts.reference),
-    opts.referenceBytes ?? opts.sizeBytes,
+    join(h.base, opts.reference ?? `${basename(active)}.live.raw`),
+    opts.referenceBytes ?? sizeBytes,
   );
   return { active, dom, live };
 }
@@ -71,4 +86,60 @@ export async function guestWriteRound(
   for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
   await live.apply(writes);
   return writes;
+}
+
+/** A chain being built on a running volume: what each round adds to. */
+export interface RunningChain {
+  dom: TestDomain;
+  live: ReferenceDisk;
+  /** The volume file in the pool, and its directory in the store. */
+  file: string;
+  dir: string;
+  /** Snapshot names so far, and the reference of what each must hold. */
+  names: string[];
+  frozen: ReferenceDisk[];
+}
+
+/**
+ * One round: the guest writes round `round`'s patterns, snapshot `snap-<round>` of the running
+ * volume is taken with `options` on the chain so far, and the reference it must hold is frozen.
+ */
+export async function snapshotRound(
+  h: Harness,
+  chain: RunningChain,
+  round: number,
+  options: Record<string, unknown>,
+): Promise<SnapshotCreateResult> {
+  await guestWriteRound(chain.dom, chain.live, round, VOLUME_BYTES);
+  const name = `snap-${round}`;
+  const result = await runCreate(h, chainCommand(h, chain, name, options));
+  chain.names.push(name);
+  chain.frozen.push(await chain.live.freeze(join(h.base, `ref-${round}.raw`)));
+  return result;
+}
+
+/** The snapshot.create of `snapshot` on the running volume, its parents the chain so far. */
+export function chainCommand(
+  h: Harness,
+  chain: Pick<RunningChain, 'dom' | 'file' | 'dir' | 'names'>,
+  snapshot: string,
+  options: Record<string, unknown>,
+) {
+  return fileSnapshotCommand(h, {
+    file: chain.file,
+    vm: chain.dom.name,
+    dir: chain.dir,
+    parents: [...chain.names],
+    snapshot,
+    options,
+  });
+}
+
+/** Every snapshot of the chain holds its reference and passes qemu-img check. */
+export async function expectChainIntact(h: Harness, chain: RunningChain): Promise<void> {
+  for (const [i, ref] of chain.frozen.entries()) {
+    const path = join(h.storeRoot, chain.dir, chain.names[i]!);
+    expect(await differsFromReference(path, ref)).toBeNull();
+    expect(await checkExitCode(path)).toBe(0);
+  }
 }

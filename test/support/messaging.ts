@@ -9,6 +9,7 @@ import type { TopologyNames } from '../../src/messaging/topology.js';
 import { type Logger, silentLogger } from '../../src/observability/logger.js';
 import { type AgentEvent, eventTypePrefix } from '../../src/protocol/index.js';
 import { brokerUrl } from './broker.js';
+import { QueueFence } from './drain.js';
 import { uniqueSuffix } from './names.js';
 import { waitUntil } from './wait.js';
 
@@ -127,6 +128,8 @@ export interface EventCollector {
   events(): AgentEvent[];
   ids(): string[];
   waitFor(predicate: (messages: ConsumeMessage[]) => boolean, timeoutMs?: number): Promise<void>;
+  /** Once the publisher's outbox is empty: everything it sent has been collected (a fence came through). */
+  drain(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -140,12 +143,16 @@ export async function collectEvents(
   const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
   await channel.bindQueue(queue, names.eventsExchange, pattern);
   const messages: ConsumeMessage[] = [];
-  await channel.consume(queue, (message) => message && messages.push(message), { noAck: true });
+  const fence = new QueueFence();
+  await channel.consume(queue, (message) => message && !fence.take(message) && messages.push(message), {
+    noAck: true,
+  });
   return {
     messages,
     events: () => messages.map((m) => JSON.parse(m.content.toString('utf8')) as AgentEvent),
     ids: () => messages.map((m) => String(m.properties.messageId)),
     waitFor: (predicate, timeoutMs = 20_000) => waitUntil(() => predicate(messages), timeoutMs, 'events'),
+    drain: () => fence.pass(channel, queue),
     close: () => model.close().catch(() => undefined),
   };
 }

@@ -1,4 +1,4 @@
-// Strategy "live-rotate" (running VM on a file pool), see docs/strategies.md:
+// Strategy "live-rotate" (running VM on a file pool or on LVM), see docs/strategies.md:
 //   create-overlay → switch (point of no return: libvirt puts the new layer on top, QEMU writes to
 //   it) → export → publish → verify → record-layer → commit-frozen → remove-frozen
 // No pause. Everything that changes the running chain goes through libvirt (an external disk-only
@@ -7,44 +7,45 @@
 // stays on primary storage (active layer → local base); the store is a pure backup chain. The
 // export is exactly the old top layer: the writes since the previous snapshot. The cost: the active
 // layer's name changes with every snapshot (the result's `volumePath`), and each delta is written
-// twice locally (once by the guest, once by the commit into the base).
-import { AgentError, HostCommandError, InsufficientSpaceError } from '../../errors/index.js';
+// twice locally (once by the guest, once by the commit into the base). On LVM every layer is a
+// thick LV of the volume's full size (two per volume, three during a rotation); no LV is ever
+// renamed, so QEMU's reopen of the old top by its path always finds the same device.
+import { basename } from 'node:path';
+import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
+import { readQcow2Header } from '../../host/qcow2-header.js';
 import { exportStep, publishStep, verifyStep } from '../common-steps.js';
-import type { SnapshotDeps } from '../deps.js';
-import { familyNames, nextLayerName, writeLayerRecord } from '../live-layers.js';
+import { blockGraphOf, type SnapshotDeps } from '../deps.js';
+import { localLayers, nextLayerName, writeLayerRecord } from '../live-layers.js';
 import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
-import { freezeGuest, thawGuest } from '../vm.js';
-import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
+import { diskOf, freezeRecord } from '../vm.js';
+import { FileVolumeBackend, LvmVolumeBackend, type VolumeBackend } from '../volumes.js';
 import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
 /** Why live-rotate is refused when the host turned it off (config snapshot.liveRotate). */
 export const LIVE_ROTATE_DISABLED =
-  "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
+  "disabled on this host (snapshot.liveRotate): live rotation moves the volume's active layer to a new file or LV with every snapshot, and a management plane that does not apply the result's volumePath would start the VM on an old layer";
 
-/** How long libvirt may take to update its chain after a block commit job ended. */
+/** How long libvirt may take to update its chain (and QEMU to close the layer) after a block commit job ended. */
 const COMMIT_SETTLE_MS = 10_000;
 
-/** A running VM on a file pool, no pause: libvirt puts a new layer on top, the old top is exported. */
+/** A running VM on a file pool or LVM, no pause: libvirt puts a new layer on top, the old top is exported. */
 export const liveRotate = {
   name: 'live-rotate',
   auto: { vm: 'running', rank: 0 },
   onHost: (host, options) =>
-    supportFrom((need, reasons) => {
+    supportFrom((need) => {
       if (!need(options.liveRotate === 'enabled', LIVE_ROTATE_DISABLED))
         return { lvmPools: false, filePools: [] };
-      const qemu = host.tools.qemu;
+      // libvirt makes every change to the running chain (external disk-only snapshot, block
+      // commit): no QMP block-graph command of the agent's own, so no QEMU version rule of its own.
       const base =
         need(host.tools.qemuImg !== null, 'qemu-img not found') &&
-        need(host.tools.libvirt !== null, 'libvirt not available') &&
-        need(
-          host.qmp.blockdevReopen,
-          `QEMU ${qemu ?? 'unknown'} has no stable blockdev-reopen (needs ≥ 6.1)`,
-        ) &&
-        need(host.qmp.changeBackingFile, 'QEMU has no change-backing-file');
-      // File pools only: on LVM the libvirt-tracked rotation is not proven yet, and the engine refuses it.
-      if (base) reasons.push('LVM pools: live rotation through libvirt is not supported on LVM yet');
-      return { lvmPools: false, filePools: base ? fileRoots(host) : [] };
+        need(host.tools.libvirt !== null, 'libvirt not available');
+      return {
+        lvmPools: base && need(host.tools.lvm !== null, 'lvm2 not found (LVM pools)'),
+        filePools: base ? fileRoots(host) : [],
+      };
     }),
   probe: async ({ deps, vm, backend, virtualSize }) => {
     if (!vm?.running || vm.target === null) return null;
@@ -59,26 +60,12 @@ export const liveRotate = {
   space: 'overlay',
   rewritesActiveHeader: false,
   movesActiveLayerAt: 'switch',
-  planLayers: async (backend, activeChain) =>
-    backend instanceof FileVolumeBackend
-      ? {
-          stagingName: await nextLayerName(backend.dir, backend.activeName),
-          liveLayers: localLayers(backend, activeChain),
-        }
-      : null,
+  planLayers: async (backend, activeChain) => ({
+    stagingName: await nextLayerName(backend, backend.activeName),
+    liveLayers: localLayers(backend, activeChain),
+  }),
   steps: liveRotateSteps,
 } satisfies Strategy;
-
-/** The active chain's layers that are this volume's own files in its pool (top first, down to its base). */
-function localLayers(backend: FileVolumeBackend, chain: string[]): string[] {
-  const own = new Set(familyNames(backend.activeName).map((n) => backend.pathOf(n)));
-  const layers: string[] = [];
-  for (const path of chain) {
-    if (!own.has(path)) break;
-    layers.push(path);
-  }
-  return layers;
-}
 
 /** The live-rotate strategy's steps for one plan. */
 function liveRotateSteps(
@@ -90,10 +77,8 @@ function liveRotateSteps(
 ): StepPlan {
   const vm = plan.vm;
   if (vm === null || !plan.vmRunning) throw new Error('live-rotate needs a running VM (the planner checks)');
-  if (!(backend instanceof FileVolumeBackend))
-    throw new Error('live-rotate runs on file pools (the probe checks)');
-  const libvirt = deps.libvirt;
-  const target = plan.target ?? 'vda';
+  const graph = blockGraphOf(deps);
+  const disk = diskOf(plan);
   const overlayPath = backend.pathOf(plan.stagingName);
   const frozenPath = plan.activePath;
   // The volume's local layers from the old top down to its base, as planned (a job that failed
@@ -101,24 +86,6 @@ function liveRotateSteps(
   const layers = plan.liveLayers ?? [frozenPath];
   const basePath = layers.at(-1) ?? frozenPath;
 
-  // Whether a QEMU process holds the volume (running or paused); a domain that is gone holds nothing.
-  const running = async (): Promise<boolean> => {
-    try {
-      return (await libvirt.domainState(vm)).state !== 'shut off';
-    } catch (error) {
-      if (error instanceof HostCommandError && error.kind === 'not-found') return false;
-      throw error;
-    }
-  };
-  // libvirt's chain of the disk (live while it runs, else the persistent definition); null: no domain.
-  const libvirtChain = async (): Promise<string[] | null> => {
-    try {
-      return await libvirt.diskSources(vm, target, { inactive: !(await running()) });
-    } catch (error) {
-      if (error instanceof HostCommandError && error.kind === 'not-found') return null;
-      throw error;
-    }
-  };
   // After the switch QEMU writes to the overlay. A VM found running on the old top was started
   // again from a description older than the switch (a management plane that did not apply
   // volumePath): its guest writes land in the layer we export and merge. Stop, keep every layer.
@@ -126,11 +93,11 @@ function liveRotateSteps(
   // so when it handles QEMU's completion event, a moment after the job is gone). False: it stayed.
   const commitSettled = async (): Promise<boolean> => {
     const deadline = Date.now() + COMMIT_SETTLE_MS;
-    for (;;) {
-      await libvirt.waitForBlockJob(vm, target);
-      if (!(await libvirt.diskSources(vm, target)).includes(frozenPath)) return true;
+    for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+      await graph.waitForBlockJob(disk);
+      if (!((await graph.describedChain(disk, { live: true })) ?? []).includes(frozenPath)) return true;
       if (Date.now() > deadline) return false;
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await new Promise((resolve) => setTimeout(resolve, delay));
     }
   };
   const layerKept = (what: string, runsOn?: string): AgentError =>
@@ -142,9 +109,29 @@ function liveRotateSteps(
       { details: { vm, active: runsOn ?? null, expected: overlayPath, layers } },
     );
   const assertOnOverlay = async (what: string): Promise<void> => {
-    if (!(await running())) return;
-    const [top] = await libvirt.diskSources(vm, target);
+    if (!(await graph.holdsDisks(vm))) return;
+    const top = (await graph.describedChain(disk, { live: true }))?.[0];
     if (top !== overlayPath) throw layerKept(what, top);
+  };
+
+  // (The backend guards its own active name, this old top: the layer goes through its pool directly.)
+  const removeMergedLayer = async (path: string): Promise<void> => {
+    if (backend instanceof FileVolumeBackend) {
+      await deps.filePool.remove(path);
+      return;
+    }
+    if (!(backend instanceof LvmVolumeBackend)) throw new Error(`live-rotate on a ${backend.kind} pool`);
+    const name = basename(path);
+    // libvirt drops the layer from its chain a moment before QEMU closes the device: wait for that,
+    // then lvremove (which refuses an LV still open).
+    const deadline = Date.now() + COMMIT_SETTLE_MS;
+    for (;;) {
+      const lv = await backend.volume(name);
+      if (lv === undefined) return;
+      if (!lv.open || Date.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    await deps.lvm.removeVolume(backend.vg, name);
   };
 
   const exportOldTop = exportStep(deps, {
@@ -190,24 +177,26 @@ function liveRotateSteps(
         // libvirt records the new chain in the domain's live (and persistent) description.
         name: 'switch',
         run: async () => {
-          if ((await libvirt.diskSources(vm, target))[0] === overlayPath) return;
-          const freeze = plan.quiesce ? await freezeGuest(libvirt, journal, vm) : null;
-          try {
+          if ((await graph.describedChain(disk, { live: true }))?.[0] === overlayPath) return;
+          const switchLayers = async () => {
             const started = performance.now();
-            await libvirt.externalSnapshot(vm, { target, file: overlayPath, sourceType: 'file' });
+            await graph.switchToOverlay(disk, {
+              file: overlayPath,
+              sourceType: backend.kind === 'lvm' ? 'block' : 'file',
+            });
             const switchMs = performance.now() - started;
             await journal.update((r) => {
               r.facts.switchMs = Math.round(switchMs * 1000) / 1000;
             });
             hooks.midStep?.('switch');
-          } finally {
-            if (freeze !== null && 'frozen' in freeze) await thawGuest(libvirt, journal, vm);
-          }
+          };
+          if (plan.quiesce) await graph.withGuestFrozen(vm, switchLayers, freezeRecord(journal, vm));
+          else await switchLayers();
         },
         // Done when libvirt's chain starts with the overlay. A domain that is gone: done when the
         // overlay holds data (QEMU wrote to it); an empty one loses nothing either way.
         isDone: async () => {
-          const chain = await libvirtChain();
+          const chain = await graph.describedChain(disk);
           if (chain !== null) return chain[0] === overlayPath;
           if (!(await backend.exists(plan.stagingName))) return false;
           return (await deps.qemuImg.allocatedBytes(overlayPath, { topOnly: true, forceShare: true })) > 0;
@@ -231,7 +220,7 @@ function liveRotateSteps(
         // From now on the overlay holds exactly the writes since this snapshot: the next one can
         // be a delta of it. Written only once the snapshot is published and verified.
         name: 'record-layer',
-        run: () => writeLayerRecord(backend.dir, plan.stagingName, plan.snapshotPath),
+        run: () => writeLayerRecord(backend, plan.stagingName, plan.snapshotPath),
       },
       {
         // libvirt's non-active block commit merges the old top (and any layer a failed job left)
@@ -240,17 +229,17 @@ function liveRotateSteps(
         name: 'commit-frozen',
         run: async () => {
           if (frozenPath === basePath) return; // the first rotation: the old top is the base
-          if (!(await running())) return;
+          if (!(await graph.holdsDisks(vm))) return;
           await assertOnOverlay('the commit');
           // A commit this job started (journaled first) goes on in libvirtd if the agent died.
           if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
           await journal.update((r) => {
             r.facts.commitStarted = true;
           });
-          await libvirt.startBlockCommit(vm, { target, top: frozenPath, base: basePath });
+          await graph.startCommit(disk, { top: frozenPath, base: basePath });
           hooks.midStep?.('commit-frozen');
           if (!(await commitSettled())) {
-            const chain = await libvirt.diskSources(vm, target);
+            const chain = await graph.describedChain(disk, { live: true });
             throw new AgentError(
               'VOLUME_STATE_UNEXPECTED',
               `the block commit of ${frozenPath} ended but libvirt still lists it`,
@@ -265,10 +254,10 @@ function liveRotateSteps(
         name: 'remove-frozen',
         run: async () => {
           const onDisk = (await deps.store.readChain(overlayPath)).map((m) => m.path);
-          const described = (await libvirtChain()) ?? [];
+          const described = (await graph.describedChain(disk)) ?? [];
           for (const path of layers.slice(0, -1)) {
             if (onDisk.includes(path) || described.includes(path)) continue; // not merged (VM stopped)
-            await deps.filePool.remove(path); // (the backend guards its own active name: this old top)
+            await removeMergedLayer(path);
           }
         },
       },
@@ -277,8 +266,10 @@ function liveRotateSteps(
 }
 
 /**
- * Whether the running VM's volume can rotate live: a file pool (the libvirt-tracked rotation is
- * not proven on LVM yet), the disk's top layer is QCOW2, and the pool has room for the new layer.
+ * Whether the running VM's volume can rotate live: the disk's top image is QCOW2 (its header, read
+ * in-process: no QMP in QEMU's main loop for it), libvirt names it
+ * as the kind of source the pool has (a `block` disk for an LV, a `file` disk in a file pool), and
+ * the pool has room for the new layer (on LVM a thick LV of the volume's full size).
  */
 async function probeLiveRotate(
   deps: Pick<SnapshotDeps, 'libvirt'>,
@@ -287,16 +278,16 @@ async function probeLiveRotate(
   backend: VolumeBackend,
   virtualSize: number,
 ): Promise<{ supported: boolean; reason: string }> {
-  if (backend.kind !== 'file') {
+  if ((await readQcow2Header(backend.activePath)) === null) {
+    return { supported: false, reason: `the disk's top image ${backend.activePath} is not qcow2` };
+  }
+  const sourceType = backend.kind === 'lvm' ? 'block' : 'file';
+  const disk = (await deps.libvirt.disks(vm)).find((d) => d.target === target);
+  if (disk !== undefined && disk.type !== sourceType) {
     return {
       supported: false,
-      reason:
-        'the volume is on LVM, where the libvirt-tracked rotation is not proven yet (docs/operations.md)',
+      reason: `libvirt describes the disk as type='${disk.type}', not '${sourceType}' as the ${backend.kind} pool's layers are`,
     };
-  }
-  const [top] = await deps.libvirt.diskChain(vm, target);
-  if (top?.driver !== 'qcow2') {
-    return { supported: false, reason: `the disk's top layer is ${top?.driver ?? 'missing'}, not qcow2` };
   }
   try {
     await backend.ensureSpace('overlay', virtualSize);
@@ -309,6 +300,8 @@ async function probeLiveRotate(
   return {
     supported: true,
     reason:
-      'libvirt rotates the file-pool volume live (external disk-only snapshot, block commit into the local base)',
+      backend.kind === 'lvm'
+        ? 'libvirt rotates the LVM volume live (external disk-only snapshot onto a new LV, block commit into the base LV)'
+        : 'libvirt rotates the file-pool volume live (external disk-only snapshot, block commit into the local base)',
   };
 }

@@ -1,13 +1,12 @@
 // Strategy "lvm-cow" (running VM; also works stopped), see docs/strategies.md:
 //   clone (VM paused for the instant of the clone) → export → publish → verify → remove-clone →
 //   repoint (point of no return: QMP change-backing-file with the VM paused, or rebase -u when stopped)
-import { qcow2Blockdev, reopenWithBacking } from '../../host/libvirt.js';
-import { backingOf } from '../chain.js';
+import { backsOnto } from '../chain.js';
 import { exportStep, publishStep, setBackingUnsafe, verifyStep } from '../common-steps.js';
-import type { SnapshotDeps } from '../deps.js';
+import { blockGraphOf, type SnapshotDeps } from '../deps.js';
 import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
-import { freezeGuest, thawGuest, withVmPaused } from '../vm.js';
+import { diskOf, freezeRecord, withVmPaused } from '../vm.js';
 import { FileVolumeBackend, type VolumeBackend } from '../volumes.js';
 import { fileRoots, type Strategy, type StrategyHooks, supportFrom } from './strategy.js';
 
@@ -68,6 +67,9 @@ function lvmCowSteps(
 ): StepPlan {
   const clonePath = backend.pathOf(plan.cloneName);
   const vm = plan.vmRunning ? plan.vm : null;
+  const graph = blockGraphOf(deps);
+  // The node repoint opens for snap-N when the top has no backing node to re-point.
+  const snapNode = `snap-${plan.tag}`;
   return {
     kind: 'lvm-cow',
     pointOfNoReturn: 'repoint',
@@ -82,18 +84,19 @@ function lvmCowSteps(
             await backend.cowClone(plan.cloneName);
             return;
           }
-          const freeze = plan.quiesce ? await freezeGuest(deps.libvirt, journal, vm) : null;
-          try {
-            await withVmPaused(
+          // Nothing but the clone inside the pause: the journal writes, the freeze and the removal
+          // of an earlier half-made clone stay outside (reflink clone in-process; lvcreate on LVM).
+          const pausedClone = () =>
+            withVmPaused(
               deps.libvirt,
               journal,
               vm,
-              () => backend.cowClone(plan.cloneName),
+              () => backend.cowClone(plan.cloneName, { whilePaused: true }),
               () => hooks.midStep?.('clone'),
             );
-          } finally {
-            if (freeze !== null && 'frozen' in freeze) await thawGuest(deps.libvirt, journal, vm);
-          }
+          if (plan.quiesce) await graph.withGuestFrozen(vm, pausedClone, freezeRecord(journal, vm));
+          else await pausedClone();
+          await backend.settleClone(plan.cloneName);
         },
         undo: async () => {
           await backend.remove(plan.cloneName);
@@ -127,69 +130,38 @@ function lvmCowSteps(
         name: 'repoint',
         run: async () => {
           if (vm === null) return setBackingUnsafe(deps.qemuImg, plan.activePath, plan.snapshotPath);
-          if ((await backingOf(deps.qemuImg, plan.activePath)).resolved === plan.snapshotPath) return;
-          const chain = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
+          if (await backsOnto(deps.qemuImg, plan.activePath, plan.snapshotPath)) return;
+          const disk = diskOf(plan);
+          const chain = await graph.chain(disk);
           const top = chain[0];
-          if (top === undefined) throw new Error(`no block node for ${plan.target} of ${vm}`);
-          const attached = chain.some((n) => n.filename === plan.snapshotPath);
+          if (top === undefined) throw new Error(`no block node for ${disk.target} of ${vm}`);
           // QEMU refuses change-backing-file on a node without a backing: open snap-N read-only and
           // make it the top node's backing first (same data, so the guest cannot tell).
-          const needsBacking = chain.length === 1 && !attached;
-          const nodeName = `snap-${plan.tag}`;
+          const needsBacking = chain.length === 1 && top.filename !== plan.snapshotPath;
           if (needsBacking) {
-            const nodes = await deps.libvirt.qmp<Array<{ 'node-name': string }>>(
-              vm,
-              'query-named-block-nodes',
-              {
-                flat: true,
-              },
-            );
-            if (!nodes.some((n) => n['node-name'] === nodeName)) {
-              await deps.libvirt.blockdevAdd(
-                vm,
-                qcow2Blockdev({
-                  nodeName,
-                  filename: plan.snapshotPath,
-                  sourceType: 'file',
-                  readOnly: true,
-                  backing: null,
-                }),
-              );
-            }
+            await graph.openLayer(vm, {
+              nodeName: snapNode,
+              filename: plan.snapshotPath,
+              sourceType: 'file',
+            });
           }
           // Never `qemu-img rebase -u` under a running QEMU (seed defect 5): QEMU writes the header itself.
           await withVmPaused(deps.libvirt, journal, vm, async () => {
             hooks.midStep?.('repoint');
-            if (needsBacking) await deps.libvirt.blockdevReopen(vm, [reopenWithBacking(top, nodeName)]);
-            await deps.libvirt.changeBackingFile(vm, {
-              device: top.nodeName,
-              imageNodeName: top.nodeName,
-              backingFile: plan.snapshotPath,
-            });
+            if (needsBacking) await graph.attachBacking(vm, top, snapNode);
+            await graph.writeBackingName(vm, top, plan.snapshotPath);
           });
         },
         // Not re-pointed: close a snap-N node this step may have opened in QEMU (it is not attached).
         undo: async () => {
-          if (vm === null || !(await deps.libvirt.isRunning(vm))) return;
-          const nodeName = `snap-${plan.tag}`;
-          const nodes = await deps.libvirt.qmp<Array<{ 'node-name': string }>>(
-            vm,
-            'query-named-block-nodes',
-            {
-              flat: true,
-            },
-          );
-          const chain = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
-          if (nodes.some((n) => n['node-name'] === nodeName) && !chain.some((n) => n.nodeName === nodeName)) {
-            await deps.libvirt.blockdevDel(vm, nodeName);
-          }
+          if (vm === null || !(await graph.holdsDisks(vm))) return;
+          await graph.closeDetachedLayer(diskOf(plan), snapNode);
         },
         // Done once the header names snap-N, or once QEMU reads through snap-N (then finish the header).
         isDone: async () => {
-          if ((await backingOf(deps.qemuImg, plan.activePath)).resolved === plan.snapshotPath) return true;
-          if (vm === null || !(await deps.libvirt.isRunning(vm))) return false;
-          const chain = await deps.libvirt.diskChain(vm, plan.target ?? 'vda');
-          return chain.slice(1).some((n) => n.filename === plan.snapshotPath);
+          if (await backsOnto(deps.qemuImg, plan.activePath, plan.snapshotPath)) return true;
+          if (vm === null || !(await graph.holdsDisks(vm))) return false;
+          return (await graph.chain(diskOf(plan))).slice(1).some((n) => n.filename === plan.snapshotPath);
         },
       },
     ],

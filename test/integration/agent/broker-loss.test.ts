@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionState, connectionName } from '../../../src/messaging/connection.js';
 import {
+  lvmCreateCommand,
   type ReceivedEvent,
   slowHandler,
   startTestAgent,
@@ -28,16 +29,6 @@ function expectInOrder(events: ReceivedEvent[]) {
   expect(events.at(-1)?.kind).toBe('succeeded');
 }
 
-const create = (agent: TestAgent, id: string, lv: string) => ({
-  id,
-  type: 'snapshot.create',
-  params: {
-    volume: { kind: 'lvm', vg: 'vg0', lv },
-    store: { root: agent.config.store.roots[0], dir: lv },
-    snapshot: 'snap-1',
-  },
-});
-
 describe('broker loss (real broker)', () => {
   let agent: TestAgent | undefined;
   let client: TestClient | undefined;
@@ -54,13 +45,13 @@ describe('broker loss (real broker)', () => {
   it('rabbitmqctl close_connection of both agent connections mid-job: it reconnects, every event arrives in order', async () => {
     agent = await startTestAgent({ handlers: { 'snapshot.create': slowHandler(2500) } });
     client = await TestClient.open(agent);
-    await client.send(create(agent, 'cut-1', 'vol-a'));
+    await client.send(lvmCreateCommand(agent, 'cut-1', 'vol-a'));
     await waitFor(() => client!.of('cut-1').find((e) => e.kind === 'progress'));
 
     await closeConnectionByName(connectionName(agent.hostId, 'publish'));
     await closeConnectionByName(connectionName(agent.hostId, 'consume'));
     // A command sent while the agent is reconnecting waits in its queue and runs afterwards.
-    await client.send(create(agent, 'cut-2', 'vol-b'));
+    await client.send(lvmCreateCommand(agent, 'cut-2', 'vol-b'));
 
     await client.waitTerminal('cut-1', 30_000);
     await client.waitTerminal('cut-2', 30_000);
@@ -82,8 +73,8 @@ describe('broker loss (real broker)', () => {
       overrides: { broker: { urls: [proxy.urlFor(brokerUrl())] } },
     });
     client = await TestClient.open(agent); // straight to the broker, not through the proxy
-    await client.send(create(agent, 'away-1', 'vol-c'));
-    await client.send(create(agent, 'away-2', 'vol-d'));
+    await client.send(lvmCreateCommand(agent, 'away-1', 'vol-c'));
+    await client.send(lvmCreateCommand(agent, 'away-2', 'vol-d'));
     await waitFor(() => (client!.of('away-1').length > 0 && client!.of('away-2').length > 0) || undefined);
 
     await proxy.stop(); // the broker is gone for the agent while both jobs finish

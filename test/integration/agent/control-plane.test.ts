@@ -7,29 +7,19 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { buildEvent } from '../../../src/jobs/events.js';
 import { newRecord } from '../../../src/jobs/intake.js';
 import { JobJournal } from '../../../src/jobs/journal.js';
-import type { HandlerRegistry } from '../../../src/jobs/types.js';
 import { commandSchema, routingWord, volumeKey, volumeWord } from '../../../src/protocol/index.js';
-import { slowHandler, startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import {
+  lvmCreateCommand,
+  recordingHandlers,
+  slowHandler,
+  startTestAgent,
+  type TestAgent,
+  TestClient,
+} from '../../support/agent.js';
 import { childAgentsPerTest } from '../../support/agents-per-test.js';
 import { brokerUrl } from '../../support/broker.js';
 import { TcpProxy } from '../../support/tcp-proxy.js';
 import { waitFor } from '../../support/wait.js';
-
-/** Instant handlers that record every run: no handler may run for a refused message. */
-function recordingHandlers() {
-  const runs: string[] = [];
-  const handlers: HandlerRegistry = {
-    'agent.ping': async (ctx) => {
-      runs.push(ctx.jobId);
-      return {};
-    },
-    'snapshot.create': async (ctx) => {
-      runs.push(ctx.jobId);
-      return {};
-    },
-  };
-  return { runs, handlers };
-}
 
 async function readyz(agent: TestAgent): Promise<{ status: number; body: Record<string, unknown> }> {
   const res = await fetch(`${await agent.httpUrl()}/readyz`);
@@ -150,15 +140,7 @@ describe('control plane: no message can silence the agent (real broker)', () => 
     const client = await TestClient.open(agent); // direct to the broker, not through the proxy
     clients.push(client);
     expect((await readyz(agent)).status).toBe(200);
-    await client.send({
-      id: 'i11-stall',
-      type: 'snapshot.create',
-      params: {
-        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-stall' },
-        store: { root: agent.config.store.roots[0], dir: 'vol-stall' },
-        snapshot: 'snap-1',
-      },
-    });
+    await client.send(lvmCreateCommand(agent, 'i11-stall', 'vol-stall'));
     await waitFor(() => client.of('i11-stall').find((e) => e.kind === 'accepted'));
     proxy.freeze(); // connected, but no byte moves: the terminal event's confirm never comes
     const stalled = await waitFor(
@@ -220,15 +202,7 @@ describe('control plane: no message can silence the agent (real broker)', () => 
     await waitFor(() => (client.terminal('i11-reuse').length === 2 ? true : undefined));
     expect(client.terminal('i11-reuse')[1]!.event.id).toBe(first.event.id);
 
-    const other = {
-      id: 'i11-reuse',
-      type: 'snapshot.create',
-      params: {
-        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-r' },
-        store: { root: agent.config.store.roots[0], dir: 'vol-r' },
-        snapshot: 'snap-1',
-      },
-    };
+    const other = lvmCreateCommand(agent, 'i11-reuse', 'vol-r');
     await client.send(other, { replyTo: client.replyQueue, correlationId: 'other-caller' });
     await client.send({ id: 'i11-reuse', type: 'agent.ping', params: { bogus: 1 } });
     const apart = await waitFor(() => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { CommandHandlerFn } from '../../../src/jobs/types.js';
-import { slowHandler } from '../../support/agent.js';
+import { lvmCreateCommand, slowHandler } from '../../support/agent.js';
 import { agentsPerTest } from '../../support/agents-per-test.js';
 import { waitFor } from '../../support/wait.js';
 
@@ -16,15 +16,7 @@ describe('duplicate deliveries (real broker)', () => {
     };
     const agent = await frame.start({ handlers: { 'snapshot.create': counted } });
     const client = await frame.openClient(agent);
-    const command = {
-      id: 'dup-1',
-      type: 'snapshot.create',
-      params: {
-        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-dup' },
-        store: { root: agent.config.store.roots[0], dir: 'vol-dup' },
-        snapshot: 'snap-1',
-      },
-    };
+    const command = lvmCreateCommand(agent, 'dup-1', 'vol-dup');
     await client.send(command);
     await client.send(command); // while it runs
     const first = await client.waitTerminal('dup-1');

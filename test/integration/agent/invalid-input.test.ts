@@ -1,26 +1,9 @@
 import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { HandlerRegistry } from '../../../src/jobs/types.js';
-import type { TestClient } from '../../support/agent.js';
+import { recordingHandlers, type TestClient } from '../../support/agent.js';
 import { agentsPerTest } from '../../support/agents-per-test.js';
 import { waitFor } from '../../support/wait.js';
-
-/** Handlers that only count calls: none of them may run for bad input. */
-function countingHandlers() {
-  const calls: string[] = [];
-  const handlers: HandlerRegistry = {
-    'agent.ping': async (ctx) => {
-      calls.push(ctx.jobId);
-      return {};
-    },
-    'snapshot.create': async (ctx) => {
-      calls.push(ctx.jobId);
-      return {};
-    },
-  };
-  return { calls, handlers };
-}
 
 interface Case {
   name: string;
@@ -79,7 +62,7 @@ describe('invalid input (real broker)', () => {
   }
 
   it('refuses bad bodies, names and paths: rejected with code and field, dead-lettered, never run', async () => {
-    const { calls, handlers } = countingHandlers();
+    const { runs: calls, handlers } = recordingHandlers();
     const agent = await frame.start({ handlers, overrides: { pools: { volumeGroups: ['vg0'] } } });
     const client = await frame.openClient(agent);
     const store = agent.config.store.roots[0]!;
@@ -214,7 +197,7 @@ describe('invalid input (real broker)', () => {
   });
 
   it('with signing on: a missing or bad signature is rejected before parsing; a signed command runs', async () => {
-    const { calls, handlers } = countingHandlers();
+    const { runs: calls, handlers } = recordingHandlers();
     const key = 'test-signing-key-0123456789';
     const agent = await frame.start({ handlers, overrides: { security: { signingKey: key } } });
     const client = await frame.openClient(agent);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
+import { lvmCreateCommand, startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
 import { waitFor } from '../../support/wait.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
@@ -43,15 +43,7 @@ describe('the agent process', () => {
       overrides: { limits: { shutdownGraceMs: 20_000 } },
     });
     client = await TestClient.open(agent);
-    await client.send({
-      id: 'term-1',
-      type: 'snapshot.create',
-      params: {
-        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-t' },
-        store: { root: agent.config.store.roots[0], dir: 'vol-t' },
-        snapshot: 'snap-1',
-      },
-    });
+    await client.send(lvmCreateCommand(agent, 'term-1', 'vol-t'));
     await waitFor(() => client!.of('term-1').find((e) => e.kind === 'progress'), 30_000);
     const signalledAt = Date.now();
     agent.child!.kill('SIGTERM');
@@ -76,15 +68,7 @@ describe('the agent process', () => {
       overrides: { limits: { shutdownGraceMs: 500 } },
     });
     client = await TestClient.open(agent);
-    await client.send({
-      id: 'term-2',
-      type: 'snapshot.create',
-      params: {
-        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-u' },
-        store: { root: agent.config.store.roots[0], dir: 'vol-u' },
-        snapshot: 'snap-1',
-      },
-    });
+    await client.send(lvmCreateCommand(agent, 'term-2', 'vol-u'));
     await waitFor(() => client!.of('term-2').find((e) => e.kind === 'progress'), 30_000);
     agent.child!.kill('SIGTERM');
     expect(await agent.exited!, agent.output()).toEqual({ code: 0, signal: null });

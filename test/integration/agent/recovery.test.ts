@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { lvmCreateCommand } from '../../support/agent.js';
 import { childAgentsPerTest } from '../../support/agents-per-test.js';
 import { waitFor } from '../../support/wait.js';
 
@@ -10,15 +11,7 @@ describe('crash recovery (child process, real broker)', () => {
   it('kill -9 mid-job: the restarted agent re-runs the job from its journal, one terminal event, sequence continues', async () => {
     const first = await run.start(3000);
     const client = await run.openClient(first);
-    await client.send({
-      id: 'crash-1',
-      type: 'snapshot.create',
-      params: {
-        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-k' },
-        store: { root: first.config.store.roots[0], dir: 'vol-k' },
-        snapshot: 'snap-1',
-      },
-    });
+    await client.send(lvmCreateCommand(first, 'crash-1', 'vol-k'));
     await waitFor(() => client.of('crash-1').find((e) => e.kind === 'progress'), 30_000);
     first.child!.kill('SIGKILL');
     expect(await first.exited!).toMatchObject({ signal: 'SIGKILL' });

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { lvmCreateCommand } from '../../support/agent.js';
 import { agentsPerTest } from '../../support/agents-per-test.js';
 import { waitFor } from '../../support/wait.js';
 
@@ -88,15 +89,7 @@ describe('agent round trip (real broker)', () => {
   it('snapshot commands answer failed NOT_IMPLEMENTED until the engine registers handlers', async () => {
     const agent = await frame.start();
     const client = await frame.openClient(agent);
-    await client.send({
-      id: 'create-ni-1',
-      type: 'snapshot.create',
-      params: {
-        volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-1' },
-        store: { root: agent.config.store.roots[0], dir: 'vol-1' },
-        snapshot: 'snap-1',
-      },
-    });
+    await client.send(lvmCreateCommand(agent, 'create-ni-1', 'vol-1'));
     const terminal = await client.waitTerminal('create-ni-1');
     expect(terminal.kind).toBe('failed');
     expect(terminal.routingKey).toBe(`${agent.hostId}.lvm~vg0~vol-1.failed`);

@@ -1,42 +1,20 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { brokerUrl } from '../../support/broker.js';
-import {
-  type FakeAgent,
-  startFakeAgent,
-  type Topology,
-  uniqueHost,
-  uniqueTopology,
-} from '../../support/fake-agent.js';
-import { lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
+import { startFakeAgent, uniqueHost, uniqueTopology } from '../../support/fake-agent.js';
+import { fakeAgentPerFile, lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
 
 // snapctl against the real broker and a fake agent that answers with real CloudEvents.
 // Each command: its happy path, its failure path and the exit code (see src/cli/exit-codes.ts).
 
 const SIGNING_KEY = 'test-signing-key';
-let topology: Topology;
-let hostId: string;
-let agent: FakeAgent;
-let flags: string[];
-
 const volumeFlags = ['--volume', 'lvm:vg0/vol-7', '--store-root', '/mnt/snapstore', '--store-dir', 'vol-7'];
 
-beforeAll(async () => {
-  topology = uniqueTopology('cli');
-  hostId = uniqueHost('hv');
-  agent = await startFakeAgent({
-    url: brokerUrl(),
-    hostId,
-    topology,
-    signingKey: SIGNING_KEY,
-    // Command ids starting with "fail-" fail (NOT_IMPLEMENTED), "hang-" never finish.
-    behaviour: (c) => (c.id.startsWith('fail-') ? 'fail' : c.id.startsWith('hang-') ? 'hang' : 'succeed'),
-  });
-  flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
+const fake = fakeAgentPerFile('cli', 'hv', {
+  signingKey: SIGNING_KEY,
+  // Command ids starting with "fail-" fail (NOT_IMPLEMENTED), "hang-" never finish.
+  behaviour: (c) => (c.id.startsWith('fail-') ? 'fail' : c.id.startsWith('hang-') ? 'hang' : 'succeed'),
 });
-
-afterAll(async () => {
-  await agent?.close();
-});
+const { topology, hostId, flags } = fake;
 
 const signed = { AGENT_SIGNING_KEY: SIGNING_KEY };
 
@@ -59,7 +37,9 @@ describe('snapctl ping', () => {
     expect(doc.command).toEqual({ id: `ping-json-${hostId}`, type: 'agent.ping', host: hostId });
     expect((doc.event as { correlationid: string }).correlationid).toBe(`ping-json-${hostId}`);
     // The command reached the agent signed, schema-valid, with the id we gave.
-    expect(agent.received.some((c) => c.id === `ping-json-${hostId}` && c.type === 'agent.ping')).toBe(true);
+    expect(fake.agent.received.some((c) => c.id === `ping-json-${hostId}` && c.type === 'agent.ping')).toBe(
+      true,
+    );
   });
 
   it('--reply-to gets the result as an RPC reply (the agent sends the terminal event only there)', async () => {
@@ -136,7 +116,9 @@ describe('snapctl snapshot create', () => {
     expect(run.stdout).toMatch(
       /succeeded snapshot\.create in 42ms: snap-2 delta, 3\.0 MiB, strategy offline/,
     );
-    const sent = agent.received.find((c) => c.type === 'snapshot.create' && c.params.snapshot === 'snap-2');
+    const sent = fake.agent.received.find(
+      (c) => c.type === 'snapshot.create' && c.params.snapshot === 'snap-2',
+    );
     expect(sent?.params).toMatchObject({
       volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-7' },
       store: { root: '/mnt/snapstore', dir: 'vol-7' },
@@ -164,7 +146,7 @@ describe('snapctl snapshot create', () => {
   });
 
   it('a name the schema refuses never leaves snapctl: exit 2 naming the flag', async () => {
-    const before = agent.received.length;
+    const before = fake.agent.received.length;
     const run = await snapctl(
       ['snapshot', 'create', ...volumeFlags, '--snapshot', '../etc/passwd', ...flags],
       signed,
@@ -172,7 +154,7 @@ describe('snapctl snapshot create', () => {
     expect(run.exitCode).toBe(2);
     expect(run.stderr).toContain('--snapshot (snapshot): invalid file name');
     expect(run.stderr).not.toMatch(/\n\s+at /);
-    expect(agent.received.length).toBe(before);
+    expect(fake.agent.received.length).toBe(before);
   });
 
   it('a missing required option: exit 2', async () => {
@@ -236,6 +218,11 @@ describe('snapctl snapshot delete / revert, chain verify, job cancel', () => {
       ],
       type: 'chain.verify',
     },
+    {
+      name: 'volume resize',
+      args: ['volume', 'resize', '--volume', 'lvm:vg0/vol-7', '--vm', 'i-2-34-VM', '--size', '21474836480'],
+      type: 'volume.resize',
+    },
     { name: 'job cancel', args: ['job', 'cancel', 'some-job-id'], type: 'job.cancel' },
   ];
 
@@ -249,7 +236,7 @@ describe('snapctl snapshot delete / revert, chain verify, job cancel', () => {
         outcome: 'succeeded',
         command: { type: c.type },
       });
-      expect(agent.received.find((r) => r.id === okId)?.type).toBe(c.type);
+      expect(fake.agent.received.find((r) => r.id === okId)?.type).toBe(c.type);
 
       const failed = await snapctl(
         [...c.args, '--id', `fail-${c.type.replace('.', '-')}-${hostId}`, ...flags],
@@ -262,13 +249,18 @@ describe('snapctl snapshot delete / revert, chain verify, job cancel', () => {
   }
 
   it('the sent params hold what the flags said', () => {
-    const del = agent.received.find((r) => r.type === 'snapshot.delete');
+    expect(fake.agent.received.find((r) => r.type === 'volume.resize')?.params).toEqual({
+      volume: { kind: 'lvm', vg: 'vg0', lv: 'vol-7' },
+      vm: 'i-2-34-VM',
+      sizeBytes: 21474836480,
+    });
+    const del = fake.agent.received.find((r) => r.type === 'snapshot.delete');
     expect(del?.params).toMatchObject({ chain: ['snap-1', 'snap-2', 'snap-3'], snapshot: 'snap-2' });
-    const revert = agent.received.find((r) => r.type === 'snapshot.revert');
+    const revert = fake.agent.received.find((r) => r.type === 'snapshot.revert');
     expect(revert?.params).toMatchObject({ mode: 'flatten', snapshot: 'snap-1' });
-    const verify = agent.received.find((r) => r.type === 'chain.verify');
+    const verify = fake.agent.received.find((r) => r.type === 'chain.verify');
     expect(verify?.params).toMatchObject({ chain: ['snap-1', 'snap-2'] });
-    const cancel = agent.received.find((r) => r.type === 'job.cancel');
+    const cancel = fake.agent.received.find((r) => r.type === 'job.cancel');
     expect(cancel?.params).toEqual({ jobId: 'some-job-id' });
   });
 

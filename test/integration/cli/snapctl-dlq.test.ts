@@ -2,14 +2,7 @@ import { type ChannelModel, connect } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventSchema } from '../../../src/protocol/index.js';
 import { brokerUrl } from '../../support/broker.js';
-import {
-  type FakeAgent,
-  startFakeAgent,
-  type Topology,
-  uniqueHost,
-  uniqueTopology,
-} from '../../support/fake-agent.js';
-import { lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
+import { fakeAgentPerFile, lastJson, snapctl, topologyFlags } from '../../support/snapctl.js';
 import { waitUntil } from '../../support/wait.js';
 
 // Dead letters made by RabbitMQ itself (the fake agent nacks without requeue, the queue's
@@ -17,29 +10,16 @@ import { waitUntil } from '../../support/wait.js';
 // replays them so they run.
 
 const SIGNING_KEY = 'dlq-key';
-let topology: Topology;
-let hostId: string;
-let agent: FakeAgent;
+const fake = fakeAgentPerFile('dlq', 'hvd', { signingKey: SIGNING_KEY, behaviour: () => 'dead-letter' });
+const { topology, hostId, flags } = fake;
 let connection: ChannelModel;
-let flags: string[];
 
 beforeAll(async () => {
-  topology = uniqueTopology('dlq');
-  hostId = uniqueHost('hvd');
-  agent = await startFakeAgent({
-    url: brokerUrl(),
-    hostId,
-    topology,
-    signingKey: SIGNING_KEY,
-    behaviour: () => 'dead-letter',
-  });
   connection = await connect(brokerUrl());
-  flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
 });
 
 afterAll(async () => {
   await connection?.close();
-  await agent?.close();
 });
 
 async function deadLetterCount(): Promise<number> {
@@ -110,7 +90,7 @@ describe('snapctl dlq', () => {
   });
 
   it('replay republishes (signature intact), acks after the confirm, and the command runs', async () => {
-    agent.setBehaviour(() => 'succeed');
+    fake.agent.setBehaviour(() => 'succeed');
     const events = await connection.createChannel();
     const { queue } = await events.assertQueue('', { exclusive: true, autoDelete: true });
     await events.bindQueue(queue, topology.eventsExchange, `${hostId}.*.*`);

@@ -5,7 +5,7 @@ import type { CommandHandlerFn } from '../../../src/jobs/types.js';
 import { AGENT_VERSION } from '../../../src/version.js';
 import { slowHandler, startTestAgent, type TestAgent, TestClient } from '../../support/agent.js';
 import { brokerUrl } from '../../support/broker.js';
-import { lastJson, snapctl, startSnapctl } from '../../support/snapctl.js';
+import { lastJson, snapctl, startSnapctlCollecting } from '../../support/snapctl.js';
 import { waitFor } from '../../support/wait.js';
 
 // snapctl against the real agent (test/support/agent.ts: in-process, real broker, real topology:
@@ -103,20 +103,12 @@ describe('snapctl with the real agent', () => {
       handlers: { 'chain.verify': slowHandler(1500) as CommandHandlerFn<'chain.verify'> },
     });
     const flags = flagsFor(agent);
-    const watch = startSnapctl(['watch', ...flags]);
-    let out = '';
-    let err = '';
-    watch.stdout?.on('data', (c: Buffer) => {
-      out += c.toString();
-    });
-    watch.stderr?.on('data', (c: Buffer) => {
-      err += c.toString();
-    });
+    const watch = startSnapctlCollecting(['watch', ...flags]);
     try {
       await waitFor(
-        () => (err.includes('watching') ? true : undefined),
+        () => (watch.err.includes('watching') ? true : undefined),
         30_000,
-        () => `watch: ${err}`,
+        () => `watch: ${watch.err}`,
       );
       const run = await snapctl([
         'chain',
@@ -133,19 +125,19 @@ describe('snapctl with the real agent', () => {
       ]);
       expect(run.exitCode, run.stderr).toBe(0);
       await waitFor(
-        () => (out.includes('real-watch-1 succeeded') ? true : undefined),
+        () => (watch.out.includes('real-watch-1 succeeded') ? true : undefined),
         10_000,
-        () => out,
+        () => watch.out,
       );
     } finally {
-      watch.kill('SIGINT');
+      watch.child.kill('SIGINT');
     }
-    expect((await watch).exitCode).toBe(0);
-    const progress = out.split('\n').filter((l) => l.includes('real-watch-1 progress'));
+    expect((await watch.child).exitCode).toBe(0);
+    const progress = watch.out.split('\n').filter((l) => l.includes('real-watch-1 progress'));
     expect(progress.length).toBeGreaterThanOrEqual(3);
     expect(progress[0]).toMatch(/step 1\/1 sleep {2}\d+\.\d%/);
-    expect(out).toMatch(new RegExp(`${agent.hostId} real-watch-1 accepted chain.verify`));
-    expect(out).toMatch(
+    expect(watch.out).toMatch(new RegExp(`${agent.hostId} real-watch-1 accepted chain.verify`));
+    expect(watch.out).toMatch(
       new RegExp(`${agent.hostId} real-watch-1 succeeded chain.verify in [\\d.]+s: \\{"sleptMs"`),
     );
   });

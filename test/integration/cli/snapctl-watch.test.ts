@@ -1,42 +1,22 @@
+import { readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect } from 'amqplib';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { brokerUrl } from '../../support/broker.js';
-import {
-  type FakeAgent,
-  makeEvent,
-  publishEvent,
-  startFakeAgent,
-  type Topology,
-  uniqueHost,
-  uniqueTopology,
-} from '../../support/fake-agent.js';
-import { snapctl, startSnapctl, topologyFlags } from '../../support/snapctl.js';
+import { makeEvent, publishEvent } from '../../support/fake-agent.js';
+import { fakeAgentPerFile, snapctl, startSnapctlCollecting, topologyFlags } from '../../support/snapctl.js';
 import { waitUntil } from '../../support/wait.js';
 
 // `snapctl watch` on jobs with progress: plain lines when stdout is not a TTY, live bars in a TTY
 // (a pseudo-terminal from util-linux `script`), filters done by the broker binding.
 
-let topology: Topology;
-let hostId: string;
-let agent: FakeAgent;
-
-beforeAll(async () => {
-  topology = uniqueTopology('watch');
-  hostId = uniqueHost('hvw');
-  agent = await startFakeAgent({
-    url: brokerUrl(),
-    hostId,
-    topology,
-    progressSteps: 5,
-    progressGapMs: 200,
-    behaviour: (c) => (c.id.startsWith('fail-') ? 'fail' : 'succeed'),
-  });
-});
-
-afterAll(async () => {
-  await agent?.close();
+const { topology, hostId } = fakeAgentPerFile('watch', 'hvw', {
+  progressSteps: 5,
+  progressGapMs: 200,
+  behaviour: (c) => (c.id.startsWith('fail-') ? 'fail' : 'succeed'),
 });
 
 const createArgs = (name: string) => [
@@ -55,18 +35,10 @@ const createArgs = (name: string) => [
 describe('snapctl watch (not a TTY)', () => {
   it('prints a line per progress event (step, percent, rate, ETA) and one per finished job; Ctrl-C exits 0', async () => {
     const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
-    const watch = startSnapctl(['watch', ...flags]);
-    let out = '';
-    let err = '';
-    watch.stdout?.on('data', (c: Buffer) => {
-      out += c.toString();
-    });
-    watch.stderr?.on('data', (c: Buffer) => {
-      err += c.toString();
-    });
+    const watch = startSnapctlCollecting(['watch', ...flags]);
     try {
-      await waitUntil(() => err.includes('watching'), 30_000, 'watch to subscribe');
-      expect(err).toContain(`with binding ${hostId}.*.*`);
+      await waitUntil(() => watch.err.includes('watching'), 30_000, 'watch to subscribe');
+      expect(watch.err).toContain(`with binding ${hostId}.*.*`);
 
       // An event of another host must not show: the binding filters by host.
       const connection = await connect(brokerUrl());
@@ -88,13 +60,13 @@ describe('snapctl watch (not a TTY)', () => {
       expect(ok.exitCode).toBe(0);
       const failed = await snapctl([...createArgs('snap-w2'), ...flags, '--id', `fail-watch-${hostId}`]);
       expect(failed.exitCode).toBe(1);
-      await waitUntil(() => out.includes(`fail-watch-${hostId} failed`), 30_000, 'the failed line');
+      await waitUntil(() => watch.out.includes(`fail-watch-${hostId} failed`), 30_000, 'the failed line');
     } finally {
-      watch.kill('SIGINT');
+      watch.child.kill('SIGINT');
     }
-    const result = await watch;
+    const result = await watch.child;
     expect(result.exitCode).toBe(0);
-    const lines = out.trim().split('\n');
+    const lines = watch.out.trim().split('\n');
     const progress = lines.filter((l) => l.includes(`watch-ok-${hostId} progress`));
     expect(progress.length).toBe(5);
     for (const line of progress) {
@@ -110,30 +82,26 @@ describe('snapctl watch (not a TTY)', () => {
         new RegExp(`^${hostId} fail-watch-${hostId} failed snapshot.create .* NOT_IMPLEMENTED`),
       ),
     );
-    expect(out).not.toContain('other-host');
+    expect(watch.out).not.toContain('other-host');
   });
 
   it('--kind failed --json: only failed events, one JSON event per line', async () => {
     const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
-    const watch = startSnapctl(['watch', '--kind', 'failed', '--json', ...flags]);
-    let out = '';
-    let err = '';
-    watch.stdout?.on('data', (c: Buffer) => {
-      out += c.toString();
-    });
-    watch.stderr?.on('data', (c: Buffer) => {
-      err += c.toString();
-    });
+    const watch = startSnapctlCollecting(['watch', '--kind', 'failed', '--json', ...flags]);
     try {
-      await waitUntil(() => err.includes(`with binding ${hostId}.*.failed`), 30_000, 'watch to subscribe');
+      await waitUntil(
+        () => watch.err.includes(`with binding ${hostId}.*.failed`),
+        30_000,
+        'watch to subscribe',
+      );
       await snapctl([...createArgs('snap-k1'), ...flags, '--id', `kind-ok-${hostId}`]);
       await snapctl([...createArgs('snap-k2'), ...flags, '--id', `fail-kind-${hostId}`]);
-      await waitUntil(() => out.includes(`fail-kind-${hostId}`), 30_000, 'a failed event');
+      await waitUntil(() => watch.out.includes(`fail-kind-${hostId}`), 30_000, 'a failed event');
     } finally {
-      watch.kill('SIGINT');
+      watch.child.kill('SIGINT');
     }
-    await watch;
-    const events = out
+    await watch.child;
+    const events = watch.out
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { type: string; correlationid: string });
@@ -148,8 +116,10 @@ describe('snapctl watch (in a TTY)', () => {
     const entry = fileURLToPath(new URL('../../../src/snapctl.ts', import.meta.url));
     const flags = [...topologyFlags(brokerUrl(), topology), '--host', hostId];
     const quoted = ['node', '--import', 'tsx', entry, 'watch', ...flags].map((a) => `'${a}'`).join(' ');
-    // `script` gives the child a pseudo-terminal; `timeout -s INT` plays the operator's Ctrl-C.
-    const tty = execa('script', ['-qefc', `timeout --preserve-status -s INT 8 ${quoted}`, '/dev/null'], {
+    // `script` gives the child a pseudo-terminal; SIGINT once the job's line is drawn plays the
+    // operator's Ctrl-C (the pid file says whom to send it to).
+    const pidFile = join(tmpdir(), `snapctl-tty-${hostId}.pid`);
+    const tty = execa('script', ['-qefc', `${quoted} & echo $! > '${pidFile}'; wait $!`, '/dev/null'], {
       reject: false,
       timeout: 60_000,
       env: { ...process.env, COLUMNS: '160', LINES: '40' },
@@ -162,7 +132,10 @@ describe('snapctl watch (in a TTY)', () => {
     await waitUntil(() => out.includes('watching'), 30_000, 'watch in the TTY');
     const ok = await snapctl([...createArgs('snap-t1'), ...flags, '--id', `tty-${hostId}`]);
     expect(ok.exitCode).toBe(0);
+    await waitUntil(() => out.includes(`tty-${hostId} succeeded`), 30_000, 'the finished line');
+    process.kill(Number(await readFile(pidFile, 'utf8')), 'SIGINT');
     const result = await tty;
+    await rm(pidFile, { force: true });
     expect(result.exitCode).toBe(0);
     // A bar: host, shortened job id, step, filled and empty cells, percent, rate, ETA.
     expect(out).toMatch(

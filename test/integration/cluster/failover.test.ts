@@ -260,10 +260,18 @@ async function runCase(
 async function drained(): Promise<void> {
   await waitFor(
     async () => {
-      const rows = JSON.parse(
-        await cluster.ctl(1, 'list_queues', 'name', 'messages', '--formatter', 'json'),
-      ) as Array<{ name: string; messages: number }>;
-      const left = rows.find((r) => r.name === agent.names.commandQueue)?.messages;
+      // Any running node answers for the cluster (one may still be rejoining after the fault).
+      let rows: Array<{ name: string; messages: number }> | undefined;
+      for (const node of [1, 2, 3] as const) {
+        const answer = await cluster
+          .ctl(node, 'list_queues', 'name', 'messages', '--formatter', 'json')
+          .catch(() => undefined);
+        if (answer !== undefined) {
+          rows = JSON.parse(answer) as Array<{ name: string; messages: number }>;
+          break;
+        }
+      }
+      const left = rows?.find((r) => r.name === agent.names.commandQueue)?.messages;
       if (left !== 0) return undefined;
       return expectOutboxEmpty(agent.stateDir).then(
         () => true,

@@ -78,9 +78,9 @@ describe('probeCapabilities', () => {
     expect(hostSupport(caps)['lvm-cow'].reasons.join()).toContain(extRoot);
     expect(hostSupport(caps)['live-rotate']).toMatchObject({
       available: true,
-      lvmPools: false,
+      lvmPools: true,
       filePools: roots,
-      reasons: ['LVM pools: live rotation through libvirt is not supported on LVM yet'],
+      reasons: [],
     });
     expect(Date.parse(caps.probedAt)).not.toBeNaN();
   });
@@ -108,7 +108,7 @@ describe('probeCapabilities', () => {
     expect(caps.problems.join('\n')).toMatch(/not-a-root/);
   });
 
-  it('without libvirt: offline only; an old QEMU: no live rotation', async () => {
+  it('an old QEMU (5.2) without reflink: offline and live rotation through libvirt, no lvm-cow', async () => {
     const qemuImg = new QemuImg({ timeoutMs: 10_000, exportTimeoutMs: 10_000 });
     const caps = await probeCapabilities(
       {
@@ -127,8 +127,9 @@ describe('probeCapabilities', () => {
       filePools: [extRoot],
     });
     expect(hostSupport(caps)['lvm-cow'].available).toBe(false);
-    expect(hostSupport(caps)['live-rotate'].available).toBe(false);
-    expect(hostSupport(caps)['live-rotate'].reasons.join()).toMatch(/blockdev-reopen.*6\.1/);
+    // live-rotate goes through libvirt (snapshot-create-as, blockcommit): no blockdev-reopen needed.
+    expect(hostSupport(caps)['live-rotate']).toMatchObject({ available: true, filePools: [extRoot] });
+    expect(hostSupport(caps)['live-rotate'].reasons.join()).not.toMatch(/blockdev-reopen/);
   });
 
   it('asks the QEMU binary for its QMP commands without a VM', async () => {

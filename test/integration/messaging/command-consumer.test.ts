@@ -181,7 +181,13 @@ describe('CommandConsumer', () => {
     void stopped.then(() => {
       stopDone = true;
     });
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // The command sent after stop() waits in the queue (nobody takes it), and stop() still waits
+    // for the in-flight one.
+    await waitUntil(
+      async () => (await r.admin.checkQueue(r.names.commandQueue)).messageCount === 1,
+      5000,
+      'the command sent after stop() to be queued',
+    );
     expect(stopDone).toBe(false);
     release();
     await stopped;

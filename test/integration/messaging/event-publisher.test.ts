@@ -204,7 +204,7 @@ describe('EventPublisher', () => {
     expect(await r.publisher.flush(30_000)).toBe(true);
     const distinct = () => collapseAdjacentRepeats(r.collector.ids()).ids.length;
     await r.collector.waitFor(() => distinct() === sent.length);
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await r.collector.drain(); // the outbox is empty (flushed): no late repeat can come after this
 
     const { ids, repeats } = collapseAdjacentRepeats(r.collector.ids());
     expect(ids).toEqual(sent.map((e) => e.event.id));
@@ -237,7 +237,7 @@ describe('EventPublisher', () => {
     await proxy.resume();
     expect(await r.publisher.flush(20_000)).toBe(true);
     await r.collector.waitFor((m) => m.length >= 40);
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await r.collector.drain(); // the outbox is empty (flushed): no late repeat can come after this
     expect(r.collector.ids()).toEqual(
       Array.from({ length: 40 }, (_, i) => `evt-${r.hostId}-${String(i + 1).padStart(6, '0')}`),
     );

@@ -13,7 +13,7 @@ import { Rabbitmqctl } from '../../../src/cli/rabbitmqctl.js';
 import { openBrokerConnection } from '../../../src/client/index.js';
 import { declareTopology, topologyNames } from '../../../src/messaging/topology.js';
 import { startTestAgent, type TestAgent } from '../../support/agent.js';
-import { brokerUrl } from '../../support/broker.js';
+import { brokerUrl, defaultTopology } from '../../support/broker.js';
 import { uniqueSuffix } from '../../support/names.js';
 import { lastJson, snapctl } from '../../support/snapctl.js';
 import { waitFor } from '../../support/wait.js';
@@ -24,15 +24,8 @@ const hostA = `i12-lpa-${sfx}`;
 const hostB = `i12-lpb-${sfx}`;
 const users = { a: `i12-agent-a-${sfx}`, b: `i12-agent-b-${sfx}`, mgmt: `i12-mgmt-${sfx}` };
 const password = 'i12-least-privilege-pw';
-const topology = {
-  commandsExchange: 'clvm.commands',
-  eventsExchange: 'clvm.events',
-  queuePrefix: 'clvm.agent.',
-  deadLetterExchange: 'clvm.commands.dlx',
-  deadLetterQueue: 'clvm.commands.dead',
-  deliveryLimit: 5,
-  declare: false,
-};
+// The default names, checked not declared: with least privilege the host may not declare them.
+const topology = { ...defaultTopology(), declare: false };
 const ctl = new Rabbitmqctl({ timeoutMs: 60_000 });
 const pwFile = join(tmpdir(), `i12-pw-${sfx}`);
 const rabbitmqctl = (args: string[]) => execa('rabbitmqctl', args, { timeout: 60_000 });

@@ -3,18 +3,7 @@
 // needed), a running type='qemu' VM, RabbitMQ and real agent processes killed with SIGKILL at step
 // boundaries and right after libvirt's external snapshot returned (switch:during). The guest
 // also writes while the agent is dead: those writes reach the live disk and stay out of the snapshot.
-import { afterAll, beforeAll, describe, it } from 'vitest';
-import { type CrashSetup, liveRotateCrashAt, liveRotateCrashSetup } from '../../support/crash-matrix.js';
-import { assertLibvirtReady, Cleanup } from '../../support/libvirt-fixtures.js';
-
-const cleanup = new Cleanup();
-let s: CrashSetup;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  s = await liveRotateCrashSetup(cleanup, 'crashlr');
-});
-afterAll(() => cleanup.run());
+import { crashMatrixSuite, crashSetup, liveRotateCrashAt } from '../../support/crash-matrix.js';
 
 // Point of no return: switch (libvirt put the new layer on top). Cells before it roll back; the
 // rest finish. The finishing cells come first so that the rolled-back ones are deltas on a chain.
@@ -28,11 +17,10 @@ const cells: Array<[string, boolean]> = [
   ['live-rotate:switch:before', true],
 ];
 
-describe('crash matrix: live-rotate with a running VM on a plain file pool (create to export)', () => {
-  it.each(cells)(
-    'kill -9 at %s, restart: rolled back = %s, chain intact, VM never paused, no write lost',
-    async (point, back) => {
-      await liveRotateCrashAt(s, point, back);
-    },
-  );
+crashMatrixSuite({
+  title: 'crash matrix: live-rotate with a running VM on a plain file pool (create to export)',
+  cellTitle: 'kill -9 at %s, restart: rolled back = %s, chain intact, VM never paused, no write lost',
+  setup: (cleanup) => crashSetup(cleanup, 'crashlr', { strategy: 'live-rotate', vm: true }),
+  cells,
+  at: liveRotateCrashAt,
 });

@@ -36,12 +36,7 @@ function storeFullQemuImg(real: QemuImg): QemuImg {
 
 describe('live-rotate failing after the switch', () => {
   it('keeps every write, and the next snapshot is full and cleans up', async () => {
-    const { active, dom, live } = await runningVolume(h, cleanup, {
-      label: 'lrfail',
-      file: 'vol1.qcow2',
-      sizeBytes: SIZE,
-      reference: 'ref-live.raw',
-    });
+    const { active, dom, live } = await runningVolume(h, cleanup, { label: 'lrfail', file: 'vol1.qcow2' });
     const snapshot = async (name: string, parents: string[], deps = h.deps) => {
       const cmd = fileSnapshotCommand(h, {
         file: 'vol1.qcow2',

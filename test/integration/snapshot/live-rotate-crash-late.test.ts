@@ -2,18 +2,7 @@
 // the export to the end, all after the point of no return, so every job finishes. The first cell
 // makes the full snapshot, the rest are deltas; commit-frozen:during kills the agent while
 // libvirt's block commit may still run (libvirt finishes it; recovery waits for it).
-import { afterAll, beforeAll, describe, it } from 'vitest';
-import { type CrashSetup, liveRotateCrashAt, liveRotateCrashSetup } from '../../support/crash-matrix.js';
-import { assertLibvirtReady, Cleanup } from '../../support/libvirt-fixtures.js';
-
-const cleanup = new Cleanup();
-let s: CrashSetup;
-
-beforeAll(async () => {
-  await assertLibvirtReady();
-  s = await liveRotateCrashSetup(cleanup, 'crashlr2');
-});
-afterAll(() => cleanup.run());
+import { crashMatrixSuite, crashSetup, liveRotateCrashAt } from '../../support/crash-matrix.js';
 
 const cells: Array<[string, boolean]> = [
   ['live-rotate:export:after', false],
@@ -25,11 +14,10 @@ const cells: Array<[string, boolean]> = [
   ['live-rotate:remove-frozen:before', false],
 ];
 
-describe('crash matrix: live-rotate with a running VM on a plain file pool (export to the end)', () => {
-  it.each(cells)(
-    'kill -9 at %s, restart: finished, chain intact, VM never paused, no write lost',
-    async (point, back) => {
-      await liveRotateCrashAt(s, point, back);
-    },
-  );
+crashMatrixSuite({
+  title: 'crash matrix: live-rotate with a running VM on a plain file pool (export to the end)',
+  cellTitle: 'kill -9 at %s, restart: finished, chain intact, VM never paused, no write lost',
+  setup: (cleanup) => crashSetup(cleanup, 'crashlr2', { strategy: 'live-rotate', vm: true }),
+  cells,
+  at: liveRotateCrashAt,
 });

@@ -20,12 +20,7 @@ const { h, cleanup } = libvirtSuite('lrfull');
 
 describe('live-rotate: a full snapshot on top of a delta chain', () => {
   it('stands alone; the VM reads only its local layers; the next delta builds on it', async () => {
-    const { active, dom, live } = await runningVolume(h, cleanup, {
-      label: 'lrfull',
-      file: 'vol.qcow2',
-      sizeBytes: SIZE,
-      reference: 'live.raw',
-    });
+    const { active, dom, live } = await runningVolume(h, cleanup, { label: 'lrfull' });
     const store = join(h.storeRoot, 'vol');
     const names: string[] = [];
     const refs = new Map<string, ReferenceDisk>();

@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createSnapshot } from '../../../src/snapshot/index.js';
 import { createQcow2, startTestDomain, virsh } from '../../support/libvirt-fixtures.js';
-import { guestWriteRound, libvirtSuite } from '../../support/libvirt-suite.js';
+import { chainCommand, guestWriteRound, libvirtSuite } from '../../support/libvirt-suite.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
-import { FileStepJournal, fileSnapshotCommand, jobContext } from '../../support/snapshot-harness.js';
+import { FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -28,13 +28,9 @@ describe('live-rotate quiesce without an answering guest agent', () => {
     const names: string[] = [];
     for (let round = 1; round <= 2; round++) {
       await guestWriteRound(dom, live, 600 + round, SIZE);
-      const cmd = fileSnapshotCommand(h, {
-        file: 'vol.qcow2',
-        vm: dom.name,
-        dir: 'vol',
-        parents: names,
-        snapshot: `snap-${round}`,
-        options: { strategy: 'live-rotate', quiesce: true },
+      const cmd = chainCommand(h, { dom, file: 'vol.qcow2', dir: 'vol', names }, `snap-${round}`, {
+        strategy: 'live-rotate',
+        quiesce: true,
       });
       const journal = new FileStepJournal(join(h.base, `${cmd.id}.json`));
       const result = await createSnapshot(jobContext(cmd, journal), h.deps);

@@ -129,12 +129,7 @@ class Volume {
 }
 
 async function newVolume(file: string): Promise<Volume> {
-  const { dom, live } = await runningVolume(h, cleanup, {
-    label: 'lrrestart',
-    file,
-    sizeBytes: SIZE,
-    reference: `${file}.live.raw`,
-  });
+  const { dom, live } = await runningVolume(h, cleanup, { label: 'lrrestart', file });
   return new Volume(file, dom, live);
 }
 

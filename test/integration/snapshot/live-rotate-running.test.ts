@@ -27,7 +27,7 @@ const SIZE = 32 * MiB;
 const { h, cleanup } = libvirtSuite('lrrun', { failpoints: 'export-rate=1M' });
 
 async function newVolume(file: string): Promise<{ active: string; dom: TestDomain; live: ReferenceDisk }> {
-  return runningVolume(h, cleanup, { label: 'lrrun', file, sizeBytes: SIZE, reference: `${file}.live.raw` });
+  return runningVolume(h, cleanup, { label: 'lrrun', file });
 }
 
 async function write(dom: TestDomain, live: ReferenceDisk, writes: PatternWrite[]): Promise<void> {

@@ -9,13 +9,12 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { infoOf, mapOf } from '../../support/images.js';
 import { guestFlush, guestWrite } from '../../support/libvirt-fixtures.js';
-import { libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
+import { chainCommand, libvirtSuite, runningVolume } from '../../support/libvirt-suite.js';
 import { differsFromReference, type PatternWrite } from '../../support/reference-images.js';
-import { fileSnapshotCommand, runCreate } from '../../support/snapshot-harness.js';
+import { runCreate } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const CLUSTER = 64 * 1024;
-const SIZE = 32 * MiB;
 const METADATA = 1 * MiB;
 const { h, cleanup } = libvirtSuite('lrsize');
 
@@ -61,12 +60,7 @@ const rounds: PatternWrite[][] = [
 
 describe('live-rotate: a snapshot holds exactly the bytes written since the previous one', () => {
   it('sizes match the guest writes, round by round', async () => {
-    const { active, dom, live } = await runningVolume(h, cleanup, {
-      label: 'lrsize',
-      file: 'vol.qcow2',
-      sizeBytes: SIZE,
-      reference: 'live.raw',
-    });
+    const { active, dom, live } = await runningVolume(h, cleanup, { label: 'lrsize' });
     const names: string[] = [];
     const report: string[] = [];
 
@@ -74,13 +68,8 @@ describe('live-rotate: a snapshot holds exactly the bytes written since the prev
       const round = i + 1;
       for (const w of writes) await guestWrite(dom, w.pattern, w.offset, w.length);
       await live.apply(writes);
-      const cmd = fileSnapshotCommand(h, {
-        file: 'vol.qcow2',
-        vm: dom.name,
-        dir: 'vol',
-        parents: names,
-        snapshot: `snap-${round}`,
-        options: { strategy: 'live-rotate' },
+      const cmd = chainCommand(h, { dom, file: 'vol.qcow2', dir: 'vol', names }, `snap-${round}`, {
+        strategy: 'live-rotate',
       });
       const result = await runCreate(h, cmd);
       names.push(`snap-${round}`);

@@ -7,7 +7,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FilePool } from '../../../src/host/file-pool.js';
 import { Lvm } from '../../../src/host/lvm.js';
+import { QemuImg } from '../../../src/host/qemu-img.js';
+import { layerHoldsWritesSince, writeLayerRecord } from '../../../src/snapshot/live-layers.js';
+import { LvmVolumeBackend } from '../../../src/snapshot/volumes.js';
 import { claimDisk, sh, uniqueName } from '../../support/lab/lab.js';
 
 const MiB = 1024 * 1024;
@@ -96,5 +100,46 @@ describe('shared VG with lvmlockd + sanlock', () => {
     await lvm.activate(vg, 'vol-1', 'off');
     await lvm.removeVolume(vg, 'vol-1');
     expect(await lvm.getVolume(vg, 'vol-1')).toBeUndefined();
+  });
+
+  it('live-rotation layer LVs: created and activated exclusively, their record tag written, grown for a resize', async () => {
+    const qemuImg = new QemuImg({ timeoutMs: 60_000, exportTimeoutMs: 120_000 });
+    const filePool = new FilePool({ roots: [configDir], qemuImg, timeoutMs: 60_000 });
+    const backend = new LvmVolumeBackend({ qemuImg, filePool, lvm }, vg, 'rot');
+    const exclusively = async (name: string) =>
+      (await sh('lvs', ['--noheadings', '-o', 'lv_active_exclusively', `${vg}/${name}`])).trim();
+    const { fullyAllocatedBytes } = await qemuImg.measure({ sizeBytes: 16 * MiB });
+    await lvm.createVolume({ vg, name: 'rot', sizeBytes: fullyAllocatedBytes });
+    await qemuImg.create({ path: backend.activePath, sizeBytes: 16 * MiB });
+
+    // The new layer: a thick LV of the volume's full size, active here exclusively, a QCOW2 on the base.
+    await backend.createOverlay('rot.lr-a', { file: backend.activePath, format: 'qcow2' }, 16 * MiB);
+    expect(await exclusively('rot.lr-a')).toBe('active exclusively');
+    expect((await lvm.getVolume(vg, 'rot.lr-a'))?.sizeBytes).toBe(
+      (await lvm.getVolume(vg, 'rot'))?.sizeBytes,
+    );
+    expect((await qemuImg.info(backend.pathOf('rot.lr-a'))).fullBackingFile).toBe(backend.activePath);
+
+    // The layer record is a tag in the shared VG's metadata (through lvmlockd's VG lock).
+    await writeLayerRecord(backend, 'rot.lr-a', '/store/vol/snap-1');
+    await writeLayerRecord(backend, 'rot.lr-a', '/store/vol/snap-2'); // replaces the first
+    expect(await layerHoldsWritesSince(backend, 'rot.lr-a', '/store/vol/snap-2')).toBe(true);
+    expect(await layerHoldsWritesSince(backend, 'rot.lr-a', '/store/vol/snap-1')).toBe(false);
+    expect((await lvm.getVolume(vg, 'rot.lr-a'))?.tags).toHaveLength(1);
+
+    // A layer found inactive (another host had it) is activated exclusively before use.
+    await lvm.activate(vg, 'rot.lr-a', 'off');
+    await backend.ensureActive('rot.lr-a');
+    expect(await exclusively('rot.lr-a')).toBe('active exclusively');
+
+    // volume.resize's LV step: both LVs grow for a fully allocated QCOW2 of the new size.
+    const grown = await backend.growLayers([backend.activePath, backend.pathOf('rot.lr-a')], 32 * MiB);
+    const needed = (await qemuImg.measure({ sizeBytes: 32 * MiB })).fullyAllocatedBytes;
+    expect(grown.map((g) => g.sizeBytes >= needed)).toEqual([true, true]);
+
+    for (const name of ['rot.lr-a', 'rot']) {
+      await lvm.activate(vg, name, 'off');
+      await lvm.removeVolume(vg, name);
+    }
   });
 });

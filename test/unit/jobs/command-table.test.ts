@@ -32,6 +32,10 @@ describe('COMMAND_TABLE', () => {
     expect(commandSpec(verifyVolume.type).lockKey(verifyVolume)).toBe('volume:lvm~vg0~disk1');
     const ping = parse('agent.ping', {});
     expect(commandSpec(ping.type).lockKey(ping)).toBeNull();
+    // Every name of a volume (live rotation's layer names) takes the volume's one lock.
+    const layer = { kind: 'lvm', vg: 'vg0', lv: 'disk1.lr-b' } as const;
+    const resize = parse('volume.resize', { volume: layer, sizeBytes: 1024 * 1024 });
+    expect(commandSpec(resize.type).lockKey(resize)).toBe('volume:lvm~vg0~disk1');
   });
 
   it('refuses a store root that is not configured, and a volume group not allowed', async () => {
@@ -51,7 +55,7 @@ describe('COMMAND_TABLE', () => {
     expect(commandTypesHandledBy('job-layer')).toEqual(['job.cancel']);
     expect(commandTypesHandledBy('agent')).toEqual(['agent.ping']);
     expect(commandTypesHandledBy('engine').sort()).toEqual(
-      ['chain.verify', 'snapshot.create', 'snapshot.delete', 'snapshot.revert'].sort(),
+      ['chain.verify', 'snapshot.create', 'snapshot.delete', 'snapshot.revert', 'volume.resize'].sort(),
     );
   });
 });

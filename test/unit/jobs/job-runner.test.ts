@@ -321,12 +321,15 @@ describe('JobRunner', () => {
   });
 
   it('throttles progress and numbers every event of a job in order', async () => {
+    let exportMs = 0;
     const { runner } = await makeRunner({
       'snapshot.create': async (ctx) => {
+        const started = performance.now();
         for (let i = 0; i <= 20; i++) {
           ctx.progress({ step: 'export', stepIndex: 0, stepCount: 2, percent: i * 5 });
           await new Promise((r) => setTimeout(r, 10));
         }
+        exportMs = performance.now() - started;
         ctx.progress({ step: 'rebase', stepIndex: 1, stepCount: 2, percent: 100 });
         return {};
       },
@@ -336,9 +339,11 @@ describe('JobRunner', () => {
     const events = sink.of('pr-1');
     expect(events.map((e) => Number(e.event.sequence))).toEqual(events.map((_, i) => i + 1));
     const progress = events.filter((e) => eventKindOf(e.event.type) === 'progress');
-    // ~210 ms of updates at one per 50 ms: a handful, not 22.
+    // ~210 ms of updates at one per 50 ms: a handful, not 22. The bound follows the time the loop
+    // really took (a loaded machine stretches its 10 ms sleeps): one at once, one per interval, the
+    // export's last when the step changes, and the rebase.
     expect(progress.length).toBeGreaterThanOrEqual(3);
-    expect(progress.length).toBeLessThanOrEqual(9);
+    expect(progress.length).toBeLessThanOrEqual(Math.ceil(exportMs / 50) + 3);
     const lastOfExport = progress
       .filter((e) => (e.event.data as { stepIndex: number }).stepIndex === 0)
       .at(-1);
@@ -460,7 +465,7 @@ describe('JobRunner', () => {
         ),
     });
     await runner.handleCommand(delivery(ping('sd-1')));
-    expect(await runner.shutdown(2000)).toEqual({ left: [], aborted: [] });
+    expect(await runner.shutdown(10_000)).toEqual({ left: [], aborted: [] }); // returns as soon as the ping ends
     expect(sink.kinds('sd-1')).toEqual(['accepted', 'succeeded']);
 
     const other = await makeRunner({

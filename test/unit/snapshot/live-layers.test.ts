@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { diskSourcesFromXml } from '../../../src/host/libvirt.js';
-import { baseNameOf, familyNames, isLayerName } from '../../../src/snapshot/live-layers.js';
+import { baseNameOf, familyNames, isLayerName } from '../../../src/protocol/names.js';
+import { volumeFamilyKey } from '../../../src/protocol/routing.js';
 
 describe('layer names of a rotated file volume', () => {
   it('maps every name of the volume to its base name, and lists the layer names', () => {
@@ -10,6 +11,18 @@ describe('layer names of a rotated file volume', () => {
     expect(familyNames('vol.lr-c')).toEqual(['vol', 'vol.lr-a', 'vol.lr-b', 'vol.lr-c', 'vol.lr-d']);
     expect(isLayerName('vol.lr-a')).toBe(true);
     expect(isLayerName('vol.stg-0123456789')).toBe(false);
+  });
+});
+
+describe('one lock for every name of a volume', () => {
+  it('gives the base name and the layer names the same key, other volumes another', () => {
+    const lvm = (lv: string) => volumeFamilyKey({ kind: 'lvm', vg: 'vg0', lv });
+    const file = (name: string) => volumeFamilyKey({ kind: 'file', pool: '/p', file: name });
+    expect(lvm('vol.lr-a')).toBe(lvm('vol'));
+    expect(lvm('vol.lr-b')).toBe(lvm('vol'));
+    expect(lvm('vol2')).not.toBe(lvm('vol'));
+    expect(file('vol.qcow2.lr-a')).toBe(file('vol.qcow2'));
+    expect(file('vol.qcow2')).not.toBe(lvm('vol.qcow2'));
   });
 });
 

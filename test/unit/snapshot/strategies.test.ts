@@ -35,7 +35,7 @@ describe('STRATEGIES', () => {
     expect(all['lvm-cow'].reasons.join()).toContain('/ext4 (Operation not supported)');
     expect(all['live-rotate']).toMatchObject({
       available: true,
-      lvmPools: false,
+      lvmPools: true,
       filePools: ['/xfs', '/ext4'],
     });
 

@@ -1,0 +1,124 @@
+// live-rotate's step list with a fake block graph: the switch (and the freeze around it), the
+// commit only while QEMU runs on the new layer, and which merged layers are removed.
+// (The real thing: test/integration/snapshot/live-rotate-*.test.ts.)
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Step } from '../../../src/snapshot/steps.js';
+import { strategyOf } from '../../../src/snapshot/strategies/index.js';
+import { FileVolumeBackend } from '../../../src/snapshot/volumes.js';
+import { createPlan, FakeBlockGraph, fakeDeps, io, type Log, memoryJournal } from './strategy-fakes.js';
+
+describe('live-rotate steps (fakes)', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'h16-lr-steps-'));
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  function setup(over: Parameters<typeof createPlan>[1] = {}) {
+    const log: Log = [];
+    const graph = new FakeBlockGraph(log);
+    const base = join(dir, 'vol.qcow2');
+    const frozen = join(dir, 'vol.qcow2.lr-a');
+    const overlay = join(dir, 'vol.qcow2.lr-b');
+    const deps = fakeDeps(log, graph, { chains: { [overlay]: [overlay, base] } });
+    const plan = createPlan(dir, {
+      strategy: 'live-rotate',
+      activePath: frozen,
+      stagingName: 'vol.qcow2.lr-b',
+      liveLayers: [frozen, base],
+      ...over,
+    });
+    const backend = new FileVolumeBackend(deps, dir, 'vol.qcow2.lr-a');
+    const journal = memoryJournal();
+    const steps = strategyOf('live-rotate').steps(plan, backend, deps, journal);
+    const step = (name: string): Step => steps.steps.find((s) => s.name === name)!;
+    return { log, graph, journal, steps, step, base, frozen, overlay };
+  }
+
+  it('has switch as its point of no return', () => {
+    expect(setup().steps.pointOfNoReturn).toBe('switch');
+  });
+
+  it('switch: libvirt puts the overlay on top, the guest frozen around it; the time is journaled', async () => {
+    const { log, graph, step, journal, frozen, base, overlay } = setup({ quiesce: true });
+    graph.described = [[frozen, base]];
+    await step('switch').run(io);
+    expect(log).toEqual([
+      'graph.describedChain vdb live',
+      'graph.freeze',
+      `graph.switchToOverlay vdb ${overlay}`,
+      'graph.thaw',
+    ]);
+    expect(journal.get().facts).toMatchObject({ frozenByUs: null, quiesced: 'yes' });
+    expect(typeof journal.get().facts.switchMs).toBe('number');
+  });
+
+  it('switch again after a crash: nothing when libvirt already lists the overlay on top', async () => {
+    const { log, graph, step, overlay, base, frozen } = setup();
+    graph.described = [[overlay, frozen, base]];
+    await step('switch').run(io);
+    expect(await step('switch').isDone!()).toBe(true);
+    expect(log.filter((l) => l.includes('switchToOverlay'))).toEqual([]);
+  });
+
+  it('switch isDone with the domain gone: only an overlay holding data counts', async () => {
+    const { graph, step } = setup();
+    graph.described = [null];
+    expect(await step('switch').isDone!()).toBe(false);
+  });
+
+  it('commit-frozen: merges the old top into the base and waits until libvirt drops it', async () => {
+    const { log, graph, step, journal, frozen, base, overlay } = setup();
+    graph.described = [
+      [overlay, frozen, base],
+      [overlay, frozen, base],
+      [overlay, base],
+    ];
+    await step('commit-frozen').run(io);
+    expect(log).toEqual([
+      'graph.holdsDisks h16-vm',
+      'graph.holdsDisks h16-vm',
+      'graph.describedChain vdb live',
+      `graph.startCommit ${frozen} ${base}`,
+      'graph.waitForBlockJob vdb',
+      'graph.describedChain vdb live',
+      'graph.waitForBlockJob vdb',
+      'graph.describedChain vdb live',
+    ]);
+    expect(journal.get().facts.commitStarted).toBe(true);
+  });
+
+  it('commit-frozen stops, keeping every layer, when the VM runs on the old top again', async () => {
+    const { log, graph, step, frozen, base } = setup();
+    graph.described = [[frozen, base]];
+    await expect(step('commit-frozen').run(io)).rejects.toMatchObject({ code: 'VOLUME_STATE_UNEXPECTED' });
+    expect(log.some((l) => l.startsWith('graph.startCommit'))).toBe(false);
+  });
+
+  it('commit-frozen: nothing on the first rotation (the old top is the base) or with the VM stopped', async () => {
+    const first = setup({ liveLayers: [join(dir, 'vol.qcow2.lr-a')] });
+    await first.step('commit-frozen').run(io);
+    expect(first.log).toEqual([]);
+    const stopped = setup();
+    stopped.graph.holds = false;
+    await stopped.step('commit-frozen').run(io);
+    expect(stopped.log).toEqual(['graph.holdsDisks h16-vm']);
+  });
+
+  it('remove-frozen removes a merged layer only when neither the headers nor libvirt name it', async () => {
+    const merged = setup();
+    merged.graph.described = [[merged.overlay, merged.base]];
+    await merged.step('remove-frozen').run(io);
+    expect(merged.log.filter((l) => l.startsWith('filePool.remove'))).toEqual([
+      `filePool.remove ${merged.frozen}`,
+    ]);
+
+    const kept = setup();
+    kept.graph.described = [[kept.overlay, kept.frozen, kept.base]];
+    await kept.step('remove-frozen').run(io);
+    expect(kept.log.filter((l) => l.startsWith('filePool.remove'))).toEqual([]);
+  });
+});
