@@ -38,6 +38,8 @@ const SYSTEM_ERRORS: Readonly<Record<string, { code: string; retryable: boolean 
   ESTALE: { code: 'HOST_IO_ERROR', retryable: true },
   EROFS: { code: 'HOST_IO_ERROR', retryable: true },
   ETIMEDOUT: { code: 'HOST_TIMEOUT', retryable: true },
+  // NFS refuses to unlink a file whose silly-rename is still pending (its last opener just went).
+  EBUSY: { code: 'HOST_BUSY', retryable: true },
   ENOSPC: { code: 'HOST_NO_SPACE', retryable: false },
   EDQUOT: { code: 'HOST_NO_SPACE', retryable: false },
 };

@@ -70,12 +70,15 @@ interface Finished {
   signal: NodeJS.Signals | null;
   timedOut: boolean;
   cancelled: boolean;
+  /** The pid of a tool that outlived SIGKILL (stuck in the kernel): abandoned, not waited for. */
+  unkillable: number | undefined;
   spawnError: NodeJS.ErrnoException | undefined;
 }
 
 /**
  * Spawns the tool (no shell) and waits until it exited and its pipes closed. A timeout or an abort
- * sends SIGTERM, then SIGKILL after `killGraceMs`. node:child_process directly rather than execa:
+ * sends SIGTERM, then SIGKILL after `killGraceMs`; a tool still there `killGraceMs` after SIGKILL
+ * is abandoned (it is in uninterruptible sleep; it goes when the kernel lets it). node:child_process directly rather than execa:
  * execa's module graph alone cost ~12 MB of the agent's RSS (issue 13) for what fits here.
  */
 function spawnTool(file: string, args: readonly string[], options: RunOptions): Promise<Finished> {
@@ -90,12 +93,25 @@ function spawnTool(file: string, args: readonly string[], options: RunOptions): 
     const err: Buffer[] = [];
     let timedOut = false;
     let cancelled = false;
+    let unkillable = false;
     let spawnError: NodeJS.ErrnoException | undefined;
     let killTimer: NodeJS.Timeout | undefined;
+    let abandonTimer: NodeJS.Timeout | undefined;
     const stop = () => {
       if (child.exitCode !== null || child.signalCode !== null || killTimer) return;
+      const grace = options.killGraceMs ?? 5_000;
       child.kill('SIGTERM');
-      killTimer = setTimeout(() => child.kill('SIGKILL'), options.killGraceMs ?? 5_000);
+      killTimer = setTimeout(() => {
+        child.kill('SIGKILL');
+        // A process blocked in the kernel (a hard NFS mount whose server is gone) cannot be reaped
+        // until the kernel lets go: the call must not wait for it.
+        abandonTimer = setTimeout(() => {
+          unkillable = true;
+          child.stdout?.destroy();
+          child.stderr?.destroy();
+          finish(null, 'SIGKILL');
+        }, grace);
+      }, grace);
     };
     const timer = setTimeout(() => {
       timedOut = true;
@@ -126,6 +142,7 @@ function spawnTool(file: string, args: readonly string[], options: RunOptions): 
       settled = true;
       clearTimeout(timer);
       clearTimeout(killTimer);
+      clearTimeout(abandonTimer);
       options.signal?.removeEventListener('abort', onAbort);
       resolve({
         stdout: Buffer.concat(out).toString('utf8'),
@@ -134,6 +151,7 @@ function spawnTool(file: string, args: readonly string[], options: RunOptions): 
         signal,
         timedOut,
         cancelled,
+        unkillable: unkillable ? child.pid : undefined,
         spawnError,
       });
     };
@@ -175,15 +193,25 @@ export async function runTool(
     'host command finished',
   );
 
+  const stuck =
+    result.unkillable === undefined
+      ? ''
+      : `; pid ${result.unkillable} did not exit after SIGKILL (blocked in the kernel, e.g. on an unreachable NFS store) and was left behind`;
+  if (result.unkillable !== undefined) {
+    options.logger?.error(
+      { command: file, args, pid: result.unkillable },
+      'host command did not exit after SIGKILL',
+    );
+  }
   if (result.cancelled) {
-    throw new HostCommandError('aborted', `${file} was cancelled`, {
+    throw new HostCommandError('aborted', `${file} was cancelled${stuck}`, {
       ...info,
       stderr,
       cause: options.signal?.reason,
     });
   }
   if (result.timedOut) {
-    throw new HostCommandError('timeout', `${file} timed out after ${options.timeoutMs} ms`, {
+    throw new HostCommandError('timeout', `${file} timed out after ${options.timeoutMs} ms${stuck}`, {
       ...info,
       stderr,
     });

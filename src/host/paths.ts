@@ -2,6 +2,7 @@ import { lstat, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { PathEscapeError, ValidationError } from '../errors/index.js';
 import { fileName } from '../protocol/names.js';
+import { FS_CALL_TIMEOUT_MS, withDeadline } from './deadline.js';
 
 /**
  * Root confinement (invariant 6): every path a command names must lie under a configured root,
@@ -154,15 +155,19 @@ export async function confineChild(
   return confinePath(join(directory, checkFileName(name, field)), roots, field);
 }
 
-/** True when `path` exists; false only for ENOENT (any other error is thrown). */
+/**
+ * True when `path` exists; false only for ENOENT (any other error is thrown). Bounded: the path
+ * may lie on an NFS store whose server is gone (HOST_TIMEOUT past the deadline).
+ */
 export async function pathExists(path: string): Promise<boolean> {
-  return stat(path).then(
+  const found = stat(path).then(
     () => true,
     (e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return false;
       throw e;
     },
   );
+  return withDeadline(found, { operation: 'stat', path, timeoutMs: FS_CALL_TIMEOUT_MS });
 }
 
 /** The shape of src/host/exec.ts runTool (adapters take one to run their tool). */

@@ -2,6 +2,7 @@ import { open, stat, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { ValidationError } from '../errors/index.js';
 import type { Logger } from '../observability/logger.js';
+import { FS_CALL_TIMEOUT_MS, withDeadline } from './deadline.js';
 import { confinePath } from './paths.js';
 import type { QemuImg } from './qemu-img.js';
 
@@ -13,11 +14,29 @@ export abstract class RootedFiles {
   readonly roots: readonly string[];
   protected readonly qemuImg: QemuImg;
   protected readonly logger: Logger | undefined;
+  /** Deadline of one file-system call (default 60 s): a root may be an NFS mount that stops answering. */
+  protected readonly callTimeoutMs: number;
 
-  constructor(opts: { roots: readonly string[]; qemuImg: QemuImg; logger?: Logger | undefined }) {
+  constructor(opts: {
+    roots: readonly string[];
+    qemuImg: QemuImg;
+    logger?: Logger | undefined;
+    timeoutMs?: number;
+  }) {
     this.roots = opts.roots.map((r) => resolve(r));
     this.qemuImg = opts.qemuImg;
     this.logger = opts.logger;
+    this.callTimeoutMs = opts.timeoutMs ?? FS_CALL_TIMEOUT_MS;
+  }
+
+  /** Every file-system call under the roots goes through here: none may wait forever on a dead mount. */
+  protected bounded<T>(
+    operation: string,
+    path: string,
+    work: () => Promise<T>,
+    timeoutMs = this.callTimeoutMs,
+  ): Promise<T> {
+    return withDeadline(work(), { operation, path, timeoutMs });
   }
 
   /**
@@ -27,22 +46,24 @@ export abstract class RootedFiles {
    */
   protected async removeFile(path: string): Promise<string | undefined> {
     const target = await this.confine(path);
-    const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined;
-      throw e;
+    return this.bounded('unlink', target, async () => {
+      const info = await stat(target).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return undefined;
+        throw e;
+      });
+      if (info === undefined) return undefined;
+      if (!info.isFile()) {
+        throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
+      }
+      await unlink(target);
+      await fsyncDirectory(dirname(target));
+      return target;
     });
-    if (info === undefined) return undefined;
-    if (!info.isFile()) {
-      throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
-    }
-    await unlink(target);
-    await fsyncDirectory(dirname(target));
-    return target;
   }
 
   /** Confines any path to the roots and returns its real path. */
   async confine(path: string, field = 'path'): Promise<string> {
-    return confinePath(path, this.roots, field);
+    return this.bounded('realpath', path, () => confinePath(path, this.roots, field));
   }
 }
 

@@ -39,6 +39,10 @@ export interface SnapshotStoreOptions {
   roots: readonly string[];
   qemuImg: QemuImg;
   logger?: Logger;
+  /** Deadline of one file-system call on the store (default 60 s): the store is NFS, which can stop answering. */
+  timeoutMs?: number;
+  /** Deadline of a publish, whose fsync writes back what the export left in the page cache (default 1 h). */
+  publishTimeoutMs?: number;
 }
 
 const PART = /^\..+\.part$/;
@@ -49,6 +53,13 @@ const PART = /^\..+\.part$/;
  * except readChain (QCOW2 headers, else qemu-img).
  */
 export class SnapshotStore extends RootedFiles {
+  private readonly publishTimeoutMs: number;
+
+  constructor(opts: SnapshotStoreOptions) {
+    super(opts);
+    this.publishTimeoutMs = opts.publishTimeoutMs ?? 3600_000;
+  }
+
   /**
    * The real path of `<root>/<dir>`. `ref.root` must be one of the configured roots (exactly) and
    * the result must stay under it after symlinks are resolved. The directory need not exist.
@@ -68,21 +79,34 @@ export class SnapshotStore extends RootedFiles {
         field: 'store.dir',
       });
     }
-    return confinePath(`${root}/${ref.dir}`, [root], 'store.dir');
+    const dir = `${root}/${ref.dir}`;
+    return this.bounded('realpath', dir, () => confinePath(dir, [root], 'store.dir'));
   }
 
   /** Creates the store directory (and parents) if needed and returns its real path. */
   async ensureDirectory(ref: StoreRef): Promise<string> {
     const dir = await this.directory(ref);
-    const created = await mkdir(dir, { recursive: true });
-    // A new directory entry must survive a crash like the files in it.
-    if (created !== undefined) await fsyncDirectory(dirname(created));
-    return dir;
+    return this.bounded('mkdir', dir, async () => {
+      const created = await mkdir(dir, { recursive: true });
+      // A new directory entry must survive a crash like the files in it.
+      if (created !== undefined) await fsyncDirectory(dirname(created));
+      return dir;
+    });
   }
 
   /** The real path of the snapshot file `name` in the store directory (name checked, confined). */
   async memberPath(ref: StoreRef, name: string): Promise<string> {
     return confineChild(await this.directory(ref), name, this.roots, 'snapshot');
+  }
+
+  /** Removes a `.name.part` file of an interrupted export if it is there (remove refuses hidden names). */
+  async removePart(partPath: string): Promise<void> {
+    const part = join(await this.confine(dirname(partPath), 'partPath'), basename(partPath));
+    await this.bounded('unlink', part, () =>
+      unlink(part).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+      }),
+    );
   }
 
   /** Where a snapshot is written before it is complete: `<dir>/.<name>.part` (hidden, never a chain member). */
@@ -107,15 +131,22 @@ export class SnapshotStore extends RootedFiles {
         field: 'partPath',
       });
     }
-    if (await pathExists(target)) throw new PathExistsError(target);
-    const handle = await open(part, 'r+');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(part, target);
-    await fsyncDirectory(dirname(target));
+    await this.bounded(
+      'publish',
+      target,
+      async () => {
+        if (await pathExists(target)) throw new PathExistsError(target);
+        const handle = await open(part, 'r+');
+        try {
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+        await rename(part, target);
+        await fsyncDirectory(dirname(target));
+      },
+      this.publishTimeoutMs,
+    );
     this.logger?.debug(
       { path: target, durationMs: Math.round(performance.now() - started) },
       'snapshot published',
@@ -124,7 +155,8 @@ export class SnapshotStore extends RootedFiles {
 
   /** Bytes available to the agent on the filesystem holding `dir` (statfs f_bavail × f_bsize). */
   async freeBytes(dir: string): Promise<number> {
-    const fs = await statfs(await this.confine(dir, 'dir'));
+    const target = await this.confine(dir, 'dir');
+    const fs = await this.bounded('statfs', target, () => statfs(target));
     return fs.bavail * fs.bsize;
   }
 
@@ -168,7 +200,8 @@ export class SnapshotStore extends RootedFiles {
     const top = checkAbsolutePath(topPath, 'topPath');
     // The headers in-process (a qemu-img process per chain read was most of a snapshot's process
     // starts); qemu-img for what only it reads as it does (raw layers, protocols, broken chains).
-    const images = (await chainFromHeaders(top)) ?? (await this.qemuImg.chain(top, { forceShare: true }));
+    const headers = await this.bounded('read', top, () => chainFromHeaders(top));
+    const images = headers ?? (await this.qemuImg.chain(top, { forceShare: true }));
     return images.map((image) => ({
       path: image.filename,
       format: image.format,
@@ -194,7 +227,7 @@ export class SnapshotStore extends RootedFiles {
   /** Snapshot file names in a store directory (no part files, no subdirectories), sorted. */
   async list(ref: StoreRef): Promise<string[]> {
     const dir = await this.directory(ref);
-    const entries = await readdir(dir, { withFileTypes: true });
+    const entries = await this.bounded('readdir', dir, () => readdir(dir, { withFileTypes: true }));
     return entries
       .filter((e) => e.isFile() && !PART.test(e.name))
       .map((e) => e.name)
@@ -204,11 +237,13 @@ export class SnapshotStore extends RootedFiles {
   /** Removes `.<name>.part` leftovers of interrupted exports in a store directory; returns their names. */
   async removeStaleParts(ref: StoreRef): Promise<string[]> {
     const dir = await this.directory(ref);
-    const parts = (await readdir(dir, { withFileTypes: true })).filter(
-      (e) => e.isFile() && PART.test(e.name),
-    );
-    for (const part of parts) await unlink(join(dir, part.name));
-    if (parts.length > 0) await fsyncDirectory(dir);
-    return parts.map((p) => p.name);
+    return this.bounded('unlink', dir, async () => {
+      const parts = (await readdir(dir, { withFileTypes: true })).filter(
+        (e) => e.isFile() && PART.test(e.name),
+      );
+      for (const part of parts) await unlink(join(dir, part.name));
+      if (parts.length > 0) await fsyncDirectory(dir);
+      return parts.map((p) => p.name);
+    });
   }
 }

@@ -425,7 +425,12 @@ export const FAILURE_CODES = [
     commands: ANY,
     meaning: 'A host tool reported a missing object.',
   },
-  { code: 'HOST_BUSY', retryable: 'yes', commands: ANY, meaning: 'A host tool reported a busy resource.' },
+  {
+    code: 'HOST_BUSY',
+    retryable: 'yes',
+    commands: ANY,
+    meaning: 'A host tool reported a busy resource, or the store refused a call as busy (EBUSY).',
+  },
   {
     code: 'HOST_NO_SPACE',
     retryable: 'no',

@@ -1,6 +1,5 @@
-import { unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
 import { ChainInvalidError } from '../errors/index.js';
+import { FS_CALL_TIMEOUT_MS, withDeadline } from '../host/deadline.js';
 import { pathExists } from '../host/paths.js';
 import { readQcow2Header, resolveBackingPath } from '../host/qcow2-header.js';
 import type { QemuImg } from '../host/qemu-img.js';
@@ -12,7 +11,13 @@ export async function backingOf(
   path: string,
 ): Promise<{ written: string | null; resolved: string | null }> {
   // The QCOW2 header in-process; qemu-img for another format or a backing name with a protocol.
-  const header = await readQcow2Header(path).catch((error: NodeJS.ErrnoException) => {
+  // Bounded: the image may lie on an NFS store whose server is gone.
+  const read = withDeadline(readQcow2Header(path), {
+    operation: 'read',
+    path,
+    timeoutMs: FS_CALL_TIMEOUT_MS,
+  });
+  const header = await read.catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return null; // qemu-img's error says it as the callers expect
     throw error;
   });
@@ -36,11 +41,8 @@ export async function chainPaths(store: SnapshotStore, top: string): Promise<str
 }
 
 /** Removes a `.name.part` file of an interrupted export (store.remove refuses hidden names). */
-export async function removePart(store: SnapshotStore, partPath: string): Promise<void> {
-  const dir = await store.confine(dirname(partPath), 'partPath');
-  await unlink(join(dir, basename(partPath))).catch((e: NodeJS.ErrnoException) => {
-    if (e.code !== 'ENOENT') throw e;
-  });
+export function removePart(store: SnapshotStore, partPath: string): Promise<void> {
+  return store.removePart(partPath);
 }
 
 /**

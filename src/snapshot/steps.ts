@@ -118,11 +118,9 @@ export async function runSteps(plan: StepPlan, env: RunEnv, from = 0): Promise<v
       }
       const cancelled = env.signal.aborted && error instanceof HostCommandError && error.kind === 'aborted';
       env.logger.warn({ err: error, step: step.name, cancelled }, 'step failed; rolling back');
-      await rollBack(plan, env, i);
-      throw withOutcome(cancelled ? new JobCancelledError(step.name) : error, {
-        rolledBack: true,
-        step: step.name,
-      });
+      const failure = cancelled ? new JobCancelledError(step.name) : error;
+      await rollBack(plan, env, i, failure);
+      throw withOutcome(failure, { rolledBack: true, step: step.name });
     }
     await env.journal.setStep(step.name, 'done', Math.round(performance.now() - started));
     checkpoint(`${plan.kind}:${step.name}:after`);
@@ -165,8 +163,12 @@ export async function recoverSteps(plan: StepPlan, env: RunEnv): Promise<void> {
   await runSteps(plan, env, next);
 }
 
-/** Undoes steps `last` down to 0 that were started, journaling each undo. */
-async function rollBack(plan: StepPlan, env: RunEnv, last: number): Promise<void> {
+/**
+ * Undoes steps `last` down to 0 that were started, journaling each undo. When an undo fails, the
+ * job fails with the error that started the rollback (`cause`, what the caller can act on: a store
+ * that went away), rolledBack: false at the step whose undo failed, and the undo's error beside it.
+ */
+async function rollBack(plan: StepPlan, env: RunEnv, last: number, cause?: unknown): Promise<void> {
   await env.journal.update((r) => {
     r.phase = 'rolling-back';
   });
@@ -179,7 +181,11 @@ async function rollBack(plan: StepPlan, env: RunEnv, last: number): Promise<void
       await step.undo?.();
     } catch (error) {
       env.logger.error({ err: error, step: step.name }, 'undo failed; the job is left half done');
-      throw withOutcome(error, { rolledBack: false, step: step.name });
+      if (cause === undefined) throw withOutcome(error, { rolledBack: false, step: step.name });
+      const failed = withOutcome(cause, { rolledBack: false, step: step.name });
+      const undo = toAgentError(error);
+      failed.details.undoError = { code: undo.code, message: undo.message };
+      throw failed;
     }
     await env.journal.setStep(step.name, 'undone');
   }

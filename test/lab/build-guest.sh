@@ -16,7 +16,9 @@ log() { echo "lab-build: $*" >&2; }
 # Host packages whose installed files go into the guest (all installed by scripts/ensure-host.sh).
 host_pkgs=(busybox-static lvm2 dmsetup qemu-utils qemu-system-x86 libc6 e2fsprogs util-linux)
 # Packages only the guest needs: downloaded and unpacked, never installed on the host.
-guest_pkgs=(lvm2-lockd sanlock libsanlock1 libsanlock-client1 libdlm3)
+# nfs-kernel-server / nfs-common / libnfsidmap1: the kernel NFS server and the mount helper for the NFS store
+# suite (NFSv4 over loopback: no rpcbind, no statd).
+guest_pkgs=(lvm2-lockd sanlock libsanlock1 libsanlock-client1 libdlm3 nfs-kernel-server nfs-common libnfsidmap1)
 
 # The kernel: LAB_KERNEL_PACKAGE pins one (e.g. linux-image-6.1.0-56-amd64); by default the version that
 # Debian's linux-image-amd64 meta package points at today (it follows security updates).
@@ -90,7 +92,7 @@ busybox depmod -b "$work/kernel" "$kver"
 # dm-flakey, dm-delay, dm-log-writes and ext4 (a store file system on a faulty device): the fault
 # suites load them on demand (the error target is built into dm-mod).
 wanted=(virtio_pci virtio_blk 9pnet_virtio 9p dm-mod dm-snapshot dm-bufio loop nbd softdog
-  dm-flakey dm-delay dm-log-writes ext4 crc32c_generic)
+  dm-flakey dm-delay dm-log-writes ext4 crc32c_generic nfsd nfsv4)
 declare -A seen=()
 queue=()
 for m in "${wanted[@]}"; do
@@ -128,13 +130,15 @@ binaries=(
 for b in "${binaries[@]}"; do copy_file "$b" "/usr/bin/$(basename "$b")"; done
 copy_file /bin/busybox /bin/busybox
 cp /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so "$root/usr/lib/x86_64-linux-gnu/qemu/"
-for b in sbin/lvmlockd sbin/lvmlockctl usr/sbin/sanlock usr/sbin/wdmd; do copy_file "$work/extra/$b" "/usr/bin/${b##*/}"; done
+for b in sbin/lvmlockd sbin/lvmlockctl usr/sbin/sanlock usr/sbin/wdmd \
+  usr/sbin/rpc.nfsd usr/sbin/rpc.mountd usr/sbin/exportfs sbin/mount.nfs; do copy_file "$work/extra/$b" "/usr/bin/${b##*/}"; done
 cp -a "$work/extra/usr/lib/x86_64-linux-gnu/"*.so* "$root/lib/x86_64-linux-gnu/"
 for tool in lvs vgs pvs lvcreate lvremove lvrename lvchange lvextend lvresize lvdisplay vgcreate vgremove \
   vgchange vgextend vgreduce vgdisplay vgscan pvcreate pvremove pvscan pvdisplay; do
   ln -s lvm "$root/usr/bin/$tool"
 done
 ln -s mke2fs "$root/usr/bin/mkfs.ext4"
+for tool in mount.nfs4 umount.nfs umount.nfs4; do ln -s mount.nfs "$root/usr/bin/$tool"; done
 
 # Shared libraries: every DT_NEEDED of every binary (ldd on the host, with the guest-only libraries
 # on the search path), plus all of glibc's libraries (dlopen'ed NSS modules and friends).
@@ -159,14 +163,22 @@ printf 'root:x:0:\nsanlock:x:0:\ndisk:x:6:\n' >"$root/etc/group"
 printf 'hosts: files\npasswd: files\ngroup: files\n' >"$root/etc/nsswitch.conf"
 echo lab >"$root/etc/hostname"
 mkdir -p "$root/root" "$root/etc/lvm/archive" "$root/etc/lvm/backup"
+# NFS server state (exportfs/mountd tables; v4recovery turns on the kernel's own client tracking, so
+# clients can reclaim their state after the server restarts without nfsdcld).
+mkdir -p "$root/var/lib/nfs/v4recovery" "$root/var/lib/nfs/rpc_pipefs"
+: >"$root/etc/exports"
+printf 'nobody:x:65534:65534:nobody:/:/bin/sh\n' >>"$root/etc/passwd"
+printf 'nogroup:x:65534:\n' >>"$root/etc/group"
 
 # Big files (node, qemu-system-x86_64, large libraries) stay out of the initramfs: copying a large
 # initramfs costs the emulated CPU seconds at every boot. They live in opt/, which the guest mounts over
-# 9p at /opt/lab, and the initramfs holds symlinks to them. busybox and the modules must load before that.
+# 9p at /opt/lab, and the initramfs holds symlinks to them. busybox and the modules loaded at boot must
+# be in the initramfs; the big modules loaded on demand by suites (ext4, nfsd, nfs, nfsv4, sunrpc) need not.
 mkdir -p "$work/opt"
 # QEMU's modules go along: a relocatable QEMU looks for them relative to its own (real) directory.
 (cd "$root" && find . -type f \( -size +1M -o -path './usr/lib/x86_64-linux-gnu/qemu/*' \) \
-  ! -path './bin/busybox' ! -path './lib/modules/*') | while read -r f; do
+  ! -path './bin/busybox' ! -path './lib/modules/*/modules.*' ! -path '*/drivers/*' ! -path '*/fs/9p/*' \
+  ! -path '*/net/9p/*') | while read -r f; do
   f="${f#./}"
   mkdir -p "$work/opt/$(dirname "$f")"
   mv "$root/$f" "$work/opt/$f"

@@ -19,6 +19,17 @@ import { Failpoints } from './failpoints.js';
 import { LIBVIRT_URI } from './libvirt-fixtures.js';
 import { mountXfs } from './xfs.js';
 
+/** The job layer's journal, in memory (the engine only needs read/merge). */
+export class MemoryJournal implements StepJournal {
+  private facts: Record<string, unknown> = {};
+  read<T extends Record<string, unknown>>(): T {
+    return structuredClone(this.facts) as T;
+  }
+  async write(patch: Record<string, unknown>): Promise<void> {
+    this.facts = { ...this.facts, ...structuredClone(patch) };
+  }
+}
+
 /** A StepJournal in a JSON file: every write replaces the file and fsyncs, as the job layer's does. */
 export class FileStepJournal implements StepJournal {
   private facts: Record<string, unknown> = {};

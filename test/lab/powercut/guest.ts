@@ -1,6 +1,7 @@
 // The power-cut matrix, inside the lab guest (run by test/lab/powercut/run.ts, one boot per cut).
 //
-//   guest.ts setup              pool, store and state disks from nothing; one uncut job per strategy (timings)
+//   guest.ts setup [MS]         pool, store and state disks from nothing; one uncut job per strategy
+//                               (timings), or none when MS is given (MS is then every strategy's timing)
 //   guest.ts check              start-up recovery and the checks only (the last boot)
 //   guest.ts cycle <strategy>   start-up recovery of whatever the last cut interrupted, the checks, then
 //                               guest writes + one snapshot job that the host cuts at a random moment
@@ -252,7 +253,7 @@ async function runJob(
 }
 
 /** Start-up recovery of the cut job and every check; returns the problems found (none expected). */
-async function recoverAndCheck(model: Model): Promise<Record<string, unknown>> {
+async function recoverAndCheck(model: Model, newest = 1): Promise<Record<string, unknown>> {
   const problems: string[] = [];
   const report: Record<string, unknown> = { problems };
   const journal = new JobJournal(STATE);
@@ -274,6 +275,7 @@ async function recoverAndCheck(model: Model): Promise<Record<string, unknown>> {
         problems.push(`${pending.name} exists but its job was never journaled`);
     } else if (record.state === 'running' || record.state === 'queued') {
       const outcome = await runJob(journal, record.command, true);
+      mark('recovered');
       report.recovery = outcome;
       published = outcome.ok;
       if (!outcome.ok && outcome.rolledBack !== true) {
@@ -285,9 +287,9 @@ async function recoverAndCheck(model: Model): Promise<Record<string, unknown>> {
     model.pending = null;
     await saveModel(model);
   }
-  // Published snapshots: complete and equal to the volume at their moment. Each was checked at the
-  // boot after it was published and no later job writes it: the newest few are checked again.
-  for (const name of model.parents.slice(-3)) {
+  // Published snapshots: complete and equal to the volume at their moment. One job runs per boot,
+  // so each is checked at the boot after it was published (the newest); no later job writes it.
+  for (const name of model.parents.slice(-newest)) {
     const path = join(STORE_DIR, name);
     if (!existsSync(path)) {
       problems.push(`${name} is published but missing`);
@@ -339,7 +341,7 @@ async function snapshotJob(model: Model, strategy: Strategy): Promise<Record<str
   return { strategy, name, ms, outcome };
 }
 
-async function setup(): Promise<void> {
+async function setup(jobMs?: number): Promise<void> {
   await loadModules();
   await run('pvcreate', ['-q', '-y', '-ff', '/dev/vda']);
   await run('vgcreate', ['-q', '-s', '4m', VG, '/dev/vda']);
@@ -357,11 +359,15 @@ async function setup(): Promise<void> {
   await saveModel(model);
   const timings: Record<string, number> = {};
   for (const strategy of ['offline', 'lvm-cow'] as const) {
+    if (jobMs !== undefined) {
+      timings[strategy] = jobMs;
+      continue;
+    }
     const job = await snapshotJob(model, strategy);
     if (!(job.outcome as { ok: boolean }).ok) throw new Error(`setup job failed: ${JSON.stringify(job)}`);
     timings[strategy] = job.ms as number;
   }
-  const check = await recoverAndCheck(model);
+  const check = await recoverAndCheck(model, 2);
   process.stdout.write(`POWERCUT-TIMING ${JSON.stringify(timings)}\n`);
   process.stdout.write(`POWERCUT-CHECK ${JSON.stringify(check)}\n`);
 }
@@ -393,10 +399,10 @@ async function check(): Promise<void> {
 }
 
 const [mode, arg] = process.argv.slice(2);
-if (mode === 'setup') await setup();
+if (mode === 'setup') await setup(arg === undefined ? undefined : Number(arg));
 else if (mode === 'check') await check();
 else if (mode === 'cycle' && (arg === 'offline' || arg === 'lvm-cow')) await cycle(arg);
 else {
-  process.stderr.write('usage: guest.ts setup | check | cycle offline|lvm-cow\n');
+  process.stderr.write('usage: guest.ts setup [MS] | check | cycle offline|lvm-cow\n');
   process.exit(2);
 }

@@ -17,11 +17,12 @@ import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
-import type { JobContext, StepJournal } from '../../../src/jobs/types.js';
+import type { JobContext } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { commandSchema } from '../../../src/protocol/index.js';
 import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { type ScratchVg, scratchVg, sh } from '../../support/lab/lab.js';
+import { MemoryJournal } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;
@@ -168,17 +169,6 @@ describe('offline staging-LV swap (offline building blocks)', () => {
     await lvm.removeVolume(vg, 'vol-off');
   });
 });
-
-/** The job layer's journal, in memory (the engine only needs read/merge). */
-class MemoryJournal implements StepJournal {
-  private facts: Record<string, unknown> = {};
-  read<T extends Record<string, unknown>>(): T {
-    return structuredClone(this.facts) as T;
-  }
-  async write(patch: Record<string, unknown>): Promise<void> {
-    this.facts = { ...this.facts, ...structuredClone(patch) };
-  }
-}
 
 describe('snapshot engine on an LVM pool, no VM (offline and lvm-cow)', () => {
   it('builds a chain whose every snapshot and the active volume match raw references', async () => {

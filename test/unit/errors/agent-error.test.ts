@@ -22,6 +22,9 @@ describe('toAgentError', () => {
     });
     expect(toAgentError(systemError('ESTALE', 'open', '/store/x')).code).toBe('HOST_IO_ERROR');
     expect(toAgentError(systemError('ETIMEDOUT', 'read', '/store/x')).code).toBe('HOST_TIMEOUT');
+    // An NFS unlink refused while the file's silly-rename is pending (the nfs-store lab suite).
+    const busy = toAgentError(systemError('EBUSY', 'unlink', '/store/vol/.snap-1.part'));
+    expect([busy.code, busy.retryable]).toEqual(['HOST_BUSY', true]);
   });
 
   it('keeps AgentErrors and makes anything else INTERNAL', () => {

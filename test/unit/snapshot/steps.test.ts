@@ -1,6 +1,7 @@
 // The step runner with fake steps (pure logic): journal order, rollback before the point of no
 // return, no undo after it (seed defect 1), cancel at a safe point, and start-up recovery.
 import { describe, expect, it } from 'vitest';
+import { AgentError } from '../../../src/errors/index.js';
 import type { StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { EngineJournal } from '../../../src/snapshot/journal.js';
@@ -51,6 +52,32 @@ function env(
 }
 
 describe('runSteps', () => {
+  it('when an undo fails, reports the failure that started the rollback, with the undo error beside it', async () => {
+    // The nfs-store lab suite: the export failed on a store that went away, then the part file's
+    // unlink failed EBUSY; the caller must see the store failure (and that the rollback stopped).
+    const journal = new MemoryJournal();
+    const busy = Object.assign(new Error('EBUSY: resource busy or locked, unlink'), { code: 'EBUSY' });
+    const eio = Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+    const plan: StepPlan = {
+      kind: 'fake',
+      pointOfNoReturn: 'c',
+      steps: [
+        { name: 'a', run: async () => {}, undo: async () => Promise.reject(busy) },
+        { name: 'b', run: async () => Promise.reject(eio) },
+        { name: 'c', run: async () => {} },
+      ],
+    };
+    const error = (await runSteps(plan, env(journal)).catch((e: unknown) => e)) as AgentError;
+    expect(error).toBeInstanceOf(AgentError);
+    expect([error.code, error.retryable, error.details.rolledBack, error.details.step]).toEqual([
+      'HOST_IO_ERROR',
+      true,
+      false,
+      'a',
+    ]);
+    expect(error.details.undoError).toEqual({ code: 'HOST_BUSY', message: busy.message });
+  });
+
   it('runs every step in order and journals start and end of each before the next', async () => {
     const log: string[] = [];
     const journal = new MemoryJournal();
