@@ -10,7 +10,7 @@
 //
 // The lab has no libvirt, so the VM is a bare QEMU driven over QMP as the Libvirt adapter
 // (BareQemu, test/support/lab/bare-qemu.ts).
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,7 +21,7 @@ import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import { createSnapshot, resizeVolume, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { BareQemu } from '../../support/lab/bare-qemu.js';
-import { type ScratchVg, scratchVg } from '../../support/lab/lab.js';
+import { dmNode, heldDmDevices, type ScratchVg, scratchVg } from '../../support/lab/lab.js';
 import { differsFromReference, ReferenceDisk, roundWrites } from '../../support/reference-images.js';
 import { command, FileStepJournal, jobContext } from '../../support/snapshot-harness.js';
 
@@ -43,26 +43,6 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
   await scratch?.cleanup();
 });
-
-const DM_MAJOR = Number(
-  readFileSync('/proc/devices', 'utf8')
-    .split('\n')
-    .find((line) => / device-mapper$/.test(line))
-    ?.trim()
-    .split(' ')[0] ?? -1,
-);
-const minor = (rdev: number) => (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
-const dmNode = (path: string) => `/dev/dm-${minor(statSync(path).rdev)}`;
-
-/** The device-mapper nodes QEMU holds open (sorted). */
-function heldDmDevices(pid: number | undefined): string[] {
-  const fdDir = `/proc/${pid}/fd`;
-  const held = readdirSync(fdDir)
-    .map((fd) => statSync(join(fdDir, fd), { throwIfNoEntry: false }))
-    .filter((st) => st?.isBlockDevice() && ((st.rdev >> 8) & 0xfff) === DM_MAJOR)
-    .map((st) => `/dev/dm-${minor(st?.rdev ?? 0)}`);
-  return [...new Set(held)].sort();
-}
 
 describe('live-rotate on an LVM volume held by a running QEMU', () => {
   it('rotates 6 times (new LVs, commit into the base LV), grows with volume.resize, survives a QEMU restart', async () => {

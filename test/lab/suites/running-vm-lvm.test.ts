@@ -3,7 +3,7 @@
 // Guest writes go through HMP `qemu-io <node>`; reads are done outside QEMU with -U (force share).
 // Covers the lvm-cow path (docs/strategies.md) and live rotation on real LVM, including the
 // order of steps that live rotation needs on LVM (see docs/lab.md "Findings").
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LvmVolumeInUseError } from '../../../src/errors/index.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
-import { QmpClient, type ScratchVg, scratchVg, sh } from '../../support/lab/lab.js';
+import { dmNode, heldDmDevices, QmpClient, type ScratchVg, scratchVg, sh } from '../../support/lab/lab.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;
@@ -89,30 +89,6 @@ async function guestWrite(
 ): Promise<void> {
   await vm.qmp.hmp(`qemu-io ${node} "write -P ${pattern} ${offset} ${length}"`);
   await vm.qmp.hmp(`qemu-io ${node} "flush"`);
-}
-
-/** The device-mapper nodes (/dev/dm-N) a process holds open (stat through /proc follows the open file). */
-function heldDmDevices(pid: number | undefined): string[] {
-  const fdDir = `/proc/${pid}/fd`;
-  return readdirSync(fdDir)
-    .map((fd) => statSync(join(fdDir, fd), { throwIfNoEntry: false }))
-    .filter((st) => st?.isBlockDevice() && major(st.rdev) === DM_MAJOR)
-    .map((st) => `/dev/dm-${minor(st?.rdev ?? 0)}`);
-}
-
-const DM_MAJOR = Number(
-  readFileSync('/proc/devices', 'utf8')
-    .split('\n')
-    .find((line) => / device-mapper$/.test(line))
-    ?.trim()
-    .split(' ')[0] ?? -1,
-);
-const major = (rdev: number) => (rdev >> 8) & 0xfff;
-const minor = (rdev: number) => (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
-
-/** /dev/dm-N of an LV path: stays with the device when the LV is renamed. */
-function dmNode(path: string): string {
-  return `/dev/dm-${minor(statSync(path).rdev)}`;
 }
 
 /** A QCOW2 volume LV whose image is an overlay on a template file (as CloudStack volumes are). */

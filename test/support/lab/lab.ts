@@ -1,7 +1,16 @@
 // Helpers of the lab suites (inside the lab guest, as root, real LVM). They call the real tools directly:
 // they set up scenarios and act as oracles, they are not agent code.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -212,4 +221,29 @@ export class QmpClient {
   close(): void {
     this.socket.destroy();
   }
+}
+
+const DM_MAJOR = Number(
+  readFileSync('/proc/devices', 'utf8')
+    .split('\n')
+    .find((line) => / device-mapper$/.test(line))
+    ?.trim()
+    .split(' ')[0] ?? -1,
+);
+const major = (rdev: number) => (rdev >> 8) & 0xfff;
+const minor = (rdev: number) => (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+
+/** /dev/dm-N of an LV path: stays with the device when the LV is renamed. */
+export function dmNode(path: string): string {
+  return `/dev/dm-${minor(statSync(path).rdev)}`;
+}
+
+/** The device-mapper nodes (/dev/dm-N) a process holds open, sorted, each once (stat through /proc follows the open file). */
+export function heldDmDevices(pid: number | undefined): string[] {
+  const fdDir = `/proc/${pid}/fd`;
+  const held = readdirSync(fdDir)
+    .map((fd) => statSync(join(fdDir, fd), { throwIfNoEntry: false }))
+    .filter((st) => st?.isBlockDevice() && major(st.rdev) === DM_MAJOR)
+    .map((st) => `/dev/dm-${minor(st?.rdev ?? 0)}`);
+  return [...new Set(held)].sort();
 }
