@@ -1,4 +1,5 @@
 import { AgentError } from '../errors/index.js';
+import { withTimeout } from '../timing.js';
 
 /** How long one file-system call on the store may take by default (a dead hard NFS mount never answers). */
 export const FS_CALL_TIMEOUT_MS = 60_000;
@@ -8,30 +9,21 @@ export const FS_CALL_TIMEOUT_MS = 60_000;
  * cannot be cancelled: a system call stuck on a dead NFS mount keeps its libuv thread until the
  * server answers, but the job that asked for it no longer waits.
  */
-export async function withDeadline<T>(
+export function withDeadline<T>(
   work: Promise<T>,
   call: { operation: string; path: string; timeoutMs: number },
 ): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new AgentError(
-            'HOST_TIMEOUT',
-            `${call.operation} of ${call.path} did not answer within ${call.timeoutMs} ms (is the store reachable?)`,
-            {
-              retryable: true,
-              details: { operation: call.operation, path: call.path, timeoutMs: call.timeoutMs },
-            },
-          ),
-        ),
-      call.timeoutMs,
-    );
-  });
-  try {
-    return await Promise.race([work, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
+  return withTimeout(
+    work,
+    call.timeoutMs,
+    () =>
+      new AgentError(
+        'HOST_TIMEOUT',
+        `${call.operation} of ${call.path} did not answer within ${call.timeoutMs} ms (is the store reachable?)`,
+        {
+          retryable: true,
+          details: { operation: call.operation, path: call.path, timeoutMs: call.timeoutMs },
+        },
+      ),
+  );
 }
