@@ -1,6 +1,7 @@
-import { open, stat, unlink } from 'node:fs/promises';
+import { stat, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { ValidationError } from '../errors/index.js';
+import { fsyncPath } from '../fsync.js';
 import type { Logger } from '../observability/logger.js';
 import { FS_CALL_TIMEOUT_MS, withDeadline } from './deadline.js';
 import { confinePath } from './paths.js';
@@ -56,7 +57,7 @@ export abstract class RootedFiles {
         throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
       }
       await unlink(target);
-      await fsyncDirectory(dirname(target));
+      await fsyncPath(dirname(target));
       return target;
     });
   }
@@ -64,15 +65,5 @@ export abstract class RootedFiles {
   /** Confines any path to the roots and returns its real path. */
   async confine(path: string, field = 'path'): Promise<string> {
     return this.bounded('realpath', path, () => confinePath(path, this.roots, field));
-  }
-}
-
-/** fsync of a directory makes renames, creations and removals in it durable. */
-export async function fsyncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
