@@ -360,15 +360,30 @@ async function recoverAndCheck(
   volumes: readonly Strategy[],
   newest = 1,
 ): Promise<Record<string, unknown>> {
-  const problems: string[] = [];
-  const report: Record<string, unknown> = { problems };
+  const report: Record<string, unknown> = { problems: [] };
+  try {
+    await recoverAndCheckInto(report, model, volumes, newest);
+  } catch (error) {
+    // A check that cannot run (a volume the engine cannot read) is a problem, not a crash.
+    (report.problems as string[]).push(`check failed: ${String(error)}`);
+  }
+  return report;
+}
+
+async function recoverAndCheckInto(
+  report: Record<string, unknown>,
+  model: Model,
+  volumes: readonly Strategy[],
+  newest: number,
+): Promise<void> {
+  const problems = report.problems as string[];
   const journal = new JobJournal(STATE);
   try {
     await journal.open();
   } catch (error) {
     // Start-up must name the damaged record and refuse to guess; that is a finding here too.
     problems.push(`journal unreadable: ${String(error)}`);
-    return report;
+    return;
   }
   const pending = model.pending;
   if (pending !== null) {
@@ -453,7 +468,6 @@ async function recoverAndCheck(
       .filter((n) => !layers.includes(`/dev/${VG}/${n}`));
     if (stray.length > 0) problems.push(`LVs of rot outside its chain: ${stray.join(',')}`);
   }
-  return report;
 }
 
 /**
