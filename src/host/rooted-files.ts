@@ -3,9 +3,12 @@ import { dirname, resolve } from 'node:path';
 import { ValidationError } from '../errors/index.js';
 import { fsyncPath } from '../fsync.js';
 import type { Logger } from '../observability/logger.js';
-import { FS_CALL_TIMEOUT_MS, withDeadline } from './deadline.js';
+import { FS_CALL_TIMEOUT_MS, StuckCallGate } from './deadline.js';
 import { confinePath } from './paths.js';
 import type { QemuImg } from './qemu-img.js';
+
+/** One per process: every store or pool object on the same root shares its mount's stuck call. */
+const stuckCalls = new StuckCallGate();
 
 /**
  * What a file pool and the snapshot store share: files under configured roots (resolved), every
@@ -37,7 +40,12 @@ export abstract class RootedFiles {
     work: () => Promise<T>,
     timeoutMs = this.callTimeoutMs,
   ): Promise<T> {
-    return withDeadline(work(), { operation, path, timeoutMs });
+    return stuckCalls.run(this.rootOf(path), work, { operation, path, timeoutMs });
+  }
+
+  /** The configured root `path` lies under (the path itself when none does). */
+  private rootOf(path: string): string {
+    return this.roots.find((root) => path === root || path.startsWith(`${root}/`)) ?? path;
   }
 
   /**

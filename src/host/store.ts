@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
 import { fsyncPath } from '../fsync.js';
@@ -233,16 +233,31 @@ export class SnapshotStore extends RootedFiles {
       .sort();
   }
 
-  /** Removes `.<name>.part` leftovers of interrupted exports in a store directory; returns their names. */
-  async removeStaleParts(ref: StoreRef): Promise<string[]> {
-    const dir = await this.directory(ref);
-    return this.bounded('unlink', dir, async () => {
-      const parts = (await readdir(dir, { withFileTypes: true })).filter(
-        (e) => e.isFile() && PART.test(e.name),
-      );
-      for (const part of parts) await unlink(join(dir, part.name));
-      if (parts.length > 0) await fsyncPath(dir);
-      return parts.map((p) => p.name);
+  /**
+   * Removes `.<name>.part` leftovers in the store directory `dir` that no one has written for
+   * `olderThanMs` (a job that failed while the store was unreachable could not remove its own);
+   * returns their names.
+   */
+  async removeStaleParts(dir: string, olderThanMs: number): Promise<string[]> {
+    const target = await this.confine(dir, 'dir');
+    return this.bounded('unlink', target, async () => {
+      const entries = await readdir(target, { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return [];
+        throw e;
+      });
+      const removed: string[] = [];
+      for (const entry of entries) {
+        if (!entry.isFile() || !PART.test(entry.name)) continue;
+        const path = join(target, entry.name);
+        if (Date.now() - (await stat(path)).mtimeMs < olderThanMs) continue;
+        await unlink(path);
+        removed.push(entry.name);
+      }
+      if (removed.length > 0) {
+        await fsyncPath(target);
+        this.logger?.info({ dir: target, removed }, 'removed parts of exports that failed long ago');
+      }
+      return removed.sort();
     });
   }
 }

@@ -34,8 +34,8 @@ export class ReferenceDisk {
   /** A frozen copy (what the guest saw at a snapshot), as a new ReferenceDisk. */
   async freeze(path: string): Promise<ReferenceDisk> {
     if (existsSync(path)) throw new Error(`reference ${path} exists already`);
-    // Sparse: the lab guest keeps these in RAM (its root is a tmpfs) and has no swap.
-    await execa('cp', ['--sparse=always', this.path, path], { timeout: 60_000 });
+    // Sparse (qemu-img skips zeros; the lab's busybox cp cannot): the lab guest keeps these in RAM.
+    await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', this.path, path], { timeout: 60_000 });
     return new ReferenceDisk(path, this.sizeBytes);
   }
 }
