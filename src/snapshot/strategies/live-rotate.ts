@@ -114,6 +114,14 @@ function liveRotateSteps(
     if (top !== overlayPath) throw layerKept(what, top);
   };
 
+  // What the guest wrote into the new layer. One with no QCOW2 header yet holds nothing: the job
+  // died between making the LV (or file) and `qemu-img create` writing the header (a power cut in
+  // create-overlay), and QEMU never opened it; qemu-img would refuse it ("not in qcow2 format").
+  const overlayBytes = async (): Promise<number> => {
+    if ((await readQcow2Header(overlayPath)) === null) return 0;
+    return deps.qemuImg.allocatedBytes(overlayPath, { topOnly: true, forceShare: true });
+  };
+
   // (The backend guards its own active name, this old top: the layer goes through its pool directly.)
   const removeMergedLayer = async (path: string): Promise<void> => {
     if (backend instanceof FileVolumeBackend) {
@@ -159,9 +167,7 @@ function liveRotateSteps(
           // layer is empty. One holding data was written by a QEMU that a stale description then
           // replaced (restarted on the old top): those writes are kept for inspection, never dropped.
           if (!(await backend.exists(plan.stagingName))) return;
-          if ((await deps.qemuImg.allocatedBytes(overlayPath, { topOnly: true, forceShare: true })) > 0) {
-            throw layerKept('the rollback');
-          }
+          if ((await overlayBytes()) > 0) throw layerKept('the rollback');
           await backend.remove(plan.stagingName);
         },
       },
@@ -193,7 +199,7 @@ function liveRotateSteps(
           const chain = await graph.describedChain(disk);
           if (chain !== null) return chain[0] === overlayPath;
           if (!(await backend.exists(plan.stagingName))) return false;
-          return (await deps.qemuImg.allocatedBytes(overlayPath, { topOnly: true, forceShare: true })) > 0;
+          return (await overlayBytes()) > 0;
         },
       },
       {

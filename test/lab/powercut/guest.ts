@@ -11,6 +11,14 @@
 // loss), /dev/vdc the agent's state (ext4: the real job journal, src/jobs/journal.ts, and this
 // program's model: which writes were acknowledged, which snapshots were published, their references).
 //
+// live-rotate has its own volume, LV `rot` (its layers `rot.lr-a|b|c|d` are LVs of the same VG),
+// held by a running VM: the bare QEMU of test/support/lab/bare-qemu.ts (the lab has no libvirtd),
+// started at each live-rotate cycle on the volume's active layer as the engine finds it (a power cut
+// leaves no VM running). The guest writes go through that QEMU and are flushed there. What libvirt
+// keeps of the domain across a power loss, its persistent definition (the disk's chain), is a file
+// on the state disk, saved after each chain change QEMU completed, as libvirt saves its XML; after a
+// boot the engine sees the domain "shut off" with that definition (stoppedDomain below).
+//
 // Lines on stdout for the host: `POWERCUT-STEP <step>` as each step starts (stdout reaches the host
 // at once over the cache=none job share, so the last one before a cut names the step it hit),
 // `POWERCUT-CHECK <json>` after recovery, `POWERCUT-TIMING <json>` in setup.
@@ -29,6 +37,7 @@ import {
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { AgentError } from '../../../src/errors/index.js';
+import { failedToolError } from '../../../src/host/exec.js';
 import { FilePool } from '../../../src/host/file-pool.js';
 import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
@@ -40,6 +49,8 @@ import type { StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';
 import { type Command, commandSchema } from '../../../src/protocol/index.js';
 import { createSnapshot, type EngineRecord, type SnapshotDeps } from '../../../src/snapshot/index.js';
+import { activeLayerBackend, localLayers } from '../../../src/snapshot/live-layers.js';
+import { BareQemu } from '../../support/lab/bare-qemu.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;
@@ -51,19 +62,42 @@ const STATE = '/mnt/state';
 const STORE_DIR = join(STORE, LV);
 const REFS = join(STATE, 'refs');
 const MODEL = join(STATE, 'model.json');
-type Strategy = 'offline' | 'lvm-cow';
+const STRATEGIES = ['offline', 'lvm-cow', 'live-rotate'] as const;
+type Strategy = (typeof STRATEGIES)[number];
+/** live-rotate's volume (base LV), its running VM and that VM's persistent definition. */
+const RLV = 'rot';
+const RSTORE_DIR = join(STORE, RLV);
+const DOMAIN = 'pc-vm';
+const DEFINITION = join(STATE, 'domain-pc-vm.json');
+const QEMU_DIR = '/tmp/pc-vm';
 
-/** What the guest knows for sure (written atomically before each fact can be relied on). */
-interface Model {
+/** One volume's published snapshots as the caller knows them. */
+interface VolumeModel {
   /** Published snapshots the caller knows, oldest first (each has refs/<name>.raw). */
   parents: string[];
   /** Snapshots published by jobs that failed past their point of no return. */
   orphans: string[];
-  /** The job that may have been cut: its id and snapshot name. */
-  pending: { id: string; name: string; strategy: Strategy } | null;
+}
+
+/** What the guest knows for sure (written atomically before each fact can be relied on). */
+interface Model extends VolumeModel {
+  /** live-rotate's volume `rot` (the fields above are `vol`'s, used by offline and lvm-cow). */
+  rot: VolumeModel;
+  /** The job that may have been cut: its id and snapshot name (live-rotate: its chain's layers before it). */
+  pending: { id: string; name: string; strategy: Strategy; layersBefore?: number } | null;
+  /** The strategy of the newest job: its volume is checked at the next boot. */
+  last?: Strategy;
   counter: number;
   round: number;
 }
+
+/** The volume a strategy's jobs work on in this matrix. */
+const volumeOf = (strategy: Strategy) =>
+  strategy === 'live-rotate'
+    ? { lv: RLV, dir: RSTORE_DIR, live: join(STATE, 'refs', 'rot-live.raw') }
+    : { lv: LV, dir: STORE_DIR, live: join(STATE, 'refs', 'live.raw') };
+const modelOf = (model: Model, strategy: Strategy): VolumeModel =>
+  strategy === 'live-rotate' ? model.rot : model;
 
 const lvm = new Lvm({ timeoutMs: 120_000 });
 const qemuImg = new QemuImg({ timeoutMs: 120_000, exportTimeoutMs: 300_000 });
@@ -72,9 +106,71 @@ const deps: SnapshotDeps = {
   store: new SnapshotStore({ roots: [STORE], qemuImg }),
   filePool: new FilePool({ roots: [STATE], qemuImg, timeoutMs: 60_000 }),
   lvm,
-  libvirt: new Libvirt({ uri: 'qemu:///system', timeoutMs: 60_000 }), // no VM: never reached
+  // offline and lvm-cow have no VM (never reached); live-rotate's VM: stopped after a boot, the
+  // bare QEMU while a cycle runs it.
+  libvirt: new Libvirt({ uri: 'qemu:///system', timeoutMs: 60_000 }),
   cowPollMs: 500,
 };
+
+/** libvirt's persistent definition of the domain's disk: its chain, top first. */
+function definition(): string[] {
+  return (JSON.parse(readFileSync(DEFINITION, 'utf8')) as { chain: string[] }).chain;
+}
+const saveDefinition = (chain: string[]) => writeFileAtomic(DEFINITION, `${JSON.stringify({ chain })}\n`);
+
+/**
+ * The domain after a power loss, as libvirt reports a defined domain with no QEMU process: shut
+ * off, its disk as the persistent definition names it. What needs a running QEMU fails as virsh does.
+ */
+const notRunning = (command: string) => async () => {
+  throw failedToolError(
+    'virsh',
+    [command],
+    'error: Requested operation is not valid: domain is not running',
+    1,
+  );
+};
+const stoppedDomain = {
+  domainState: async () => ({ state: 'shut off', reason: 'unknown' }),
+  isRunning: async () => false,
+  disks: async () => [{ type: 'block', device: 'disk', target: 'vda', source: definition()[0]! }],
+  diskSources: async () => definition(),
+  diskChain: notRunning('domblklist'),
+  externalSnapshot: notRunning('snapshot-create-as'),
+  startBlockCommit: notRunning('blockcommit'),
+  waitForBlockJob: notRunning('blockjob'),
+  blockResize: notRunning('blockresize'),
+} as unknown as Libvirt;
+deps.libvirt = stoppedDomain;
+
+/**
+ * Starts the VM on `top` and makes it the engine's libvirt: the persistent definition is saved after
+ * each chain change QEMU completed (libvirt saves its XML once QEMU's snapshot or commit is done).
+ */
+async function startVm(top: string): Promise<BareQemu> {
+  rmSync(QEMU_DIR, { recursive: true, force: true });
+  mkdirSync(QEMU_DIR, { recursive: true });
+  const vm = await BareQemu.start(top, QEMU_DIR);
+  const externalSnapshot = vm.externalSnapshot.bind(vm);
+  vm.externalSnapshot = async (...args) => {
+    await externalSnapshot(...args);
+    await saveDefinition(await vm.diskSources());
+  };
+  const waitForBlockJob = vm.waitForBlockJob.bind(vm);
+  vm.waitForBlockJob = async () => {
+    await waitForBlockJob();
+    await saveDefinition(await vm.diskSources());
+  };
+  deps.libvirt = vm as unknown as Libvirt;
+  return vm;
+}
+
+/** live-rotate's volume: its active layer as the engine finds it with the VM stopped, and its chain. */
+async function rotChain(): Promise<{ active: string; layers: string[] }> {
+  const backend = await activeLayerBackend({ kind: 'lvm', vg: VG, lv: RLV }, null, deps);
+  const chain = (await deps.store.readChain(backend.activePath)).map((m) => m.path);
+  return { active: backend.activePath, layers: localLayers(backend, chain) };
+}
 
 async function run(file: string, args: string[], okExitCodes = [0]): Promise<string> {
   const r = await execa(file, args, {
@@ -105,11 +201,11 @@ function loadModel(): Model {
   return JSON.parse(readFileSync(MODEL, 'utf8')) as Model;
 }
 
-/** The reference of what the guest has written and had acknowledged (raw, sparse). */
-const LIVE = join(REFS, 'live.raw');
-
-/** The guest writes 1-3 extents and flushes (qemu-io exits after its flush); then the reference gets them. */
-async function guestWrites(model: Model): Promise<void> {
+/**
+ * The guest writes 1-3 extents and flushes; then the reference of its volume gets them. Without a
+ * VM through qemu-io (it exits after its flush), with one through QEMU (write, then flush there).
+ */
+async function guestWrites(model: Model, strategy: Strategy, vm?: BareQemu): Promise<void> {
   model.round++;
   const writes: Array<{ pattern: number; offset: number; length: number }> = [];
   let seed = (model.round * 2654435761) >>> 0;
@@ -124,10 +220,12 @@ async function guestWrites(model: Model): Promise<void> {
   }
   const cmds = (w: typeof writes) =>
     w.flatMap((x) => ['-c', `write -q -P ${x.pattern} ${x.offset} ${x.length}`]);
-  await run('qemu-io', ['-f', 'qcow2', ...cmds(writes), '-c', 'flush', VOLUME]);
+  if (vm === undefined) await run('qemu-io', ['-f', 'qcow2', ...cmds(writes), '-c', 'flush', VOLUME]);
+  else for (const w of writes) await vm.guestWrite(w.pattern, w.offset, w.length);
   // Acknowledged: the reference follows, durably, before anything can depend on it.
-  await run('qemu-io', ['-f', 'raw', ...cmds(writes), '-c', 'flush', LIVE]);
-  fsyncPath(LIVE);
+  const live = volumeOf(strategy).live;
+  await run('qemu-io', ['-f', 'raw', ...cmds(writes), '-c', 'flush', live]);
+  fsyncPath(live);
 }
 
 async function differs(image: string, raw: string): Promise<string | null> {
@@ -159,13 +257,14 @@ async function bringUp(): Promise<void> {
 }
 
 function command(id: string, name: string, strategy: Strategy, parents: string[]): Command {
+  const { lv } = volumeOf(strategy);
   return commandSchema.parse({
     id,
     type: 'snapshot.create',
     params: {
-      volume: { kind: 'lvm', vg: VG, lv: LV },
-      vm: null,
-      store: { root: STORE, dir: LV },
+      volume: { kind: 'lvm', vg: VG, lv },
+      vm: strategy === 'live-rotate' ? DOMAIN : null,
+      store: { root: STORE, dir: lv },
       parents,
       snapshot: name,
       options: { strategy, verify: 'metadata' },
@@ -174,15 +273,15 @@ function command(id: string, name: string, strategy: Strategy, parents: string[]
 }
 
 /** A job record as the job runner writes it when a command is accepted and started. */
-function jobRecord(cmd: Command): JobRecord {
+function jobRecord(cmd: Command, lv: string): JobRecord {
   const now = new Date().toISOString();
   return {
     version: 1,
     id: cmd.id,
     type: cmd.type,
     command: cmd,
-    volume: { kind: 'lvm', vg: VG, lv: LV },
-    lockKey: `volume:lvm:${VG}/${LV}`,
+    volume: { kind: 'lvm', vg: VG, lv },
+    lockKey: `volume:lvm:${VG}/${lv}`,
     replyTo: null,
     correlationId: null,
     state: 'running',
@@ -252,93 +351,201 @@ async function runJob(
   }
 }
 
-/** Start-up recovery of the cut job and every check; returns the problems found (none expected). */
-async function recoverAndCheck(model: Model, newest = 1): Promise<Record<string, unknown>> {
-  const problems: string[] = [];
-  const report: Record<string, unknown> = { problems };
+/**
+ * Start-up recovery of the cut job and every check; returns the problems found (none expected).
+ * `volumes`: whose snapshots and chain to check (the cut job's volume; every one at set-up and the end).
+ */
+async function recoverAndCheck(
+  model: Model,
+  volumes: readonly Strategy[],
+  newest = 1,
+): Promise<Record<string, unknown>> {
+  const report: Record<string, unknown> = { problems: [] };
+  try {
+    await recoverAndCheckInto(report, model, volumes, newest);
+  } catch (error) {
+    // A check that cannot run (a volume the engine cannot read) is a problem, not a crash.
+    (report.problems as string[]).push(`check failed: ${String(error)}`);
+  }
+  return report;
+}
+
+async function recoverAndCheckInto(
+  report: Record<string, unknown>,
+  model: Model,
+  volumes: readonly Strategy[],
+  newest: number,
+): Promise<void> {
+  const problems = report.problems as string[];
   const journal = new JobJournal(STATE);
   try {
     await journal.open();
   } catch (error) {
     // Start-up must name the damaged record and refuse to guess; that is a finding here too.
     problems.push(`journal unreadable: ${String(error)}`);
-    return report;
+    return;
   }
   const pending = model.pending;
   if (pending !== null) {
     const record = journal.get(pending.id);
+    const { dir } = volumeOf(pending.strategy);
+    const vm = modelOf(model, pending.strategy);
     report.journal = record?.state ?? 'absent';
     let published = false;
     if (record === undefined) {
       // Cut before the job was journaled: it never started, its name must be free.
-      if (existsSync(join(STORE_DIR, pending.name)))
+      if (existsSync(join(dir, pending.name)))
         problems.push(`${pending.name} exists but its job was never journaled`);
     } else if (record.state === 'running' || record.state === 'queued') {
+      // No VM runs after the boot: live-rotate's job is recovered with its domain shut off.
       const outcome = await runJob(journal, record.command, true);
       mark('recovered');
       report.recovery = outcome;
       published = outcome.ok;
       if (!outcome.ok && outcome.rolledBack !== true) {
-        if (existsSync(join(STORE_DIR, pending.name))) model.orphans.push(pending.name);
+        if (existsSync(join(dir, pending.name))) vm.orphans.push(pending.name);
         problems.push(`recovery left the job half done: ${JSON.stringify(outcome)}`);
       }
     } else published = record.state === 'succeeded';
-    if (published) model.parents.push(pending.name);
+    if (published) vm.parents.push(pending.name);
     model.pending = null;
     await saveModel(model);
-  }
-  // Published snapshots: complete and equal to the volume at their moment. One job runs per boot,
-  // so each is checked at the boot after it was published (the newest); no later job writes it.
-  for (const name of model.parents.slice(-newest)) {
-    const path = join(STORE_DIR, name);
-    if (!existsSync(path)) {
-      problems.push(`${name} is published but missing`);
-      continue;
+    if (pending.strategy === 'live-rotate') {
+      const { layers } = await rotChain();
+      report.layers = layers.length;
+      // Past the switch with the VM gone the old top stays (the next rotation merges it): one more.
+      const bound = Math.max(2, pending.layersBefore ?? 2) + 1;
+      if (layers.length > bound)
+        problems.push(
+          `${layers.length} layers in rot's chain (${layers.length - 1} above the base, at most ${bound} expected)`,
+        );
     }
-    for (const p of [await checkOk(path), await differs(path, join(REFS, `${name}.raw`))])
+  }
+  for (const strategy of new Set(volumes.map((v) => (v === 'live-rotate' ? v : 'offline')))) {
+    const { lv, dir } = volumeOf(strategy);
+    const vm = modelOf(model, strategy);
+    // Published snapshots: complete and equal to the volume at their moment. One job runs per boot,
+    // so each is checked at the boot after it was published (the newest); no later job writes it.
+    for (const name of vm.parents.slice(-newest)) {
+      const path = join(dir, name);
+      if (!existsSync(path)) {
+        problems.push(`${name} is published but missing`);
+        continue;
+      }
+      for (const p of [await checkOk(path), await differs(path, join(REFS, `${name}.raw`))])
+        if (p) problems.push(p);
+    }
+    const files = existsSync(dir) ? readdirSync(dir) : [];
+    const unknown = files.filter((f) => !vm.parents.includes(f) && !vm.orphans.includes(f));
+    if (unknown.length > 0) problems.push(`store files nobody published in ${lv}: ${unknown.join(',')}`);
+  }
+  // The volumes: open through their chains and hold every acknowledged write.
+  const lvs = (await lvm.listVolumes(VG)).map((v) => v.name);
+  if (volumes.some((v) => v !== 'live-rotate')) {
+    for (const p of [await checkOk(VOLUME), await differs(VOLUME, volumeOf('offline').live)])
       if (p) problems.push(p);
   }
-  // The volume: opens through its chain and holds every acknowledged write.
-  for (const p of [await checkOk(VOLUME), await differs(VOLUME, LIVE)]) if (p) problems.push(p);
-  // Nothing temporary left, nothing unknown under a snapshot name.
-  const lvs = (await lvm.listVolumes(VG)).map((v) => v.name);
-  if (lvs.join(',') !== LV) problems.push(`LVs left: ${lvs.join(',')}`);
-  const files = existsSync(STORE_DIR) ? readdirSync(STORE_DIR) : [];
-  const unknown = files.filter((f) => !model.parents.includes(f) && !model.orphans.includes(f));
-  if (unknown.length > 0) problems.push(`store files nobody published: ${unknown.join(',')}`);
-  return report;
+  // Nothing temporary left.
+  const own = lvs.filter((n) => n !== RLV && !n.startsWith(`${RLV}.`));
+  if (own.join(',') !== LV) problems.push(`LVs left: ${own.join(',')}`);
+  if (volumes.includes('live-rotate')) {
+    // The chain from the active layer the engine finds (with the VM stopped, from the headers and
+    // LVs) is the one libvirt would start the VM on; every layer checks clean; every LV of the
+    // volume is a layer of that chain (no stray LV).
+    const { active, layers } = await rotChain();
+    report.rotChain = layers;
+    const defined = definition();
+    if (defined[0] !== active)
+      problems.push(`libvirt's definition starts the VM on ${defined[0]}, the engine finds ${active}`);
+    for (const layer of layers) {
+      const p = await checkOk(layer);
+      if (p) problems.push(p);
+    }
+    const p = await differs(active, volumeOf('live-rotate').live);
+    if (p) problems.push(p);
+    const stray = lvs
+      .filter((n) => n === RLV || n.startsWith(`${RLV}.`))
+      .filter((n) => !layers.includes(`/dev/${VG}/${n}`));
+    if (stray.length > 0) problems.push(`LVs of rot outside its chain: ${stray.join(',')}`);
+  }
 }
 
-/** Guest writes, then one snapshot job (the host cuts it after /job/armed appears, at its first step). */
-async function snapshotJob(model: Model, strategy: Strategy): Promise<Record<string, unknown>> {
-  await guestWrites(model);
+/**
+ * Guest writes, then one snapshot job. `arm`: the host cuts it (its clock starts at /job/armed,
+ * written at the first step); otherwise the job runs to its end here.
+ */
+async function snapshotJob(
+  model: Model,
+  strategy: Strategy,
+  opts: { vm?: BareQemu; arm?: boolean } = {},
+): Promise<Record<string, unknown>> {
+  const arm = opts.arm ?? true;
+  const vm = modelOf(model, strategy);
+  await guestWrites(model, strategy, opts.vm);
   model.counter++;
   const name = `snap-${model.counter}`;
   const id = `pc-${model.counter}-${strategy}`;
   // The reference of this snapshot is durable before the job can publish it. Sparse (qemu-img
   // convert): a plain copy of 32 MiB per cut filled the 1 GiB state disk after 30 cuts. Only the
   // newest references are checked again, older ones go.
-  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', LIVE, join(REFS, `${name}.raw`)]);
+  await run('qemu-img', [
+    'convert',
+    '-f',
+    'raw',
+    '-O',
+    'raw',
+    volumeOf(strategy).live,
+    join(REFS, `${name}.raw`),
+  ]);
   fsyncPath(join(REFS, `${name}.raw`));
-  for (const old of model.parents.slice(0, -3)) rmSync(join(REFS, `${old}.raw`), { force: true });
-  model.pending = { id, name, strategy };
+  for (const old of vm.parents.slice(0, -3)) rmSync(join(REFS, `${old}.raw`), { force: true });
+  const layersBefore = strategy === 'live-rotate' ? (await rotChain()).layers.length : undefined;
+  model.pending = { id, name, strategy, ...(layersBefore === undefined ? {} : { layersBefore }) };
+  model.last = strategy;
   await saveModel(model);
   const journal = new JobJournal(STATE);
   await journal.open();
-  const cmd = command(id, name, strategy, model.parents);
-  await journal.create(jobRecord(cmd));
+  const cmd = command(id, name, strategy, vm.parents);
+  await journal.create(jobRecord(cmd, volumeOf(strategy).lv));
   // The host's clock for the cut starts at the first step: the cuts spread over the steps, not the planning.
   let started = performance.now();
   const outcome = await runJob(journal, cmd, false, () => {
-    mark('armed');
-    writeFileSync('/job/armed', `${Date.now()}\n`);
+    if (arm) {
+      mark('armed');
+      writeFileSync('/job/armed', `${Date.now()}\n`);
+    }
     started = performance.now();
   });
   const ms = Math.round(performance.now() - started);
-  if (outcome.ok) model.parents.push(name);
+  if (outcome.ok) vm.parents.push(name);
+  else if (existsSync(join(volumeOf(strategy).dir, name))) vm.orphans.push(name);
   model.pending = null;
   await saveModel(model);
   return { strategy, name, ms, outcome };
+}
+
+/**
+ * live-rotate's VM, started as after a power loss: on the active layer the engine finds. A chain
+ * that kept the old tops of several rotations cut past their switch (the VM was gone, nothing
+ * merged them) first gets one uncut rotation, which merges them (a fifth layer name does not exist);
+ * its snapshot is checked at once. Returns the VM and that rotation's problems.
+ */
+async function bootVm(model: Model): Promise<{ vm: BareQemu; problems: string[]; catchUp?: unknown }> {
+  const { active, layers } = await rotChain();
+  const vm = await startVm(active);
+  mark('vm');
+  if (layers.length < 4) return { vm, problems: [] };
+  const job = await snapshotJob(model, 'live-rotate', { vm, arm: false });
+  const problems: string[] = [];
+  if (!(job.outcome as { ok: boolean }).ok) problems.push(`catch-up rotation failed: ${JSON.stringify(job)}`);
+  else {
+    const path = join(RSTORE_DIR, job.name as string);
+    for (const p of [await checkOk(path), await differs(path, join(REFS, `${job.name}.raw`))])
+      if (p) problems.push(p);
+    const after = (await rotChain()).layers.length;
+    if (after !== 2) problems.push(`catch-up rotation left ${after} layers`);
+  }
+  return { vm, problems, catchUp: { layersBefore: layers.length, ...job } };
 }
 
 async function setup(jobMs?: number): Promise<void> {
@@ -346,28 +553,41 @@ async function setup(jobMs?: number): Promise<void> {
   await run('pvcreate', ['-q', '-y', '-ff', '/dev/vda']);
   await run('vgcreate', ['-q', '-s', '4m', VG, '/dev/vda']);
   const { fullyAllocatedBytes } = await qemuImg.measure({ sizeBytes: VIRTUAL });
-  await lvm.createVolume({ vg: VG, name: LV, sizeBytes: fullyAllocatedBytes });
-  await qemuImg.create({ path: VOLUME, sizeBytes: VIRTUAL });
+  for (const lv of [LV, RLV]) {
+    await lvm.createVolume({ vg: VG, name: lv, sizeBytes: fullyAllocatedBytes });
+    await qemuImg.create({ path: `/dev/${VG}/${lv}`, sizeBytes: VIRTUAL });
+  }
   for (const disk of ['/dev/vdb', '/dev/vdc']) await run('mke2fs', ['-q', '-F', '-t', 'ext4', disk]);
   mkdirSync(STORE, { recursive: true });
   mkdirSync(STATE, { recursive: true });
   await run('mount', ['-t', 'ext4', '/dev/vdb', STORE]);
   await run('mount', ['-t', 'ext4', '/dev/vdc', STATE]);
   mkdirSync(REFS, { recursive: true });
-  await run('truncate', ['-s', String(VIRTUAL), LIVE]);
-  const model: Model = { parents: [], orphans: [], pending: null, counter: 0, round: 0 };
+  for (const strategy of ['offline', 'live-rotate'] as const)
+    await run('truncate', ['-s', String(VIRTUAL), volumeOf(strategy).live]);
+  await saveDefinition([`/dev/${VG}/${RLV}`]);
+  const model: Model = {
+    parents: [],
+    orphans: [],
+    rot: { parents: [], orphans: [] },
+    pending: null,
+    counter: 0,
+    round: 0,
+  };
   await saveModel(model);
   const timings: Record<string, number> = {};
-  for (const strategy of ['offline', 'lvm-cow'] as const) {
+  for (const strategy of STRATEGIES) {
     if (jobMs !== undefined) {
       timings[strategy] = jobMs;
       continue;
     }
-    const job = await snapshotJob(model, strategy);
+    const vm = strategy === 'live-rotate' ? await startVm(`/dev/${VG}/${RLV}`) : undefined;
+    const job = await snapshotJob(model, strategy, { vm, arm: false });
+    await vm?.quit();
     if (!(job.outcome as { ok: boolean }).ok) throw new Error(`setup job failed: ${JSON.stringify(job)}`);
     timings[strategy] = job.ms as number;
   }
-  const check = await recoverAndCheck(model, 2);
+  const check = await recoverAndCheck(model, STRATEGIES, 2);
   process.stdout.write(`POWERCUT-TIMING ${JSON.stringify(timings)}\n`);
   process.stdout.write(`POWERCUT-CHECK ${JSON.stringify(check)}\n`);
 }
@@ -383,11 +603,19 @@ async function cycle(strategy: Strategy): Promise<void> {
   await bringUp();
   mark('up');
   const model = loadModel();
-  const check = await recoverAndCheck(model);
+  const check = await recoverAndCheck(model, model.last === undefined ? [] : [model.last]);
+  let vm: BareQemu | undefined;
+  if (strategy === 'live-rotate') {
+    const started = await bootVm(model);
+    vm = started.vm;
+    (check.problems as string[]).push(...started.problems);
+    if (started.catchUp !== undefined) check.catchUp = started.catchUp;
+  }
   mark('checked');
   process.stdout.write(`POWERCUT-CHECK ${JSON.stringify(check)}\n`);
-  const job = await snapshotJob(model, strategy);
+  const job = await snapshotJob(model, strategy, { vm });
   process.stdout.write(`POWERCUT-UNCUT ${JSON.stringify(job)}\n`);
+  await vm?.quit();
 }
 
 /** The last boot: recovery and checks only. */
@@ -395,14 +623,15 @@ async function check(): Promise<void> {
   mkdirSync(STORE, { recursive: true });
   mkdirSync(STATE, { recursive: true });
   await bringUp();
-  process.stdout.write(`POWERCUT-CHECK ${JSON.stringify(await recoverAndCheck(loadModel()))}\n`);
+  process.stdout.write(`POWERCUT-CHECK ${JSON.stringify(await recoverAndCheck(loadModel(), STRATEGIES))}\n`);
 }
 
 const [mode, arg] = process.argv.slice(2);
 if (mode === 'setup') await setup(arg === undefined ? undefined : Number(arg));
 else if (mode === 'check') await check();
-else if (mode === 'cycle' && (arg === 'offline' || arg === 'lvm-cow')) await cycle(arg);
+else if (mode === 'cycle' && (STRATEGIES as readonly string[]).includes(arg ?? ''))
+  await cycle(arg as Strategy);
 else {
-  process.stderr.write('usage: guest.ts setup [MS] | check | cycle offline|lvm-cow\n');
+  process.stderr.write(`usage: guest.ts setup [MS] | check | cycle ${STRATEGIES.join('|')}\n`);
   process.exit(2);
 }

@@ -3,7 +3,11 @@
 // recovery and checks everything (test/lab/powercut/guest.ts). One boot per cut.
 //
 //   node --import tsx test/lab/powercut/run.ts [--cuts 100] [--seed 14] [--out FILE] [--job-ms MS]
+//                                              [--strategies offline,lvm-cow,live-rotate]
 //
+// Each boot's strategy is a seeded choice among --strategies (default all three); live-rotate's
+// volume is held by a running VM (a bare QEMU in the lab guest, started on its active layer at each
+// of its boots; the cut takes it down with the guest).
 // --job-ms MS: take MS as every strategy's uncut job time instead of measuring it with two jobs in
 // the set-up boot (the set-up then only makes the disks: the sample in `npm test` saves a minute).
 // `--cuts N` counts real cuts. The moment of each cut is uniform over [0, 1.2 × the strategy's uncut job time from its first step,
@@ -26,7 +30,11 @@ const cuts = Number(arg('cuts', '100'));
 const seed = Number(arg('seed', '14'));
 const out = arg('out', join(project, '.lab-cache', `powercut-${seed}.json`));
 const jobMs = arg('job-ms', '');
-const STRATEGIES = ['offline', 'lvm-cow'] as const;
+const ALL_STRATEGIES = ['offline', 'lvm-cow', 'live-rotate'];
+const STRATEGIES = arg('strategies', ALL_STRATEGIES.join(',')).split(',');
+for (const s of STRATEGIES) {
+  if (!ALL_STRATEGIES.includes(s)) throw new Error(`--strategies: unknown strategy ${s}`);
+}
 
 /** mulberry32: a small seeded generator, so a schedule can be run again exactly. */
 function rng(s: number): () => number {
