@@ -10,6 +10,7 @@ import {
 import type { Logger } from '../observability/logger.js';
 import { lvmNameProblem } from '../protocol/names.js';
 import { type RunOptions, type RunResult, runTool } from './exec.js';
+import { fsyncFile } from './rooted-files.js';
 
 /** One logical volume as `lvs` reports it. */
 export interface LogicalVolume {
@@ -257,6 +258,16 @@ export class Lvm {
     checkName('from', from);
     checkName('to', to);
     await this.tool('lvrename', [vg, from, to]);
+  }
+
+  /**
+   * fsyncs active LV `name` through a new descriptor of its device (fsyncFile): what QEMU wrote to
+   * it through the page cache is on disk, or the writeback error comes back.
+   */
+  async flushVolume(vg: string, name: string): Promise<void> {
+    checkName('vg', vg);
+    checkName('name', name);
+    await fsyncFile(`/dev/${vg}/${name}`);
   }
 
   /** Adds and removes tags of an LV in one `lvchange` (one metadata commit: both or neither). */

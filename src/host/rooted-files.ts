@@ -67,6 +67,31 @@ export abstract class RootedFiles {
   }
 }
 
+/** How long fsyncFile waits by default: it writes back whatever the page cache holds for the file (a merged layer: GBs). */
+export const FILE_FLUSH_TIMEOUT_MS = 10 * 60_000;
+
+/**
+ * fsync of a file or block device through a descriptor of its own, opened now: writes back the
+ * dirty pages any process left in the host page cache for it (QEMU writing without O_DIRECT) and
+ * reports a writeback error that no descriptor has reported yet (Linux ≥ 4.16 reports an unseen
+ * error to a descriptor opened after it). Once reported, an error is not reported again, and the
+ * pages that failed are clean and may already be dropped: never retry to "prove" durability.
+ * @throws the system error (EIO...) or HOST_TIMEOUT after `timeoutMs`
+ */
+export async function fsyncFile(path: string, timeoutMs = FILE_FLUSH_TIMEOUT_MS): Promise<void> {
+  await withDeadline(
+    (async () => {
+      const handle = await open(path, 'r');
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    })(),
+    { operation: 'fsync', path, timeoutMs },
+  );
+}
+
 /** fsync of a directory makes renames, creations and removals in it durable. */
 export async function fsyncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, 'r');

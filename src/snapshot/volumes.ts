@@ -63,6 +63,11 @@ export interface VolumeBackend {
   restoreActive(retiredName: string): Promise<void>;
   /** Removes a sibling volume (never the active one); false when it did not exist. */
   remove(name: string): Promise<boolean>;
+  /**
+   * Makes what a process wrote to volume `name` through the host page cache durable (fsync through a
+   * new descriptor), or throws the writeback error nobody has seen yet (EIO) / HOST_TIMEOUT.
+   */
+  flush(name: string): Promise<void>;
   /** Space checks before a job (staging overlay or CoW clone), throwing InsufficientSpaceError. */
   ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void>;
 }
@@ -186,6 +191,10 @@ export class FileVolumeBackend implements VolumeBackend {
     return this.deps.filePool.remove(this.pathOf(name));
   }
 
+  flush(name: string): Promise<void> {
+    return this.deps.filePool.flush(this.pathOf(name));
+  }
+
   async ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void> {
     let bytes = 4 * 1024 * 1024; // an empty overlay: header and tables
     if (purpose === 'cow') bytes = (await stat(this.activePath)).blocks * 512; // worst case: every shared extent rewritten
@@ -231,6 +240,11 @@ export class LvmVolumeBackend implements VolumeBackend {
   /** The LV `name` as lvs reports it (undefined: no such LV). */
   volume(name: string): Promise<LogicalVolume | undefined> {
     return this.deps.lvm.getVolume(this.vg, name);
+  }
+
+  /** Every LV of the VG (one lvs). */
+  volumes(): Promise<LogicalVolume[]> {
+    return this.deps.lvm.listVolumes(this.vg);
   }
 
   /** Changes the tags of LV `name` in one metadata commit. */
@@ -338,6 +352,10 @@ export class LvmVolumeBackend implements VolumeBackend {
     if (!(await this.exists(name))) return false;
     await this.deps.lvm.removeVolume(this.vg, name); // refuses an open LV (invariant 3)
     return true;
+  }
+
+  flush(name: string): Promise<void> {
+    return this.deps.lvm.flushVolume(this.vg, name);
   }
 
   /**

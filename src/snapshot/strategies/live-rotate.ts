@@ -15,7 +15,7 @@ import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
 import { planExportStep, publishStep, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
-import { localLayers, nextLayerName, writeLayerRecord } from '../live-layers.js';
+import { localLayers, markUnmerged, nextLayerName, writeLayerRecord } from '../live-layers.js';
 import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { diskOf, freezeRecord } from '../vm.js';
@@ -134,6 +134,39 @@ function liveRotateSteps(
     await deps.lvm.removeVolume(backend.vg, name);
   };
 
+  // Flushes the base once (a second fsync after a failed one reports nothing: the error was seen
+  // and the failed pages are clean). On failure: mark each merged layer, then fail with its names.
+  const proveMergeDurable = async (merged: string[]): Promise<void> => {
+    let flushError: unknown;
+    try {
+      await backend.flush(basename(basePath));
+      return;
+    } catch (error) {
+      flushError = error;
+    }
+    const marked: string[] = [];
+    let markError: string | null = null;
+    for (const path of merged) {
+      try {
+        await withRetries(() => markUnmerged(backend, basename(path), basePath));
+        marked.push(path);
+      } catch (error) {
+        markError = String(error); // the pool may still refuse writes: the layer is kept all the same
+      }
+    }
+    throw new AgentError(
+      'LAYER_MERGE_NOT_DURABLE',
+      `the block commit merged ${merged.join(', ')} into ${basePath}, but flushing ${basePath} failed ` +
+        `(${flushError instanceof Error ? flushError.message : String(flushError)}): the base may lack writes ` +
+        `that only ${merged.join(', ')} still hold${merged.length === 1 ? 's' : ''}; kept ` +
+        `${markError === null ? 'and marked' : `(marking failed: ${markError})`}, the volume needs repair`,
+      {
+        cause: flushError,
+        details: { vm, base: basePath, keptLayers: merged, marked, markError },
+      },
+    );
+  };
+
   const exportOldTop = planExportStep(deps, plan, hooks, {
     source: frozenPath,
     forceShare: true, // QEMU holds the old top read-only
@@ -244,19 +277,36 @@ function liveRotateSteps(
       },
       {
         // The merged layers, each only after proving neither the overlay's headers nor libvirt's
-        // chain contain it any more.
+        // chain contain it any more, and that the merge is on disk: a commit through the host page
+        // cache (QEMU without O_DIRECT, libvirt's default cache mode) "completes" with its writes to
+        // the base still dirty in memory, and a write error at their writeback loses them silently
+        // (reliability.md, L4). So the base is fsynced first through a descriptor of our own; if that
+        // fails, the layers holding the only good copy stay, marked, and the job fails.
         name: 'remove-frozen',
         run: async () => {
           const onDisk = (await deps.store.readChain(overlayPath)).map((m) => m.path);
           const described = (await graph.describedChain(disk)) ?? [];
-          for (const path of layers.slice(0, -1)) {
-            if (onDisk.includes(path) || described.includes(path)) continue; // not merged (VM stopped)
-            await removeMergedLayer(path);
-          }
+          // Those still named are not merged (VM stopped): the next rotation merges them.
+          const merged = layers.slice(0, -1).filter((p) => !onDisk.includes(p) && !described.includes(p));
+          if (merged.length === 0) return;
+          await proveMergeDurable(merged);
+          for (const path of merged) await removeMergedLayer(path);
         },
       },
     ],
   };
+}
+
+/** `fn`, asked again up to 4 times 2 s apart while it fails (a pool write error burst passing). */
+async function withRetries(fn: () => Promise<void>, tries = 4, pauseMs = 2_000): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (attempt >= tries) throw error;
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    }
+  }
 }
 
 /**
