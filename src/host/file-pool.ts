@@ -12,7 +12,7 @@ import {
 import type { Logger } from '../observability/logger.js';
 import { confineChild, confinePath, pathExists } from './paths.js';
 import type { CreateImageOptions, QemuImg } from './qemu-img.js';
-import { fsyncDirectory, fsyncFile, RootedFiles } from './rooted-files.js';
+import { type FlushHandle, fsyncDirectory, openFlushHandle, RootedFiles } from './rooted-files.js';
 
 export interface FilePoolOptions {
   /** Configured pool roots (config.pools.fileRoots): every pool and volume lies under one. */
@@ -126,12 +126,9 @@ export class FilePool extends RootedFiles {
     if (opts.syncDirectory ?? true) await fsyncDirectory(dirname(to));
   }
 
-  /**
-   * fsyncs volume `path` through a new descriptor (fsyncFile): its data written through the page
-   * cache (by QEMU) is on disk, or the writeback error comes back.
-   */
-  async flush(path: string): Promise<void> {
-    await fsyncFile(await this.confine(path));
+  /** A descriptor of volume `path` to fsync later (openFlushHandle): reports write errors from now on. */
+  async flushHandle(path: string): Promise<FlushHandle> {
+    return openFlushHandle(await this.confine(path));
   }
 
   /** fsyncs the directory of `path` (under a root): makes a new name in it durable. */

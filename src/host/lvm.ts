@@ -10,7 +10,7 @@ import {
 import type { Logger } from '../observability/logger.js';
 import { lvmNameProblem } from '../protocol/names.js';
 import { type RunOptions, type RunResult, runTool } from './exec.js';
-import { fsyncFile } from './rooted-files.js';
+import { type FlushHandle, openFlushHandle } from './rooted-files.js';
 
 /** One logical volume as `lvs` reports it. */
 export interface LogicalVolume {
@@ -261,13 +261,13 @@ export class Lvm {
   }
 
   /**
-   * fsyncs active LV `name` through a new descriptor of its device (fsyncFile): what QEMU wrote to
-   * it through the page cache is on disk, or the writeback error comes back.
+   * A descriptor of active LV `name`'s device to fsync later (openFlushHandle): reports the errors
+   * of writes (QEMU's, through the page cache) that fail from now on.
    */
-  async flushVolume(vg: string, name: string): Promise<void> {
+  async flushHandle(vg: string, name: string): Promise<FlushHandle> {
     checkName('vg', vg);
     checkName('name', name);
-    await fsyncFile(`/dev/${vg}/${name}`);
+    return openFlushHandle(`/dev/${vg}/${name}`);
   }
 
   /** Adds and removes tags of an LV in one `lvchange` (one metadata commit: both or neither). */

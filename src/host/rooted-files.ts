@@ -67,29 +67,34 @@ export abstract class RootedFiles {
   }
 }
 
-/** How long fsyncFile waits by default: it writes back whatever the page cache holds for the file (a merged layer: GBs). */
+/** How long a flush waits by default: it writes back whatever the page cache holds for the file (a merged layer: GBs). */
 export const FILE_FLUSH_TIMEOUT_MS = 10 * 60_000;
 
-/**
- * fsync of a file or block device through a descriptor of its own, opened now: writes back the
- * dirty pages any process left in the host page cache for it (QEMU writing without O_DIRECT) and
- * reports a writeback error that no descriptor has reported yet (Linux ≥ 4.16 reports an unseen
- * error to a descriptor opened after it). Once reported, an error is not reported again, and the
- * pages that failed are clean and may already be dropped: never retry to "prove" durability.
- * @throws the system error (EIO...) or HOST_TIMEOUT after `timeoutMs`
- */
-export async function fsyncFile(path: string, timeoutMs = FILE_FLUSH_TIMEOUT_MS): Promise<void> {
-  await withDeadline(
-    (async () => {
-      const handle = await open(path, 'r');
-      try {
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-    })(),
-    { operation: 'fsync', path, timeoutMs },
-  );
+/** A descriptor of a file or block device kept open to ask later whether what was written since is on disk. */
+export interface FlushHandle {
+  /**
+   * fsync: writes back the dirty pages any process left in the host page cache for the file (QEMU
+   * writing without O_DIRECT) and throws a writeback error (EIO) recorded since the handle was opened,
+   * even one another descriptor already reported (Linux errseq: each open descriptor gets every error
+   * once; a descriptor opened after an error someone saw gets nothing). Never retry one that
+   * failed to "prove" durability: the failed pages are clean by then, the next fsync says 0.
+   * @throws the system error, or HOST_TIMEOUT after the handle's timeout
+   */
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Opens `path` read-only (fsync needs no write access) for a later FlushHandle.sync. */
+export async function openFlushHandle(path: string, timeoutMs = FILE_FLUSH_TIMEOUT_MS): Promise<FlushHandle> {
+  const handle = await withDeadline(open(path, 'r'), {
+    operation: 'open',
+    path,
+    timeoutMs: FS_CALL_TIMEOUT_MS,
+  });
+  return {
+    sync: () => withDeadline(handle.sync(), { operation: 'fsync', path, timeoutMs }),
+    close: () => handle.close(),
+  };
 }
 
 /** fsync of a directory makes renames, creations and removals in it durable. */

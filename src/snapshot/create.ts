@@ -6,12 +6,7 @@ import type { SnapshotCreateResult } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import { checkpoint } from './checkpoints.js';
 import type { SnapshotDeps } from './deps.js';
-import {
-  existingActiveLayer,
-  layerHoldsWritesSince,
-  refuseUnmergedLayers,
-  volumeAt,
-} from './live-layers.js';
+import { existingActiveLayer, layerHoldsWritesSince, refuseUnmergedLayers, volumeAt } from './live-layers.js';
 import type { CreateFacts, CreateJournal, CreatePlan } from './plan.js';
 import { runPlannedJob } from './planned-job.js';
 import { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';

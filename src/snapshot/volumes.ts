@@ -5,6 +5,7 @@ import { AgentError, InsufficientSpaceError, ValidationError } from '../errors/i
 import type { FilePool } from '../host/file-pool.js';
 import type { LogicalVolume, Lvm } from '../host/lvm.js';
 import type { BackingRef, QemuImg } from '../host/qemu-img.js';
+import type { FlushHandle } from '../host/rooted-files.js';
 import { fsyncDirectory } from '../host/store.js';
 import type { VolumeRef } from '../protocol/index.js';
 
@@ -64,10 +65,11 @@ export interface VolumeBackend {
   /** Removes a sibling volume (never the active one); false when it did not exist. */
   remove(name: string): Promise<boolean>;
   /**
-   * Makes what a process wrote to volume `name` through the host page cache durable (fsync through a
-   * new descriptor), or throws the writeback error nobody has seen yet (EIO) / HOST_TIMEOUT.
+   * A descriptor of volume `name` whose `sync()` later makes what any process wrote to it through
+   * the host page cache durable, or throws a write error recorded since it was opened (EIO) /
+   * HOST_TIMEOUT. Close it.
    */
-  flush(name: string): Promise<void>;
+  flushHandle(name: string): Promise<FlushHandle>;
   /** Space checks before a job (staging overlay or CoW clone), throwing InsufficientSpaceError. */
   ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void>;
 }
@@ -191,8 +193,8 @@ export class FileVolumeBackend implements VolumeBackend {
     return this.deps.filePool.remove(this.pathOf(name));
   }
 
-  flush(name: string): Promise<void> {
-    return this.deps.filePool.flush(this.pathOf(name));
+  flushHandle(name: string): Promise<FlushHandle> {
+    return this.deps.filePool.flushHandle(this.pathOf(name));
   }
 
   async ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void> {
@@ -354,8 +356,8 @@ export class LvmVolumeBackend implements VolumeBackend {
     return true;
   }
 
-  flush(name: string): Promise<void> {
-    return this.deps.lvm.flushVolume(this.vg, name);
+  flushHandle(name: string): Promise<FlushHandle> {
+    return this.deps.lvm.flushHandle(this.vg, name);
   }
 
   /**

@@ -13,6 +13,7 @@
 import { basename } from 'node:path';
 import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
+import type { FlushHandle } from '../../host/rooted-files.js';
 import { planExportStep, publishStep, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
 import { localLayers, markUnmerged, nextLayerName, writeLayerRecord } from '../live-layers.js';
@@ -134,15 +135,31 @@ function liveRotateSteps(
     await deps.lvm.removeVolume(backend.vg, name);
   };
 
-  // Flushes the base once (a second fsync after a failed one reports nothing: the error was seen
-  // and the failed pages are clean). On failure: mark each merged layer, then fail with its names.
+  // A descriptor of the base opened before the commit writes to it: its fsync reports every write
+  // error since, even one QEMU saw first (QEMU flushes the base when the commit reopens it read-only,
+  // and ignores a failure there). A descriptor opened later would get nothing for an error already
+  // seen (Linux errseq). Null in a process that did not start the commit (resumed after a crash):
+  // then one opened now, which reports only an error nobody has seen yet.
+  let baseFlush: FlushHandle | null = null;
+  const closeBaseFlush = async (): Promise<void> => {
+    const handle = baseFlush;
+    baseFlush = null;
+    await handle?.close();
+  };
+
+  // fsyncs the base once (a second fsync after a failed one reports nothing: the failed pages are
+  // clean by then). On failure: mark each merged layer, then fail with their names.
   const proveMergeDurable = async (merged: string[]): Promise<void> => {
     let flushError: unknown;
     try {
-      await backend.flush(basename(basePath));
+      const handle = baseFlush ?? (await backend.flushHandle(basename(basePath)));
+      baseFlush = handle;
+      await handle.sync();
       return;
     } catch (error) {
       flushError = error;
+    } finally {
+      await closeBaseFlush().catch(() => undefined);
     }
     const marked: string[] = [];
     let markError: string | null = null;
@@ -258,20 +275,27 @@ function liveRotateSteps(
           if (frozenPath === basePath) return; // the first rotation: the old top is the base
           if (!(await graph.holdsDisks(vm))) return;
           await assertOnOverlay('the commit');
-          // A commit this job started (journaled first) goes on in libvirtd if the agent died.
-          if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
-          await journal.update((r) => {
-            r.facts.commitStarted = true;
-          });
-          await graph.startCommit(disk, { top: frozenPath, base: basePath });
-          hooks.midStep?.('commit-frozen');
-          if (!(await commitSettled())) {
-            const chain = await graph.describedChain(disk, { live: true });
-            throw new AgentError(
-              'VOLUME_STATE_UNEXPECTED',
-              `the block commit of ${frozenPath} ended but libvirt still lists it`,
-              { details: { vm, chain } },
-            );
+          await closeBaseFlush();
+          baseFlush = await backend.flushHandle(basename(basePath)); // before the commit's first write
+          try {
+            // A commit this job started (journaled first) goes on in libvirtd if the agent died.
+            if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
+            await journal.update((r) => {
+              r.facts.commitStarted = true;
+            });
+            await graph.startCommit(disk, { top: frozenPath, base: basePath });
+            hooks.midStep?.('commit-frozen');
+            if (!(await commitSettled())) {
+              const chain = await graph.describedChain(disk, { live: true });
+              throw new AgentError(
+                'VOLUME_STATE_UNEXPECTED',
+                `the block commit of ${frozenPath} ended but libvirt still lists it`,
+                { details: { vm, chain } },
+              );
+            }
+          } catch (error) {
+            await closeBaseFlush().catch(() => undefined);
+            throw error;
           }
         },
       },
@@ -288,7 +312,7 @@ function liveRotateSteps(
           const described = (await graph.describedChain(disk)) ?? [];
           // Those still named are not merged (VM stopped): the next rotation merges them.
           const merged = layers.slice(0, -1).filter((p) => !onDisk.includes(p) && !described.includes(p));
-          if (merged.length === 0) return;
+          if (merged.length === 0) return closeBaseFlush();
           await proveMergeDurable(merged);
           for (const path of merged) await removeMergedLayer(path);
         },

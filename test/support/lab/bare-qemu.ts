@@ -146,7 +146,11 @@ export class BareQemu {
    */
   async waitForBlockJob(): Promise<void> {
     while (await this.blockJobRunning()) await new Promise((r) => setTimeout(r, 100));
-    const jobs = (await this.client.execute('query-jobs')) as Array<{ id: string; status: string; error?: string }>;
+    const jobs = (await this.client.execute('query-jobs')) as Array<{
+      id: string;
+      status: string;
+      error?: string;
+    }>;
     const ended = jobs.find((j) => j.id === 'commit' && j.status === 'concluded');
     if (ended !== undefined) {
       await this.client.execute('job-dismiss', { id: 'commit' });
