@@ -27,6 +27,7 @@
 // by default a sample runs (one guest boot, inside `npm test`). Results: a table on stdout and
 // .lab-cache/fault-matrix-<sample|full>.json.
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -192,6 +193,8 @@ interface Outcome {
   leftLvs?: string[];
   /** live-rotate: the layers of QEMU's chain after the job (top first). */
   chain?: string[];
+  /** live-rotate commit cases: a fresh descriptor's fsync of the base before the strategy's ('ok' or the errno). */
+  freshFsync?: string;
   /** live-rotate: layers kept by LAYER_MERGE_NOT_DURABLE, repaired by the operator's procedure. */
   repaired?: string[];
   seconds: number;
@@ -289,7 +292,7 @@ afterAll(async () => {
       `fault matrix (${label}): case → outcome`,
       ...outcomes.map(
         (o) =>
-          `${o.case.padEnd(34)} ${o.result}${o.code ? ` ${o.code}` : ''}${o.rolledBack === undefined ? '' : ` rolledBack=${o.rolledBack}`}${o.step ? ` step=${o.step}` : ''}${o.retryable ? ' retryable' : ''} fsck=${o.fsck ?? '-'} ${o.seconds}s${o.leftLvs?.length ? ` left=${o.leftLvs.join(',')}` : ''}`,
+          `${o.case.padEnd(34)} ${o.result}${o.code ? ` ${o.code}` : ''}${o.rolledBack === undefined ? '' : ` rolledBack=${o.rolledBack}`}${o.step ? ` step=${o.step}` : ''}${o.retryable ? ' retryable' : ''} fsck=${o.fsck ?? '-'} ${o.seconds}s${o.leftLvs?.length ? ` left=${o.leftLvs.join(',')}` : ''}${o.freshFsync ? ` freshFsync=${o.freshFsync}` : ''}${o.repaired ? ` repaired=${o.repaired.length}` : ''}`,
       ),
     ].join('\n'),
   );
@@ -412,7 +415,19 @@ async function runCase(c: FaultCase): Promise<void> {
     armBurst();
   };
   const duringExport = c.moment === 'export' && c.fault !== 'enospc';
+  // live-rotate's commit: what a descriptor opened only now (after the commit) hears from the base's
+  // fsync, before the strategy's own (opened before the commit). Tells whether someone (QEMU) saw the
+  // writeback error first: then only a descriptor opened before the error reports it.
+  let freshFsync: string | undefined;
   const journal = new TriggerJournal(async (record) => {
+    if (
+      v.vm &&
+      c.moment === 'commit' &&
+      freshFsync === undefined &&
+      record.steps['remove-frozen'] === 'started'
+    ) {
+      freshFsync = await fsyncNow(v.path);
+    }
     if (!armed && !duringExport && record.steps[step] === 'started') await inject();
     // A transient fault: the rollback runs on a healthy device.
     if (armed && record.phase === 'rolling-back') await clear();
@@ -447,6 +462,7 @@ async function runCase(c: FaultCase): Promise<void> {
       message: e.message.slice(0, 200),
     });
   }
+  if (freshFsync !== undefined) outcome.freshFsync = freshFsync;
   expect(armed, 'the fault was switched on during the job').toBe(true);
   await clear();
   if (c.where === 'store') outcome.fsck = await store.repair();
@@ -533,4 +549,17 @@ async function repairUnmerged(v: Volume, details: Record<string, unknown>): Prom
   }
   v.vm = await BareQemu.start(top, work, { cacheDirect: CACHE_DIRECT });
   return kept;
+}
+
+/** fsync of `path` through a descriptor opened now: 'ok' or the error's code. */
+async function fsyncNow(path: string): Promise<string> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+    return 'ok';
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code ?? String(error);
+  } finally {
+    await handle.close();
+  }
 }
