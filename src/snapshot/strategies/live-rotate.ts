@@ -150,16 +150,21 @@ function liveRotateSteps(
   // fsyncs the base once (a second fsync after a failed one reports nothing: the failed pages are
   // clean by then). On failure: mark each merged layer, then fail with their names.
   const proveMergeDurable = async (merged: string[]): Promise<void> => {
-    let flushError: unknown;
-    try {
-      const handle = baseFlush ?? (await backend.flushHandle(basename(basePath)));
-      baseFlush = handle;
-      await handle.sync();
-      return;
-    } catch (error) {
-      flushError = error;
-    } finally {
-      await closeBaseFlush().catch(() => undefined);
+    let flushError: unknown = journal.get().facts.mergeNotDurable;
+    if (flushError === undefined) {
+      try {
+        const handle = baseFlush ?? (await backend.flushHandle(basename(basePath)));
+        baseFlush = handle;
+        await handle.sync();
+        return;
+      } catch (error) {
+        flushError = error;
+      } finally {
+        await closeBaseFlush().catch(() => undefined);
+      }
+      await journal.update((r) => {
+        r.facts.mergeNotDurable = flushError instanceof Error ? flushError.message : String(flushError);
+      });
     }
     const marked: string[] = [];
     let markError: string | null = null;

@@ -176,4 +176,21 @@ describe('live-rotate steps (fakes)', () => {
     });
     await rm(join(dir, '.vol.qcow2.lr-a.clvm-unmerged.json'));
   });
+
+  it('remove-frozen resumed after a failed flush: no second fsync (it would say 0), the layer stays', async () => {
+    const { log, graph, step, journal, frozen, base, overlay } = setup(
+      {},
+      { existing: [join(dir, 'vol.qcow2.lr-a')] },
+    );
+    graph.described = [[overlay, base]];
+    await journal.update((r) => {
+      r.facts.mergeNotDurable = 'EIO: i/o error, fsync';
+    });
+    await expect(step('remove-frozen').run(io)).rejects.toMatchObject({
+      code: 'LAYER_MERGE_NOT_DURABLE',
+      details: { keptLayers: [frozen], marked: [frozen] },
+    });
+    expect(log.filter((l) => l.startsWith('filePool.') || l.startsWith('flush.'))).toEqual([]);
+    await rm(join(dir, '.vol.qcow2.lr-a.clvm-unmerged.json'));
+  });
 });
