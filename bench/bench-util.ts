@@ -1,6 +1,5 @@
 // Small helpers the engine benchmarks share: percentiles and millisecond formatting, the load
-// average, progress lines on stderr, fsync of a finished copy.
-import { open } from 'node:fs/promises';
+// average, progress lines on stderr.
 import { loadavg } from 'node:os';
 
 export function percentile(values: number[], p: number): number {
@@ -22,12 +21,3 @@ export const load = (): string =>
 export const log = (line: string): void => {
   process.stderr.write(`${line}\n`);
 };
-
-export async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}

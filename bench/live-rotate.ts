@@ -30,6 +30,7 @@ import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa, type ResultPromise } from 'execa';
+import { fsyncPath } from '../src/fsync.js';
 import { EXPORT_TUNING } from '../src/host/qemu-img.js';
 import type { SnapshotCreateResult } from '../src/protocol/index.js';
 import { exportStep } from '../src/snapshot/common-steps.js';
@@ -49,7 +50,7 @@ import {
   jobContext,
   makeHarness,
 } from '../test/support/snapshot-harness.js';
-import { fsyncFile, load, log, median, ms, percentile } from './bench-util.js';
+import { load, log, median, ms, percentile } from './bench-util.js';
 import { pauses, traced } from './qemu-trace.js';
 
 const MiB = 1024 * 1024;
@@ -523,7 +524,7 @@ async function exportThroughput(): Promise<ExportRow[]> {
         const t0 = performance.now();
         await run();
         const t1 = performance.now();
-        await fsyncFile(target);
+        await fsyncPath(target);
         into.push(t1 - t0);
         sync.push(performance.now() - t0);
       };

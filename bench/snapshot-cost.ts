@@ -27,6 +27,7 @@ import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
+import { fsyncPath } from '../src/fsync.js';
 import type { SnapshotCreateResult } from '../src/protocol/index.js';
 import { createSnapshot } from '../src/snapshot/index.js';
 import {
@@ -43,7 +44,7 @@ import {
   jobContext,
   makeHarness,
 } from '../test/support/snapshot-harness.js';
-import { fsyncFile, load, log, median, ms, percentile } from './bench-util.js';
+import { load, log, median, ms, percentile } from './bench-util.js';
 import { pauses, type TraceWindow, traced } from './qemu-trace.js';
 
 const MiB = 1024 * 1024;
@@ -306,7 +307,7 @@ async function fleet(strategy: 'live-rotate' | 'lvm-cow'): Promise<FleetResult> 
           const copy = join(storeDir, `copy-${i}`);
           await rm(copy, { force: true });
           await execa('cp', [raw, copy]);
-          await fsyncFile(copy);
+          await fsyncPath(copy);
         }),
       );
       const cpMs = performance.now() - started;

@@ -2,7 +2,6 @@ import type { KeyObject } from 'node:crypto';
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
 import { AgentError, messageOf } from '../errors/index.js';
 import type { BrokerConnection } from '../messaging/connection.js';
-import { withTimeout } from '../messaging/timing.js';
 import {
   type AgentEvent,
   type Command,
@@ -12,6 +11,7 @@ import {
   signBody,
   signCommand,
 } from '../protocol/index.js';
+import { withTimeout } from '../timing.js';
 
 /** RabbitMQ's direct reply-to pseudo queue: replies come back on the publishing channel. */
 export const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to';

@@ -1,7 +1,6 @@
 import type { ConsumeMessage } from 'amqplib';
 import { AgentError } from '../errors/index.js';
 import type { BrokerConnection } from '../messaging/connection.js';
-import { withTimeout } from '../messaging/timing.js';
 import {
   type AgentEvent,
   type AgentEventOf,
@@ -10,6 +9,7 @@ import {
   eventKindOf,
   TERMINAL_KINDS,
 } from '../protocol/index.js';
+import { withTimeout } from '../timing.js';
 import {
   type CommandSigner,
   closeChannel,

@@ -9,10 +9,11 @@ import {
   ReflinkUnsupportedError,
   ValidationError,
 } from '../errors/index.js';
+import { fsyncPath } from '../fsync.js';
 import type { Logger } from '../observability/logger.js';
 import { confineChild, confinePath, pathExists } from './paths.js';
 import type { CreateImageOptions, QemuImg } from './qemu-img.js';
-import { type FlushHandle, fsyncDirectory, openFlushHandle, RootedFiles } from './rooted-files.js';
+import { type FlushHandle, openFlushHandle, RootedFiles } from './rooted-files.js';
 
 export interface FilePoolOptions {
   /** Configured pool roots (config.pools.fileRoots): every pool and volume lies under one. */
@@ -86,7 +87,7 @@ export class FilePool extends RootedFiles {
     const path = await this.confine(opts.path);
     if (await pathExists(path)) throw new PathExistsError(path);
     await this.qemuImg.create({ ...opts, path });
-    await fsyncDirectory(dirname(path));
+    await fsyncPath(dirname(path));
     return path;
   }
 
@@ -106,8 +107,8 @@ export class FilePool extends RootedFiles {
     const target = await this.confine(to, 'to');
     if (await pathExists(target)) throw new PathExistsError(target);
     await fsRename(source, target);
-    await fsyncDirectory(dirname(target));
-    if (dirname(source) !== dirname(target)) await fsyncDirectory(dirname(source));
+    await fsyncPath(dirname(target));
+    if (dirname(source) !== dirname(target)) await fsyncPath(dirname(source));
   }
 
   /**
@@ -123,7 +124,7 @@ export class FilePool extends RootedFiles {
     if (await pathExists(to)) throw new PathExistsError(to);
     await this.clone(from, to);
     // A caller with the VM paused syncs the directory after the resume (syncDirectoryOf).
-    if (opts.syncDirectory ?? true) await fsyncDirectory(dirname(to));
+    if (opts.syncDirectory ?? true) await fsyncPath(dirname(to));
   }
 
   /** A descriptor of volume `path` to fsync later (openFlushHandle): reports write errors from now on. */
@@ -133,7 +134,7 @@ export class FilePool extends RootedFiles {
 
   /** fsyncs the directory of `path` (under a root): makes a new name in it durable. */
   async syncDirectoryOf(path: string): Promise<void> {
-    await fsyncDirectory(dirname(await this.confine(path, 'path')));
+    await fsyncPath(dirname(await this.confine(path, 'path')));
   }
 
   /**

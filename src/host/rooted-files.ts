@@ -1,10 +1,14 @@
 import { open, stat, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { ValidationError } from '../errors/index.js';
+import { fsyncPath } from '../fsync.js';
 import type { Logger } from '../observability/logger.js';
-import { FS_CALL_TIMEOUT_MS, withDeadline } from './deadline.js';
+import { FS_CALL_TIMEOUT_MS, StuckCallGate, withDeadline } from './deadline.js';
 import { confinePath } from './paths.js';
 import type { QemuImg } from './qemu-img.js';
+
+/** One per process: every store or pool object on the same root shares its mount's stuck call. */
+const stuckCalls = new StuckCallGate();
 
 /**
  * What a file pool and the snapshot store share: files under configured roots (resolved), every
@@ -36,7 +40,12 @@ export abstract class RootedFiles {
     work: () => Promise<T>,
     timeoutMs = this.callTimeoutMs,
   ): Promise<T> {
-    return withDeadline(work(), { operation, path, timeoutMs });
+    return stuckCalls.run(this.rootOf(path), work, { operation, path, timeoutMs });
+  }
+
+  /** The configured root `path` lies under (the path itself when none does). */
+  private rootOf(path: string): string {
+    return this.roots.find((root) => path === root || path.startsWith(`${root}/`)) ?? path;
   }
 
   /**
@@ -56,7 +65,7 @@ export abstract class RootedFiles {
         throw new ValidationError('INVALID_PATH', `${target} is not a regular file`, { field: 'path' });
       }
       await unlink(target);
-      await fsyncDirectory(dirname(target));
+      await fsyncPath(dirname(target));
       return target;
     });
   }
@@ -95,14 +104,4 @@ export async function openFlushHandle(path: string, timeoutMs = FILE_FLUSH_TIMEO
     sync: () => withDeadline(handle.sync(), { operation: 'fsync', path, timeoutMs }),
     close: () => handle.close(),
   };
-}
-
-/** fsync of a directory makes renames, creations and removals in it durable. */
-export async function fsyncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }

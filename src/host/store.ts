@@ -1,6 +1,7 @@
-import { mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
+import { fsyncPath } from '../fsync.js';
 import type { Logger } from '../observability/logger.js';
 import type { StoreRef } from '../protocol/index.js';
 import {
@@ -13,9 +14,7 @@ import {
 } from './paths.js';
 import { chainFromHeaders } from './qcow2-header.js';
 import type { QemuImg } from './qemu-img.js';
-import { fsyncDirectory, RootedFiles } from './rooted-files.js';
-
-export { fsyncDirectory };
+import { RootedFiles } from './rooted-files.js';
 
 /** One image of a backing chain as read from the headers (as `qemu-img info --backing-chain -U` reports it). */
 export interface ChainMember {
@@ -89,7 +88,7 @@ export class SnapshotStore extends RootedFiles {
     return this.bounded('mkdir', dir, async () => {
       const created = await mkdir(dir, { recursive: true });
       // A new directory entry must survive a crash like the files in it.
-      if (created !== undefined) await fsyncDirectory(dirname(created));
+      if (created !== undefined) await fsyncPath(dirname(created));
       return dir;
     });
   }
@@ -143,7 +142,7 @@ export class SnapshotStore extends RootedFiles {
           await handle.close();
         }
         await rename(part, target);
-        await fsyncDirectory(dirname(target));
+        await fsyncPath(dirname(target));
       },
       this.publishTimeoutMs,
     );
@@ -234,16 +233,31 @@ export class SnapshotStore extends RootedFiles {
       .sort();
   }
 
-  /** Removes `.<name>.part` leftovers of interrupted exports in a store directory; returns their names. */
-  async removeStaleParts(ref: StoreRef): Promise<string[]> {
-    const dir = await this.directory(ref);
-    return this.bounded('unlink', dir, async () => {
-      const parts = (await readdir(dir, { withFileTypes: true })).filter(
-        (e) => e.isFile() && PART.test(e.name),
-      );
-      for (const part of parts) await unlink(join(dir, part.name));
-      if (parts.length > 0) await fsyncDirectory(dir);
-      return parts.map((p) => p.name);
+  /**
+   * Removes `.<name>.part` leftovers in the store directory `dir` that no one has written for
+   * `olderThanMs` (a job that failed while the store was unreachable could not remove its own);
+   * returns their names.
+   */
+  async removeStaleParts(dir: string, olderThanMs: number): Promise<string[]> {
+    const target = await this.confine(dir, 'dir');
+    return this.bounded('unlink', target, async () => {
+      const entries = await readdir(target, { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return [];
+        throw e;
+      });
+      const removed: string[] = [];
+      for (const entry of entries) {
+        if (!entry.isFile() || !PART.test(entry.name)) continue;
+        const path = join(target, entry.name);
+        if (Date.now() - (await stat(path)).mtimeMs < olderThanMs) continue;
+        await unlink(path);
+        removed.push(entry.name);
+      }
+      if (removed.length > 0) {
+        await fsyncPath(target);
+        this.logger?.info({ dir: target, removed }, 'removed parts of exports that failed long ago');
+      }
+      return removed.sort();
     });
   }
 }

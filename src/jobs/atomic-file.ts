@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { fsyncPath } from '../fsync.js';
 
 /**
  * Replaces `path` with `data` atomically and durably: write a temp file in the same directory,
@@ -32,17 +33,7 @@ export async function writeFileAtomic(
     });
     throw error;
   }
-  if (durable) await fsyncDir(dir);
-}
-
-/** Makes a rename or unlink in `dir` durable. */
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  if (durable) await fsyncPath(dir);
 }
 
 /** True for the temp files writeFileAtomic leaves behind when the process dies mid-write. */

@@ -2,8 +2,9 @@ import { readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { JournalError } from '../errors/journal-error.js';
+import { fsyncPath } from '../fsync.js';
 import type { AgentEvent, Command, CommandType, VolumeRef } from '../protocol/index.js';
-import { fsyncDir, isAtomicTempFile, writeFileAtomic } from './atomic-file.js';
+import { isAtomicTempFile, writeFileAtomic } from './atomic-file.js';
 import type { StepJournal } from './types.js';
 
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed';
@@ -112,7 +113,7 @@ export class JobJournal {
       if (record.terminal?.published) this.finished.add(record.id);
       else this.records.set(record.id, record);
     }
-    if (pruned) await fsyncDir(this.dir);
+    if (pruned) await fsyncPath(this.dir);
   }
 
   /** The record of job `id`; a finished one is read from its file (rare: duplicates, job.cancel). */

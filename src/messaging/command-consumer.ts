@@ -3,8 +3,8 @@ import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import { BrokerUnavailableError } from '../errors/index.js';
 import type { CommandDisposition, CommandHandler, IncomingCommand } from '../jobs/ports.js';
 import type { Logger } from '../observability/logger.js';
+import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from '../timing.js';
 import type { BrokerConnection } from './connection.js';
-import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareTopology, type TopologyNames } from './topology.js';
 
 export interface CommandConsumerOptions {

@@ -2,9 +2,9 @@ import { EventEmitter } from 'node:events';
 import { type Channel, type ChannelModel, type ConfirmChannel, connect } from 'amqplib';
 import { AgentError, BrokerUnavailableError, messageOf } from '../errors/index.js';
 import { type Logger, silentLogger } from '../observability/logger.js';
+import { acquireWithTimeout, backoffDelay, settlesWithin, sleep, withTimeout } from '../timing.js';
 import { AGENT_NAME, AGENT_VERSION } from '../version.js';
 import type { BrokerTlsOptions } from './broker-tls.js';
-import { acquireWithTimeout, backoffDelay, settlesWithin, sleep, withTimeout } from './timing.js';
 
 /** Where a {@link BrokerConnection} is in its life; 'ready' is the only state with a live connection. */
 export const ConnectionState = {

@@ -9,10 +9,10 @@ import {
 } from '../errors/index.js';
 import type { EventSink, OutgoingEvent } from '../jobs/ports.js';
 import type { Logger } from '../observability/logger.js';
+import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from '../timing.js';
 import { AGENT_NAME } from '../version.js';
 import { type BrokerConnection, ConnectionState } from './connection.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
-import { acquireWithTimeout, backoffDelay, sleep, withTimeout } from './timing.js';
 import { declareEventsExchange, type TopologyNames } from './topology.js';
 
 export interface EventPublisherOptions {

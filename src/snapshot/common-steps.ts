@@ -1,5 +1,6 @@
 // Steps shared by strategies: export to a part file, publish, verify, and the volume swap
 // (retire the old active, promote the staging volume, remove the retired one).
+import { dirname } from 'node:path';
 import { ChainInvalidError, CowOverflowError } from '../errors/index.js';
 import { EXPORT_TUNING, type QemuImg, RATE_LIMITED_TUNING } from '../host/qemu-img.js';
 import { backsOnto, newSnapshotProblems, pathExists, removeIfUnreferenced, removePart } from './chain.js';
@@ -51,6 +52,12 @@ export function planExportStep(
   });
 }
 
+/**
+ * A part file no one has written for a day belongs to no running job (an export is killed at its
+ * time-out, hours at most): it is what a job that failed with the store unreachable left behind.
+ */
+const STALE_PART_AGE_MS = 24 * 3600_000;
+
 /** `qemu-img convert` of `source` to the part file: a delta (-B parent, relative) or a full image. */
 export function exportStep(
   deps: SnapshotDeps,
@@ -72,6 +79,7 @@ export function exportStep(
 ): Step {
   const convert = async (io: StepIO, signal: AbortSignal): Promise<void> => {
     await removePart(deps.store, opts.partPath);
+    await deps.store.removeStaleParts(dirname(opts.partPath), STALE_PART_AGE_MS);
     const ticket = deps.bandwidth?.admit(opts.bandwidth, signal);
     const rateLimit = ticket ? ticket.rate : opts.bandwidth;
     // The average rate since the copy began: with a limit it is the limit (or its share), so the

@@ -7,8 +7,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { AgentError, HostCommandError } from '../errors/index.js';
+import { fsyncPath } from '../fsync.js';
 import type { QemuImg } from '../host/qemu-img.js';
-import { fsyncDirectory } from '../host/store.js';
 import { baseNameOf, familyNames, isLayerName, type VolumeRef } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import type { SnapshotDeps } from './deps.js';
@@ -132,7 +132,7 @@ async function writeAtomically(dir: string, target: string, text: string): Promi
     await unlink(temp).catch(() => undefined);
     throw error;
   }
-  await fsyncDirectory(dir);
+  await fsyncPath(dir);
 }
 
 // On LVM the record is a tag on the layer's LV: it lives in the VG metadata (every host sees it),

@@ -2,11 +2,11 @@ import { createHash } from 'node:crypto';
 import { link, rename, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { AgentError, InsufficientSpaceError, ValidationError } from '../errors/index.js';
+import { fsyncPath } from '../fsync.js';
 import type { FilePool } from '../host/file-pool.js';
 import type { LogicalVolume, Lvm } from '../host/lvm.js';
 import type { BackingRef, QemuImg } from '../host/qemu-img.js';
 import type { FlushHandle } from '../host/rooted-files.js';
-import { fsyncDirectory } from '../host/store.js';
 import type { VolumeRef } from '../protocol/index.js';
 
 /** Health of a copy-on-write clone while it is exported. */
@@ -163,14 +163,14 @@ export class FileVolumeBackend implements VolumeBackend {
     const retired = await this.deps.filePool.confine(this.pathOf(retiredName));
     if (await existsPath(retired)) return;
     await link(this.activePath, retired);
-    await fsyncDirectory(this.dir);
+    await fsyncPath(this.dir);
   }
 
   async promote(stagingName: string): Promise<void> {
     const staging = await this.deps.filePool.confine(this.pathOf(stagingName));
     if (!(await existsPath(staging))) return;
     await rename(staging, this.activePath);
-    await fsyncDirectory(this.dir);
+    await fsyncPath(this.dir);
   }
 
   async restoreActive(retiredName: string): Promise<void> {
@@ -184,7 +184,7 @@ export class FileVolumeBackend implements VolumeBackend {
       });
     }
     await unlink(retired);
-    await fsyncDirectory(this.dir);
+    await fsyncPath(this.dir);
   }
 
   async remove(name: string): Promise<boolean> {

@@ -8,5 +8,5 @@ cd "$here/../.."
 [ -d node_modules/vitest ] || { echo "lab: node_modules is missing: run scripts/ensure-host.sh (npm ci) first" >&2; exit 1; }
 args=""
 for a in "$@"; do args+=" $(printf '%q' "$a")"; done
-exec bash "$here/run.sh" --timeout "${LAB_SUITES_TIMEOUT:-900}" -- \
+exec bash "$here/run.sh" --timeout "${LAB_SUITES_TIMEOUT:-1800}" -- \
   "node node_modules/vitest/vitest.mjs run --config test/lab/vitest.lab.config.ts$args"

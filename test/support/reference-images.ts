@@ -2,7 +2,7 @@
 // same pattern writes it makes the guest do, with qemu-io (QEMU's tool, not the agent's code),
 // and frozen copies of them at each snapshot. Compare them with `qemu-img compare` against a
 // snapshot read through its chain: neither side is produced by the code under test.
-import { constants, copyFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { execa } from 'execa';
 
 export interface PatternWrite {
@@ -33,7 +33,9 @@ export class ReferenceDisk {
 
   /** A frozen copy (what the guest saw at a snapshot), as a new ReferenceDisk. */
   async freeze(path: string): Promise<ReferenceDisk> {
-    await copyFile(this.path, path, constants.COPYFILE_EXCL);
+    if (existsSync(path)) throw new Error(`reference ${path} exists already`);
+    // Sparse (qemu-img skips zeros; the lab's busybox cp cannot): the lab guest keeps these in RAM.
+    await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', this.path, path], { timeout: 60_000 });
     return new ReferenceDisk(path, this.sizeBytes);
   }
 }

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rename, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../../../src/errors/index.js';
@@ -124,9 +124,14 @@ describe('SnapshotStore publish', () => {
     expect((await refusal(store.publish(part, other))).code).toBe('INVALID_PATH');
     expect(existsSync(other)).toBe(false);
 
-    // Leftovers of an interrupted export are removed on demand (recovery).
-    expect(await store.removeStaleParts(ref)).toEqual(['.snap-1.part']);
-    expect(await readdir(join(rootA, 'pub'))).toEqual(['snap-1']);
+    // Leftovers of exports that failed long ago go; a part written recently may be a running job's.
+    const fresh = join(rootA, 'pub', '.snap-3.part');
+    await writeFile(fresh, 'running');
+    const dayAgo = new Date(Date.now() - 25 * 3600_000);
+    await utimes(part, dayAgo, dayAgo);
+    const dir = await store.directory(ref);
+    expect(await store.removeStaleParts(dir, 24 * 3600_000)).toEqual(['.snap-1.part']);
+    expect(await readdir(join(rootA, 'pub'))).toEqual(['.snap-3.part', 'snap-1']);
   });
 });
 

@@ -22,7 +22,7 @@
 // After every outage the server is back, the volume matches its reference, and the next snapshot
 // succeeds and matches. Oracles: qemu-img compare against raw references written with qemu-io,
 // qemu-img check. Findings (timelines, outcomes, the kernel's NFS log) are printed at the end.
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -128,7 +128,20 @@ afterAll(async () => {
     .split('\n')
     .filter((l) => /nfs|rpc|lockd|grace/i.test(l))
     .slice(-40);
-  console.log(['nfs store findings:', ...findings, 'kernel log (nfs):', ...kernel].join('\n  '));
+  // Reclaim blocked on the stopped loopback server can keep nfsd from starting: say how full RAM was.
+  const memory = readFileSync('/proc/meminfo', 'utf8')
+    .split('\n')
+    .filter((l) => /^(MemTotal|MemAvailable|Shmem|Dirty|Writeback):/.test(l))
+    .map((l) => l.replace(/\s+/g, ' '));
+  console.log(
+    [
+      'nfs store findings:',
+      ...findings,
+      `guest memory: ${memory.join(', ')}`,
+      'kernel log (nfs):',
+      ...kernel,
+    ].join('\n  '),
+  );
   await server?.shutdown();
   if (work) rmSync(work, { recursive: true, force: true });
 });

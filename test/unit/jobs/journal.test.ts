@@ -3,27 +3,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { writeFileAtomic } from '../../../src/jobs/atomic-file.js';
+import { newRecord } from '../../../src/jobs/intake.js';
 import { JobJournal, type JobRecord } from '../../../src/jobs/journal.js';
 
 function record(id: string, over: Partial<JobRecord> = {}): JobRecord {
   return {
-    version: 1,
-    id,
-    type: 'agent.ping',
-    command: { id, type: 'agent.ping', params: {} },
-    volume: null,
-    lockKey: null,
-    replyTo: null,
-    correlationId: null,
-    state: 'queued',
-    sequence: 1,
-    acceptedAt: new Date().toISOString(),
-    startedAt: null,
-    finishedAt: null,
-    runs: 0,
-    steps: {},
-    stepsWritten: false,
-    terminal: null,
+    ...newRecord(
+      { id, type: 'agent.ping', params: {} },
+      { replyTo: undefined, correlationId: undefined },
+      'host-1',
+      '',
+    ),
     ...over,
   };
 }

@@ -11,7 +11,7 @@ describe('export of a copy-on-write clone', () => {
     let most = 0;
     let reads = 0;
     const deps = {
-      store: { removePart: async () => undefined },
+      store: { removePart: async () => undefined, removeStaleParts: async () => [] },
       qemuImg: { convert: async () => sleep(300) },
       cowPollMs: 5,
     } as unknown as SnapshotDeps;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { backoffDelay, sleep, withTimeout } from '../../../src/messaging/timing.js';
+import { backoffDelay, sleep, withTimeout } from '../../src/timing.js';
 
 describe('backoffDelay', () => {
   it('doubles from the minimum up to the maximum, with half of each step jittered', () => {

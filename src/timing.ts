@@ -1,3 +1,5 @@
+// Timers every layer uses: bounded waits, back-off, sleeps. No imports: any layer may use it.
+
 /**
  * Reconnect delay for attempt `attempt` (1, 2, 3...): exponential from `minMs`, capped at `maxMs`,
  * with "equal jitter" (half fixed, half random) so a fleet of agents does not reconnect in step
