@@ -313,6 +313,7 @@ function liveRotateSteps(
         // fails, the layers holding the only good copy stay, marked, and the job fails.
         name: 'remove-frozen',
         run: async () => {
+          if (layers.length <= 1) return; // the first rotation: the old top is the base, nothing merged
           const onDisk = (await deps.store.readChain(overlayPath)).map((m) => m.path);
           const described = (await graph.describedChain(disk)) ?? [];
           // Those still named are not merged (VM stopped): the next rotation merges them.
