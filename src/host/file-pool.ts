@@ -13,7 +13,7 @@ import { fsyncPath } from '../fsync.js';
 import type { Logger } from '../observability/logger.js';
 import { confineChild, confinePath, pathExists } from './paths.js';
 import type { CreateImageOptions, QemuImg } from './qemu-img.js';
-import { RootedFiles } from './rooted-files.js';
+import { type FlushHandle, openFlushHandle, RootedFiles } from './rooted-files.js';
 
 export interface FilePoolOptions {
   /** Configured pool roots (config.pools.fileRoots): every pool and volume lies under one. */
@@ -125,6 +125,11 @@ export class FilePool extends RootedFiles {
     await this.clone(from, to);
     // A caller with the VM paused syncs the directory after the resume (syncDirectoryOf).
     if (opts.syncDirectory ?? true) await fsyncPath(dirname(to));
+  }
+
+  /** A descriptor of volume `path` to fsync later (openFlushHandle): reports write errors from now on. */
+  async flushHandle(path: string): Promise<FlushHandle> {
+    return openFlushHandle(await this.confine(path));
   }
 
   /** fsyncs the directory of `path` (under a root): makes a new name in it durable. */

@@ -10,6 +10,7 @@ import {
 import type { Logger } from '../observability/logger.js';
 import { lvmNameProblem } from '../protocol/names.js';
 import { type RunOptions, type RunResult, runTool } from './exec.js';
+import { type FlushHandle, openFlushHandle } from './rooted-files.js';
 
 /** One logical volume as `lvs` reports it. */
 export interface LogicalVolume {
@@ -257,6 +258,16 @@ export class Lvm {
     checkName('from', from);
     checkName('to', to);
     await this.tool('lvrename', [vg, from, to]);
+  }
+
+  /**
+   * A descriptor of active LV `name`'s device to fsync later (openFlushHandle): reports the errors
+   * of writes (QEMU's, through the page cache) that fail from now on.
+   */
+  async flushHandle(vg: string, name: string): Promise<FlushHandle> {
+    checkName('vg', vg);
+    checkName('name', name);
+    return openFlushHandle(`/dev/${vg}/${name}`);
   }
 
   /** Adds and removes tags of an LV in one `lvchange` (one metadata commit: both or neither). */

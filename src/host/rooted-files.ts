@@ -1,9 +1,9 @@
-import { stat, unlink } from 'node:fs/promises';
+import { open, stat, unlink } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { ValidationError } from '../errors/index.js';
 import { fsyncPath } from '../fsync.js';
 import type { Logger } from '../observability/logger.js';
-import { FS_CALL_TIMEOUT_MS, StuckCallGate } from './deadline.js';
+import { FS_CALL_TIMEOUT_MS, StuckCallGate, withDeadline } from './deadline.js';
 import { confinePath } from './paths.js';
 import type { QemuImg } from './qemu-img.js';
 
@@ -74,4 +74,34 @@ export abstract class RootedFiles {
   async confine(path: string, field = 'path'): Promise<string> {
     return this.bounded('realpath', path, () => confinePath(path, this.roots, field));
   }
+}
+
+/** How long a flush waits by default: it writes back whatever the page cache holds for the file (a merged layer: GBs). */
+export const FILE_FLUSH_TIMEOUT_MS = 10 * 60_000;
+
+/** A descriptor of a file or block device kept open to ask later whether what was written since is on disk. */
+export interface FlushHandle {
+  /**
+   * fsync: writes back the dirty pages any process left in the host page cache for the file (QEMU
+   * writing without O_DIRECT) and throws a writeback error (EIO) recorded since the handle was opened,
+   * even one another descriptor already reported (Linux errseq: each open descriptor gets every error
+   * once; a descriptor opened after an error someone saw gets nothing). Never retry one that
+   * failed to "prove" durability: the failed pages are clean by then, the next fsync says 0.
+   * @throws the system error, or HOST_TIMEOUT after the handle's timeout
+   */
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Opens `path` read-only (fsync needs no write access) for a later FlushHandle.sync. */
+export async function openFlushHandle(path: string, timeoutMs = FILE_FLUSH_TIMEOUT_MS): Promise<FlushHandle> {
+  const handle = await withDeadline(open(path, 'r'), {
+    operation: 'open',
+    path,
+    timeoutMs: FS_CALL_TIMEOUT_MS,
+  });
+  return {
+    sync: () => withDeadline(handle.sync(), { operation: 'fsync', path, timeoutMs }),
+    close: () => handle.close(),
+  };
 }

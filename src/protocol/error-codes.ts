@@ -327,6 +327,13 @@ export const FAILURE_CODES = [
     meaning: 'The volume is not in the state the command assumes (e.g. not QCOW2).',
   },
   {
+    code: 'LAYER_MERGE_NOT_DURABLE',
+    retryable: 'no',
+    commands: ['snapshot.create'],
+    meaning:
+      "live-rotate merged a layer into the volume's base, but the base's flush failed (a write error at writeback, or no answer): the base may lack writes only that layer still holds (details.keptLayers). The layer is kept and marked, and snapshot.create refuses the volume until an operator repairs it (docs/strategies.md, live-rotate).",
+  },
+  {
     code: 'VOLUME_SHRINK_REFUSED',
     retryable: 'no',
     commands: ['volume.resize'],

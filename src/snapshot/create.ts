@@ -6,7 +6,7 @@ import type { SnapshotCreateResult } from '../protocol/index.js';
 import { pathExists } from './chain.js';
 import { checkpoint } from './checkpoints.js';
 import type { SnapshotDeps } from './deps.js';
-import { existingActiveLayer, layerHoldsWritesSince, volumeAt } from './live-layers.js';
+import { existingActiveLayer, layerHoldsWritesSince, refuseUnmergedLayers, volumeAt } from './live-layers.js';
 import type { CreateFacts, CreateJournal, CreatePlan } from './plan.js';
 import { runPlannedJob } from './planned-job.js';
 import { candidateStrategies, chooseKind, chooseStrategy } from './planner.js';
@@ -55,6 +55,10 @@ export function createSteps(
 /** Decides everything before the first step: strategy, full or delta, names, paths; checks capacity. */
 export async function makeCreatePlan(ctx: CreateContext, deps: SnapshotDeps): Promise<CreatePlan> {
   const params = ctx.command.params;
+  // A layer a live rotation could not prove merged holds writes the base may lack: no snapshot of
+  // a volume that may read wrong until it is repaired (checked before the layers are resolved: the
+  // kept layer is a second top).
+  await refuseUnmergedLayers(await volumeBackend(params.volume, deps));
   const backend = await existingActiveLayer(params.volume, params.vm, deps);
   const vm = await inspectVm(deps.libvirt, params.vm, backend.activePath);
   const vmRunning = vm?.running ?? false;

@@ -113,11 +113,15 @@ async function fileRecordSince(dir: string, activeName: string): Promise<string 
 async function writeFileRecord(dir: string, layerName: string, since: string): Promise<void> {
   const st = await stat(join(dir, layerName));
   const record: LayerRecord = { layer: layerName, inode: st.ino, birthtimeMs: st.birthtimeMs, since };
-  const target = recordPath(dir, layerName);
+  await writeAtomically(dir, recordPath(dir, layerName), `${JSON.stringify(record)}\n`);
+}
+
+/** Writes `target` in `dir` atomically: temp file, fsync, rename, fsync the directory. */
+async function writeAtomically(dir: string, target: string, text: string): Promise<void> {
   const temp = join(dir, `.${basename(target)}.${randomBytes(4).toString('hex')}.tmp`);
   const file = await open(temp, 'w');
   try {
-    await file.writeFile(`${JSON.stringify(record)}\n`);
+    await file.writeFile(text);
     await file.sync();
   } finally {
     await file.close();
@@ -166,6 +170,64 @@ export async function writeLayerRecord(
   if (lv.tags.includes(tag)) return;
   const stale = lv.tags.filter((t) => t.startsWith(LVM_RECORD_PREFIX));
   await backend.retag(layerName, { add: [tag], remove: stale }); // one lvchange: atomic
+}
+
+// A layer live-rotate merged into the base, kept because the base's flush failed afterwards (the
+// base may lack writes only that layer holds): marked so that no rotation, recovery or operator
+// script takes it for a leftover, and snapshot.create refuses the volume until it is repaired.
+// On LVM a tag on the layer's LV (goes away with the LV: removing the layer once repaired clears
+// it); in a file pool a sidecar `.<layer>.clvm-unmerged.json` next to it.
+const LVM_UNMERGED_TAG = 'clvm-unmerged';
+
+function unmergedPath(dir: string, layerName: string): string {
+  return join(dir, `.${layerName}.clvm-unmerged.json`);
+}
+
+/** Marks `layerName` as holding writes its base may lack (idempotent). */
+export async function markUnmerged(backend: VolumeBackend, layerName: string, base: string): Promise<void> {
+  if (backend instanceof FileVolumeBackend) {
+    const record = { layer: layerName, base, keptAt: new Date().toISOString() };
+    return writeAtomically(backend.dir, unmergedPath(backend.dir, layerName), `${JSON.stringify(record)}\n`);
+  }
+  if (!(backend instanceof LvmVolumeBackend)) throw new Error(`no layer mark for a ${backend.kind} pool`);
+  const lv = await backend.volume(layerName);
+  if (lv === undefined || lv.tags.includes(LVM_UNMERGED_TAG)) return;
+  await backend.retag(layerName, { add: [LVM_UNMERGED_TAG], remove: [] });
+}
+
+/** The volume's layers (paths) marked by markUnmerged that still exist. */
+export async function unmergedLayers(backend: VolumeBackend): Promise<string[]> {
+  const layers = familyNames(backend.activeName).filter(isLayerName);
+  const marked: string[] = [];
+  if (backend instanceof FileVolumeBackend) {
+    for (const name of layers) {
+      if ((await pathExists(unmergedPath(backend.dir, name))) && (await backend.exists(name)))
+        marked.push(backend.pathOf(name));
+    }
+    return marked;
+  }
+  if (!(backend instanceof LvmVolumeBackend)) return [];
+  for (const lv of await backend.volumes()) {
+    if (layers.includes(lv.name) && lv.tags.includes(LVM_UNMERGED_TAG)) marked.push(backend.pathOf(lv.name));
+  }
+  return marked;
+}
+
+/**
+ * Refuses a volume with a layer markUnmerged kept: its base may lack writes (what the guest reads
+ * is then wrong), and a snapshot now would preserve that. Repair (VM stopped): commit the layer
+ * into its base, check the base, remove the layer (docs/strategies.md, live-rotate).
+ */
+export async function refuseUnmergedLayers(backend: VolumeBackend): Promise<void> {
+  const kept = await unmergedLayers(backend);
+  if (kept.length === 0) return;
+  throw new AgentError(
+    'LAYER_MERGE_NOT_DURABLE',
+    `volume ${baseNameOf(backend.activeName)} has layer(s) ${kept.join(', ')} that an earlier live rotation ` +
+      'merged into the base without the merge reaching the disk: the base may lack writes only they hold. ' +
+      'Repair first (VM stopped: qemu-img commit each into its base, qemu-img check the base, remove the layer)',
+    { details: { keptLayers: kept, base: backend.pathOf(baseNameOf(backend.activeName)) } },
+  );
 }
 
 /** The command's volume reference, pointed at the layer a plan works on (journaled: recovery uses the same). */

@@ -48,6 +48,11 @@ export interface CreateFacts extends GuestFacts {
   switchMs?: number;
   /** live-rotate: this job started the block commit (it goes on in libvirtd if the agent dies). */
   commitStarted?: boolean;
+  /**
+   * live-rotate: the base's fsync after the commit failed (journaled at once, before the layers are
+   * marked): a resumed job must not fsync again, which would say 0 and let the layers go.
+   */
+  mergeNotDurable?: string;
 }
 
 /** The journal of a snapshot.create job. */

@@ -6,6 +6,7 @@ import { fsyncPath } from '../fsync.js';
 import type { FilePool } from '../host/file-pool.js';
 import type { LogicalVolume, Lvm } from '../host/lvm.js';
 import type { BackingRef, QemuImg } from '../host/qemu-img.js';
+import type { FlushHandle } from '../host/rooted-files.js';
 import type { VolumeRef } from '../protocol/index.js';
 
 /** Health of a copy-on-write clone while it is exported. */
@@ -63,6 +64,12 @@ export interface VolumeBackend {
   restoreActive(retiredName: string): Promise<void>;
   /** Removes a sibling volume (never the active one); false when it did not exist. */
   remove(name: string): Promise<boolean>;
+  /**
+   * A descriptor of volume `name` whose `sync()` later makes what any process wrote to it through
+   * the host page cache durable, or throws a write error recorded since it was opened (EIO) /
+   * HOST_TIMEOUT. Close it.
+   */
+  flushHandle(name: string): Promise<FlushHandle>;
   /** Space checks before a job (staging overlay or CoW clone), throwing InsufficientSpaceError. */
   ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void>;
 }
@@ -186,6 +193,10 @@ export class FileVolumeBackend implements VolumeBackend {
     return this.deps.filePool.remove(this.pathOf(name));
   }
 
+  flushHandle(name: string): Promise<FlushHandle> {
+    return this.deps.filePool.flushHandle(this.pathOf(name));
+  }
+
   async ensureSpace(purpose: 'overlay' | 'cow' | 'copy', virtualSize: number): Promise<void> {
     let bytes = 4 * 1024 * 1024; // an empty overlay: header and tables
     if (purpose === 'cow') bytes = (await stat(this.activePath)).blocks * 512; // worst case: every shared extent rewritten
@@ -231,6 +242,11 @@ export class LvmVolumeBackend implements VolumeBackend {
   /** The LV `name` as lvs reports it (undefined: no such LV). */
   volume(name: string): Promise<LogicalVolume | undefined> {
     return this.deps.lvm.getVolume(this.vg, name);
+  }
+
+  /** Every LV of the VG (one lvs). */
+  volumes(): Promise<LogicalVolume[]> {
+    return this.deps.lvm.listVolumes(this.vg);
   }
 
   /** Changes the tags of LV `name` in one metadata commit. */
@@ -338,6 +354,10 @@ export class LvmVolumeBackend implements VolumeBackend {
     if (!(await this.exists(name))) return false;
     await this.deps.lvm.removeVolume(this.vg, name); // refuses an open LV (invariant 3)
     return true;
+  }
+
+  flushHandle(name: string): Promise<FlushHandle> {
+    return this.deps.lvm.flushHandle(this.vg, name);
   }
 
   /**

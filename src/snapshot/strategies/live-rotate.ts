@@ -13,9 +13,10 @@
 import { basename } from 'node:path';
 import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
+import type { FlushHandle } from '../../host/rooted-files.js';
 import { planExportStep, publishStep, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
-import { localLayers, nextLayerName, writeLayerRecord } from '../live-layers.js';
+import { localLayers, markUnmerged, nextLayerName, writeLayerRecord } from '../live-layers.js';
 import type { CreateJournal, CreatePlan } from '../plan.js';
 import type { StepPlan } from '../steps.js';
 import { diskOf, freezeRecord } from '../vm.js';
@@ -142,6 +143,60 @@ function liveRotateSteps(
     await deps.lvm.removeVolume(backend.vg, name);
   };
 
+  // A descriptor of the base opened before the commit writes to it: its fsync reports every write
+  // error since, even one QEMU saw first (QEMU flushes the base when the commit reopens it read-only,
+  // and ignores a failure there). A descriptor opened later would get nothing for an error already
+  // seen (Linux errseq). Null in a process that did not start the commit (resumed after a crash):
+  // then one opened now, which reports only an error nobody has seen yet.
+  let baseFlush: FlushHandle | null = null;
+  const closeBaseFlush = async (): Promise<void> => {
+    const handle = baseFlush;
+    baseFlush = null;
+    await handle?.close();
+  };
+
+  // fsyncs the base once (a second fsync after a failed one reports nothing: the failed pages are
+  // clean by then). On failure: mark each merged layer, then fail with their names.
+  const proveMergeDurable = async (merged: string[]): Promise<void> => {
+    let flushError: unknown = journal.get().facts.mergeNotDurable;
+    if (flushError === undefined) {
+      try {
+        const handle = baseFlush ?? (await backend.flushHandle(basename(basePath)));
+        baseFlush = handle;
+        await handle.sync();
+        return;
+      } catch (error) {
+        flushError = error;
+      } finally {
+        await closeBaseFlush().catch(() => undefined);
+      }
+      await journal.update((r) => {
+        r.facts.mergeNotDurable = flushError instanceof Error ? flushError.message : String(flushError);
+      });
+    }
+    const marked: string[] = [];
+    let markError: string | null = null;
+    for (const path of merged) {
+      try {
+        await withRetries(() => markUnmerged(backend, basename(path), basePath));
+        marked.push(path);
+      } catch (error) {
+        markError = String(error); // the pool may still refuse writes: the layer is kept all the same
+      }
+    }
+    throw new AgentError(
+      'LAYER_MERGE_NOT_DURABLE',
+      `the block commit merged ${merged.join(', ')} into ${basePath}, but flushing ${basePath} failed ` +
+        `(${flushError instanceof Error ? flushError.message : String(flushError)}): the base may lack writes ` +
+        `that only ${merged.join(', ')} still hold${merged.length === 1 ? 's' : ''}; kept ` +
+        `${markError === null ? 'and marked' : `(marking failed: ${markError})`}, the volume needs repair`,
+      {
+        cause: flushError,
+        details: { vm, base: basePath, keptLayers: merged, marked, markError },
+      },
+    );
+  };
+
   const exportOldTop = planExportStep(deps, plan, hooks, {
     source: frozenPath,
     forceShare: true, // QEMU holds the old top read-only
@@ -231,38 +286,63 @@ function liveRotateSteps(
           if (frozenPath === basePath) return; // the first rotation: the old top is the base
           if (!(await graph.holdsDisks(vm))) return;
           await assertOnOverlay('the commit');
-          // A commit this job started (journaled first) goes on in libvirtd if the agent died.
-          if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
-          await journal.update((r) => {
-            r.facts.commitStarted = true;
-          });
-          await graph.startCommit(disk, { top: frozenPath, base: basePath });
-          hooks.midStep?.('commit-frozen');
-          if (!(await commitSettled())) {
-            const chain = await graph.describedChain(disk, { live: true });
-            throw new AgentError(
-              'VOLUME_STATE_UNEXPECTED',
-              `the block commit of ${frozenPath} ended but libvirt still lists it`,
-              { details: { vm, chain } },
-            );
+          await closeBaseFlush();
+          baseFlush = await backend.flushHandle(basename(basePath)); // before the commit's first write
+          try {
+            // A commit this job started (journaled first) goes on in libvirtd if the agent died.
+            if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
+            await journal.update((r) => {
+              r.facts.commitStarted = true;
+            });
+            await graph.startCommit(disk, { top: frozenPath, base: basePath });
+            hooks.midStep?.('commit-frozen');
+            if (!(await commitSettled())) {
+              const chain = await graph.describedChain(disk, { live: true });
+              throw new AgentError(
+                'VOLUME_STATE_UNEXPECTED',
+                `the block commit of ${frozenPath} ended but libvirt still lists it`,
+                { details: { vm, chain } },
+              );
+            }
+          } catch (error) {
+            await closeBaseFlush().catch(() => undefined);
+            throw error;
           }
         },
       },
       {
         // The merged layers, each only after proving neither the overlay's headers nor libvirt's
-        // chain contain it any more.
+        // chain contain it any more, and that the merge is on disk: a commit through the host page
+        // cache (QEMU without O_DIRECT, libvirt's default cache mode) "completes" with its writes to
+        // the base still dirty in memory, and a write error at their writeback loses them silently
+        // (reliability.md, L4). So the base is fsynced first through a descriptor of our own; if that
+        // fails, the layers holding the only good copy stay, marked, and the job fails.
         name: 'remove-frozen',
         run: async () => {
+          if (layers.length <= 1) return; // the first rotation: the old top is the base, nothing merged
           const onDisk = (await deps.store.readChain(overlayPath)).map((m) => m.path);
           const described = (await graph.describedChain(disk)) ?? [];
-          for (const path of layers.slice(0, -1)) {
-            if (onDisk.includes(path) || described.includes(path)) continue; // not merged (VM stopped)
-            await removeMergedLayer(path);
-          }
+          // Those still named are not merged (VM stopped): the next rotation merges them.
+          const merged = layers.slice(0, -1).filter((p) => !onDisk.includes(p) && !described.includes(p));
+          if (merged.length === 0) return closeBaseFlush();
+          await proveMergeDurable(merged);
+          for (const path of merged) await removeMergedLayer(path);
         },
       },
     ],
   };
+}
+
+/** `fn`, asked again up to 4 times 2 s apart while it fails (a pool write error burst passing). */
+async function withRetries(fn: () => Promise<void>, tries = 4, pauseMs = 2_000): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (attempt >= tries) throw error;
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    }
+  }
 }
 
 /**

@@ -27,6 +27,7 @@
 // by default a sample runs (one guest boot, inside `npm test`). Results: a table on stdout and
 // .lab-cache/fault-matrix-<sample|full>.json.
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -49,6 +50,9 @@ import { command, jobContext } from '../../support/snapshot-harness.js';
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;
 const FULL = process.env.lab_fault_matrix === 'full';
+// `lab_qemu_cache=direct`: live-rotate's bare QEMU opens its layers O_DIRECT (libvirt's cache='none');
+// by default through the page cache (libvirt's cache='default'), as in L4 (docs/reliability.md).
+const CACHE_DIRECT = process.env.lab_qemu_cache === 'direct';
 
 type Strategy = 'offline' | 'lvm-cow' | 'live-rotate';
 type Fault = 'eio' | 'eio-read' | 'eio-write' | 'slow' | 'enospc';
@@ -189,6 +193,10 @@ interface Outcome {
   leftLvs?: string[];
   /** live-rotate: the layers of QEMU's chain after the job (top first). */
   chain?: string[];
+  /** live-rotate commit cases: a fresh descriptor's fsync of the base before the strategy's ('ok' or the errno). */
+  freshFsync?: string;
+  /** live-rotate: layers kept by LAYER_MERGE_NOT_DURABLE, repaired by the operator's procedure. */
+  repaired?: string[];
   seconds: number;
 }
 
@@ -252,7 +260,10 @@ beforeAll(async () => {
     const created = await lvm.createVolume({ vg: pool.vg, name: lv, sizeBytes: fullyAllocatedBytes });
     await qemuImg.create({ path: created.path, sizeBytes: VIRTUAL });
     const live = await ReferenceDisk.create(join(work, `${lv}.raw`), VIRTUAL);
-    const vm = strategy === 'live-rotate' ? await BareQemu.start(created.path, work) : undefined;
+    const vm =
+      strategy === 'live-rotate'
+        ? await BareQemu.start(created.path, work, { cacheDirect: CACHE_DIRECT })
+        : undefined;
     volumes.set(strategy, {
       lv,
       path: created.path,
@@ -281,7 +292,7 @@ afterAll(async () => {
       `fault matrix (${label}): case → outcome`,
       ...outcomes.map(
         (o) =>
-          `${o.case.padEnd(34)} ${o.result}${o.code ? ` ${o.code}` : ''}${o.rolledBack === undefined ? '' : ` rolledBack=${o.rolledBack}`}${o.step ? ` step=${o.step}` : ''}${o.retryable ? ' retryable' : ''} fsck=${o.fsck ?? '-'} ${o.seconds}s${o.leftLvs?.length ? ` left=${o.leftLvs.join(',')}` : ''}`,
+          `${o.case.padEnd(34)} ${o.result}${o.code ? ` ${o.code}` : ''}${o.rolledBack === undefined ? '' : ` rolledBack=${o.rolledBack}`}${o.step ? ` step=${o.step}` : ''}${o.retryable ? ' retryable' : ''} fsck=${o.fsck ?? '-'} ${o.seconds}s${o.leftLvs?.length ? ` left=${o.leftLvs.join(',')}` : ''}${o.freshFsync ? ` freshFsync=${o.freshFsync}` : ''}${o.repaired ? ` repaired=${o.repaired.length}` : ''}`,
       ),
     ].join('\n'),
   );
@@ -404,7 +415,19 @@ async function runCase(c: FaultCase): Promise<void> {
     armBurst();
   };
   const duringExport = c.moment === 'export' && c.fault !== 'enospc';
+  // live-rotate's commit: what a descriptor opened only now (after the commit) hears from the base's
+  // fsync, before the strategy's own (opened before the commit). Tells whether someone (QEMU) saw the
+  // writeback error first: then only a descriptor opened before the error reports it.
+  let freshFsync: string | undefined;
   const journal = new TriggerJournal(async (record) => {
+    if (
+      v.vm &&
+      c.moment === 'commit' &&
+      freshFsync === undefined &&
+      record.steps['remove-frozen'] === 'started'
+    ) {
+      freshFsync = await fsyncNow(v.path);
+    }
     if (!armed && !duringExport && record.steps[step] === 'started') await inject();
     // A transient fault: the rollback runs on a healthy device.
     if (armed && record.phase === 'rolling-back') await clear();
@@ -418,6 +441,7 @@ async function runCase(c: FaultCase): Promise<void> {
   };
   const name = `snap-${++v.counter}`;
   const outcome: Outcome = { case: caseName(c), result: 'succeeded', seconds: 0 };
+  let caughtDetails: Record<string, unknown> = {};
   try {
     await runJob(v, c.strategy, name, {
       journal,
@@ -428,6 +452,7 @@ async function runCase(c: FaultCase): Promise<void> {
   } catch (error) {
     expect(error).toBeInstanceOf(AgentError);
     const e = error as AgentError;
+    caughtDetails = e.details;
     Object.assign(outcome, {
       result: 'failed',
       code: e.code,
@@ -437,11 +462,13 @@ async function runCase(c: FaultCase): Promise<void> {
       message: e.message.slice(0, 200),
     });
   }
+  if (freshFsync !== undefined) outcome.freshFsync = freshFsync;
   expect(armed, 'the fault was switched on during the job').toBe(true);
   await clear();
   if (c.where === 'store') outcome.fsck = await store.repair();
   outcomes.push(outcome);
   saveOutcomes();
+  if (outcome.code === 'LAYER_MERGE_NOT_DURABLE') outcome.repaired = await repairUnmerged(v, caughtDetails);
 
   // One clear outcome: a specific code, and the rollback flag where the point of no return was not reached.
   if (outcome.result === 'failed') {
@@ -494,4 +521,45 @@ async function runCase(c: FaultCase): Promise<void> {
   expect(visible.filter((f) => !v.parents.includes(f)).sort()).toEqual([...v.orphans].sort());
   outcome.seconds = Math.round((performance.now() - started) / 100) / 10;
   saveOutcomes();
+}
+
+/**
+ * live-rotate, after LAYER_MERGE_NOT_DURABLE: the kept layers are marked, the next snapshot refuses
+ * the volume, then the repair docs/strategies.md gives (VM stopped: check the base, commit each kept
+ * layer into it with O_DIRECT, remove the layer) and the VM starts again on its chain. Returns the
+ * repaired layers.
+ */
+async function repairUnmerged(v: Volume, details: Record<string, unknown>): Promise<string[]> {
+  const kept = details.keptLayers as string[];
+  const base = details.base as string;
+  expect(kept.length).toBeGreaterThan(0);
+  for (const layer of kept) {
+    const lv = await lvm.getVolume(pool.vg, layer.slice(`/dev/${pool.vg}/`.length));
+    expect(lv?.tags, `${layer} is marked`).toContain('clvm-unmerged');
+  }
+  await expect(runJob(v, 'live-rotate', `refused-${v.counter}`)).rejects.toMatchObject({
+    code: 'LAYER_MERGE_NOT_DURABLE',
+  });
+  const top = (await v.vm!.diskSources())[0]!;
+  await v.vm!.quit();
+  await sh('qemu-img', ['check', '-r', 'all', '-f', 'qcow2', base], { okExitCodes: [0, 3] });
+  for (const layer of kept) {
+    await sh('qemu-img', ['commit', '-t', 'none', '-f', 'qcow2', layer]);
+    await sh('lvremove', ['-q', '-y', layer]);
+  }
+  v.vm = await BareQemu.start(top, work, { cacheDirect: CACHE_DIRECT });
+  return kept;
+}
+
+/** fsync of `path` through a descriptor opened now: 'ok' or the error's code. */
+async function fsyncNow(path: string): Promise<string> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+    return 'ok';
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code ?? String(error);
+  } finally {
+    await handle.close();
+  }
 }

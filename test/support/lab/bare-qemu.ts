@@ -26,15 +26,22 @@ export class BareQemu {
     private readonly client: QmpClient,
     /** Where its sockets go (QMP, the read-back NBD export). */
     private readonly dir: string,
+    /** Every layer opened O_DIRECT (libvirt's cache='none'); else through the host page cache (cache='default'). */
+    private readonly cacheDirect: boolean,
   ) {}
 
-  /** Starts QEMU on the chain whose top layer is `topPath` (the lower layers from its header); sockets in `dir`. */
-  static async start(topPath: string, dir: string): Promise<BareQemu> {
+  /**
+   * Starts QEMU on the chain whose top layer is `topPath` (the lower layers from its header, which
+   * inherit its cache mode); sockets in `dir`. `cacheDirect`: as libvirt's cache='none'.
+   */
+  static async start(topPath: string, dir: string, opts: { cacheDirect?: boolean } = {}): Promise<BareQemu> {
     const socket = join(dir, `vm-${Date.now()}.qmp`);
+    const cacheDirect = opts.cacheDirect ?? false;
     const blockdev = {
       driver: 'qcow2',
       'node-name': 'fmt',
       file: { driver: 'host_device', filename: topPath, 'node-name': 'file', 'auto-read-only': true },
+      ...(cacheDirect ? { cache: { direct: true } } : {}),
     };
     const process = execa(
       'qemu-system-x86_64',
@@ -45,7 +52,7 @@ export class BareQemu {
       ]),
       { reject: false, timeout: 15 * 60_000 },
     );
-    const qemu = new BareQemu(process, await QmpClient.connect(socket), dir);
+    const qemu = new BareQemu(process, await QmpClient.connect(socket), dir, cacheDirect);
     qemu.owned.set(topPath, { nodeName: 'fmt', fileNodeName: 'file' });
     return qemu;
   }
@@ -101,6 +108,7 @@ export class BareQemu {
       'node-name': node,
       backing: null,
       file: { driver: 'host_device', filename: opts.file, 'node-name': fileNode },
+      ...(this.cacheDirect ? { cache: { direct: true } } : {}),
     });
     try {
       await this.client.execute('blockdev-snapshot', { node: this.top, overlay: node });
@@ -120,6 +128,8 @@ export class BareQemu {
     const node = (path: string) => chain.find((n) => n.filename === path)!.nodeName;
     await this.client.execute('block-commit', {
       'job-id': 'commit',
+      // Kept after it ends, so waitForBlockJob can read its error (libvirt gets it from the event).
+      'auto-dismiss': false,
       device: this.top,
       'top-node': node(opts.top),
       'base-node': node(opts.base),
@@ -127,11 +137,27 @@ export class BareQemu {
     });
   }
   async blockJobRunning(): Promise<boolean> {
-    return ((await this.client.execute('query-block-jobs')) as unknown[]).length > 0;
+    const jobs = (await this.client.execute('query-jobs')) as Array<{ status: string }>;
+    return jobs.some((j) => j.status !== 'concluded' && j.status !== 'null');
   }
-  /** Waits for the job, then closes the layers it dropped from the chain (libvirt does that too). */
+  /**
+   * Waits for the job, then closes the layers it dropped from the chain (libvirt does that too). A
+   * job that ended with an error (BLOCK_JOB_COMPLETED's `error`) fails it as virsh's blockjob would.
+   */
   async waitForBlockJob(): Promise<void> {
     while (await this.blockJobRunning()) await new Promise((r) => setTimeout(r, 100));
+    const jobs = (await this.client.execute('query-jobs')) as Array<{
+      id: string;
+      status: string;
+      error?: string;
+    }>;
+    const ended = jobs.find((j) => j.id === 'commit' && j.status === 'concluded');
+    if (ended !== undefined) {
+      await this.client.execute('job-dismiss', { id: 'commit' });
+      if (ended.error !== undefined) {
+        throw failedToolError('virsh', ['blockjob'], `error: block commit failed: ${ended.error}`, 1);
+      }
+    }
     const inChain = new Set(await this.diskSources());
     // Newest first: a commit that merged two layers (one left by a failed rotation) dropped both,
     // and the older one is the backing of the newer one until that is closed.

@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { refuseUnmergedLayers, unmergedLayers } from '../../../src/snapshot/live-layers.js';
 import type { Step } from '../../../src/snapshot/steps.js';
 import { strategyOf } from '../../../src/snapshot/strategies/index.js';
 import { FileVolumeBackend } from '../../../src/snapshot/volumes.js';
@@ -17,13 +18,16 @@ describe('live-rotate steps (fakes)', () => {
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
-  function setup(over: Parameters<typeof createPlan>[1] = {}) {
+  function setup(
+    over: Parameters<typeof createPlan>[1] = {},
+    fakes: Omit<NonNullable<Parameters<typeof fakeDeps>[2]>, 'chains'> = {},
+  ) {
     const log: Log = [];
     const graph = new FakeBlockGraph(log);
     const base = join(dir, 'vol.qcow2');
     const frozen = join(dir, 'vol.qcow2.lr-a');
     const overlay = join(dir, 'vol.qcow2.lr-b');
-    const deps = fakeDeps(log, graph, { chains: { [overlay]: [overlay, base] } });
+    const deps = fakeDeps(log, graph, { chains: { [overlay]: [overlay, base] }, ...fakes });
     const plan = createPlan(dir, {
       strategy: 'live-rotate',
       activePath: frozen,
@@ -35,7 +39,7 @@ describe('live-rotate steps (fakes)', () => {
     const journal = memoryJournal();
     const steps = strategyOf('live-rotate').steps(plan, backend, deps, journal);
     const step = (name: string): Step => steps.steps.find((s) => s.name === name)!;
-    return { log, graph, journal, steps, step, base, frozen, overlay };
+    return { log, graph, journal, steps, step, base, frozen, overlay, deps, backend };
   }
 
   it('has switch as its point of no return', () => {
@@ -82,6 +86,7 @@ describe('live-rotate steps (fakes)', () => {
       'graph.holdsDisks h16-vm',
       'graph.holdsDisks h16-vm',
       'graph.describedChain vdb live',
+      `filePool.flushHandle ${base}`, // before the commit's first write to the base
       `graph.startCommit ${frozen} ${base}`,
       'graph.waitForBlockJob vdb',
       'graph.describedChain vdb live',
@@ -101,6 +106,7 @@ describe('live-rotate steps (fakes)', () => {
   it('commit-frozen: nothing on the first rotation (the old top is the base) or with the VM stopped', async () => {
     const first = setup({ liveLayers: [join(dir, 'vol.qcow2.lr-a')] });
     await first.step('commit-frozen').run(io);
+    await first.step('remove-frozen').run(io); // nothing merged: reads nothing (a pool fault cannot fail it)
     expect(first.log).toEqual([]);
     const stopped = setup();
     stopped.graph.holds = false;
@@ -112,13 +118,80 @@ describe('live-rotate steps (fakes)', () => {
     const merged = setup();
     merged.graph.described = [[merged.overlay, merged.base]];
     await merged.step('remove-frozen').run(io);
-    expect(merged.log.filter((l) => l.startsWith('filePool.remove'))).toEqual([
+    // The base flushed first (here through one opened now: this process did not run the commit).
+    expect(merged.log.filter((l) => !l.startsWith('graph.'))).toEqual([
+      `filePool.flushHandle ${merged.base}`,
+      `flush.sync ${merged.base}`,
+      `flush.close ${merged.base}`,
       `filePool.remove ${merged.frozen}`,
     ]);
 
     const kept = setup();
     kept.graph.described = [[kept.overlay, kept.frozen, kept.base]];
     await kept.step('remove-frozen').run(io);
-    expect(kept.log.filter((l) => l.startsWith('filePool.remove'))).toEqual([]);
+    expect(kept.log.filter((l) => l.startsWith('filePool.') || l.startsWith('flush.'))).toEqual([]);
+  });
+
+  it('commit then remove-frozen: the base is fsynced through the descriptor opened before the commit', async () => {
+    const { log, graph, step, frozen, base, overlay } = setup();
+    graph.described = [
+      [overlay, frozen, base],
+      [overlay, frozen, base],
+      [overlay, base],
+    ];
+    await step('commit-frozen').run(io);
+    await step('remove-frozen').run(io);
+    expect(log.filter((l) => !l.startsWith('graph.'))).toEqual([
+      `filePool.flushHandle ${base}`,
+      `flush.sync ${base}`,
+      `flush.close ${base}`,
+      `filePool.remove ${frozen}`,
+    ]);
+  });
+
+  it('remove-frozen keeps and marks a merged layer when the base does not flush: LAYER_MERGE_NOT_DURABLE', async () => {
+    const eio = Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+    const { log, graph, step, frozen, base, overlay, backend } = setup(
+      {},
+      { flushError: eio, existing: [join(dir, 'vol.qcow2.lr-a')] },
+    );
+    graph.described = [
+      [overlay, frozen, base],
+      [overlay, frozen, base],
+      [overlay, base],
+    ];
+    await step('commit-frozen').run(io);
+    const failed = step('remove-frozen').run(io);
+    await expect(failed).rejects.toMatchObject({
+      code: 'LAYER_MERGE_NOT_DURABLE',
+      retryable: false,
+      details: { base, keptLayers: [frozen], marked: [frozen], markError: null },
+    });
+    expect(log.some((l) => l.startsWith('filePool.remove'))).toBe(false);
+    expect(log.filter((l) => l.startsWith('flush.'))).toEqual([`flush.sync ${base}`, `flush.close ${base}`]);
+    // The mark: the next snapshot of the volume refuses, naming the kept layer.
+    expect(await unmergedLayers(backend)).toEqual([frozen]);
+    await expect(refuseUnmergedLayers(backend)).rejects.toMatchObject({
+      code: 'LAYER_MERGE_NOT_DURABLE',
+      details: { keptLayers: [frozen], base },
+    });
+    await rm(join(dir, '.vol.qcow2.lr-a.clvm-unmerged.json'));
+  });
+
+  it('remove-frozen resumed after a failed flush: no second fsync (it would say 0), the layer stays', async () => {
+    const { log, graph, step, journal, frozen, base, overlay } = setup(
+      {},
+      { existing: [join(dir, 'vol.qcow2.lr-a')] },
+    );
+    graph.described = [[overlay, base]];
+    await journal.update((r) => {
+      r.facts.mergeNotDurable = 'EIO: i/o error, fsync';
+    });
+    await expect(step('remove-frozen').run(io)).rejects.toMatchObject({
+      code: 'LAYER_MERGE_NOT_DURABLE',
+      details: { keptLayers: [frozen], marked: [frozen] },
+    });
+    expect(log.filter((l) => l.startsWith('filePool.') || l.startsWith('flush.'))).toEqual([]);
+    await rm(join(dir, '.vol.qcow2.lr-a.clvm-unmerged.json'));
   });
 });

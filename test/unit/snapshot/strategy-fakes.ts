@@ -102,7 +102,14 @@ export function memoryJournal(): CreateJournal {
 export function fakeDeps(
   log: Log,
   graph: FakeBlockGraph,
-  opts: { backing?: Record<string, string | null>; chains?: Record<string, string[]> } = {},
+  opts: {
+    backing?: Record<string, string | null>;
+    chains?: Record<string, string[]>;
+    /** What a flush handle's sync throws (undefined: it succeeds). */
+    flushError?: Error;
+    /** Which paths exist (filePool.exists); none by default. */
+    existing?: string[];
+  } = {},
 ): SnapshotDeps {
   const backing = opts.backing ?? {};
   return {
@@ -134,7 +141,19 @@ export function fakeDeps(
         log.push(`filePool.remove ${path}`);
         return true;
       },
-      exists: async () => false,
+      exists: async (path: string) => opts.existing?.includes(path) ?? false,
+      flushHandle: async (path: string) => {
+        log.push(`filePool.flushHandle ${path}`);
+        return {
+          sync: async () => {
+            log.push(`flush.sync ${path}`);
+            if (opts.flushError) throw opts.flushError;
+          },
+          close: async () => {
+            log.push(`flush.close ${path}`);
+          },
+        };
+      },
       create: async (o: { path: string }) => {
         log.push(`filePool.create ${o.path}`);
       },
