@@ -120,6 +120,8 @@ export interface ReplaySummary {
   flushes: number;
   fuas: number;
   marks: string[];
+  /** Each mark with its log entry. */
+  markEntries: Array<{ mark: string; index: number }>;
   /** FLUSH/FUA entries (crash points). */
   points: number;
   /** Crash points whose disk state differs from the previous one. */
@@ -151,6 +153,7 @@ export async function replayEveryCrashPoint(
       flushes: 0,
       fuas: 0,
       marks: [],
+      markEntries: [],
       points: 0,
       distinctPoints: 0,
       bytesWritten: 0,
@@ -159,6 +162,7 @@ export async function replayEveryCrashPoint(
     for (const entry of entries) {
       if (entry.mark !== undefined) {
         summary.marks.push(entry.mark);
+        summary.markEntries.push({ mark: entry.mark, index: entry.index });
         continue;
       }
       const bytes = entry.nrSectors * sup.sectorSize;

@@ -86,6 +86,11 @@ describe('dm-log-writes replay', () => {
       points: 4,
       distinctPoints: 3,
       marks: ['start', 'middle', 'dm-log-writes-end'],
+      markEntries: [
+        { mark: 'start', index: 0 },
+        { mark: 'middle', index: 7 },
+        { mark: 'dm-log-writes-end', index: 10 },
+      ],
       bytesWritten: 8 * 512,
     });
     expect(states.map((s) => [s.point.ordinal, s.point.entry.index, s.point.changed])).toEqual([
