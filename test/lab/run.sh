@@ -85,7 +85,7 @@ boot() {
   qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu max -smp 2 -m 4096 \
     -nodefaults -no-user-config -display none -no-reboot \
     -kernel "$guest/vmlinux" -initrd "$guest/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 ${LAB_KERNEL_ARGS:-} lab_project=$project" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check ${LAB_KERNEL_ARGS:-} lab_project=$project" \
     -serial "file:$tmp/console.log" \
     -fsdev "local,id=opt,path=$guest/opt,security_model=none,readonly=on" -device virtio-9p-pci,fsdev=opt,mount_tag=opt \
     -fsdev "local,id=job,path=$job,security_model=none" -device virtio-9p-pci,fsdev=job,mount_tag=job \
