@@ -111,6 +111,8 @@ export interface ReplayPoint {
   marks: string[];
   /** False when nothing was written since the previous point (the same disk state). */
   changed: boolean;
+  /** No FLUSH/FUA entry follows (later entries are writes never flushed, or marks). */
+  last: boolean;
 }
 
 export interface ReplaySummary {
@@ -158,6 +160,7 @@ export async function replayEveryCrashPoint(
       distinctPoints: 0,
       bytesWritten: 0,
     };
+    const lastPoint = entries.filter(isCrashPoint).at(-1)?.index;
     let changed = false;
     for (const entry of entries) {
       if (entry.mark !== undefined) {
@@ -190,7 +193,8 @@ export async function replayEveryCrashPoint(
       if (changed) summary.distinctPoints++;
       // The point's state must be on the target device itself (a dm snapshot over it reads the device).
       fdatasyncSync(target);
-      await atPoint({ entry, ordinal: summary.points, marks: [...summary.marks], changed });
+      const last = entry.index === lastPoint;
+      await atPoint({ entry, ordinal: summary.points, marks: [...summary.marks], changed, last });
       changed = false;
     }
     fdatasyncSync(target);

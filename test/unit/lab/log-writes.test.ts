@@ -99,6 +99,7 @@ describe('dm-log-writes replay', () => {
       [3, 5, true],
       [4, 8, true],
     ]);
+    expect(states.map((s) => s.point.last)).toEqual([false, false, false, true]);
     expect(states.map((s) => s.point.marks)).toEqual([['start'], ['start'], ['start'], ['start', 'middle']]);
     const at = (disk: Buffer, sector: number) => disk[sector * 512 + 100];
     // Point 1: the two writes, nothing else (0xee is the disk before the log).
