@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { LvmVolumeInUseError, LvmVolumeNotFoundError } from '../../src/errors/index.js';
 import type { LogicalVolume, Lvm, VolumeGroup } from '../../src/host/lvm.js';
+import { type FlushHandle, openFlushHandle } from '../../src/host/rooted-files.js';
 import type { Cleanup } from './libvirt-fixtures.js';
 
 const EXTENT = 4 * 1024 * 1024;
@@ -127,6 +128,11 @@ export class LoopLvm {
 
   /** Every loop "LV" is active on this host. */
   async activate(): Promise<void> {}
+
+  /** As Lvm.flushHandle: a descriptor of the LV's (loop) device, to fsync later. */
+  async flushHandle(vg: string, name: string): Promise<FlushHandle> {
+    return openFlushHandle(`/dev/${vg}/${name}`);
+  }
 
   pathOf(name: string): string {
     return `/dev/${this.vg}/${name}`;
