@@ -335,7 +335,10 @@ describe('control plane: kill -9 in a burst (child process, real broker)', () =>
     for (const id of ids) {
       const seen = new Set<string>();
       const stream = client.of(id).filter((e) => !seen.has(e.event.id) && seen.add(e.event.id));
-      expect(`${stream[0]?.kind}:${stream[0]?.event.sequence}`, id).toBe('accepted:0000000001');
+      expect(
+        `${stream[0]?.kind}:${stream[0]?.event.sequence}`,
+        `${id}: ${JSON.stringify(stream[0]?.event.data)}`,
+      ).toBe('accepted:0000000001');
       expect(
         stream.filter((e) => ['succeeded', 'failed', 'rejected'].includes(e.kind ?? '')),
         id,
