@@ -140,10 +140,16 @@ export interface QmpEvent {
   atMs: number;
 }
 
-/** A minimal QMP client over a unix socket (one command at a time; events are kept in `events`). */
+/**
+ * A minimal QMP client over a unix socket (events are kept in `events`). Each command carries an
+ * `id` that QEMU echoes: a reply that comes after its command timed out is dropped, never handed
+ * to the next command (that off-by-one left every later command with the wrong reply).
+ */
 export class QmpClient {
   private buffer = '';
-  private waiting: Array<(msg: Record<string, unknown>) => void> = [];
+  private greeting: ((msg: Record<string, unknown>) => void) | undefined;
+  private readonly waiting = new Map<string, (msg: Record<string, unknown>) => void>();
+  private nextId = 1;
   readonly events: QmpEvent[] = [];
 
   private constructor(private readonly socket: Socket) {
@@ -162,7 +168,13 @@ export class QmpClient {
           this.events.push({ event: msg.event, atMs: ts.seconds * 1000 + ts.microseconds / 1000 });
           continue;
         }
-        this.waiting.shift()?.(msg);
+        if ('QMP' in msg) {
+          this.greeting?.(msg);
+          continue;
+        }
+        const id = String(msg.id);
+        this.waiting.get(id)?.(msg);
+        this.waiting.delete(id);
       }
     });
   }
@@ -177,7 +189,13 @@ export class QmpClient {
           s.once('error', reject);
         });
         const client = new QmpClient(socket);
-        await client.next();
+        await new Promise((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error('no QMP greeting')), 60_000);
+          client.greeting = (msg) => {
+            clearTimeout(timer);
+            resolve(msg);
+          };
+        });
         await client.execute('qmp_capabilities');
         return client;
       } catch (error) {
@@ -187,22 +205,21 @@ export class QmpClient {
     }
   }
 
-  private next(): Promise<Record<string, unknown>> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('QMP reply timed out')), 60_000);
-      this.waiting.push((msg) => {
+  /** Runs one QMP command; rejects with QEMU's error class and description. */
+  async execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    const id = String(this.nextId++);
+    const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
+      // A busy lab host can keep QEMU's main loop from answering for a while.
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new Error(`QMP reply timed out: ${command}`));
+      }, 120_000);
+      this.waiting.set(id, (msg) => {
         clearTimeout(timer);
         resolve(msg);
       });
     });
-  }
-
-  /** Runs one QMP command; rejects with QEMU's error class and description. */
-  async execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
-    const reply = this.next();
-    this.socket.write(
-      `${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`,
-    );
+    this.socket.write(`${JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id })}\n`);
     const msg = await reply;
     if ('error' in msg) {
       const error = msg.error as { class: string; desc: string };
