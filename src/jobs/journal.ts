@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isAtomicTempFile, writeFileAtomic } from '../atomic-file.js';
 import { JournalError } from '../errors/journal-error.js';
 import { fsyncPath } from '../fsync.js';
 import type { AgentEvent, Command, CommandType, VolumeRef } from '../protocol/index.js';
-import { isAtomicTempFile, writeFileAtomic } from './atomic-file.js';
 import type { StepJournal } from './types.js';
 
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed';

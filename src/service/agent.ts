@@ -1,10 +1,10 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../atomic-file.js';
 import type { AgentConfig } from '../config/index.js';
 import { baseHandlers, cachedProbe, capabilityProbe, type HostProbe } from '../handlers/index.js';
 import { QemuImg } from '../host/qemu-img.js';
 import { SnapshotStore } from '../host/store.js';
-import { writeFileAtomic } from '../jobs/atomic-file.js';
 import { commandKeyPolicy } from '../jobs/command-signature.js';
 import { buildEvent, quarantineNotice } from '../jobs/events.js';
 import { JobRunner } from '../jobs/job-runner.js';

@@ -3,11 +3,11 @@
 // old top down into the base, so the active layer's name moves between `<base>.lr-a`, `<base>.lr-b`...
 // ("layer names"). A record says which layer holds exactly the writes since which snapshot: a sidecar
 // file in a file pool, a tag on the layer's LV on LVM.
-import { createHash, randomBytes } from 'node:crypto';
-import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { writeFileAtomic } from '../atomic-file.js';
 import { AgentError, HostCommandError } from '../errors/index.js';
-import { fsyncPath } from '../fsync.js';
 import type { QemuImg } from '../host/qemu-img.js';
 import { baseNameOf, familyNames, isLayerName, type VolumeRef } from '../protocol/index.js';
 import { pathExists } from './chain.js';
@@ -113,26 +113,7 @@ async function fileRecordSince(dir: string, activeName: string): Promise<string 
 async function writeFileRecord(dir: string, layerName: string, since: string): Promise<void> {
   const st = await stat(join(dir, layerName));
   const record: LayerRecord = { layer: layerName, inode: st.ino, birthtimeMs: st.birthtimeMs, since };
-  await writeAtomically(dir, recordPath(dir, layerName), `${JSON.stringify(record)}\n`);
-}
-
-/** Writes `target` in `dir` atomically: temp file, fsync, rename, fsync the directory. */
-async function writeAtomically(dir: string, target: string, text: string): Promise<void> {
-  const temp = join(dir, `.${basename(target)}.${randomBytes(4).toString('hex')}.tmp`);
-  const file = await open(temp, 'w');
-  try {
-    await file.writeFile(text);
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-  try {
-    await rename(temp, target);
-  } catch (error) {
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await fsyncPath(dir);
+  await writeFileAtomic(recordPath(dir, layerName), `${JSON.stringify(record)}\n`);
 }
 
 // On LVM the record is a tag on the layer's LV: it lives in the VG metadata (every host sees it),
@@ -187,7 +168,7 @@ function unmergedPath(dir: string, layerName: string): string {
 export async function markUnmerged(backend: VolumeBackend, layerName: string, base: string): Promise<void> {
   if (backend instanceof FileVolumeBackend) {
     const record = { layer: layerName, base, keptAt: new Date().toISOString() };
-    return writeAtomically(backend.dir, unmergedPath(backend.dir, layerName), `${JSON.stringify(record)}\n`);
+    return writeFileAtomic(unmergedPath(backend.dir, layerName), `${JSON.stringify(record)}\n`);
   }
   if (!(backend instanceof LvmVolumeBackend)) throw new Error(`no layer mark for a ${backend.kind} pool`);
   const lv = await backend.volume(layerName);

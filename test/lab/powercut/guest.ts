@@ -36,6 +36,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { writeFileAtomic } from '../../../src/atomic-file.js';
 import { AgentError } from '../../../src/errors/index.js';
 import { failedToolError } from '../../../src/host/exec.js';
 import { FilePool } from '../../../src/host/file-pool.js';
@@ -43,7 +44,6 @@ import { Libvirt } from '../../../src/host/libvirt.js';
 import { Lvm } from '../../../src/host/lvm.js';
 import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
-import { writeFileAtomic } from '../../../src/jobs/atomic-file.js';
 import { JobJournal, type JobRecord } from '../../../src/jobs/journal.js';
 import type { StepJournal } from '../../../src/jobs/types.js';
 import { silentLogger } from '../../../src/observability/logger.js';

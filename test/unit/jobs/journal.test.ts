@@ -2,7 +2,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { writeFileAtomic } from '../../../src/jobs/atomic-file.js';
+import { writeFileAtomic } from '../../../src/atomic-file.js';
 import { newRecord } from '../../../src/jobs/intake.js';
 import { JobJournal, type JobRecord } from '../../../src/jobs/journal.js';
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { fsyncPath } from '../fsync.js';
+import { fsyncPath } from './fsync.js';
 
 /**
  * Replaces `path` with `data` atomically and durably: write a temp file in the same directory,
