@@ -73,3 +73,19 @@ export async function settlesWithin(promise: Promise<unknown>, ms: number): Prom
     clearTimeout(timer);
   }
 }
+
+/** `work`, tried up to `attempts` times `delayMs` apart while it throws; the last error is rethrown. */
+export async function retrying<T>(
+  work: () => Promise<T>,
+  opts: { attempts: number; delayMs: number; onRetry?: (error: unknown, attempt: number) => void },
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (error) {
+      if (attempt >= opts.attempts) throw error;
+      opts.onRetry?.(error, attempt);
+      await new Promise((r) => setTimeout(r, opts.delayMs));
+    }
+  }
+}

@@ -7,6 +7,7 @@ import {
 } from '../errors/index.js';
 import type { JobContext, ProgressUpdate } from '../jobs/types.js';
 import type { Logger } from '../observability/logger.js';
+import { retrying } from '../timing.js';
 import { checkpoint } from './checkpoints.js';
 import type { EngineJournal } from './journal.js';
 
@@ -201,18 +202,15 @@ async function isDone(step: Step): Promise<boolean> {
 /** isDone, asked again a few times when it throws; throws the last error when it never answers. */
 async function isDoneRetrying(step: Step, env: RunEnv): Promise<boolean> {
   const { attempts, delayMs } = env.isDoneRetry ?? { attempts: 4, delayMs: 2_000 };
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await isDone(step);
-    } catch (error) {
-      if (attempt >= attempts) throw error;
+  return retrying(() => isDone(step), {
+    attempts,
+    delayMs,
+    onRetry: (error, attempt) =>
       env.logger.warn(
         { err: error, step: step.name, attempt },
         'cannot tell whether the step took effect; asking again',
-      );
-      await new Promise((r) => setTimeout(r, delayMs));
-    }
-  }
+      ),
+  });
 }
 
 /** The run environment of a job's steps, from its JobContext. */

@@ -14,6 +14,7 @@ import { basename } from 'node:path';
 import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
 import type { FlushHandle } from '../../host/rooted-files.js';
+import { retrying } from '../../timing.js';
 import { planExportStep, publishStep, verifyStep } from '../common-steps.js';
 import { blockGraphOf, type SnapshotDeps } from '../deps.js';
 import { localLayers, markUnmerged, nextLayerName, writeLayerRecord } from '../live-layers.js';
@@ -178,7 +179,11 @@ function liveRotateSteps(
     let markError: string | null = null;
     for (const path of merged) {
       try {
-        await withRetries(() => markUnmerged(backend, basename(path), basePath));
+        // A pool write-error burst may still be passing: asked again, 4 times 2 s apart.
+        await retrying(() => markUnmerged(backend, basename(path), basePath), {
+          attempts: 4,
+          delayMs: 2_000,
+        });
         marked.push(path);
       } catch (error) {
         markError = String(error); // the pool may still refuse writes: the layer is kept all the same
@@ -331,18 +336,6 @@ function liveRotateSteps(
       },
     ],
   };
-}
-
-/** `fn`, asked again up to 4 times 2 s apart while it fails (a pool write error burst passing). */
-async function withRetries(fn: () => Promise<void>, tries = 4, pauseMs = 2_000): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn();
-    } catch (error) {
-      if (attempt >= tries) throw error;
-      await new Promise((resolve) => setTimeout(resolve, pauseMs));
-    }
-  }
 }
 
 /**
