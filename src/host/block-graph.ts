@@ -56,6 +56,14 @@ export interface BlockGraph {
   switchToOverlay(disk: DiskRef, overlay: { file: string; sourceType: 'file' | 'block' }): Promise<void>;
   /** Starts libvirt's non-active block commit of `top` (and what lies between) into `base`. */
   startCommit(disk: DiskRef, layers: { top: string; base: string }): Promise<void>;
+  /**
+   * Makes the disk's lower layer `filename` read-only again when QEMU still has it writable, which
+   * flushes QEMU's own caches of it (its QCOW2 tables) and reports a failure as a QmpError. A block
+   * commit reopens its base read-write and back at its end, and throws away a failure of that
+   * reopen: the base then stays writable and no later commit flushes it (reliability.md, L5).
+   * Nothing to do when the layer is read-only, the top, or not in the chain.
+   */
+  sealLayer(disk: DiskRef, filename: string): Promise<void>;
   /** Waits until no block job runs on the disk. */
   waitForBlockJob(disk: DiskRef): Promise<void>;
   /**
@@ -141,6 +149,16 @@ export class QemuBlockGraph implements BlockGraph {
 
   async startCommit(disk: DiskRef, layers: { top: string; base: string }): Promise<void> {
     await this.libvirt.startBlockCommit(disk.domain, { target: disk.target, ...layers });
+  }
+
+  async sealLayer(disk: DiskRef, filename: string): Promise<void> {
+    const chain = await this.chain(disk);
+    const at = chain.findIndex((n) => n.filename === filename);
+    const node = chain[at];
+    if (at <= 0 || node === undefined || node.readOnly) return;
+    // The same node with the same backing (a base may have one: a template), read-only.
+    const backing = chain[at + 1]?.nodeName ?? null;
+    await this.libvirt.blockdevReopen(disk.domain, [reopenWithBacking({ ...node, readOnly: true }, backing)]);
   }
 
   waitForBlockJob(disk: DiskRef): Promise<void> {

@@ -11,7 +11,7 @@
 // thick LV of the volume's full size (two per volume, three during a rotation); no LV is ever
 // renamed, so QEMU's reopen of the old top by its path always finds the same device.
 import { basename } from 'node:path';
-import { AgentError, InsufficientSpaceError } from '../../errors/index.js';
+import { AgentError, InsufficientSpaceError, QmpError } from '../../errors/index.js';
 import { readQcow2Header } from '../../host/qcow2-header.js';
 import type { FlushHandle } from '../../host/rooted-files.js';
 import { retrying } from '../../timing.js';
@@ -156,16 +156,35 @@ function liveRotateSteps(
     await handle?.close();
   };
 
-  // fsyncs the base once (a second fsync after a failed one reports nothing: the failed pages are
-  // clean by then). On failure: mark each merged layer, then fail with their names.
+  // QEMU's caches of the base first: a base QEMU left writable (its commit's read-only reopen
+  // failed) holds the merged clusters' QCOW2 tables only in QEMU's memory until a reopen flushes them
+  // (L5). QEMU refusing that reopen is the flush failing; anything else (libvirt unreachable) says
+  // nothing about the base and fails the step as it is. A QEMU gone flushed or lost at its exit:
+  // the fsync below tells which.
+  const sealBase = async (): Promise<unknown> => {
+    try {
+      if (await graph.holdsDisks(vm)) await graph.sealLayer(disk, basePath);
+      return undefined;
+    } catch (error) {
+      if (error instanceof QmpError) return error;
+      await closeBaseFlush().catch(() => undefined);
+      throw error;
+    }
+  };
+
+  // Seals the base in QEMU, then fsyncs it once (a second fsync after a failed one reports nothing:
+  // the failed pages are clean by then). On failure: mark each merged layer, then fail with their names.
   const proveMergeDurable = async (merged: string[]): Promise<void> => {
     let flushError: unknown = journal.get().facts.mergeNotDurable;
     if (flushError === undefined) {
+      flushError = await sealBase();
       try {
-        const handle = baseFlush ?? (await backend.flushHandle(basename(basePath)));
-        baseFlush = handle;
-        await handle.sync();
-        return;
+        if (flushError === undefined) {
+          const handle = baseFlush ?? (await backend.flushHandle(basename(basePath)));
+          baseFlush = handle;
+          await handle.sync();
+          return;
+        }
       } catch (error) {
         flushError = error;
       } finally {

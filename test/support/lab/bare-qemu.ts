@@ -7,7 +7,12 @@ import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { failedToolError } from '../../../src/host/exec.js';
 import type { BlockNode } from '../../../src/host/libvirt.js';
-import { chainFromGraph, type QmpBlockDeviceInfo, type QmpBlockGraph } from '../../../src/host/qmp.js';
+import {
+  type BlockdevOptions,
+  chainFromGraph,
+  type QmpBlockDeviceInfo,
+  type QmpBlockGraph,
+} from '../../../src/host/qmp.js';
 import type { ReferenceDisk } from '../reference-images.js';
 import { QmpClient } from './lab.js';
 
@@ -174,6 +179,10 @@ export class BareQemu {
     })) as QmpBlockDeviceInfo[];
     if (nodes.some((n) => n['node-name'] === node.fileNodeName))
       await this.client.execute('blockdev-del', { 'node-name': node.fileNodeName });
+  }
+  /** QMP blockdev-reopen (sealLayer's read-only reopen): QEMU's refusal is the QmpError the adapter throws too. */
+  async blockdevReopen(_domain: string, options: BlockdevOptions[]) {
+    await this.client.execute('blockdev-reopen', { options });
   }
   /** `blockresize` */
   async blockResize(_domain: string, _target: string, sizeBytes: number) {

@@ -15,6 +15,7 @@ import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
+import { QmpError } from '../../../src/errors/index.js';
 
 const TOOL_TIMEOUT_MS = 120_000;
 
@@ -205,7 +206,7 @@ export class QmpClient {
     }
   }
 
-  /** Runs one QMP command; rejects with QEMU's error class and description. */
+  /** Runs one QMP command; rejects with QEMU's error class and description (a QmpError, as the adapter's). */
   async execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
     const id = String(this.nextId++);
     const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
@@ -223,7 +224,7 @@ export class QmpClient {
     const msg = await reply;
     if ('error' in msg) {
       const error = msg.error as { class: string; desc: string };
-      throw new Error(`QMP ${command}: ${error.class}: ${error.desc}`);
+      throw new QmpError({ domain: 'lab', command, qmpClass: error.class, desc: error.desc });
     }
     return msg.return;
   }

@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QmpError } from '../../../src/errors/index.js';
 import { refuseUnmergedLayers, unmergedLayers } from '../../../src/snapshot/live-layers.js';
 import type { Step } from '../../../src/snapshot/steps.js';
 import { strategyOf } from '../../../src/snapshot/strategies/index.js';
@@ -176,6 +177,62 @@ describe('live-rotate steps (fakes)', () => {
       details: { keptLayers: [frozen], base },
     });
     await rm(join(dir, '.vol.qcow2.lr-a.clvm-unmerged.json'));
+  });
+
+  it('remove-frozen seals the base in QEMU (read-only reopen: its flush) before the fsync, while QEMU holds it', async () => {
+    const { log, graph, step, frozen, base, overlay } = setup();
+    graph.described = [[overlay, base]];
+    await step('remove-frozen').run(io);
+    const order = log.filter(
+      (l) => l.startsWith('graph.sealLayer') || l.startsWith('flush.') || l.startsWith('filePool.remove'),
+    );
+    expect(order).toEqual([
+      `graph.sealLayer vdb ${base}`,
+      `flush.sync ${base}`,
+      `flush.close ${base}`,
+      `filePool.remove ${frozen}`,
+    ]);
+
+    const stopped = setup();
+    stopped.graph.described = [[stopped.overlay, stopped.base]];
+    stopped.graph.holds = false; // QEMU gone: it flushed (or lost) at its exit, the fsync tells
+    await stopped.step('remove-frozen').run(io);
+    expect(stopped.log.some((l) => l.startsWith('graph.sealLayer'))).toBe(false);
+    expect(stopped.log).toContain(`flush.sync ${stopped.base}`);
+  });
+
+  it('remove-frozen: QEMU refusing to seal the base (its flush failed) keeps and marks the layer, no fsync', async () => {
+    const { log, graph, step, journal, frozen, base, overlay } = setup(
+      {},
+      { existing: [join(dir, 'vol.qcow2.lr-a')] },
+    );
+    graph.described = [[overlay, base]];
+    graph.sealError = new QmpError({
+      domain: 'vm',
+      command: 'blockdev-reopen',
+      qmpClass: 'GenericError',
+      desc: 'Error flushing drive: Input/output error',
+    });
+    await expect(step('remove-frozen').run(io)).rejects.toMatchObject({
+      code: 'LAYER_MERGE_NOT_DURABLE',
+      details: { base, keptLayers: [frozen], marked: [frozen] },
+    });
+    expect(log.some((l) => l.startsWith('flush.sync') || l.startsWith('filePool.remove'))).toBe(false);
+    expect(journal.get().facts.mergeNotDurable).toMatch(/Error flushing drive/);
+    await rm(join(dir, '.vol.qcow2.lr-a.clvm-unmerged.json'));
+  });
+
+  it('remove-frozen: libvirt failing to answer the seal fails the step as it is (nothing marked, nothing removed)', async () => {
+    const { log, graph, step, journal, overlay, base, backend } = setup(
+      {},
+      { existing: [join(dir, 'vol.qcow2.lr-a')] },
+    );
+    graph.described = [[overlay, base]];
+    graph.sealError = new Error('virsh timed out');
+    await expect(step('remove-frozen').run(io)).rejects.toThrow('virsh timed out');
+    expect(log.some((l) => l.startsWith('flush.sync') || l.startsWith('filePool.remove'))).toBe(false);
+    expect(journal.get().facts.mergeNotDurable).toBeUndefined();
+    expect(await unmergedLayers(backend)).toEqual([]);
   });
 
   it('remove-frozen resumed after a failed flush: no second fsync (it would say 0), the layer stays', async () => {

@@ -30,6 +30,8 @@ export class FakeBlockGraph implements BlockGraph {
   holds = true;
   guestAgent = true;
   failOn: string | null = null;
+  /** What sealLayer throws (QEMU refusing the read-only reopen); null: it succeeds. */
+  sealError: unknown = null;
 
   constructor(private readonly log: Log) {}
 
@@ -67,6 +69,10 @@ export class FakeBlockGraph implements BlockGraph {
   }
   async startCommit(_disk: DiskRef, layers: { top: string; base: string }) {
     this.call(`startCommit ${layers.top} ${layers.base}`);
+  }
+  async sealLayer(disk: DiskRef, filename: string) {
+    this.call(`sealLayer ${disk.target} ${filename}`);
+    if (this.sealError !== null) throw this.sealError;
   }
   async waitForBlockJob(disk: DiskRef) {
     this.call(`waitForBlockJob ${disk.target}`);
