@@ -12,5 +12,5 @@ echo "== unit + integration"; npx vitest run
 if [ -f test/lab/run-suites.sh ]; then
   echo "== lab (real LVM in a VM)"; bash test/lab/run-suites.sh
   # A sample of the power-cut matrix (one boot per cut; the full run is npm run test:powercut).
-  echo "== lab power cuts (sample)"; node --import tsx test/lab/powercut/run.ts --cuts 10 --seed 21 --job-ms 8000 --out .lab-cache/powercut-sample.json
+  echo "== lab power cuts (sample)"; node --import tsx test/lab/powercut/run.ts --cuts 10 --seed 21 --out .lab-cache/powercut-sample.json
 fi

@@ -4,11 +4,13 @@
 # its exit code.
 #
 #   bash test/lab/run.sh [--timeout SECONDS] [--disks N] [--disk-size SIZE] [--disk-dir DIR]
-#                        [--cut-after-ms MS] [--] COMMAND...
+#                        [--cut-after-ms MS [--cut-at-step STEP]] [--] COMMAND...
 #
 # --disk-dir: the disks are DIR/diskN.raw, created when missing and kept (the power-cut matrix boots
 # again on the same disks). --cut-after-ms: MS milliseconds after the command creates /job/armed,
 # the guest's QEMU gets SIGKILL (the hypervisor loses power; the guest's page cache is gone): exit 137.
+# --cut-at-step STEP: the MS count from the moment the armed job names STEP in /job/steps (a line
+# each step appends as it starts) instead; no cut if the job never reaches it.
 #
 # The guest gets N sparse raw disks (/dev/vda, /dev/vdb...; default 4 of 4G each, they cost nothing until
 # written). A boot whose job has not started within LAB_BOOT_WATCHDOG seconds (45) is killed and retried
@@ -23,10 +25,12 @@ disks=4
 disk_size=4G
 disk_dir=
 cut_after_ms=
+cut_step=
 while [ $# -gt 0 ]; do
   case "$1" in
   --disk-dir) disk_dir="$2"; shift 2 ;;
   --cut-after-ms) cut_after_ms="$2"; shift 2 ;;
+  --cut-at-step) cut_step="$2"; shift 2 ;;
   --timeout) timeout_s="$2"; shift 2 ;;
   --disks) disks="$2"; shift 2 ;;
   --disk-size) disk_size="$2"; shift 2 ;;
@@ -122,13 +126,16 @@ tail_pid=$!
 deadline_ms=$(($(now_ms) + timeout_s * 1000))
 cut_at_ms=
 while kill -0 "$qemu_pid" 2>/dev/null; do
-  if [ -n "$cut_after_ms" ] && [ -z "$cut_at_ms" ] && [ -e "$job/armed" ]; then cut_at_ms=$(($(now_ms) + cut_after_ms)); fi
+  if [ -n "$cut_after_ms" ] && [ -z "$cut_at_ms" ] && [ -e "$job/armed" ] &&
+    { [ -z "$cut_step" ] || grep -qxF -- "$cut_step" "$job/steps" 2>/dev/null; }; then
+    cut_at_ms=$(($(now_ms) + cut_after_ms))
+  fi
   if [ -n "$cut_at_ms" ] && [ "$(now_ms)" -ge "$cut_at_ms" ]; then
     kill -9 "$qemu_pid" 2>/dev/null || true
     wait "$qemu_pid" 2>/dev/null || true
     qemu_pid=
     sleep 0.3 # let tail print the last lines
-    echo "lab: power cut (SIGKILL of the guest's QEMU) ${cut_after_ms} ms after the job armed it" >&2
+    echo "lab: power cut (SIGKILL of the guest's QEMU) ${cut_after_ms} ms after ${cut_step:-the job armed it}" >&2
     exit 137
   fi
   if [ "$(now_ms)" -gt "$deadline_ms" ]; then
@@ -138,7 +145,8 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
     qemu_pid=
     exit 124
   fi
-  sleep "$([ -n "$cut_at_ms" ] && echo 0.02 || echo 0.2)"
+  # Polled often once a cut is near: a cut time, or an armed job whose step is awaited.
+  if [ -n "$cut_at_ms" ] || { [ -n "$cut_step" ] && [ -e "$job/armed" ]; }; then sleep 0.02; else sleep 0.2; fi
 done
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=

@@ -1,10 +1,10 @@
 // The power-cut matrix, inside the lab guest (run by test/lab/powercut/run.ts, one boot per cut).
 //
-//   guest.ts setup [MS]         pool, store and state disks from nothing; one uncut job per strategy
-//                               (timings), or none when MS is given (MS is then every strategy's timing)
+//   guest.ts setup              pool, store and state disks from nothing
 //   guest.ts check              start-up recovery and the checks only (the last boot)
 //   guest.ts cycle <strategy>   start-up recovery of whatever the last cut interrupted, the checks, then
-//                               guest writes + one snapshot job that the host cuts at a random moment
+//                               guest writes + one snapshot job that the host cuts (at a step it chose,
+//                               named in /job/steps as each starts, plus a random delay)
 //
 // Disks (kept across boots by run.sh --disk-dir): /dev/vda the LVM pool (VG pcvg, volume LV `vol`,
 // QCOW2 32 MiB), /dev/vdb the store (ext4, journaled: what a store's file system does in a power
@@ -21,9 +21,10 @@
 //
 // Lines on stdout for the host: `POWERCUT-STEP <step>` as each step starts (stdout reaches the host
 // at once over the cache=none job share, so the last one before a cut names the step it hit),
-// `POWERCUT-CHECK <json>` after recovery, `POWERCUT-TIMING <json>` in setup.
+// `POWERCUT-CHECK <json>` after recovery.
 // Oracles: qemu-img check, qemu-img compare against raw references written with qemu-io.
 import {
+  appendFileSync,
   closeSync,
   existsSync,
   fsyncSync,
@@ -297,10 +298,10 @@ function jobRecord(cmd: Command, lv: string): JobRecord {
 }
 
 /**
- * Prints each step as it starts (the host reads the last one before the cut); `onFirstStep` runs
- * once, when the first step starts (the planning before it changes nothing on disk).
+ * Prints each step as it starts (the host reads the last one before the cut) and hands it to
+ * `onStep`, `first` for the first step (the planning before it changes nothing on disk).
  */
-function tracing(journal: StepJournal, onFirstStep?: () => void): StepJournal {
+function tracing(journal: StepJournal, onStep?: (step: string, first: boolean) => void): StepJournal {
   const seen = new Set<string>();
   return {
     read: journal.read,
@@ -310,7 +311,7 @@ function tracing(journal: StepJournal, onFirstStep?: () => void): StepJournal {
       for (const [step, state] of Object.entries(record?.steps ?? {})) {
         const key = `${step}:${state}`;
         if (state === 'started' && !seen.has(key)) {
-          if (seen.size === 0) onFirstStep?.();
+          onStep?.(step, seen.size === 0);
           process.stdout.write(`POWERCUT-STEP ${step}\n`);
         }
         seen.add(key);
@@ -323,7 +324,7 @@ async function runJob(
   journal: JobJournal,
   cmd: Command,
   recovering: boolean,
-  onFirstStep?: () => void,
+  onStep?: (step: string, first: boolean) => void,
 ): Promise<{ ok: true } | { ok: false; code: string; rolledBack: unknown; step: unknown }> {
   const ctx = {
     jobId: cmd.id,
@@ -331,7 +332,7 @@ async function runJob(
     logger: silentLogger(),
     signal: new AbortController().signal,
     progress: () => {},
-    journal: tracing(journal.stepJournal(cmd.id), onFirstStep),
+    journal: tracing(journal.stepJournal(cmd.id), onStep),
     recovering,
   };
   try {
@@ -507,14 +508,18 @@ async function snapshotJob(
   await journal.open();
   const cmd = command(id, name, strategy, vm.parents);
   await journal.create(jobRecord(cmd, volumeOf(strategy).lv));
-  // The host's clock for the cut starts at the first step: the cuts spread over the steps, not the planning.
+  // The job is armed at its first step (the planning before it changes nothing); the host's cut waits
+  // for the step it aimed at in /job/steps.
   let started = performance.now();
-  const outcome = await runJob(journal, cmd, false, () => {
-    if (arm) {
-      mark('armed');
-      writeFileSync('/job/armed', `${Date.now()}\n`);
+  const outcome = await runJob(journal, cmd, false, (step, first) => {
+    if (first) {
+      if (arm) {
+        mark('armed');
+        writeFileSync('/job/armed', `${Date.now()}\n`);
+      }
+      started = performance.now();
     }
-    started = performance.now();
+    if (arm) appendFileSync('/job/steps', `${step}\n`); // the host's cut may wait for one step
   });
   const ms = Math.round(performance.now() - started);
   if (outcome.ok) vm.parents.push(name);
@@ -548,7 +553,7 @@ async function bootVm(model: Model): Promise<{ vm: BareQemu; problems: string[];
   return { vm, problems, catchUp: { layersBefore: layers.length, ...job } };
 }
 
-async function setup(jobMs?: number): Promise<void> {
+async function setup(): Promise<void> {
   await loadModules();
   await run('pvcreate', ['-q', '-y', '-ff', '/dev/vda']);
   await run('vgcreate', ['-q', '-s', '4m', VG, '/dev/vda']);
@@ -575,20 +580,7 @@ async function setup(jobMs?: number): Promise<void> {
     round: 0,
   };
   await saveModel(model);
-  const timings: Record<string, number> = {};
-  for (const strategy of STRATEGIES) {
-    if (jobMs !== undefined) {
-      timings[strategy] = jobMs;
-      continue;
-    }
-    const vm = strategy === 'live-rotate' ? await startVm(`/dev/${VG}/${RLV}`) : undefined;
-    const job = await snapshotJob(model, strategy, { vm, arm: false });
-    await vm?.quit();
-    if (!(job.outcome as { ok: boolean }).ok) throw new Error(`setup job failed: ${JSON.stringify(job)}`);
-    timings[strategy] = job.ms as number;
-  }
   const check = await recoverAndCheck(model, STRATEGIES, 2);
-  process.stdout.write(`POWERCUT-TIMING ${JSON.stringify(timings)}\n`);
   process.stdout.write(`POWERCUT-CHECK ${JSON.stringify(check)}\n`);
 }
 
@@ -627,11 +619,11 @@ async function check(): Promise<void> {
 }
 
 const [mode, arg] = process.argv.slice(2);
-if (mode === 'setup') await setup(arg === undefined ? undefined : Number(arg));
+if (mode === 'setup') await setup();
 else if (mode === 'check') await check();
 else if (mode === 'cycle' && (STRATEGIES as readonly string[]).includes(arg ?? ''))
   await cycle(arg as Strategy);
 else {
-  process.stderr.write(`usage: guest.ts setup [MS] | check | cycle ${STRATEGIES.join('|')}\n`);
+  process.stderr.write(`usage: guest.ts setup | check | cycle ${STRATEGIES.join('|')}\n`);
   process.exit(2);
 }

@@ -2,23 +2,24 @@
 // seeded random moments of snapshot jobs, boots again on the same disks, runs the engine's start-up
 // recovery and checks everything (test/lab/powercut/guest.ts). One boot per cut.
 //
-//   node --import tsx test/lab/powercut/run.ts [--cuts 100] [--seed 14] [--out FILE] [--job-ms MS]
+//   node --import tsx test/lab/powercut/run.ts [--cuts 100] [--seed 14] [--out FILE]
 //                                              [--strategies offline,lvm-cow,live-rotate]
 //
-// Each boot's strategy is a seeded choice among --strategies (default all three); live-rotate's
-// volume is held by a running VM (a bare QEMU in the lab guest, started on its active layer at each
-// of its boots; the cut takes it down with the guest).
-// --job-ms MS: take MS as every strategy's uncut job time instead of measuring it with two jobs in
-// the set-up boot (the set-up then only makes the disks: the sample in `npm test` saves a minute).
-// `--cuts N` counts real cuts. The moment of each cut is uniform over [0, 1.2 × the strategy's uncut job time from its first step,
-// measured in the set-up boot], so the cuts spread over the steps; the step each cut hit is the last one the guest
-// printed. Exit code 1 when any check found a problem. Results: a summary on stdout and a JSON file
-// (default .lab-cache/powercut-<seed>.json).
+// Each boot aims at one step of one strategy, both a seeded choice (the strategy among --strategies,
+// default all three; the step among its steps, test/support/lab/step-order.ts), and cuts a seeded
+// random 0-1.5 s after that step starts: so every step gets its share of cuts, short ones too (a
+// schedule over the whole job's time puts most cuts into its longest step). The step a cut hit is
+// the last one the guest printed (the aimed one or a later one). live-rotate's volume is held by a
+// running VM (a bare QEMU in the lab guest, started on its active layer at each of its boots; the cut
+// takes it down with the guest). `--cuts N` counts real cuts (a job that ended before its cut, or
+// never reached the aimed step, is a boot, not a cut). Exit code 1 when any check found a problem.
+// Results: a summary on stdout and a JSON file (default .lab-cache/powercut-<seed>.json).
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { type LabStrategy, STEP_ORDER } from '../../support/lab/step-order.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const project = join(here, '..', '..', '..');
@@ -29,12 +30,12 @@ const arg = (name: string, fallback: string) => {
 const cuts = Number(arg('cuts', '100'));
 const seed = Number(arg('seed', '14'));
 const out = arg('out', join(project, '.lab-cache', `powercut-${seed}.json`));
-const jobMs = arg('job-ms', '');
-const ALL_STRATEGIES = ['offline', 'lvm-cow', 'live-rotate'];
-const STRATEGIES = arg('strategies', ALL_STRATEGIES.join(',')).split(',');
+const STRATEGIES = arg('strategies', Object.keys(STEP_ORDER).join(',')).split(',') as LabStrategy[];
 for (const s of STRATEGIES) {
-  if (!ALL_STRATEGIES.includes(s)) throw new Error(`--strategies: unknown strategy ${s}`);
+  if (!(s in STEP_ORDER)) throw new Error(`--strategies: unknown strategy ${s}`);
 }
+/** A cut lands this long at most after its step starts. */
+const CUT_WINDOW_MS = 1_500;
 
 /** mulberry32: a small seeded generator, so a schedule can be run again exactly. */
 function rng(s: number): () => number {
@@ -86,7 +87,11 @@ interface Boot {
   seconds: number;
 }
 
-async function boot(diskDir: string, guestArgs: string, cutAfterMs?: number): Promise<Boot> {
+async function boot(
+  diskDir: string,
+  guestArgs: string,
+  cut?: { step: string; afterMs: number },
+): Promise<Boot> {
   const started = performance.now();
   const r = await execa(
     'bash',
@@ -100,7 +105,9 @@ async function boot(diskDir: string, guestArgs: string, cutAfterMs?: number): Pr
       '1G',
       '--disk-dir',
       diskDir,
-      ...(cutAfterMs === undefined ? [] : ['--cut-after-ms', String(Math.round(cutAfterMs))]),
+      ...(cut === undefined
+        ? []
+        : ['--cut-at-step', cut.step, '--cut-after-ms', String(Math.round(cut.afterMs))]),
       '--',
       `node ${guestProgram} ${guestArgs}`,
     ],
@@ -159,19 +166,21 @@ const results: Array<Record<string, unknown>> = [];
 const problems: string[] = [];
 let failed = false;
 try {
-  const setup = await boot(diskDir, jobMs === '' ? 'setup' : `setup ${Number(jobMs)}`);
-  const timing = JSON.parse(tagged(setup, 'POWERCUT-TIMING')[0] ?? 'null') as Record<string, number> | null;
-  if (setup.exitCode !== 0 || timing === null) {
+  const setup = await boot(diskDir, 'setup');
+  const setupCheck = lastCheck(setup);
+  if (setup.exitCode !== 0 || setupCheck === null || setupCheck.problems.length > 0) {
     throw new Error(`set-up boot failed (exit ${setup.exitCode}):\n${setup.lines.slice(-40).join('\n')}`);
   }
-  console.log(`set-up: uncut job times ${JSON.stringify(timing)} ms; ${setup.seconds} s`);
+  console.log(`set-up: ${setup.seconds} s`);
   let previous: Record<string, unknown> | null = null;
   // Boots until `cuts` jobs were really cut (a cut timed after the job's end is a boot, not a cut),
   // at most twice as many boots.
   for (let i = 0; results.filter((r) => r.powerCut).length < cuts && i < 2 * cuts; i++) {
     const strategy = STRATEGIES[Math.floor(random() * STRATEGIES.length)]!;
-    const delay = random() * 1.2 * (timing[strategy] ?? 10_000);
-    const b = await boot(diskDir, `cycle ${strategy}`, delay);
+    const order: readonly string[] = STEP_ORDER[strategy];
+    const aimedAt = order[Math.floor(random() * order.length)]!;
+    const delay = random() * CUT_WINDOW_MS;
+    const b = await boot(diskDir, `cycle ${strategy}`, { step: aimedAt, afterMs: delay });
     const check = lastCheck(b);
     // This boot's check is the verdict on the previous cut.
     if (previous !== null) {
@@ -194,6 +203,7 @@ try {
     const result: Record<string, unknown> = {
       cut: i,
       strategy,
+      aimedAt,
       delayMs: Math.round(delay),
       powerCut: b.exitCode === 137,
       // After the job's end: between its last step and the model update (still a cut).
@@ -207,7 +217,7 @@ try {
     };
     results.push(result);
     previous = result;
-    console.log(`cut ${i}: ${strategy} at ${result.delayMs} ms → ${result.step} (${b.seconds} s)`);
+    console.log(`cut ${i}: ${strategy} ${aimedAt} + ${result.delayMs} ms → ${result.step} (${b.seconds} s)`);
     writeSummary(false);
   }
   const final = await boot(diskDir, 'check');

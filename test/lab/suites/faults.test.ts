@@ -44,6 +44,7 @@ import { Failpoints } from '../../support/failpoints.js';
 import { BareQemu } from '../../support/lab/bare-qemu.js';
 import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../../support/lab/faults.js';
 import { claimDisk, sh } from '../../support/lab/lab.js';
+import { STEP_ORDER } from '../../support/lab/step-order.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
 import { command, jobContext } from '../../support/snapshot-harness.js';
 
@@ -80,29 +81,6 @@ const STEP: Record<Strategy, Partial<Record<Moment, string>>> = {
     verify: 'verify',
     commit: 'commit-frozen',
   },
-};
-const ORDER: Record<Strategy, string[]> = {
-  offline: [
-    'create-staging',
-    'export',
-    'publish',
-    'verify',
-    'rebase-staging',
-    'retire-active',
-    'promote-staging',
-    'remove-retired',
-  ],
-  'lvm-cow': ['clone', 'export', 'publish', 'verify', 'remove-clone', 'repoint'],
-  'live-rotate': [
-    'create-overlay',
-    'switch',
-    'export',
-    'publish',
-    'verify',
-    'record-layer',
-    'commit-frozen',
-    'remove-frozen',
-  ],
 };
 const PONR: Record<Strategy, string> = {
   offline: 'promote-staging',
@@ -474,8 +452,8 @@ async function runCase(c: FaultCase): Promise<void> {
   if (outcome.result === 'failed') {
     expect(outcome.code).not.toBe('INTERNAL');
     expect(typeof outcome.rolledBack).toBe('boolean');
-    const failedAt = ORDER[c.strategy].indexOf(outcome.step ?? '');
-    const ponr = ORDER[c.strategy].indexOf(PONR[c.strategy]);
+    const failedAt = (STEP_ORDER[c.strategy] as readonly string[]).indexOf(outcome.step ?? '');
+    const ponr = (STEP_ORDER[c.strategy] as readonly string[]).indexOf(PONR[c.strategy]);
     if (failedAt >= 0 && failedAt < ponr) expect(outcome.rolledBack).toBe(true);
   }
   // The volume reads exactly as before the job (a snapshot never changes what the guest sees).
