@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
+import { mkdir, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { InsufficientSpaceError, PathExistsError, ValidationError } from '../errors/index.js';
 import { fsyncPath } from '../fsync.js';
@@ -108,6 +108,16 @@ export class SnapshotStore extends RootedFiles {
     );
   }
 
+  /**
+   * Makes an export's part file durable. qemu-img convert writes its target with cache=unsafe (no
+   * flush of its own), so without this a job could journal its export done while the part is still
+   * in the page cache: after a power cut, recovery would publish what survived (P2, reliability.md).
+   */
+  async syncPart(partPath: string): Promise<void> {
+    const part = join(await this.confine(dirname(partPath), 'partPath'), basename(partPath));
+    await this.bounded('fsync', part, () => fsyncPath(part), this.publishTimeoutMs);
+  }
+
   /** Where a snapshot is written before it is complete: `<dir>/.<name>.part` (hidden, never a chain member). */
   partPath(finalPath: string): string {
     return join(dirname(finalPath), `.${basename(finalPath)}.part`);
@@ -135,12 +145,7 @@ export class SnapshotStore extends RootedFiles {
       target,
       async () => {
         if (await pathExists(target)) throw new PathExistsError(target);
-        const handle = await open(part, 'r+');
-        try {
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
+        await fsyncPath(part); // the export did; a cheap no-op unless something wrote since
         await rename(part, target);
         await fsyncPath(dirname(target));
       },

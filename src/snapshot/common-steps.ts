@@ -113,6 +113,8 @@ export function exportStep(
           opts.onProgress?.(p.percent);
         },
       });
+      // Durable before the step counts as done: recovery publishes a part whose export is journaled.
+      await deps.store.syncPart(opts.partPath);
     } finally {
       ticket?.release();
     }
