@@ -19,6 +19,7 @@ import {
   VOLUME_BYTES,
 } from '../../support/libvirt-suite.js';
 import { differsFromReference } from '../../support/reference-images.js';
+import { STEP_ORDER } from '../../support/step-order.js';
 
 const { h, cleanup } = libvirtSuite('lrchain');
 
@@ -43,16 +44,7 @@ describe('live-rotate strategy, file pool, running VM', () => {
       expect(result.snapshot.kind).toBe(round === 1 ? 'full' : 'delta');
       expect(result.vmPauseMs).toBe(0);
       if (round === 3) expect(result.quiesced).toBe('unavailable');
-      expect(result.steps.map((s) => s.name)).toEqual([
-        'create-overlay',
-        'switch',
-        'export',
-        'publish',
-        'verify',
-        'record-layer',
-        'commit-frozen',
-        'remove-frozen',
-      ]);
+      expect(result.steps.map((s) => s.name)).toEqual(STEP_ORDER['live-rotate']);
       // Alternating layer names on the base, which keeps the volume's first name.
       const layer = `vol1.qcow2.lr-${round % 2 === 1 ? 'a' : 'b'}`;
       expect(result.activePath).toBe(current);

@@ -18,6 +18,7 @@ import {
   jobContext,
   makeHarness,
 } from '../../support/snapshot-harness.js';
+import { STEP_ORDER } from '../../support/step-order.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -71,16 +72,7 @@ describe('offline strategy, file pool, no VM', () => {
       if (expectFull) expect(result.snapshot.fullReason).toBeTruthy();
       expect(result.snapshot.chainDepth).toBe(round <= 8 ? round : round - 8);
       expect(result.snapshot.parent).toBe(expectFull ? null : `snap-${round - 1}`);
-      expect(result.steps.map((s) => s.name)).toEqual([
-        'create-staging',
-        'export',
-        'publish',
-        'verify',
-        'rebase-staging',
-        'retire-active',
-        'promote-staging',
-        'remove-retired',
-      ]);
+      expect(result.steps.map((s) => s.name)).toEqual(STEP_ORDER.offline);
       expect(result.vmPauseMs).toBe(0);
       // Progress for every step, with bytes during the export.
       expect(new Set(ctx.updates.map((u) => u.step)).size).toBe(8);

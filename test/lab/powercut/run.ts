@@ -6,7 +6,7 @@
 //                                              [--strategies offline,lvm-cow,live-rotate]
 //
 // Each boot aims at one step of one strategy, both a seeded choice (the strategy among --strategies,
-// default all three; the step among its steps, test/support/lab/step-order.ts), and cuts a seeded
+// default all three; the step among its steps, test/support/step-order.ts), and cuts a seeded
 // random 0-1.5 s after that step starts: so every step gets its share of cuts, short ones too (a
 // schedule over the whole job's time puts most cuts into its longest step). The step a cut hit is
 // the last one the guest printed (the aimed one or a later one). live-rotate's volume is held by a
@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { type LabStrategy, STEP_ORDER } from '../../support/lab/step-order.js';
+import { type LabStrategy, STEP_ORDER } from '../../support/step-order.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const project = join(here, '..', '..', '..');

@@ -44,9 +44,9 @@ import { Failpoints } from '../../support/failpoints.js';
 import { BareQemu } from '../../support/lab/bare-qemu.js';
 import { type FaultMode, FaultyPool, FaultyStore, loadFaultModules } from '../../support/lab/faults.js';
 import { claimDisk, sh } from '../../support/lab/lab.js';
-import { STEP_ORDER } from '../../support/lab/step-order.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
 import { command, jobContext } from '../../support/snapshot-harness.js';
+import { STEP_ORDER } from '../../support/step-order.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;

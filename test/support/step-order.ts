@@ -1,6 +1,6 @@
-// Each strategy's snapshot.create steps in the order they run (src/snapshot/strategies/*.ts), for
-// the lab's matrices: the fault matrix tells rolled-back from past the point of no return with it,
-// the power-cut matrix picks the step each cut aims at. The engine's own lists are built per plan.
+// Each strategy's snapshot.create steps in the order they run (src/snapshot/strategies/*.ts; the
+// engine builds its lists per plan). The chain suites check the engine's against it; the lab's fault
+// matrix tells rolled-back from past the point of no return with it; the power cuts aim at its steps.
 export const STEP_ORDER = {
   offline: [
     'create-staging',
