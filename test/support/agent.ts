@@ -42,7 +42,7 @@ export interface TestAgentOptions {
   env?: Record<string, string>;
   /** Reuse a state dir (a restart of the "same" agent); it is then not deleted by stop(). */
   stateDir?: string;
-  /** Reuse the names of an earlier agent (same hostId and topology). */
+  /** A restart of an earlier agent: its hostId, topology, store roots and pool roots. */
   reuse?: Pick<TestAgent, 'config'>;
   /** Wait until the consumer is registered (default true). */
   waitReady?: boolean;
@@ -144,7 +144,14 @@ export async function startTestAgent(opts: TestAgentOptions = {}): Promise<TestA
   await mkdir(join(workDir, 'pools'), { recursive: true });
   let values = testConfigValues(workDir, suffix, stateDir);
   if (opts.reuse) {
-    values = merge(values, { hostId: opts.reuse.config.hostId, topology: opts.reuse.config.topology });
+    // The same host: commands still queued for it name the earlier agent's roots.
+    const { hostId, topology, store, pools } = opts.reuse.config;
+    values = merge(values, {
+      hostId,
+      topology,
+      store: { roots: store.roots },
+      pools: { fileRoots: pools.fileRoots },
+    });
   }
   values = merge(values, opts.overrides ?? {});
   const { config } = loadConfig({ env: {}, overrides: values });
