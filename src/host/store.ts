@@ -98,14 +98,24 @@ export class SnapshotStore extends RootedFiles {
     return confineChild(await this.directory(ref), name, this.roots, 'snapshot');
   }
 
-  /** Removes a `.name.part` file of an interrupted export if it is there (remove refuses hidden names). */
+  /**
+   * Removes a `.name.part` file of an interrupted export if it is there (remove refuses hidden names),
+   * durably: an export's undo is journaled as undone right after, and a power cut must not bring the
+   * part back under a job that never exported (P3, reliability.md).
+   */
   async removePart(partPath: string): Promise<void> {
-    const part = join(await this.confine(dirname(partPath), 'partPath'), basename(partPath));
-    await this.bounded('unlink', part, () =>
-      unlink(part).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== 'ENOENT') throw e;
-      }),
-    );
+    const dir = await this.confine(dirname(partPath), 'partPath');
+    const part = join(dir, basename(partPath));
+    await this.bounded('unlink', part, async () => {
+      const removed = await unlink(part).then(
+        () => true,
+        (e: NodeJS.ErrnoException) => {
+          if (e.code !== 'ENOENT') throw e;
+          return false;
+        },
+      );
+      if (removed) await fsyncPath(dir);
+    });
   }
 
   /**
