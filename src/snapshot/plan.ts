@@ -49,8 +49,9 @@ export interface CreateFacts extends GuestFacts {
   /** live-rotate: this job started the block commit (it goes on in libvirtd if the agent dies). */
   commitStarted?: boolean;
   /**
-   * live-rotate: the base's fsync after the commit failed (journaled at once, before the layers are
-   * marked): a resumed job must not fsync again, which would say 0 and let the layers go.
+   * live-rotate: `<image>: <error>` of the fsync after the commit that failed (the base's or the
+   * overlay's; journaled at once, before the layers are marked): a resumed job must not fsync again,
+   * which would say 0 and let the layers go.
    */
   mergeNotDurable?: string;
 }

@@ -144,16 +144,21 @@ function liveRotateSteps(
     await deps.lvm.removeVolume(backend.vg, name);
   };
 
-  // A descriptor of the base opened before the commit writes to it: its fsync reports every write
-  // error since, even one QEMU saw first (QEMU flushes the base when the commit reopens it read-only,
-  // and ignores a failure there). A descriptor opened later would get nothing for an error already
-  // seen (Linux errseq). Null in a process that did not start the commit (resumed after a crash):
-  // then one opened now, which reports only an error nobody has seen yet.
-  let baseFlush: FlushHandle | null = null;
-  const closeBaseFlush = async (): Promise<void> => {
-    const handle = baseFlush;
-    baseFlush = null;
-    await handle?.close();
+  // The commit writes two images: the merged clusters into the base, and, as it completes, the
+  // overlay's header (its backing file becomes the base). Neither is flushed by QEMU, and the
+  // merged layers may go only once both are on disk (a power cut after the removal with the old
+  // header on disk leaves the overlay backed by a layer that is gone: P4, reliability.md).
+  // Descriptors of both opened before the commit writes to them: an fsync reports every write error
+  // since, even one QEMU saw first (QEMU flushes the base when the commit reopens it read-only, and
+  // ignores a failure there). A descriptor opened later would get nothing for an error already seen
+  // (Linux errseq). None in a process that did not start the commit (resumed after a crash): then
+  // ones opened now, which report only an error nobody has seen yet.
+  const mergeWrites = [basePath, overlayPath];
+  const flushes = new Map<string, FlushHandle>();
+  const closeFlushes = async (): Promise<void> => {
+    const handles = [...flushes.values()];
+    flushes.clear();
+    for (const handle of handles) await handle.close();
   };
 
   // QEMU's caches of the base first: a base QEMU left writable (its commit's read-only reopen
@@ -167,31 +172,39 @@ function liveRotateSteps(
       return undefined;
     } catch (error) {
       if (error instanceof QmpError) return error;
-      await closeBaseFlush().catch(() => undefined);
+      await closeFlushes().catch(() => undefined);
       throw error;
     }
   };
 
-  // Seals the base in QEMU, then fsyncs it once (a second fsync after a failed one reports nothing:
-  // the failed pages are clean by then). On failure: mark each merged layer, then fail with their names.
+  // Seals the base in QEMU, then fsyncs the base and the overlay once each (a second fsync after a
+  // failed one reports nothing: the failed pages are clean by then). On failure: mark each merged
+  // layer, then fail with their names.
   const proveMergeDurable = async (merged: string[]): Promise<void> => {
-    let flushError: unknown = journal.get().facts.mergeNotDurable;
-    if (flushError === undefined) {
+    // What failed, as journaled: `<image>: <error>` (a resumed job reads it back).
+    let failure = journal.get().facts.mergeNotDurable;
+    let flushError: unknown = failure;
+    let flushing = basePath;
+    if (failure === undefined) {
       flushError = await sealBase();
       try {
         if (flushError === undefined) {
-          const handle = baseFlush ?? (await backend.flushHandle(basename(basePath)));
-          baseFlush = handle;
-          await handle.sync();
+          for (const path of mergeWrites) {
+            flushing = path;
+            const handle = flushes.get(path) ?? (await backend.flushHandle(basename(path)));
+            flushes.set(path, handle);
+            await handle.sync();
+          }
           return;
         }
       } catch (error) {
         flushError = error;
       } finally {
-        await closeBaseFlush().catch(() => undefined);
+        await closeFlushes().catch(() => undefined);
       }
+      failure = `${flushing}: ${flushError instanceof Error ? flushError.message : String(flushError)}`;
       await journal.update((r) => {
-        r.facts.mergeNotDurable = flushError instanceof Error ? flushError.message : String(flushError);
+        r.facts.mergeNotDurable = failure;
       });
     }
     const marked: string[] = [];
@@ -210,9 +223,9 @@ function liveRotateSteps(
     }
     throw new AgentError(
       'LAYER_MERGE_NOT_DURABLE',
-      `the block commit merged ${merged.join(', ')} into ${basePath}, but flushing ${basePath} failed ` +
-        `(${flushError instanceof Error ? flushError.message : String(flushError)}): the base may lack writes ` +
-        `that only ${merged.join(', ')} still hold${merged.length === 1 ? 's' : ''}; kept ` +
+      `the block commit merged ${merged.join(', ')} into ${basePath}, but flushing failed (${failure}): ` +
+        `the base may lack writes, or the overlay's header on disk may still name, ` +
+        `${merged.join(', ')}; kept ` +
         `${markError === null ? 'and marked' : `(marking failed: ${markError})`}, the volume needs repair`,
       {
         cause: flushError,
@@ -310,8 +323,8 @@ function liveRotateSteps(
           if (frozenPath === basePath) return; // the first rotation: the old top is the base
           if (!(await graph.holdsDisks(vm))) return;
           await assertOnOverlay('the commit');
-          await closeBaseFlush();
-          baseFlush = await backend.flushHandle(basename(basePath)); // before the commit's first write
+          await closeFlushes();
+          for (const path of mergeWrites) flushes.set(path, await backend.flushHandle(basename(path)));
           try {
             // A commit this job started (journaled first) goes on in libvirtd if the agent died.
             if (journal.get().facts.commitStarted === true && (await commitSettled())) return;
@@ -329,7 +342,7 @@ function liveRotateSteps(
               );
             }
           } catch (error) {
-            await closeBaseFlush().catch(() => undefined);
+            await closeFlushes().catch(() => undefined);
             throw error;
           }
         },
@@ -339,8 +352,9 @@ function liveRotateSteps(
         // chain contain it any more, and that the merge is on disk: a commit through the host page
         // cache (QEMU without O_DIRECT, libvirt's default cache mode) "completes" with its writes to
         // the base still dirty in memory, and a write error at their writeback loses them silently
-        // (reliability.md, L4). So the base is fsynced first through a descriptor of our own; if that
-        // fails, the layers holding the only good copy stay, marked, and the job fails.
+        // (reliability.md, L4), and so is the overlay's new header (P4). So both are fsynced first
+        // through descriptors of our own; if that fails, the layers holding the only good copy stay,
+        // marked, and the job fails.
         name: 'remove-frozen',
         run: async () => {
           if (layers.length <= 1) return; // the first rotation: the old top is the base, nothing merged
@@ -348,7 +362,7 @@ function liveRotateSteps(
           const described = (await graph.describedChain(disk)) ?? [];
           // Those still named are not merged (VM stopped): the next rotation merges them.
           const merged = layers.slice(0, -1).filter((p) => !onDisk.includes(p) && !described.includes(p));
-          if (merged.length === 0) return closeBaseFlush();
+          if (merged.length === 0) return closeFlushes();
           await proveMergeDurable(merged);
           for (const path of merged) await removeMergedLayer(path);
         },

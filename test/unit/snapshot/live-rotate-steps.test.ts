@@ -87,7 +87,9 @@ describe('live-rotate steps (fakes)', () => {
       'graph.holdsDisks h16-vm',
       'graph.holdsDisks h16-vm',
       'graph.describedChain vdb live',
-      `filePool.flushHandle ${base}`, // before the commit's first write to the base
+      // Before the commit's first write: to the base, and (as it completes) to the overlay's header.
+      `filePool.flushHandle ${base}`,
+      `filePool.flushHandle ${overlay}`,
       `graph.startCommit ${frozen} ${base}`,
       'graph.waitForBlockJob vdb',
       'graph.describedChain vdb live',
@@ -119,11 +121,15 @@ describe('live-rotate steps (fakes)', () => {
     const merged = setup();
     merged.graph.described = [[merged.overlay, merged.base]];
     await merged.step('remove-frozen').run(io);
-    // The base flushed first (here through one opened now: this process did not run the commit).
+    // The base and the overlay flushed first (here through ones opened now: this process did not
+    // run the commit).
     expect(merged.log.filter((l) => !l.startsWith('graph.'))).toEqual([
       `filePool.flushHandle ${merged.base}`,
       `flush.sync ${merged.base}`,
+      `filePool.flushHandle ${merged.overlay}`,
+      `flush.sync ${merged.overlay}`,
       `flush.close ${merged.base}`,
+      `flush.close ${merged.overlay}`,
       `filePool.remove ${merged.frozen}`,
     ]);
 
@@ -133,7 +139,7 @@ describe('live-rotate steps (fakes)', () => {
     expect(kept.log.filter((l) => l.startsWith('filePool.') || l.startsWith('flush.'))).toEqual([]);
   });
 
-  it('commit then remove-frozen: the base is fsynced through the descriptor opened before the commit', async () => {
+  it('commit then remove-frozen: base and overlay are fsynced through the descriptors opened before the commit', async () => {
     const { log, graph, step, frozen, base, overlay } = setup();
     graph.described = [
       [overlay, frozen, base],
@@ -144,10 +150,32 @@ describe('live-rotate steps (fakes)', () => {
     await step('remove-frozen').run(io);
     expect(log.filter((l) => !l.startsWith('graph.'))).toEqual([
       `filePool.flushHandle ${base}`,
+      `filePool.flushHandle ${overlay}`,
       `flush.sync ${base}`,
+      `flush.sync ${overlay}`,
       `flush.close ${base}`,
+      `flush.close ${overlay}`,
       `filePool.remove ${frozen}`,
     ]);
+  });
+
+  it('remove-frozen keeps and marks the layer when the overlay (its header, rewritten by the commit) does not flush (P4)', async () => {
+    const eio = Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+    const { log, graph, step, journal, frozen, base, overlay } = setup(
+      {},
+      { flushError: eio, flushFailsOn: join(dir, 'vol.qcow2.lr-b'), existing: [join(dir, 'vol.qcow2.lr-a')] },
+    );
+    graph.described = [[overlay, base]];
+    await expect(step('remove-frozen').run(io)).rejects.toMatchObject({
+      code: 'LAYER_MERGE_NOT_DURABLE',
+      details: { base, keptLayers: [frozen], marked: [frozen] },
+    });
+    expect(log.filter((l) => l.startsWith('flush.sync') || l.startsWith('filePool.remove'))).toEqual([
+      `flush.sync ${base}`,
+      `flush.sync ${overlay}`,
+    ]);
+    expect(journal.get().facts.mergeNotDurable).toBe(`${overlay}: EIO: i/o error, fsync`);
+    await rm(join(dir, '.vol.qcow2.lr-a.clvm-unmerged.json'));
   });
 
   it('remove-frozen keeps and marks a merged layer when the base does not flush: LAYER_MERGE_NOT_DURABLE', async () => {
@@ -169,7 +197,11 @@ describe('live-rotate steps (fakes)', () => {
       details: { base, keptLayers: [frozen], marked: [frozen], markError: null },
     });
     expect(log.some((l) => l.startsWith('filePool.remove'))).toBe(false);
-    expect(log.filter((l) => l.startsWith('flush.'))).toEqual([`flush.sync ${base}`, `flush.close ${base}`]);
+    expect(log.filter((l) => l.startsWith('flush.'))).toEqual([
+      `flush.sync ${base}`,
+      `flush.close ${base}`,
+      `flush.close ${overlay}`,
+    ]);
     // The mark: the next snapshot of the volume refuses, naming the kept layer.
     expect(await unmergedLayers(backend)).toEqual([frozen]);
     await expect(refuseUnmergedLayers(backend)).rejects.toMatchObject({
@@ -189,7 +221,9 @@ describe('live-rotate steps (fakes)', () => {
     expect(order).toEqual([
       `graph.sealLayer vdb ${base}`,
       `flush.sync ${base}`,
+      `flush.sync ${overlay}`,
       `flush.close ${base}`,
+      `flush.close ${overlay}`,
       `filePool.remove ${frozen}`,
     ]);
 

@@ -113,6 +113,8 @@ export function fakeDeps(
     chains?: Record<string, string[]>;
     /** What a flush handle's sync throws (undefined: it succeeds). */
     flushError?: Error;
+    /** Only this path's flush fails (default: every path's). */
+    flushFailsOn?: string;
     /** Which paths exist (filePool.exists); none by default. */
     existing?: string[];
   } = {},
@@ -153,7 +155,7 @@ export function fakeDeps(
         return {
           sync: async () => {
             log.push(`flush.sync ${path}`);
-            if (opts.flushError) throw opts.flushError;
+            if (opts.flushError && (opts.flushFailsOn ?? path) === path) throw opts.flushError;
           },
           close: async () => {
             log.push(`flush.close ${path}`);
