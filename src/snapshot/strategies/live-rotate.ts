@@ -224,8 +224,8 @@ function liveRotateSteps(
     throw new AgentError(
       'LAYER_MERGE_NOT_DURABLE',
       `the block commit merged ${merged.join(', ')} into ${basePath}, but flushing failed (${failure}): ` +
-        `the base may lack writes, or the overlay's header on disk may still name, ` +
-        `${merged.join(', ')}; kept ` +
+        `on disk the base may lack writes that only ${merged.join(', ')} still ` +
+        `hold${merged.length === 1 ? 's' : ''}, or the overlay's header may still name ${merged.length === 1 ? 'it' : 'them'}; kept ` +
         `${markError === null ? 'and marked' : `(marking failed: ${markError})`}, the volume needs repair`,
       {
         cause: flushError,
