@@ -397,16 +397,23 @@ describe('JobRunner', () => {
 
   it('recovers after a crash: re-runs with recovering=true, continues the sequence, one terminal event', async () => {
     // First life: the handler records a step and never returns (the agent "dies").
+    const written = new Set<string>();
     const first = await makeRunner({
       'snapshot.create': async (ctx) => {
         ctx.progress({ step: 'export', stepIndex: 0, stepCount: 1, percent: 1 });
         await ctx.journal.write({ staged: 'tmp-lv' });
+        written.add(ctx.jobId);
         return new Promise(() => undefined);
       },
     });
     await first.runner.handleCommand(delivery(create('rec-1')));
     await first.runner.handleCommand(delivery(create('rec-2', 'other')));
-    await sink.waitFor(() => sink.of('rec-1').length === 2 && first.journal.get('rec-1')!.stepsWritten);
+    // The first life stays in this process: wait until it writes nothing more (both jobs' steps
+    // journaled, their progress events out), as a dead agent would. A write still in flight when the
+    // second journal opens loses its temp file to that start-up's clean-up and fails the job twice.
+    await sink.waitFor(
+      () => written.size === 2 && sink.of('rec-1').length === 2 && sink.of('rec-2').length === 2,
+    );
     runners.splice(runners.indexOf(first.runner), 1);
 
     // Second life over the same state dir: rec-2's handler rolls back, rec-1's finishes.
