@@ -26,24 +26,26 @@ import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import type { StepJournal } from '../../../src/jobs/types.js';
 import { createSnapshot, type EngineRecord, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { sh, uniqueName } from '../../support/lab/lab.js';
+import { FaultyDevice, loadFaultModules } from '../../support/lab/faults.js';
+import { claimDisk, sh, uniqueName } from '../../support/lab/lab.js';
 import { type ReplayPoint, type ReplaySummary, replayEveryCrashPoint } from '../../support/lab/log-writes.js';
-import {
-  LoggedDevice,
-  ReplayDisks,
-  replayReport,
-  withThrowawayView,
-} from '../../support/lab/log-writes-devices.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
 import { command, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const PV_BYTES = 96 * MiB;
+const LOG_BYTES = 256 * MiB;
+const COW_BYTES = 64 * MiB;
 const VIRTUAL = 16 * MiB;
+const SECTOR = 512;
 
 const qemuImg = new QemuImg({ timeoutMs: 60_000, exportTimeoutMs: 120_000 });
-let disks: ReplayDisks;
-let logged: LoggedDevice | undefined;
+let release: () => void = () => undefined;
+let data: FaultyDevice;
+let replica: FaultyDevice;
+let logDev: FaultyDevice;
+let cow: FaultyDevice;
+let logged: string | undefined;
 let work: string;
 let storeRoot: string;
 let startState: string;
@@ -86,9 +88,15 @@ let summary: ReplaySummary | undefined;
 let finalLvs: string[] = [];
 
 beforeAll(async () => {
-  disks = await ReplayDisks.claim('lwp', PV_BYTES);
+  await loadFaultModules();
+  const disk = claimDisk();
+  release = disk.release;
+  data = await FaultyDevice.create('lwpdata', disk.disk, PV_BYTES, { offsetBytes: MiB });
+  replica = await FaultyDevice.create('lwprepl', disk.disk, PV_BYTES, { offsetBytes: 128 * MiB });
+  logDev = await FaultyDevice.create('lwplog', disk.disk, LOG_BYTES, { offsetBytes: 256 * MiB });
+  cow = await FaultyDevice.create('lwpcow', disk.disk, COW_BYTES, { offsetBytes: 1024 * MiB });
   // The replica must not show the PV before the replay writes it: zero its label area.
-  await sh('dd', ['if=/dev/zero', `of=${disks.replica.path}`, 'bs=1M', 'count=1', 'conv=fsync']);
+  await sh('dd', ['if=/dev/zero', `of=${replica.path}`, 'bs=1M', 'count=1', 'conv=fsync']);
   work = mkdtempSync(join(tmpdir(), 'logwrites-pool-'));
   storeRoot = join(work, 'store');
   mkdirSync(storeRoot);
@@ -104,15 +112,16 @@ afterAll(async () => {
     );
   }
   await sh('vgchange', ['-q', '-an', vg], { okExitCodes: [0, 5] }).catch(() => undefined);
-  await logged?.remove();
-  await disks?.release();
+  if (logged) await sh('dmsetup', ['remove', '--noudevsync', '--retry', logged], { okExitCodes: [0, 1] });
+  for (const d of [data, replica, logDev, cow]) await d?.remove().catch(() => undefined);
   if (work) rmSync(work, { recursive: true, force: true });
   rmSync(lvmDir, { recursive: true, force: true });
   delete process.env.LVM_SYSTEM_DIR;
+  release();
 });
 
 async function mark(name: string): Promise<void> {
-  await logged?.mark(name);
+  if (logged) await sh('dmsetup', ['message', logged, '0', 'mark', name]);
 }
 
 /** The job layer's journal in memory; keeps the plan (the staging and retired LV names). */
@@ -139,9 +148,9 @@ class PlanJournal implements StepJournal {
 describe('the LVM pool on dm-log-writes, replayed to every flush/FUA point', () => {
   it('records an offline job of an LV volume on the logged PV', async () => {
     // The VG, the volume and its data first, on the data slice: the replay's starting state.
-    lvmSees(disks.data.path);
-    await sh('pvcreate', ['-q', '-y', '-ff', disks.data.path]);
-    await sh('vgcreate', ['-q', '-s', '4m', vg, disks.data.path]);
+    lvmSees(data.path);
+    await sh('pvcreate', ['-q', '-y', '-ff', data.path]);
+    await sh('vgcreate', ['-q', '-s', '4m', vg, data.path]);
     const lvm = new Lvm({ timeoutMs: 60_000 });
     const { fullyAllocatedBytes } = await qemuImg.measure({ sizeBytes: VIRTUAL });
     const volume = await lvm.createVolume({ vg, name: VOLUME, sizeBytes: fullyAllocatedBytes });
@@ -150,11 +159,19 @@ describe('the LVM pool on dm-log-writes, replayed to every flush/FUA point', () 
     reference = await ReferenceDisk.create(join(work, 'vol.raw'), VIRTUAL);
     await reference.apply([{ pattern: 0x5a, offset: 2 * MiB, length: 3 * MiB }]);
     await sh('vgchange', ['-q', '-an', vg]);
-    await sh('dd', [`if=${disks.data.path}`, `of=${startState}`, 'bs=1M', 'conv=fsync']);
+    await sh('dd', [`if=${data.path}`, `of=${startState}`, 'bs=1M', 'conv=fsync']);
 
     // From here every write to the PV goes through the log.
-    logged = await LoggedDevice.create('lwpool', disks.data.path, disks.log.path, PV_BYTES);
-    lvmSees(logged.path);
+    logged = uniqueName('lwpool');
+    await sh('dmsetup', [
+      'create',
+      '--noudevsync',
+      logged,
+      '--table',
+      `0 ${PV_BYTES / SECTOR} log-writes ${data.path} ${logDev.path}`,
+    ]);
+    await sh('dmsetup', ['mknodes', logged]);
+    lvmSees(`/dev/mapper/${logged}`);
     await sh('vgchange', ['-q', '-ay', vg]);
     await mark('start:snap-1');
     const cmd = command('snapshot.create', {
@@ -177,28 +194,39 @@ describe('the LVM pool on dm-log-writes, replayed to every flush/FUA point', () 
     await mark('done:snap-1');
     expect(await differsFromReference(volume.path, reference)).toBeNull();
     await sh('vgchange', ['-q', '-an', vg]);
-    await logged.remove();
+    await sh('dmsetup', ['remove', '--noudevsync', '--retry', logged]);
     logged = undefined;
     expect(plan, 'the job journaled its plan').toBeDefined();
   }, 600_000);
 
   it('every flush/FUA point: the volume opens and reads as before the job', async () => {
     expect(logged, 'the job was recorded').toBeUndefined();
-    await sh('dd', [`if=${startState}`, `of=${disks.replica.path}`, 'bs=1M', 'conv=fsync']);
+    await sh('dd', [`if=${startState}`, `of=${replica.path}`, 'bs=1M', 'conv=fsync']);
     const snapName = uniqueName('lwpsnap');
     const snapPath = `/dev/mapper/${snapName}`;
     lvmSees(snapPath);
     // The VG activated from a throwaway view of the replica (whatever lvm or a check writes goes to
     // the COW) for `check`, then deactivated and the view removed.
-    const onReplica = (check: () => Promise<void>): Promise<void> =>
-      withThrowawayView(snapName, disks.replica.path, disks.cow.path, PV_BYTES, async () => {
+    const onReplica = async (check: () => Promise<void>): Promise<void> => {
+      await sh('dmsetup', [
+        'create',
+        '--noudevsync',
+        snapName,
+        '--table',
+        `0 ${PV_BYTES / SECTOR} snapshot ${replica.path} ${cow.path} N 8`,
+      ]);
+      await sh('dmsetup', ['mknodes', snapName]);
+      try {
         await sh('vgchange', ['-q', '-ay', vg]);
         try {
           await check();
         } finally {
           await sh('vgchange', ['-q', '-an', vg]);
         }
-      });
+      } finally {
+        await sh('dmsetup', ['remove', '--noudevsync', '--retry', snapName], { okExitCodes: [0, 1] });
+      }
+    };
     const lvNames = async (): Promise<string[]> => {
       const report = JSON.parse(await sh('lvs', ['--reportformat', 'json', '-o', 'lv_name', vg])) as {
         report: Array<{ lv: Array<{ lv_name: string }> }>;
@@ -244,19 +272,22 @@ describe('the LVM pool on dm-log-writes, replayed to every flush/FUA point', () 
       });
       result.ms = Math.round(performance.now() - started);
     };
-    summary = await replayEveryCrashPoint(disks.log.path, disks.replica.path, checkPoint);
-    const checked = results.filter((r) => r.checked);
+    summary = await replayEveryCrashPoint(logDev.path, replica.path, checkPoint);
     console.log(
-      replayReport(
-        'log-writes replay (pool)',
-        summary,
-        checked.length,
-        checked.map(
-          (r) =>
-            `point ${String(r.point).padStart(3)} entry ${String(r.entry).padStart(5)} after ${r.marks.join('')} ` +
-            `lvs [${r.lvs.join(',')}]${r.staging ? ` staging ${r.staging}` : ''} ${r.ms} ms`,
-        ),
-      ),
+      [
+        `log-writes replay (pool): ${summary.entries} entries (${summary.writes} writes, ${summary.bytesWritten} bytes; ` +
+          `${summary.discards} discards; ${summary.flushes} flush, ${summary.fuas} FUA)`,
+        `marks (log entry): ${summary.markEntries.map((m) => `${m.mark}@${m.index}`).join(' ')}`,
+        `crash points: ${summary.points}, distinct disk states: ${summary.distinctPoints}, ` +
+          `checked: ${results.filter((r) => r.checked).length}`,
+        ...results
+          .filter((r) => r.checked)
+          .map(
+            (r) =>
+              `point ${String(r.point).padStart(3)} entry ${String(r.entry).padStart(5)} after ${r.marks.join('')} ` +
+              `lvs [${r.lvs.join(',')}]${r.staging ? ` staging ${r.staging}` : ''} ${r.ms} ms`,
+          ),
+      ].join('\n'),
     );
     expect(summary.marks).toEqual(expect.arrayContaining(['done:snap-1', 'dm-log-writes-end']));
     expect(summary.points).toBeGreaterThan(0);
