@@ -22,12 +22,12 @@
 // After every outage the server is back, the volume matches its reference, and the next snapshot
 // succeeds and matches. Oracles: qemu-img compare against raw references written with qemu-io,
 // qemu-img check. Findings (timelines, outcomes, the kernel's NFS log) are printed at the end.
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { Gauge } from 'prom-client';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AgentError } from '../../../src/errors/index.js';
 import { type RunOptions, runTool } from '../../../src/host/exec.js';
 import { FilePool } from '../../../src/host/file-pool.js';
@@ -39,6 +39,7 @@ import type { ProgressUpdate } from '../../../src/jobs/types.js';
 import { StoreHealth } from '../../../src/observability/store-health.js';
 import { createSnapshot, type SnapshotDeps } from '../../../src/snapshot/index.js';
 import { Failpoints } from '../../support/failpoints.js';
+import { dropCaches } from '../../support/lab/faults.js';
 import { NfsServer, processState, threadStates } from '../../support/lab/nfs.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
 import { command, jobContext, MemoryJournal } from '../../support/snapshot-harness.js';
@@ -121,6 +122,11 @@ beforeAll(async () => {
       round: 0,
     };
   }
+});
+
+// Once nfsd cannot start, every later case would wait on a dead mount until its timeout.
+beforeEach(() => {
+  if (server?.wedged) throw new Error(`the NFS server is wedged: ${server.wedged}`);
 });
 
 afterAll(async () => {
@@ -385,7 +391,8 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     await server.stop();
     try {
       // What the guest would see: data the client still caches reads fine; the rest waits or fails.
-      writeFileSync('/proc/sys/vm/drop_caches', '3');
+      // The page cache only: the slab shrinkers would block on the stopped server (see dropCaches).
+      dropCaches();
       const read = await execa(
         'qemu-io',
         ['-r', '-U', '-f', 'qcow2', '-c', `read -P ${pattern} ${offset} ${MiB}`, v.path],

@@ -14,6 +14,8 @@ import { execa } from 'execa';
 import { sh } from './lab.js';
 
 const NFSD_ARGS = ['-N', '3', '-U', '--port', '2049', '--grace-time', '10', '--lease-time', '15', '4'];
+/** nfsd starts in well under a second; far longer means rpc.nfsd is blocked in the kernel. */
+const NFSD_START_TIMEOUT_MS = 60_000;
 /** The server's address as the client knows it: a loopback address of its own, so a partition cuts only NFS. */
 export const NFS_SERVER_ADDRESS = '127.0.0.2';
 
@@ -22,6 +24,8 @@ export class NfsServer {
   /** False while the server is stopped or partitioned away. */
   up = false;
   private running = false;
+  /** Why nfsd can no longer start (set once; every later test fails fast with it). */
+  wedged: string | undefined;
 
   private constructor(readonly exportDir: string) {}
 
@@ -64,7 +68,19 @@ export class NfsServer {
 
   /** nfsd starts again (and enters its grace period). */
   async resume(): Promise<void> {
-    await sh('rpc.nfsd', NFSD_ARGS);
+    if (this.wedged) throw new Error(this.wedged);
+    // rpc.nfsd stuck in the kernel (state D) never exits, and execa would wait for it forever.
+    const start = execa('rpc.nfsd', NFSD_ARGS, { reject: false });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<undefined>((resolve) => {
+      timer = setTimeout(resolve, NFSD_START_TIMEOUT_MS, undefined);
+    });
+    const result = await Promise.race([start, timeout]).finally(() => clearTimeout(timer));
+    if (result === undefined) {
+      this.wedged = `rpc.nfsd did not return within ${NFSD_START_TIMEOUT_MS / 1000} s; the kernel's blocked tasks:\n${await blockedTasks()}`;
+      throw new Error(this.wedged);
+    }
+    if (result.exitCode !== 0) throw new Error(`rpc.nfsd exited ${result.exitCode}: ${result.stderr}`);
     this.running = true;
     this.up = true;
   }
@@ -105,6 +121,8 @@ export class NfsServer {
     await execa('ip', ['rule', 'del', 'pref', '11'], { reject: false });
     if (!this.running) await this.resume().catch(() => undefined);
     for (const m of this.mounts) await execa('umount', ['-f', '-l', m], { reject: false, timeout: 30_000 });
+    // A wedged nfsd holds its mutex: rpc.nfsd and exportfs would block on it too.
+    if (this.wedged) return;
     await execa('rpc.nfsd', ['0'], { reject: false, timeout: 30_000 });
     await execa('exportfs', ['-ua'], { reject: false, timeout: 30_000 });
     // rpc.mountd daemonized itself: stop it by its pid (this guest runs one).
@@ -112,6 +130,13 @@ export class NfsServer {
     for (const pid of mountd.split(/\s+/).filter(Boolean)) process.kill(Number(pid), 'SIGTERM');
     await execa('umount', ['-l', this.exportDir], { reject: false, timeout: 30_000 });
   }
+}
+
+/** The kernel's stacks of every task in state D (sysrq-w), as the kernel log prints them. */
+export async function blockedTasks(): Promise<string> {
+  writeFileSync('/proc/sysrq-trigger', 'w');
+  const log = (await execa('dmesg', [], { reject: false, timeout: 30_000 })).stdout;
+  return log.slice(log.lastIndexOf('sysrq: Show Blocked State')).slice(0, 16_000);
 }
 
 /** The state letter of a process (`D` uninterruptible, `Z` zombie...) or null when it is gone. */
