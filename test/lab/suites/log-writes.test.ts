@@ -27,18 +27,20 @@ import { QemuImg } from '../../../src/host/qemu-img.js';
 import { SnapshotStore } from '../../../src/host/store.js';
 import type { StepJournal } from '../../../src/jobs/types.js';
 import { createSnapshot, type EngineRecord, type SnapshotDeps } from '../../../src/snapshot/index.js';
-import { FaultyDevice, loadFaultModules } from '../../support/lab/faults.js';
-import { claimDisk, sh, uniqueName } from '../../support/lab/lab.js';
+import { sh, uniqueName } from '../../support/lab/lab.js';
 import { type ReplayPoint, type ReplaySummary, replayEveryCrashPoint } from '../../support/lab/log-writes.js';
+import {
+  LoggedDevice,
+  ReplayDisks,
+  replayReport,
+  withThrowawayView,
+} from '../../support/lab/log-writes-devices.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
 import { command, jobContext } from '../../support/snapshot-harness.js';
 
 const MiB = 1024 * 1024;
 const STORE_BYTES = 96 * MiB;
-const LOG_BYTES = 256 * MiB;
-const COW_BYTES = 64 * MiB;
 const VIRTUAL = 16 * MiB;
-const SECTOR = 512;
 /**
  * `lab_logwrites=full` (kernel argument → environment; `npm run test:logwrites`): two jobs, a full
  * snap-1 and a delta snap-2, every point checked (45 points, ~7 min at host load average 17). By
@@ -49,13 +51,8 @@ const FULL = process.env.lab_logwrites === 'full';
 const SNAPSHOTS = FULL ? ['snap-1', 'snap-2'] : ['snap-1'];
 
 const qemuImg = new QemuImg({ timeoutMs: 60_000, exportTimeoutMs: 120_000 });
-let release: () => void = () => undefined;
-/** The store's disk, the copy of its state before the jobs (replayed onto), the log, a snapshot's COW. */
-let data: FaultyDevice;
-let replica: FaultyDevice;
-let logDev: FaultyDevice;
-let cow: FaultyDevice;
-let logged: string | undefined;
+let disks: ReplayDisks;
+let logged: LoggedDevice | undefined;
 let work: string;
 let mountPoint: string;
 const STORE_DIR = 'vol';
@@ -77,14 +74,7 @@ const results: PointResult[] = [];
 let summary: ReplaySummary | undefined;
 
 beforeAll(async () => {
-  await loadFaultModules();
-  const disk = claimDisk();
-  release = disk.release;
-  // Slices of one scratch disk (linear dm devices): stale labels from an earlier user do not matter.
-  data = await FaultyDevice.create('lwdata', disk.disk, STORE_BYTES, { offsetBytes: MiB });
-  replica = await FaultyDevice.create('lwrepl', disk.disk, STORE_BYTES, { offsetBytes: 128 * MiB });
-  logDev = await FaultyDevice.create('lwlog', disk.disk, LOG_BYTES, { offsetBytes: 256 * MiB });
-  cow = await FaultyDevice.create('lwcow', disk.disk, COW_BYTES, { offsetBytes: 1024 * MiB });
+  disks = await ReplayDisks.claim('lw', STORE_BYTES);
   work = mkdtempSync(join(tmpdir(), 'logwrites-'));
   mountPoint = join(work, 'store');
   mkdirSync(mountPoint);
@@ -100,10 +90,9 @@ afterAll(async () => {
     );
   }
   await sh('umount', [mountPoint], { okExitCodes: [0, 1] }).catch(() => undefined);
-  if (logged) await sh('dmsetup', ['remove', '--noudevsync', '--retry', logged], { okExitCodes: [0, 1] });
-  for (const d of [data, replica, logDev, cow]) await d?.remove().catch(() => undefined);
+  await logged?.remove();
+  await disks?.release();
   if (work) rmSync(work, { recursive: true, force: true });
-  release();
 });
 
 /** Whether a job was running at a point: its last `start:` mark has no `done:` mark after it. */
@@ -113,7 +102,7 @@ function inJob(marks: string[]): boolean {
 }
 
 async function mark(name: string): Promise<void> {
-  if (logged) await sh('dmsetup', ['message', logged, '0', 'mark', name]);
+  await logged?.mark(name);
 }
 
 /** The job layer's journal in memory; a mark goes into the log once publish has returned. */
@@ -156,21 +145,12 @@ describe(`the store on dm-log-writes, replayed to every flush/FUA point (${FULL 
       '0',
       '-E',
       'nodiscard,lazy_itable_init=0,lazy_journal_init=0',
-      data.path,
+      disks.data.path,
     ]);
     // The replay starts from this state.
-    await sh('dd', [`if=${data.path}`, `of=${replica.path}`, 'bs=1M', 'conv=fsync']);
-    logged = uniqueName('lwstore');
-    const sectors = STORE_BYTES / SECTOR;
-    await sh('dmsetup', [
-      'create',
-      '--noudevsync',
-      logged,
-      '--table',
-      `0 ${sectors} log-writes ${data.path} ${logDev.path}`,
-    ]);
-    await sh('dmsetup', ['mknodes', logged]);
-    await sh('mount', ['-t', 'ext4', `/dev/mapper/${logged}`, mountPoint]);
+    await sh('dd', [`if=${disks.data.path}`, `of=${disks.replica.path}`, 'bs=1M', 'conv=fsync']);
+    logged = await LoggedDevice.create('lwstore', disks.data.path, disks.log.path, STORE_BYTES);
+    await sh('mount', ['-t', 'ext4', logged.path, mountPoint]);
     await mark('mounted');
 
     const volume = join(work, 'pool', 'vol.qcow2');
@@ -200,8 +180,7 @@ describe(`the store on dm-log-writes, replayed to every flush/FUA point (${FULL 
       expect(await differsFromReference(join(mountPoint, STORE_DIR, name), references.get(name)!)).toBeNull();
     }
     await sh('umount', [mountPoint]);
-    // Removing the target logs the writes still unflushed and a last mark, and writes the super.
-    await sh('dmsetup', ['remove', '--noudevsync', '--retry', logged]);
+    await logged.remove();
     logged = undefined;
   }, 600_000);
 
@@ -209,7 +188,6 @@ describe(`the store on dm-log-writes, replayed to every flush/FUA point (${FULL 
     expect(logged, 'the jobs were recorded').toBeUndefined();
     let dirty = false;
     const snapName = uniqueName('lwsnap');
-    const snapPath = `/dev/mapper/${snapName}`;
     const checkPoint = async (point: ReplayPoint): Promise<void> => {
       const started = performance.now();
       const result: PointResult = {
@@ -230,16 +208,8 @@ describe(`the store on dm-log-writes, replayed to every flush/FUA point (${FULL 
       dirty = false;
       result.checked = true;
       // A throwaway view of the replayed disk: journal recovery and the mount write to the COW only.
-      await sh('dmsetup', [
-        'create',
-        '--noudevsync',
-        snapName,
-        '--table',
-        `0 ${STORE_BYTES / SECTOR} snapshot ${replica.path} ${cow.path} N 8`,
-      ]);
-      await sh('dmsetup', ['mknodes', snapName]);
-      try {
-        await sh('mount', ['-t', 'ext4', snapPath, mountPoint]);
+      await withThrowawayView(snapName, disks.replica.path, disks.cow.path, STORE_BYTES, async (view) => {
+        await sh('mount', ['-t', 'ext4', view, mountPoint]);
         try {
           const dir = join(mountPoint, STORE_DIR);
           const files = existsSync(dir) ? readdirSync(dir).sort() : [];
@@ -265,35 +235,30 @@ describe(`the store on dm-log-writes, replayed to every flush/FUA point (${FULL 
           await sh('umount', [mountPoint]);
         }
         // The file system journal recovery left (e2fsck exits 0 when clean).
-        await sh('e2fsck', ['-f', '-n', snapPath]);
-      } finally {
-        await sh('dmsetup', ['remove', '--noudevsync', '--retry', snapName], { okExitCodes: [0, 1] });
-      }
+        await sh('e2fsck', ['-f', '-n', view]);
+      });
       result.ms = Math.round(performance.now() - started);
     };
-    summary = await replayEveryCrashPoint(logDev.path, replica.path, checkPoint);
+    summary = await replayEveryCrashPoint(disks.log.path, disks.replica.path, checkPoint);
+    const checked = results.filter((r) => r.checked);
     console.log(
-      [
-        `log-writes replay: ${summary.entries} entries (${summary.writes} writes, ${summary.bytesWritten} bytes; ` +
-          `${summary.discards} discards; ${summary.flushes} flush, ${summary.fuas} FUA)`,
-        `marks (log entry): ${summary.markEntries.map((m) => `${m.mark}@${m.index}`).join(' ')}`,
-        `crash points: ${summary.points}, distinct disk states: ${summary.distinctPoints}, ` +
-          `mounted and checked: ${results.filter((r) => r.checked).length}`,
-        ...results
-          .filter((r) => r.checked)
-          .map(
-            (r) =>
-              `point ${String(r.point).padStart(3)} entry ${String(r.entry).padStart(5)} flags ${r.flags} ` +
-              `visible [${r.visible.join(',')}] parts [${r.parts.join(',')}] ${r.ms} ms`,
-          ),
-      ].join('\n'),
+      replayReport(
+        'log-writes replay',
+        summary,
+        checked.length,
+        checked.map(
+          (r) =>
+            `point ${String(r.point).padStart(3)} entry ${String(r.entry).padStart(5)} flags ${r.flags} ` +
+            `visible [${r.visible.join(',')}] parts [${r.parts.join(',')}] ${r.ms} ms`,
+        ),
+      ),
     );
     expect(summary.marks).toEqual(
       expect.arrayContaining([...SNAPSHOTS.map((s) => `published:${s}`), 'dm-log-writes-end']),
     );
     expect(summary.points).toBeGreaterThan(0);
     // Where the jobs ended: both snapshots there, no part file left.
-    const last = results.filter((r) => r.checked).at(-1)!;
+    const last = checked.at(-1)!;
     expect(last.point).toBe(summary.points);
     expect(last.visible).toEqual(SNAPSHOTS);
     expect(last.parts).toEqual([]);
