@@ -61,6 +61,8 @@ export interface LvmOptions {
   binaryDir?: string;
   /** Defaults to src/host/exec.ts runTool. */
   run?: ToolRunner;
+  /** Flushes a block device's write cache (fsync of the device); tests without devices inject one. */
+  flushDevice?: (path: string) => Promise<void>;
 }
 
 const LV_FIELDS = 'lv_name,vg_name,lv_size,lv_attr,origin,lv_tags,data_percent,segtype';
@@ -80,6 +82,7 @@ const lvRow = z.object({
   data_percent: z.string(),
   segtype: z.string(),
 });
+const pvRow = z.object({ pv_name: z.string() });
 const vgRow = z.object({
   vg_name: z.string(),
   vg_size: z.string(),
@@ -90,6 +93,7 @@ const vgRow = z.object({
 });
 const lvReport = z.object({ report: z.array(z.object({ lv: z.array(lvRow) })).min(1) });
 const vgReport = z.object({ report: z.array(z.object({ vg: z.array(vgRow) })).min(1) });
+const pvReport = z.object({ report: z.array(z.object({ pv: z.array(pvRow) })).min(1) });
 
 // lvm(8) tags: A-Z a-z 0-9 _ + . - / = ! : # &, at most 1024 characters.
 const TAG_PATTERN = /^[A-Za-z0-9_+.\-/=!:#&]{1,1024}$/;
@@ -104,12 +108,14 @@ export class Lvm {
   private readonly logger: Logger | undefined;
   private readonly binaryDir: string | undefined;
   private readonly run: ToolRunner;
+  private readonly flushDevice: (path: string) => Promise<void>;
 
   constructor(opts: LvmOptions) {
     this.timeoutMs = opts.timeoutMs;
     this.logger = opts.logger;
     this.binaryDir = opts.binaryDir;
     this.run = opts.run ?? runTool;
+    this.flushDevice = opts.flushDevice ?? flushBlockDevice;
   }
 
   /** The lvm2 version, e.g. "2.03.16" (works without device-mapper). */
@@ -192,6 +198,7 @@ export class Lvm {
       ...tagArgs,
       spec.vg,
     ]);
+    await this.commitDurably(spec.vg);
     return this.mustGet(spec.vg, spec.name);
   }
 
@@ -211,12 +218,13 @@ export class Lvm {
     checkSize('sizeBytes', spec.sizeBytes);
     const { extentSizeBytes } = await this.volumeGroup(spec.vg);
     await this.snapshotVolume({ ...spec, sizeBytes: this.roundToExtents(spec.sizeBytes, extentSizeBytes) });
+    await this.commitDurably(spec.vg);
     return this.mustGet(spec.vg, spec.name);
   }
 
   /**
-   * createSnapshot's lvcreate alone (no vgs before, no lvs after), for inside a VM's pause: the
-   * caller gives the exception store's size in whole extents.
+   * createSnapshot's lvcreate alone (no vgs before, no lvs after, no flush of the PVs), for inside
+   * a VM's pause: the caller gives the exception store's size in whole extents.
    */
   async snapshotVolume(spec: { vg: string; origin: string; name: string; sizeBytes: number }): Promise<void> {
     checkName('vg', spec.vg);
@@ -250,6 +258,7 @@ export class Lvm {
       }
       throw error;
     }
+    await this.commitDurably(vg);
   }
 
   /** Renames an LV inside its VG; an open LV can be renamed (its holders keep the device). */
@@ -258,6 +267,7 @@ export class Lvm {
     checkName('from', from);
     checkName('to', to);
     await this.tool('lvrename', [vg, from, to]);
+    await this.commitDurably(vg);
   }
 
   /**
@@ -281,6 +291,7 @@ export class Lvm {
       ...tags.add.flatMap((t) => ['--addtag', t]),
       `${vg}/${name}`,
     ]);
+    await this.commitDurably(vg);
   }
 
   /**
@@ -296,6 +307,7 @@ export class Lvm {
     const size = this.roundToExtents(sizeBytes, extentSizeBytes);
     if (volume.sizeBytes >= size) return volume;
     await this.tool('lvextend', ['--size', `${size}b`, `${vg}/${name}`]);
+    await this.commitDurably(vg);
     return this.mustGet(vg, name);
   }
 
@@ -307,6 +319,30 @@ export class Lvm {
     if (!flag)
       throw new ValidationError('INVALID_ACTIVATION_MODE', `unknown activation mode ${String(mode)}`);
     await this.tool('lvchange', [flag, `${vg}/${name}`]);
+  }
+
+  /**
+   * Makes `vg`'s last metadata commit durable before the change is reported done. lvm2 writes its
+   * metadata with O_DIRECT and never asks the disks to flush their write caches, so a power cut
+   * could undo an lvrename or lvremove that had returned (P5 in docs/reliability.md); an fsync of a
+   * PV's block device is that flush. The PVs are read each time: a PV list kept from before would
+   * flush the old device after a PV moves or is seen under another name. A failed flush is thrown,
+   * never retried: a new descriptor would not see the error.
+   */
+  private async commitDurably(vg: string): Promise<void> {
+    const { stdout } = await this.tool('pvs', [
+      '-o',
+      'pv_name',
+      ...REPORT_ARGS,
+      '--select',
+      `vg_name="${vg}"`,
+    ]);
+    const devices = parseReport(stdout, pvReport, 'pvs').report.flatMap((r) =>
+      r.pv.map((row) => row.pv_name),
+    );
+    if (devices.length === 0)
+      throw new LvmReportError(`pvs reported no physical volume of ${vg}`, { output: stdout });
+    for (const device of devices) await this.flushDevice(device);
   }
 
   private async mustGet(vg: string, name: string): Promise<LogicalVolume> {
@@ -325,6 +361,16 @@ export class Lvm {
       logger: this.logger,
       env: LVM_ENV,
     });
+  }
+}
+
+/** fsync of a block device: the kernel sends the device a cache flush. */
+async function flushBlockDevice(path: string): Promise<void> {
+  const handle = await openFlushHandle(path);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 

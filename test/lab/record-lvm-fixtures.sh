@@ -43,6 +43,7 @@ lvcreate -q -y -L 8m -n vol.2+tagged --addtag owner=agent --addtag kind:qcow2 "$
 lvcreate -q -y -L 8m -n inactive "$vg"
 lvchange -an "$vg/inactive"
 record vgs-used vgs $vg_fields $report "$vg"
+record pvs-vg pvs -o pv_name $report --select "vg_name=\"$vg\""
 record lvs-volumes lvs $lv_fields $report "$vg"
 record lvs-select-one lvs $lv_fields $report --select 'lv_name="vol.2+tagged"' "$vg"
 record lvs-select-missing lvs $lv_fields $report --select 'lv_name="nothere"' "$vg"

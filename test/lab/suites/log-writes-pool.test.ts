@@ -71,6 +71,8 @@ interface PointResult {
   /** The job's last step mark before the point (`<step>:<started|done>`). */
   marks: string[];
   checked: boolean;
+  /** The point comes after the job returned (its `done:snap-1` mark). */
+  afterDone: boolean;
   lvs: string[];
   /** What the staging LV held, if it existed: no header, a QCOW2 that checks, or one that does not. */
   staging?: 'zeros' | 'qcow2' | 'incomplete';
@@ -214,6 +216,7 @@ describe('the LVM pool on dm-log-writes, replayed to every flush/FUA point', () 
         flags: point.entry.flags,
         marks: point.marks.filter((m) => m.includes(':')).slice(-1),
         checked: false,
+        afterDone: point.marks.includes('done:snap-1'),
         lvs: [],
         ms: 0,
       };
@@ -260,6 +263,11 @@ describe('the LVM pool on dm-log-writes, replayed to every flush/FUA point', () 
     );
     expect(summary.marks).toEqual(expect.arrayContaining(['done:snap-1', 'dm-log-writes-end']));
     expect(summary.points).toBeGreaterThan(0);
+    // P5: the adapter flushes the PV after each LVM change, so the job's renames and removal are on
+    // the disk when it returns: its last point already has the volume alone (without the flush the
+    // last point still had the names from before the swap).
+    const lastInJob = checked.filter((r) => !r.afterDone).at(-1);
+    expect(lastInJob?.lvs, 'the LVs at the last flush point before the job returned').toEqual([VOLUME]);
     // The whole log, unflushed writes too (the disk with no power loss): where the job ended, the
     // volume alone (the staging LV promoted under its name, the retired one gone), on snap-1.
     await onReplica(async () => {

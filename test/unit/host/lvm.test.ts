@@ -39,9 +39,21 @@ interface Call {
   options: RunOptions;
 }
 
-/** A runner answering each call with the next fixture, failing like runTool does on a non-zero exit. */
-function fakeLvm(answers: Array<string | Recorded>, opts: { binaryDir?: string } = {}) {
+/**
+ * A runner answering each call with the next fixture, failing like runTool does on a non-zero exit;
+ * device flushes are recorded (`flushed`), and fail for the devices in `failFlush` (an errno code).
+ */
+function fakeLvm(
+  answers: Array<string | Recorded>,
+  opts: { binaryDir?: string; failFlush?: Record<string, string> } = {},
+) {
   const calls: Call[] = [];
+  const flushed: string[] = [];
+  const flushDevice = async (path: string): Promise<void> => {
+    const code = opts.failFlush?.[path];
+    if (code) throw Object.assign(new Error(`${code}: flush ${path}`), { code });
+    flushed.push(path);
+  };
   const queue = answers.map((a) => (typeof a === 'string' ? fixture(a) : a));
   const run = async (file: string, args: readonly string[], options: RunOptions): Promise<RunResult> => {
     calls.push({ file, args: [...args], options });
@@ -57,8 +69,8 @@ function fakeLvm(answers: Array<string | Recorded>, opts: { binaryDir?: string }
     }
     return { stdout: answer.stdout, stderr: answer.stderr, exitCode: 0, durationMs: 1 };
   };
-  const lvm = new Lvm({ timeoutMs: 12_345, run, ...opts });
-  return { lvm, calls, left: () => queue.length };
+  const lvm = new Lvm({ timeoutMs: 12_345, run, flushDevice, binaryDir: opts.binaryDir });
+  return { lvm, calls, flushed, left: () => queue.length };
 }
 
 const ok = (stdout = ''): Recorded => ({ stdout, stderr: '', exitCode: 0 });
@@ -171,7 +183,7 @@ describe('Lvm commands', () => {
   });
 
   it('creates an LV rounded up to the extent size, with tags', async () => {
-    const { lvm, calls, left } = fakeLvm(['vgs-used', ok(), 'lvs-select-one']);
+    const { lvm, calls, flushed, left } = fakeLvm(['vgs-used', ok(), 'pvs-vg', 'lvs-select-one']);
     const created = await lvm.createVolume({
       vg: 'fixvg',
       name: 'vol.2+tagged',
@@ -195,6 +207,11 @@ describe('Lvm commands', () => {
         'fixvg',
       ],
     });
+    expect(calls[2]).toMatchObject({
+      file: 'pvs',
+      args: ['-o', 'pv_name', ...REPORT, '--select', 'vg_name="fixvg"'],
+    });
+    expect(flushed).toEqual(['/dev/vda']);
     expect(created.name).toBe('vol.2+tagged');
     expect(left()).toBe(0);
     expect(calls.every((c) => c.options.timeoutMs === 12_345)).toBe(true);
@@ -212,7 +229,7 @@ describe('Lvm commands', () => {
   });
 
   it('creates a copy-on-write snapshot', async () => {
-    const { lvm, calls } = fakeLvm(['vgs-used', ok(), 'lvs-snapshot-partial']);
+    const { lvm, calls, flushed } = fakeLvm(['vgs-used', ok(), 'pvs-vg', 'lvs-snapshot-partial']);
     const snap = await lvm.createSnapshot({
       vg: 'fixvg',
       origin: 'vol-1',
@@ -223,18 +240,21 @@ describe('Lvm commands', () => {
       file: 'lvcreate',
       args: ['--yes', '--snapshot', '--size', `${4 * MiB}b`, '--name', 'vol-1-cow', 'fixvg/vol-1'],
     });
+    expect(flushed).toEqual(['/dev/vda']);
     expect(snap.origin).toBe('vol-1');
   });
 
   it('removes an LV that is not open', async () => {
-    const { lvm, calls } = fakeLvm(['lvs-select-one', 'lvremove-snapshot']);
+    const { lvm, calls, flushed } = fakeLvm(['lvs-select-one', 'lvremove-snapshot', 'pvs-vg']);
     await lvm.removeVolume('fixvg', 'vol.2+tagged');
     expect(calls[1]).toMatchObject({ file: 'lvremove', args: ['--yes', 'fixvg/vol.2+tagged'] });
+    expect(flushed).toEqual(['/dev/vda']);
   });
 
   it('refuses to remove an open LV without calling lvremove', async () => {
-    const { lvm, calls } = fakeLvm(['lvs-open']);
+    const { lvm, calls, flushed } = fakeLvm(['lvs-open']);
     const error = await lvm.removeVolume('fixvg', 'vol-1').catch((e: unknown) => e);
+    expect(flushed).toEqual([]);
     expect(error).toBeInstanceOf(LvmVolumeInUseError);
     expect(error).toMatchObject({ code: 'LVM_VOLUME_IN_USE', retryable: true });
     expect(calls.map((c) => c.file)).toEqual(['lvs']);
@@ -251,17 +271,45 @@ describe('Lvm commands', () => {
   });
 
   it('renames and activates', async () => {
-    const { lvm, calls } = fakeLvm(['lvrename-open', ok(), ok(), ok(), ok()]);
+    const { lvm, calls } = fakeLvm(['lvrename-open', 'pvs-vg', ok(), ok(), ok(), ok()]);
     await lvm.renameVolume('fixvg', 'vol-1', 'vol-1-renamed');
     for (const mode of ['exclusive', 'shared', 'local', 'off'] as const)
       await lvm.activate('fixvg', 'vol-1', mode);
     expect(calls.map((c) => [c.file, ...c.args])).toEqual([
       ['lvrename', 'fixvg', 'vol-1', 'vol-1-renamed'],
+      ['pvs', '-o', 'pv_name', ...REPORT, '--select', 'vg_name="fixvg"'],
       ['lvchange', '-aey', 'fixvg/vol-1'],
       ['lvchange', '-asy', 'fixvg/vol-1'],
       ['lvchange', '-aly', 'fixvg/vol-1'],
       ['lvchange', '-an', 'fixvg/vol-1'],
     ]);
+  });
+});
+
+describe('Lvm makes its metadata changes durable (P5: lvm2 never flushes the disks)', () => {
+  it('flushes every PV of the VG after each change, as pvs lists them then', async () => {
+    const twoPvs = ok(
+      JSON.stringify({ report: [{ pv: [{ pv_name: '/dev/vda' }, { pv_name: '/dev/vdb' }] }] }),
+    );
+    const { lvm, calls, flushed, left } = fakeLvm(['lvrename-open', 'pvs-vg', ok(), twoPvs, ok()]);
+    await lvm.renameVolume('fixvg', 'vol-1', 'vol-1-old');
+    await lvm.changeTags('fixvg', 'vol-1-old', { add: ['a'], remove: [] });
+    await lvm.activate('fixvg', 'vol-1-old', 'exclusive'); // no metadata commit: no flush
+    expect(calls.map((c) => c.file)).toEqual(['lvrename', 'pvs', 'lvchange', 'pvs', 'lvchange']);
+    expect(flushed).toEqual(['/dev/vda', '/dev/vda', '/dev/vdb']);
+    expect(left()).toBe(0);
+  });
+
+  it('throws a failed flush (never retried: a new descriptor would not see the error)', async () => {
+    const { lvm, calls } = fakeLvm(['lvrename-open', 'pvs-vg'], { failFlush: { '/dev/vda': 'EIO' } });
+    await expect(lvm.renameVolume('fixvg', 'vol-1', 'vol-1-old')).rejects.toMatchObject({ code: 'EIO' });
+    expect(calls.map((c) => c.file)).toEqual(['lvrename', 'pvs']);
+  });
+
+  it('refuses a pvs report without a PV (nothing would be flushed)', async () => {
+    const none = ok(JSON.stringify({ report: [{ pv: [] }] }));
+    const { lvm } = fakeLvm(['lvrename-open', none]);
+    await expect(lvm.renameVolume('fixvg', 'vol-1', 'vol-1-old')).rejects.toBeInstanceOf(LvmReportError);
   });
 });
 
