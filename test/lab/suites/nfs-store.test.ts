@@ -213,6 +213,27 @@ async function expectVolumeMatches(v: Volume): Promise<void> {
 }
 
 /**
+ * Waits until the volume's chain opens again after the server came back (a soft mount fails calls
+ * with EIO while its client recovers its state in the server's grace period); returns how long.
+ */
+async function untilChainOpens(v: Volume, timeoutMs = 60_000): Promise<number> {
+  const started = performance.now();
+  for (;;) {
+    const info = await execa('qemu-img', ['info', '-U', '--backing-chain', v.path], {
+      reject: false,
+      timeout: 30_000,
+    });
+    if (info.exitCode === 0) return Math.round(performance.now() - started);
+    if (performance.now() - started > timeoutMs) {
+      throw new Error(
+        `the volume's chain did not open within ${timeoutMs} ms of the server's return: ${info.stderr}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+/**
  * The agent's store-health signal on one mount (clvm_agent_store_up); `probe` refreshes it as a
  * scrape does, checks it answered within its own timeout (1 s, plus slack for the loaded host) and
  * returns the gauge.
@@ -311,6 +332,9 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     expect(['HOST_IO_ERROR', 'HOST_TIMEOUT']).toContain(e.code);
     expect(e.retryable).toBe(true);
     expect(existsSync(join(v.storeRoot, 'vol', run.name)), 'nothing under the snapshot name').toBe(false);
+    findings.push(
+      `soft, 15 s outage: the volume's chain opened ${await untilChainOpens(v)} ms after the server was back`,
+    );
     await expectVolumeMatches(v);
     await nextSnapshotIsCorrect(v);
     expect(await health.probe()).toBe(1);
@@ -421,6 +445,9 @@ describe('the snapshot store on a real NFS server (kernel nfsd over loopback)', 
     } finally {
       await server.resume();
     }
+    findings.push(
+      `store gone, soft mount: the volume's chain opened ${await untilChainOpens(v)} ms after the server was back`,
+    );
     await expectVolumeMatches(v);
     await nextSnapshotIsCorrect(v);
   });
