@@ -43,6 +43,7 @@ import { dropCaches } from '../../support/lab/faults.js';
 import { NfsServer, processState, threadStates } from '../../support/lab/nfs.js';
 import { differsFromReference, ReferenceDisk } from '../../support/reference-images.js';
 import { command, jobContext, MemoryJournal } from '../../support/snapshot-harness.js';
+import { waitFor } from '../../support/wait.js';
 
 const MiB = 1024 * 1024;
 const VIRTUAL = 32 * MiB;
@@ -218,19 +219,20 @@ async function expectVolumeMatches(v: Volume): Promise<void> {
  */
 async function untilChainOpens(v: Volume, timeoutMs = 60_000): Promise<number> {
   const started = performance.now();
-  for (;;) {
-    const info = await execa('qemu-img', ['info', '-U', '--backing-chain', v.path], {
-      reject: false,
-      timeout: 30_000,
-    });
-    if (info.exitCode === 0) return Math.round(performance.now() - started);
-    if (performance.now() - started > timeoutMs) {
-      throw new Error(
-        `the volume's chain did not open within ${timeoutMs} ms of the server's return: ${info.stderr}`,
-      );
-    }
-    await new Promise((resolve) => setTimeout(resolve, 500));
-  }
+  let stderr = '';
+  await waitFor(
+    async () => {
+      const info = await execa('qemu-img', ['info', '-U', '--backing-chain', v.path], {
+        reject: false,
+        timeout: 30_000,
+      });
+      stderr = info.stderr;
+      return info.exitCode === 0 ? true : undefined;
+    },
+    timeoutMs,
+    () => `the volume's chain to open after the server's return (last: ${stderr})`,
+  );
+  return Math.round(performance.now() - started);
 }
 
 /**

@@ -11,6 +11,7 @@
 //   and locks; /var/lib/nfs/v4recovery (made by the guest build) keeps the client records.
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { execa } from 'execa';
+import { withTimeout } from '../../../src/timing.js';
 import { sh } from './lab.js';
 
 const NFSD_ARGS = ['-N', '3', '-U', '--port', '2049', '--grace-time', '10', '--lease-time', '15', '4'];
@@ -70,16 +71,16 @@ export class NfsServer {
   async resume(): Promise<void> {
     if (this.wedged) throw new Error(this.wedged);
     // rpc.nfsd stuck in the kernel (state D) never exits, and execa would wait for it forever.
-    const start = execa('rpc.nfsd', NFSD_ARGS, { reject: false });
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<undefined>((resolve) => {
-      timer = setTimeout(resolve, NFSD_START_TIMEOUT_MS, undefined);
-    });
-    const result = await Promise.race([start, timeout]).finally(() => clearTimeout(timer));
-    if (result === undefined) {
+    const timedOut = new Error('rpc.nfsd timed out');
+    const result = await withTimeout(
+      execa('rpc.nfsd', NFSD_ARGS, { reject: false }),
+      NFSD_START_TIMEOUT_MS,
+      () => timedOut,
+    ).catch(async (error: unknown) => {
+      if (error !== timedOut) throw error;
       this.wedged = `rpc.nfsd did not return within ${NFSD_START_TIMEOUT_MS / 1000} s; the kernel's blocked tasks:\n${await blockedTasks()}`;
       throw new Error(this.wedged);
-    }
+    });
     if (result.exitCode !== 0) throw new Error(`rpc.nfsd exited ${result.exitCode}: ${result.stderr}`);
     this.running = true;
     this.up = true;
